@@ -1,0 +1,164 @@
+//! The persistence contract between the core and a storage implementation.
+//!
+//! Every [`Ready`](crate::Ready) carries a [`Persist`]: the changes to durable state that must
+//! be on stable storage **before** any message of that `Ready` is sent and before any of its
+//! entries is applied. A storage applies a `Persist` in this order:
+//!
+//! 1. `snapshot`, if any: it replaces the log prefix up to `snapshot.index`. Entries after
+//!    it are kept **only if** the log holds an entry at `snapshot.index` with `snapshot.term`;
+//!    otherwise the whole log is discarded (this is rule 6/7 of InstallSnapshot in Figure 13,
+//!    and the core makes the same decision in memory).
+//! 2. `entries`, if any: they are consecutive; the first one's index is at most one past the
+//!    last stored entry. Any stored entry at or after that index is discarded first (a
+//!    conflicting suffix), then the entries are appended. Entries at or below the snapshot
+//!    index are never sent.
+//! 3. `hard_state`, if any, replaces the stored term and vote.
+//!
+//! The batch is one unit: after a crash a storage must recover either all of it or — if the
+//! crash came before the storage reported success — any prefix of the batches it was given,
+//! never a torn or reordered one. [`DurableState::apply`] is the reference implementation of
+//! these rules; every storage in Flotilla replays its records through it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Entry, HardState, Index, Snapshot};
+
+/// Changes to durable state requested by one `Ready`. See the module docs for the order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persist {
+    pub hard_state: Option<HardState>,
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+}
+
+impl Persist {
+    pub fn is_empty(&self) -> bool {
+        self.hard_state.is_none() && self.snapshot.is_none() && self.entries.is_empty()
+    }
+}
+
+/// Everything Raft needs to restart: what storage recovered after a crash.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableState {
+    pub hard_state: HardState,
+    /// The latest snapshot (index 0 = none).
+    pub snapshot: Snapshot,
+    /// The log after the snapshot: consecutive, the first at `snapshot.index + 1`.
+    pub entries: Vec<Entry>,
+}
+
+impl DurableState {
+    /// Index of the last entry (or of the snapshot when the log after it is empty).
+    pub fn last_index(&self) -> Index {
+        self.entries.last().map_or(self.snapshot.index, |e| e.index)
+    }
+
+    /// Applies one batch by the rules in the module docs.
+    ///
+    /// Panics if the batch breaks the contract (a gap before its first entry, non-consecutive
+    /// entries): that is a bug in the caller, never a property of outside input.
+    pub fn apply(&mut self, batch: &Persist) {
+        if let Some(snap) = &batch.snapshot {
+            self.install_snapshot(snap.clone());
+        }
+        if let Some(first) = batch.entries.first() {
+            assert!(
+                first.index > self.snapshot.index,
+                "entry {} at or below the snapshot index {}",
+                first.index,
+                self.snapshot.index
+            );
+            assert!(
+                first.index <= self.last_index() + 1,
+                "gap: entry {} after last index {}",
+                first.index,
+                self.last_index()
+            );
+            let keep = (first.index - self.snapshot.index - 1) as usize;
+            self.entries.truncate(keep);
+            for (offset, entry) in batch.entries.iter().enumerate() {
+                assert_eq!(entry.index, first.index + offset as u64, "entries not consecutive");
+                self.entries.push(entry.clone());
+            }
+        }
+        if let Some(hs) = batch.hard_state {
+            self.hard_state = hs;
+        }
+    }
+
+    fn install_snapshot(&mut self, snap: Snapshot) {
+        if snap.index <= self.snapshot.index {
+            // An older snapshot than the one held: nothing to gain, nothing to lose.
+            if snap.index == self.snapshot.index {
+                self.snapshot = snap;
+            }
+            return;
+        }
+        let matches = self
+            .entries
+            .iter()
+            .find(|e| e.index == snap.index)
+            .is_some_and(|e| e.term == snap.term);
+        if matches {
+            let drop = (snap.index - self.snapshot.index) as usize;
+            self.entries.drain(..drop);
+        } else {
+            self.entries.clear();
+        }
+        self.snapshot = snap;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(index: Index, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![index as u8],
+        }
+    }
+
+    #[test]
+    fn conflicting_suffix_is_replaced() {
+        let mut s = DurableState::default();
+        s.apply(&Persist {
+            entries: vec![e(1, 1), e(2, 1), e(3, 1)],
+            ..Default::default()
+        });
+        s.apply(&Persist {
+            entries: vec![e(2, 2)],
+            ..Default::default()
+        });
+        assert_eq!(s.entries, vec![e(1, 1), e(2, 2)]);
+    }
+
+    #[test]
+    fn snapshot_keeps_matching_suffix_only() {
+        let mut s = DurableState::default();
+        s.apply(&Persist {
+            entries: vec![e(1, 1), e(2, 1), e(3, 2)],
+            ..Default::default()
+        });
+        let snap = |index, term| Snapshot {
+            index,
+            term,
+            data: vec![],
+        };
+        let mut kept = s.clone();
+        kept.apply(&Persist {
+            snapshot: Some(snap(2, 1)),
+            ..Default::default()
+        });
+        assert_eq!(kept.entries, vec![e(3, 2)]);
+        let mut dropped = s.clone();
+        dropped.apply(&Persist {
+            snapshot: Some(snap(2, 5)),
+            ..Default::default()
+        });
+        assert!(dropped.entries.is_empty());
+        assert_eq!(dropped.last_index(), 2);
+    }
+}

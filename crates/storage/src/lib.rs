@@ -1,0 +1,55 @@
+//! Durable homes for Raft's state.
+//!
+//! The Raft core never touches a disk: each [`Ready`](flotilla_raft::Ready) hands its driver a
+//! [`Persist`] batch, and the driver gives it to a [`Storage`] before sending that `Ready`'s
+//! messages (etcd's rule: persist before you send). What a batch means — snapshot first, then
+//! a possibly conflicting suffix of entries, then the hard state — is defined once, by
+//! [`DurableState::apply`]; every implementation here replays its records through it, so
+//! they cannot disagree about the rules.
+//!
+//! - [`MemStorage`]: the durable state in memory. The simulator wraps it in a disk model that
+//!   loses unsynced writes on a crash.
+//! - [`WalStorage`]: a directory with a write-ahead log of CRC-checked records (one fsync per
+//!   batch) and snapshots written to a temp file, fsynced and renamed into place.
+
+mod mem;
+mod wal;
+
+pub use flotilla_raft::{DurableState, Persist};
+pub use mem::MemStorage;
+pub use wal::WalStorage;
+
+/// Why a storage could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record or file failed its checksum or could not be decoded somewhere other than at
+    /// the torn tail of the log. Nothing after it is trusted; nothing is silently applied.
+    #[error("corrupt {what} in {path} at byte {offset}: {detail}")]
+    Corrupt {
+        what: &'static str,
+        path: std::path::PathBuf,
+        offset: u64,
+        detail: String,
+    },
+}
+
+/// A place that makes Raft's state survive crashes.
+pub trait Storage {
+    /// Makes `batch` durable. When this returns `Ok`, the batch survives a crash; on `Err` the
+    /// caller must not send the `Ready`'s messages (and should stop the node).
+    fn persist(&mut self, batch: &Persist) -> Result<(), StorageError>;
+
+    /// The state as it would be recovered after a crash right now.
+    fn durable_state(&self) -> &DurableState;
+
+    /// Size in bytes of the persisted Raft state excluding the snapshot (6.5840's
+    /// `RaftStateSize`): services compare it with their `maxraftstate` to decide when to
+    /// snapshot.
+    fn raft_state_size(&self) -> u64;
+}
