@@ -1,8 +1,70 @@
 //! # flotilla-raft: a sans-IO Raft core
 //!
-//! placeholder docs, rewritten below
+//! This crate is the Raft consensus algorithm of the extended Raft paper (Figure 2, with log
+//! compaction from Figure 13; no membership change) as a deterministic state machine. It owns
+//! no clock, thread, socket, file or global random number generator: a driver feeds it ticks,
+//! messages and proposals and carries out what it asks for — persisting, sending, applying —
+//! through [`RawNode`] and [`Ready`]. The same core therefore runs inside Flotilla's
+//! deterministic simulator and inside a real TCP server with a write-ahead log.
+//!
+//! What it implements:
+//! - randomized election timeouts (in `[election_ticks, 2 × election_ticks)`), heartbeats,
+//!   and optional check-quorum (a leader that has not heard from a majority for an election
+//!   timeout steps down);
+//! - log replication with per-follower flow control ([`progress`]) and the conflict-term
+//!   "fast backup" on rejections;
+//! - commitment only by counting replicas of current-term entries (§5.4.2);
+//! - restart from persisted term, vote, log and snapshot;
+//! - snapshots taken by the service at an index it chooses ([`RawNode::compact`]), sent to
+//!   followers that fell behind the compacted prefix (InstallSnapshot).
+//!
+//! The persistence contract is in [`durable`]; the driver contract in [`rawnode`].
+
 pub mod durable;
+mod log;
+pub mod progress;
+mod raft;
+pub mod rawnode;
+mod rng;
 pub mod types;
 
 pub use durable::{DurableState, Persist};
+pub use rawnode::{CompactError, NotLeader, RawNode, Ready, Status};
 pub use types::*;
+
+/// Static configuration of one node. Times are in ticks; the driver decides how long a tick
+/// is (Flotilla's drivers tick every 10 ms, giving 100 ms heartbeats and 300–600 ms election
+/// timeouts with the defaults).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Every member of the group, this node included, in the same order on every node.
+    pub peers: Vec<NodeId>,
+    /// Minimum election timeout; each timeout is drawn from `[election_ticks, 2×election_ticks)`.
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    /// Seeds the election-timeout jitter (mixed with `id`, so one seed serves a whole group).
+    pub seed: u64,
+    pub max_entries_per_message: usize,
+    /// Payload bytes per `AppendEntries` (at least one entry is always sent).
+    pub max_bytes_per_message: usize,
+    /// How long a leader waits for an answer to an `InstallSnapshot` before sending it again.
+    pub snapshot_resend_ticks: u32,
+    pub check_quorum: bool,
+}
+
+impl Config {
+    pub fn new(id: NodeId, peers: Vec<NodeId>) -> Self {
+        Config {
+            id,
+            peers,
+            election_ticks: 30,
+            heartbeat_ticks: 10,
+            seed: 0,
+            max_entries_per_message: 512,
+            max_bytes_per_message: 1 << 20,
+            snapshot_resend_ticks: 30,
+            check_quorum: true,
+        }
+    }
+}

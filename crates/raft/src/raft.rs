@@ -1,0 +1,518 @@
+//! The Raft protocol itself: one `step_*` function per role, in the manner of etcd's
+//! `raft.go`. [`RawNode`](crate::RawNode) wraps this with the Ready/advance interface.
+//!
+//! Everything here is synchronous and deterministic: inputs are ticks, messages and
+//! proposals; outputs accumulate in `msgs` and in the log's unstable part until the driver
+//! takes them with `RawNode::ready`.
+
+use crate::log::RaftLog;
+use crate::progress::{Progress, ProgressState};
+use crate::rng::SplitMix64;
+use crate::types::*;
+use crate::Config;
+
+pub(crate) struct Raft {
+    pub id: NodeId,
+    pub peers: Vec<NodeId>,
+    pub term: Term,
+    pub vote: Option<NodeId>,
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub log: RaftLog,
+
+    /// Progress of each other peer; meaningful only while leader.
+    progress: Vec<(NodeId, Progress)>,
+    /// Votes received in the current election (candidate only).
+    votes: Vec<(NodeId, bool)>,
+
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    randomized_election_timeout: u32,
+    rng: SplitMix64,
+    cfg: Config,
+
+    /// Messages produced since the last `Ready`.
+    pub msgs: Vec<Message>,
+    /// Followers in `Replicate` state need the entries proposed since the last `Ready`.
+    pending_broadcast: bool,
+}
+
+impl Raft {
+    pub fn new(cfg: Config, hard_state: HardState, log: RaftLog) -> Self {
+        assert!(cfg.peers.contains(&cfg.id), "peers must include this node");
+        assert!(cfg.heartbeat_ticks > 0 && cfg.election_ticks > cfg.heartbeat_ticks);
+        let mut raft = Raft {
+            id: cfg.id,
+            peers: cfg.peers.clone(),
+            term: hard_state.term,
+            vote: hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            log,
+            progress: Vec::new(),
+            votes: Vec::new(),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_timeout: 0,
+            rng: SplitMix64::new(cfg.seed ^ cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            cfg,
+            msgs: Vec::new(),
+            pending_broadcast: false,
+        };
+        raft.reset_election_timer();
+        raft
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+        }
+    }
+
+    pub fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.role,
+            leader: self.leader,
+            term: self.term,
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        self.peers.len() / 2 + 1
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let spread = self.cfg.election_ticks as u64;
+        self.randomized_election_timeout = self.cfg.election_ticks + self.rng.below(spread) as u32;
+    }
+
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.msgs.push(Message {
+            from: self.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+
+    // ---- role changes -------------------------------------------------------------------
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.progress.clear();
+        self.votes.clear();
+        self.pending_broadcast = false;
+        self.reset_election_timer();
+    }
+
+    fn campaign(&mut self) {
+        self.term += 1;
+        self.vote = Some(self.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.votes = vec![(self.id, true)];
+        self.reset_election_timer();
+        if self.quorum() == 1 {
+            self.become_leader();
+            return;
+        }
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        for peer in self.other_peers() {
+            self.send(
+                peer,
+                MessageBody::RequestVote {
+                    last_log_index,
+                    last_log_term,
+                },
+            );
+        }
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.vote, Some(self.id), "a leader has voted for itself");
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.votes.clear();
+        self.heartbeat_elapsed = 0;
+        self.election_elapsed = 0;
+        let next = self.log.last_index() + 1;
+        self.progress = self
+            .other_peers()
+            .into_iter()
+            .map(|p| (p, Progress::new(next)))
+            .collect();
+        // Assert leadership at once: an empty append to everyone (it also probes their logs).
+        for peer in self.other_peers() {
+            self.send_append(peer, true);
+        }
+    }
+
+    fn other_peers(&self) -> Vec<NodeId> {
+        self.peers.iter().copied().filter(|&p| p != self.id).collect()
+    }
+
+    // ---- inputs -----------------------------------------------------------------------------
+
+    pub fn tick(&mut self) {
+        match self.role {
+            Role::Follower | Role::Candidate => {
+                self.election_elapsed += 1;
+                if self.election_elapsed >= self.randomized_election_timeout {
+                    self.campaign();
+                }
+            }
+            Role::Leader => {
+                for (_, pr) in self.progress.iter_mut() {
+                    pr.ticks_since_send = pr.ticks_since_send.saturating_add(1);
+                }
+                self.election_elapsed += 1;
+                if self.election_elapsed >= self.cfg.election_ticks {
+                    self.election_elapsed = 0;
+                    if self.cfg.check_quorum && !self.quorum_recently_active() {
+                        // Cut off from a majority: stop accepting proposals that cannot commit.
+                        let term = self.term;
+                        self.become_follower(term, None);
+                        return;
+                    }
+                }
+                self.heartbeat_elapsed += 1;
+                if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+                    self.heartbeat_elapsed = 0;
+                    for peer in self.other_peers() {
+                        self.send_append(peer, true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts peers heard from since the last check (plus self) and resets the marks.
+    fn quorum_recently_active(&mut self) -> bool {
+        let mut active = 1;
+        for (_, pr) in self.progress.iter_mut() {
+            if pr.recent_active {
+                active += 1;
+            }
+            pr.recent_active = false;
+        }
+        active >= self.quorum()
+    }
+
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(Index, Term), crate::NotLeader> {
+        if self.role != Role::Leader {
+            return Err(crate::NotLeader { hint: self.leader });
+        }
+        let index = self.log.append(self.term, data);
+        self.pending_broadcast = true;
+        self.maybe_commit();
+        Ok((index, self.term))
+    }
+
+    /// Sends new entries to followers that are in `Replicate` state. Called when a `Ready` is
+    /// assembled, so a burst of proposals travels in one message per follower.
+    pub fn flush_broadcast(&mut self) {
+        if !std::mem::take(&mut self.pending_broadcast) || self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        for peer in self.other_peers() {
+            let pr = self.progress_mut(peer);
+            if pr.state == ProgressState::Replicate && pr.next <= last {
+                self.send_append(peer, false);
+            }
+        }
+    }
+
+    pub fn step(&mut self, m: Message) {
+        if m.to != self.id || !self.peers.contains(&m.from) || m.from == self.id {
+            return; // not for us, or from outside the group: ignore
+        }
+        if m.term > self.term {
+            let leader = match m.body {
+                MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => Some(m.from),
+                _ => None,
+            };
+            self.become_follower(m.term, leader);
+        } else if m.term < self.term {
+            // A stale sender: answer requests so it learns the new term and steps down.
+            match m.body {
+                MessageBody::AppendEntries { prev_log_index, .. } => {
+                    let (index, term) = self.log.conflict_hint(prev_log_index);
+                    let hint = ConflictHint { index, term };
+                    self.send(
+                        m.from,
+                        MessageBody::AppendEntriesResponse(AppendOutcome::Rejected { prev_log_index, hint }),
+                    );
+                }
+                MessageBody::InstallSnapshot { .. } => {
+                    let hint = ConflictHint {
+                        index: self.log.last_index() + 1,
+                        term: None,
+                    };
+                    self.send(
+                        m.from,
+                        MessageBody::AppendEntriesResponse(AppendOutcome::Rejected {
+                            prev_log_index: 0,
+                            hint,
+                        }),
+                    );
+                }
+                MessageBody::RequestVote { .. } => {
+                    self.send(m.from, MessageBody::RequestVoteResponse { granted: false });
+                }
+                _ => {}
+            }
+            return;
+        }
+        if let MessageBody::RequestVote {
+            last_log_index,
+            last_log_term,
+        } = m.body
+        {
+            self.handle_request_vote(m.from, last_log_index, last_log_term);
+            return;
+        }
+        match self.role {
+            Role::Follower => self.step_follower(m),
+            Role::Candidate => self.step_candidate(m),
+            Role::Leader => self.step_leader(m),
+        }
+    }
+
+    fn handle_request_vote(&mut self, candidate: NodeId, last_log_index: Index, last_log_term: Term) {
+        let can_vote = self.vote.is_none_or(|v| v == candidate) && self.leader.is_none();
+        let granted = can_vote && self.log.is_up_to_date(last_log_index, last_log_term);
+        if granted {
+            self.vote = Some(candidate);
+            self.reset_election_timer();
+        }
+        self.send(candidate, MessageBody::RequestVoteResponse { granted });
+    }
+
+    fn step_follower(&mut self, m: Message) {
+        match m.body {
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            } => {
+                self.leader = Some(m.from);
+                self.reset_election_timer();
+                self.handle_append(m.from, prev_log_index, prev_log_term, entries, leader_commit);
+            }
+            MessageBody::InstallSnapshot { snapshot } => {
+                self.leader = Some(m.from);
+                self.reset_election_timer();
+                self.handle_snapshot(m.from, snapshot);
+            }
+            _ => {} // stale responses from an earlier role
+        }
+    }
+
+    fn step_candidate(&mut self, m: Message) {
+        match m.body {
+            MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
+                // Someone won this term: follow them.
+                let term = self.term;
+                self.become_follower(term, Some(m.from));
+                self.step_follower(m);
+            }
+            MessageBody::RequestVoteResponse { granted } => {
+                if !self.votes.iter().any(|(p, _)| *p == m.from) {
+                    self.votes.push((m.from, granted));
+                }
+                let yes = self.votes.iter().filter(|(_, g)| *g).count();
+                let no = self.votes.len() - yes;
+                if yes >= self.quorum() {
+                    self.become_leader();
+                } else if no >= self.quorum() {
+                    let term = self.term;
+                    self.become_follower(term, None);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn step_leader(&mut self, m: Message) {
+        match m.body {
+            MessageBody::AppendEntriesResponse(outcome) => {
+                self.progress_mut(m.from).recent_active = true;
+                self.handle_append_response(m.from, outcome);
+            }
+            MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
+                // Another leader in our own term cannot exist in a correct group; drop the
+                // message rather than trust it (the simulator's checker flags the cause).
+                debug_assert!(false, "two leaders in term {}: {} and {}", self.term, self.id, m.from);
+            }
+            _ => {
+                self.progress_mut(m.from).recent_active = true;
+            }
+        }
+    }
+
+    // ---- follower side of replication ---------------------------------------------------
+
+    fn handle_append(
+        &mut self,
+        leader: NodeId,
+        mut prev_log_index: Index,
+        mut prev_log_term: Term,
+        mut entries: Vec<Entry>,
+        leader_commit: Index,
+    ) {
+        let snapshot_index = self.log.snapshot().index;
+        if prev_log_index < snapshot_index {
+            // Our snapshot already covers (committed) part of this message: skip that part.
+            entries.retain(|e| e.index > snapshot_index);
+            prev_log_index = snapshot_index;
+            prev_log_term = self.log.snapshot().term;
+        }
+        if self.log.term(prev_log_index) != Some(prev_log_term) {
+            let (index, term) = self.log.conflict_hint(prev_log_index);
+            self.send(
+                leader,
+                MessageBody::AppendEntriesResponse(AppendOutcome::Rejected {
+                    prev_log_index,
+                    hint: ConflictHint { index, term },
+                }),
+            );
+            return;
+        }
+        let last_new = self.log.merge(prev_log_index, entries);
+        self.log.commit_to(leader_commit.min(last_new));
+        self.send(
+            leader,
+            MessageBody::AppendEntriesResponse(AppendOutcome::Accepted { match_index: last_new }),
+        );
+    }
+
+    fn handle_snapshot(&mut self, leader: NodeId, snapshot: Snapshot) {
+        let match_index = if snapshot.index > self.log.committed {
+            let index = snapshot.index;
+            self.log.install_snapshot(snapshot);
+            index
+        } else {
+            // We already have (and may have applied) everything it covers.
+            self.log.committed
+        };
+        self.send(
+            leader,
+            MessageBody::AppendEntriesResponse(AppendOutcome::Accepted { match_index }),
+        );
+    }
+
+    // ---- leader side of replication -----------------------------------------------------
+
+    fn progress_mut(&mut self, peer: NodeId) -> &mut Progress {
+        &mut self
+            .progress
+            .iter_mut()
+            .find(|(p, _)| *p == peer)
+            .expect("progress for a peer of the group")
+            .1
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, outcome: AppendOutcome) {
+        let last_index = self.log.last_index();
+        match outcome {
+            AppendOutcome::Accepted { match_index } => {
+                let pr = self.progress_mut(from);
+                let advanced = pr.acknowledge(match_index.min(last_index));
+                if advanced && self.maybe_commit() {
+                    // Tell everyone about the new commit index without waiting a heartbeat.
+                    for peer in self.other_peers() {
+                        self.send_append(peer, true);
+                    }
+                    return;
+                }
+                if self.progress_mut(from).next <= last_index {
+                    self.send_append(from, false);
+                }
+            }
+            AppendOutcome::Rejected { prev_log_index, hint } => {
+                let next = match hint.term.and_then(|t| self.log.last_index_of_term(t)) {
+                    Some(index) => index + 1,
+                    None => hint.index,
+                };
+                let pr = self.progress_mut(from);
+                if pr.reject(prev_log_index, next) {
+                    self.send_append(from, false);
+                }
+            }
+        }
+    }
+
+    /// Commits the highest index a quorum has, if it is from the current term (§5.4.2: older
+    /// entries are committed only indirectly).
+    fn maybe_commit(&mut self) -> bool {
+        let mut matched: Vec<Index> = self.progress.iter().map(|(_, pr)| pr.matched).collect();
+        matched.push(self.log.last_index());
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_index = matched[self.quorum() - 1];
+        quorum_index > self.log.committed
+            && self.log.term(quorum_index) == Some(self.term)
+            && self.log.commit_to(quorum_index)
+    }
+
+    /// Sends `peer` what it needs next: entries from its `next` index, or the snapshot when
+    /// those are compacted away. `heartbeat` sends even when nothing is new (and retries a
+    /// paused probe).
+    fn send_append(&mut self, peer: NodeId, heartbeat: bool) {
+        let snapshot_index = self.log.snapshot().index;
+        let snapshot_term = self.log.snapshot().term;
+        let last = self.log.last_index();
+        let committed = self.log.committed;
+        let (max_count, max_bytes) = (self.cfg.max_entries_per_message, self.cfg.max_bytes_per_message);
+        let resend_ticks = self.cfg.snapshot_resend_ticks;
+        let pr = self.progress_mut(peer);
+        if pr.state == ProgressState::Snapshot || pr.next <= snapshot_index {
+            if pr.state != ProgressState::Snapshot || pr.ticks_since_send >= resend_ticks {
+                pr.become_snapshot(snapshot_index);
+                let snapshot = self.log.snapshot().clone();
+                self.send(peer, MessageBody::InstallSnapshot { snapshot });
+            } else if heartbeat {
+                // Keep the follower from campaigning while the snapshot is on its way.
+                self.send(
+                    peer,
+                    MessageBody::AppendEntries {
+                        prev_log_index: snapshot_index,
+                        prev_log_term: snapshot_term,
+                        entries: Vec::new(),
+                        leader_commit: committed,
+                    },
+                );
+            }
+            return;
+        }
+        if pr.state == ProgressState::Probe && pr.paused && !heartbeat {
+            return;
+        }
+        let next = pr.next;
+        let prev_log_index = next - 1;
+        let prev_log_term = self.log.term(prev_log_index).expect("prev index is in the log");
+        let entries = if next <= last {
+            self.log.slice(next, last, max_count, max_bytes)
+        } else {
+            Vec::new()
+        };
+        self.progress_mut(peer).sent(prev_log_index, entries.len() as u64);
+        self.send(
+            peer,
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit: committed,
+            },
+        );
+    }
+}
