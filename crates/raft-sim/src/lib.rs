@@ -1,1 +1,60 @@
-//! placeholder
+//! # flotilla-raft-sim: Raft groups on the deterministic simulator
+//!
+//! - [`cluster`]: the tester harness (the lab's `config.go`): servers as simulated tasks
+//!   driving [`flotilla_raft::RawNode`], crash/restart with a disk that loses unsynced writes,
+//!   partitions, the applier's checks, `one()`, `check_one_leader()` and friends.
+//! - [`invariants`]: Raft's safety properties, checked on every `Ready`.
+//! - [`lab3`]: the 28 scenarios of 6.5840 Lab 3 (3A–3D).
+//! - [`sweep`]: random fault schedules over many seeds (`flotilla sim raft`).
+//! - [`demo`]: the narrated five-server run of `flotilla demo`.
+//!
+//! A run is a pure function of its seed: [`run_cluster`] returns the trace hash, and the
+//! same seed always gives the same hash.
+
+pub mod cluster;
+pub mod demo;
+pub mod invariants;
+pub mod lab3;
+pub mod sweep;
+
+use std::future::Future;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+pub use cluster::{Cluster, ClusterConfig};
+
+/// Builds a cluster at `seed`, runs `body` on it, then checks the test budget and stops it.
+/// Returns the run's (trace hash, event count) and its virtual duration.
+pub fn run_cluster<F, Fut>(seed: u64, cfg: ClusterConfig, body: F) -> ((u64, u64), Duration)
+where
+    F: FnOnce(Cluster) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let rt = flotilla_sim::Runtime::new(seed);
+    rt.block_on(async {
+        let cluster = Cluster::new(cfg);
+        body(cluster.clone()).await;
+        cluster.end();
+        cluster.shutdown();
+    });
+    (rt.trace_hash(), rt.now())
+}
+
+/// Runs `f`; if it panics, prints how to replay the run and re-raises the panic.
+pub fn report_seed_on_panic(name: &str, seed: u64, f: impl FnOnce()) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
+        eprintln!("{name} FAILED at seed {seed}; replay with: SIM_SEED={seed} cargo test --release -- --exact {name}");
+        resume_unwind(panic);
+    }
+}
+
+/// The text of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}

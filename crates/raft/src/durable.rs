@@ -77,7 +77,11 @@ impl DurableState {
             let keep = (first.index - self.snapshot.index - 1) as usize;
             self.entries.truncate(keep);
             for (offset, entry) in batch.entries.iter().enumerate() {
-                assert_eq!(entry.index, first.index + offset as u64, "entries not consecutive");
+                assert_eq!(
+                    entry.index,
+                    first.index + offset as u64,
+                    "entries not consecutive"
+                );
                 self.entries.push(entry.clone());
             }
         }

@@ -73,12 +73,17 @@ impl RaftLog {
     /// Entries in `[from, to]`, cut after `max_count` entries or once `max_bytes` of payload
     /// is reached (at least one entry is returned when the range is not empty).
     pub fn slice(&self, from: Index, to: Index, max_count: usize, max_bytes: usize) -> Vec<Entry> {
-        assert!(from > self.snapshot.index, "slice from compacted index {from}");
+        assert!(
+            from > self.snapshot.index,
+            "slice from compacted index {from}"
+        );
         let mut out = Vec::new();
         let mut bytes = 0;
         let mut index = from;
         while index <= to && out.len() < max_count {
-            let Some(entry) = self.entry(index) else { break };
+            let Some(entry) = self.entry(index) else {
+                break;
+            };
             if !out.is_empty() && bytes + entry.data.len() > max_bytes {
                 break;
             }
@@ -92,7 +97,8 @@ impl RaftLog {
     /// True when a log ending at (`last_index`, `last_term`) is at least as up-to-date as this
     /// one (§5.4.1 of the paper).
     pub fn is_up_to_date(&self, last_index: Index, last_term: Term) -> bool {
-        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
     }
 
     /// Appends a new entry at the end (leader side).
@@ -225,7 +231,11 @@ impl RaftLog {
         if cfg!(debug_assertions) {
             let mut term = self.snapshot.term;
             for (k, e) in self.entries.iter().enumerate() {
-                assert_eq!(e.index, self.snapshot.index + 1 + k as u64, "log not consecutive");
+                assert_eq!(
+                    e.index,
+                    self.snapshot.index + 1 + k as u64,
+                    "log not consecutive"
+                );
                 assert!(e.term >= term, "terms decrease at index {}", e.index);
                 term = e.term;
             }
@@ -270,7 +280,11 @@ mod tests {
             data: vec![],
         }];
         log.merge(1, stale);
-        assert_eq!(log.last_index(), 3, "a matching stale entry must not truncate");
+        assert_eq!(
+            log.last_index(),
+            3,
+            "a matching stale entry must not truncate"
+        );
         let conflicting = vec![Entry {
             term: 2,
             index: 2,

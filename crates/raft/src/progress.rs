@@ -89,7 +89,9 @@ impl Progress {
         match self.state {
             ProgressState::Replicate => self.next = self.next.max(prev_log_index + count + 1),
             ProgressState::Probe => self.paused = true,
-            ProgressState::Snapshot => unreachable!("entries are not sent while a snapshot is pending"),
+            ProgressState::Snapshot => {
+                unreachable!("entries are not sent while a snapshot is pending")
+            }
         }
         self.check();
     }
@@ -101,6 +103,11 @@ impl Progress {
     }
 
     fn check(&self) {
-        debug_assert!(self.matched < self.next, "matched {} >= next {}", self.matched, self.next);
+        debug_assert!(
+            self.matched < self.next,
+            "matched {} >= next {}",
+            self.matched,
+            self.next
+        );
     }
 }

@@ -155,7 +155,11 @@ impl Raft {
     }
 
     fn other_peers(&self) -> Vec<NodeId> {
-        self.peers.iter().copied().filter(|&p| p != self.id).collect()
+        self.peers
+            .iter()
+            .copied()
+            .filter(|&p| p != self.id)
+            .collect()
     }
 
     // ---- inputs -----------------------------------------------------------------------------
@@ -236,7 +240,9 @@ impl Raft {
         }
         if m.term > self.term {
             let leader = match m.body {
-                MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => Some(m.from),
+                MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
+                    Some(m.from)
+                }
                 _ => None,
             };
             self.become_follower(m.term, leader);
@@ -248,7 +254,10 @@ impl Raft {
                     let hint = ConflictHint { index, term };
                     self.send(
                         m.from,
-                        MessageBody::AppendEntriesResponse(AppendOutcome::Rejected { prev_log_index, hint }),
+                        MessageBody::AppendEntriesResponse(AppendOutcome::Rejected {
+                            prev_log_index,
+                            hint,
+                        }),
                     );
                 }
                 MessageBody::InstallSnapshot { .. } => {
@@ -286,7 +295,12 @@ impl Raft {
         }
     }
 
-    fn handle_request_vote(&mut self, candidate: NodeId, last_log_index: Index, last_log_term: Term) {
+    fn handle_request_vote(
+        &mut self,
+        candidate: NodeId,
+        last_log_index: Index,
+        last_log_term: Term,
+    ) {
         let can_vote = self.vote.is_none_or(|v| v == candidate) && self.leader.is_none();
         let granted = can_vote && self.log.is_up_to_date(last_log_index, last_log_term);
         if granted {
@@ -306,7 +320,13 @@ impl Raft {
             } => {
                 self.leader = Some(m.from);
                 self.reset_election_timer();
-                self.handle_append(m.from, prev_log_index, prev_log_term, entries, leader_commit);
+                self.handle_append(
+                    m.from,
+                    prev_log_index,
+                    prev_log_term,
+                    entries,
+                    leader_commit,
+                );
             }
             MessageBody::InstallSnapshot { snapshot } => {
                 self.leader = Some(m.from);
@@ -351,7 +371,11 @@ impl Raft {
             MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
                 // Another leader in our own term cannot exist in a correct group; drop the
                 // message rather than trust it (the simulator's checker flags the cause).
-                debug_assert!(false, "two leaders in term {}: {} and {}", self.term, self.id, m.from);
+                debug_assert!(
+                    false,
+                    "two leaders in term {}: {} and {}",
+                    self.term, self.id, m.from
+                );
             }
             _ => {
                 self.progress_mut(m.from).recent_active = true;
@@ -391,7 +415,9 @@ impl Raft {
         self.log.commit_to(leader_commit.min(last_new));
         self.send(
             leader,
-            MessageBody::AppendEntriesResponse(AppendOutcome::Accepted { match_index: last_new }),
+            MessageBody::AppendEntriesResponse(AppendOutcome::Accepted {
+                match_index: last_new,
+            }),
         );
     }
 
@@ -438,7 +464,10 @@ impl Raft {
                     self.send_append(from, false);
                 }
             }
-            AppendOutcome::Rejected { prev_log_index, hint } => {
+            AppendOutcome::Rejected {
+                prev_log_index,
+                hint,
+            } => {
                 let next = match hint.term.and_then(|t| self.log.last_index_of_term(t)) {
                     Some(index) => index + 1,
                     None => hint.index,
@@ -471,7 +500,10 @@ impl Raft {
         let snapshot_term = self.log.snapshot().term;
         let last = self.log.last_index();
         let committed = self.log.committed;
-        let (max_count, max_bytes) = (self.cfg.max_entries_per_message, self.cfg.max_bytes_per_message);
+        let (max_count, max_bytes) = (
+            self.cfg.max_entries_per_message,
+            self.cfg.max_bytes_per_message,
+        );
         let resend_ticks = self.cfg.snapshot_resend_ticks;
         let pr = self.progress_mut(peer);
         if pr.state == ProgressState::Snapshot || pr.next <= snapshot_index {
@@ -498,13 +530,17 @@ impl Raft {
         }
         let next = pr.next;
         let prev_log_index = next - 1;
-        let prev_log_term = self.log.term(prev_log_index).expect("prev index is in the log");
+        let prev_log_term = self
+            .log
+            .term(prev_log_index)
+            .expect("prev index is in the log");
         let entries = if next <= last {
             self.log.slice(next, last, max_count, max_bytes)
         } else {
             Vec::new()
         };
-        self.progress_mut(peer).sent(prev_log_index, entries.len() as u64);
+        self.progress_mut(peer)
+            .sent(prev_log_index, entries.len() as u64);
         self.send(
             peer,
             MessageBody::AppendEntries {

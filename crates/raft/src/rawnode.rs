@@ -54,10 +54,19 @@ impl std::fmt::Display for CompactError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CompactError::NotApplied { index, applied } => {
-                write!(f, "cannot snapshot at {index}: only {applied} handed out for applying")
+                write!(
+                    f,
+                    "cannot snapshot at {index}: only {applied} handed out for applying"
+                )
             }
-            CompactError::Outdated { index, snapshot_index } => {
-                write!(f, "cannot snapshot at {index}: already compacted to {snapshot_index}")
+            CompactError::Outdated {
+                index,
+                snapshot_index,
+            } => {
+                write!(
+                    f,
+                    "cannot snapshot at {index}: already compacted to {snapshot_index}"
+                )
             }
         }
     }
@@ -173,7 +182,10 @@ impl RawNode {
 
     /// Takes everything pending. Must be followed by [`RawNode::advance`] before the next call.
     pub fn ready(&mut self) -> Ready {
-        assert!(!self.ready_outstanding, "ready() called twice without advance()");
+        assert!(
+            !self.ready_outstanding,
+            "ready() called twice without advance()"
+        );
         self.ready_outstanding = true;
         self.raft.flush_broadcast();
         let mut rd = Ready::default();
@@ -197,8 +209,12 @@ impl RawNode {
             self.handed_out = log.snapshot().index;
         }
         if log.committed > self.handed_out {
-            rd.committed_entries = log.slice(self.handed_out + 1, log.committed, usize::MAX, usize::MAX);
-            debug_assert_eq!(rd.committed_entries.len() as u64, log.committed - self.handed_out);
+            rd.committed_entries =
+                log.slice(self.handed_out + 1, log.committed, usize::MAX, usize::MAX);
+            debug_assert_eq!(
+                rd.committed_entries.len() as u64,
+                log.committed - self.handed_out
+            );
             self.handed_out = log.committed;
         }
         rd.messages = std::mem::take(&mut self.raft.msgs);

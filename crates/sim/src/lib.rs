@@ -30,15 +30,20 @@ pub mod sync;
 
 pub use rng::Rng;
 pub use runtime::{
-    now, sleep, sleep_until, spawn, timeout, trace, trace_hash, with_rng, Elapsed, JoinHandle, Runtime,
+    now, sleep, sleep_until, spawn, timeout, trace, trace_hash, with_rng, Elapsed, JoinHandle,
+    Runtime,
 };
 
 /// The seed a test should use: `SIM_SEED` from the environment when set (decimal or 0x-hex),
 /// otherwise a fixed seed derived from `name`, so plain `cargo test` is reproducible too.
 pub fn seed_from_env(name: &str) -> u64 {
     match std::env::var("SIM_SEED") {
-        Ok(text) => parse_seed(&text).unwrap_or_else(|| panic!("SIM_SEED={text:?} is not a number")),
-        Err(_) => name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)),
+        Ok(text) => {
+            parse_seed(&text).unwrap_or_else(|| panic!("SIM_SEED={text:?} is not a number"))
+        }
+        Err(_) => name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        }),
     }
 }
 

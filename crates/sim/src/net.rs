@@ -22,7 +22,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::sync::Sender;
 use crate::{spawn, trace, with_rng};
 
 /// What the network needs to know about a message.
@@ -45,7 +44,7 @@ pub struct NetStats {
 
 struct Node<M> {
     incarnation: u64,
-    inbox: Sender<(usize, M)>,
+    inbox: Rc<dyn Fn(usize, M)>,
     rpc_count: u64,
 }
 
@@ -101,10 +100,11 @@ impl<M: Payload> Network<M> {
         self.len() == 0
     }
 
-    /// A (re)started node: messages for `node` now go to `inbox`, tagged with the sender.
+    /// A (re)started node: messages for `node` are now handed to `inbox(from, message)`.
     /// Messages sent to an earlier incarnation are never delivered to this one. Resets the
     /// node's RPC count, as a restarted labrpc server does.
-    pub fn attach(&self, node: usize, inbox: Sender<(usize, M)>) {
+    pub fn attach(&self, node: usize, inbox: impl Fn(usize, M) + 'static) {
+        let inbox: Rc<dyn Fn(usize, M)> = Rc::new(inbox);
         let mut inner = self.inner.borrow_mut();
         let incarnation = inner.next_incarnation;
         inner.next_incarnation += 1;
@@ -152,7 +152,9 @@ impl<M: Payload> Network<M> {
 
     /// Requests delivered to `node` since it was last attached (labrpc `GetCount`).
     pub fn rpc_count(&self, node: usize) -> u64 {
-        self.inner.borrow().nodes[node].as_ref().map_or(0, |n| n.rpc_count)
+        self.inner.borrow().nodes[node]
+            .as_ref()
+            .map_or(0, |n| n.rpc_count)
     }
 
     pub fn stats(&self) -> NetStats {
@@ -178,10 +180,12 @@ impl<M: Payload> Network<M> {
                 return;
             }
         };
-        let (reliable, long_reordering, latency) = (inner.reliable, inner.long_reordering, inner.latency);
+        let (reliable, long_reordering, latency) =
+            (inner.reliable, inner.long_reordering, inner.latency);
         drop(inner);
         let fate = with_rng(|rng| {
-            let mut delay = latency.0 + Duration::from_nanos(rng.below((latency.1 - latency.0).as_nanos() as u64 + 1));
+            let mut delay = latency.0
+                + Duration::from_nanos(rng.below((latency.1 - latency.0).as_nanos() as u64 + 1));
             if !reliable {
                 if is_request {
                     delay += Duration::from_millis(rng.below(27));
@@ -210,7 +214,15 @@ impl<M: Payload> Network<M> {
         });
     }
 
-    fn deliver(&self, from: usize, to: usize, incarnation: u64, msg: M, size: u64, is_request: bool) {
+    fn deliver(
+        &self,
+        from: usize,
+        to: usize,
+        incarnation: u64,
+        msg: M,
+        size: u64,
+        is_request: bool,
+    ) {
         let mut inner = self.inner.borrow_mut();
         let event = ((from as u64) << 40) | ((to as u64) << 32) | size;
         let link = inner.links[from][to];
@@ -234,8 +246,7 @@ impl<M: Payload> Network<M> {
         }
         drop(inner);
         trace(TRACE_DELIVER | event);
-        // A receiver that has gone away (task aborted) simply loses the message.
-        let _ = inbox.send((from, msg));
+        inbox(from, msg);
     }
 }
 
@@ -260,7 +271,9 @@ mod tests {
         rt.block_on(async {
             let net = Network::<Msg>::new(2);
             let (tx, mut rx) = channel();
-            net.attach(1, tx);
+            net.attach(1, move |from, m| {
+                let _ = tx.send((from, m));
+            });
             net.send(0, 1, Msg(true)); // link disabled: dropped but counted
             net.set_link(0, 1, true);
             net.send(0, 1, Msg(true));
@@ -271,7 +284,10 @@ mod tests {
             assert!(rx.try_recv().is_none());
             let stats = net.stats();
             assert_eq!(stats.rpc_total, 2);
-            assert_eq!(stats.bytes_total, 30, "two requests sent + one response delivered");
+            assert_eq!(
+                stats.bytes_total, 30,
+                "two requests sent + one response delivered"
+            );
             assert_eq!(net.rpc_count(1), 1);
         });
     }
@@ -282,7 +298,9 @@ mod tests {
         rt.block_on(async {
             let net = Network::<Msg>::new(2);
             let (tx, mut rx) = channel();
-            net.attach(1, tx);
+            net.attach(1, move |from, m| {
+                let _ = tx.send((from, m));
+            });
             net.set_link(0, 1, true);
             net.set_reliable(false);
             for _ in 0..10_000 {
@@ -303,12 +321,16 @@ mod tests {
         rt.block_on(async {
             let net = Network::<Msg>::new(2);
             let (tx, _rx_old) = channel();
-            net.attach(1, tx);
+            net.attach(1, move |from, m| {
+                let _ = tx.send((from, m));
+            });
             net.set_link(0, 1, true);
             net.set_latency(Duration::from_millis(5), Duration::from_millis(5));
             net.send(0, 1, Msg(true));
-            let (tx, mut rx_new) = channel();
-            net.attach(1, tx);
+            let (tx, mut rx_new) = channel::<(usize, Msg)>();
+            net.attach(1, move |from, m| {
+                let _ = tx.send((from, m));
+            });
             crate::sleep(Duration::from_millis(10)).await;
             assert!(rx_new.try_recv().is_none());
         });

@@ -102,13 +102,19 @@ impl Runtime {
             id: MAIN_TASK,
             queue: core.queue.clone(),
         }));
-        core.queue.0.lock().expect("wake queue").push_back(MAIN_TASK);
+        core.queue
+            .0
+            .lock()
+            .expect("wake queue")
+            .push_back(MAIN_TASK);
         let mut polls_this_instant = 0u64;
         loop {
             let next = core.queue.0.lock().expect("wake queue").pop_front();
             match next {
                 Some(MAIN_TASK) => {
-                    if let Poll::Ready(out) = main.as_mut().poll(&mut Context::from_waker(&main_waker)) {
+                    if let Poll::Ready(out) =
+                        main.as_mut().poll(&mut Context::from_waker(&main_waker))
+                    {
                         return out;
                     }
                 }
@@ -146,7 +152,10 @@ impl Runtime {
             id,
             queue: core.queue.clone(),
         }));
-        let done = fut.as_mut().poll(&mut Context::from_waker(&waker)).is_ready();
+        let done = fut
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready();
         if !done && !core.aborted.borrow_mut().remove(&id) {
             core.tasks.borrow_mut().insert(id, fut);
         }
@@ -306,7 +315,10 @@ pub fn sleep(duration: Duration) -> Sleep {
 
 /// Completes at virtual time `deadline` (at once if it has passed).
 pub fn sleep_until(deadline: Duration) -> Sleep {
-    Sleep { deadline, key: None }
+    Sleep {
+        deadline,
+        key: None,
+    }
 }
 
 /// Future returned by [`sleep`].

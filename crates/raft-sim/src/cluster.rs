@@ -1,0 +1,679 @@
+//! A Raft group on the simulator, with the 6.5840 tester's controls and checks.
+//!
+//! This is the Rust counterpart of the lab's `config.go`: it starts, crashes and restarts
+//! servers, cuts and joins them, submits commands and watches what every server applies.
+//! Each server is a task that owns a [`RawNode`], ticks it every [`ClusterConfig::tick`] of
+//! virtual time, and handles each `Ready` the way a real driver must: write the `Persist`
+//! batch to its [`Disk`], wait for the sync, then send, then apply. A crash aborts the task
+//! and loses unsynced writes; a restart rebuilds the node from what the disk kept.
+//!
+//! The applier reproduces the tester's checks (no two servers apply different commands at one
+//! index, no gaps, snapshot indexes that match), and the [`Invariants`] checker adds the Raft
+//! safety properties: at most one leader per term, log matching, leader completeness. Any
+//! violation panics, failing the test with its seed.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use flotilla_raft::{Config, Message, RawNode, Ready, Role};
+use flotilla_sim::disk::Disk;
+use flotilla_sim::net::{NetStats, Network, Payload};
+use flotilla_sim::sync::{channel, Receiver, Sender};
+use flotilla_sim::{now, sleep, spawn, timeout, with_rng, JoinHandle};
+use flotilla_storage::{MemStorage, Storage};
+
+use crate::invariants::Invariants;
+
+/// 6.5840's `RaftElectionTimeout`: the allowance the tests give for an election.
+pub const ELECTION_TIMEOUT: Duration = Duration::from_secs(1);
+/// Servers snapshot after applying an index `i` with `(i + 1) % SNAPSHOT_INTERVAL == 0`.
+pub const SNAPSHOT_INTERVAL: u64 = 10;
+
+/// A wrapper so Raft messages can travel on the simulated network.
+#[derive(Clone, Debug)]
+pub struct Wire(pub Message);
+
+impl Payload for Wire {
+    fn wire_size(&self) -> usize {
+        postcard::experimental::serialized_size(&self.0).unwrap_or(0)
+    }
+    fn is_request(&self) -> bool {
+        self.0.body.is_request()
+    }
+}
+
+/// Tunables of a simulated group.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub servers: usize,
+    pub reliable: bool,
+    /// Use the snapshot applier (3D): snapshot after each index `i` with
+    /// `(i + 1) % interval == 0` (the lab uses [`SNAPSHOT_INTERVAL`]).
+    pub snapshot_interval: Option<u64>,
+    pub tick: Duration,
+    /// Time a disk sync takes, drawn uniformly from this range.
+    pub sync_latency: (Duration, Duration),
+    /// Print begin/end lines like the Go tester.
+    pub verbose: bool,
+}
+
+impl ClusterConfig {
+    pub fn new(servers: usize, reliable: bool, snapshots: bool) -> Self {
+        ClusterConfig {
+            servers,
+            reliable,
+            snapshot_interval: snapshots.then_some(SNAPSHOT_INTERVAL),
+            tick: Duration::from_millis(10),
+            sync_latency: (Duration::from_micros(50), Duration::from_micros(500)),
+            verbose: false,
+        }
+    }
+}
+
+/// What one server has applied, as the tester records it.
+#[derive(Clone, Debug, Default)]
+struct Record {
+    /// `applied[i]` is the command applied at index `i` (slot 0 unused).
+    applied: Vec<Option<Vec<u8>>>,
+    last_applied: u64,
+}
+
+impl Record {
+    fn get(&self, index: u64) -> Option<&Vec<u8>> {
+        self.applied.get(index as usize).and_then(|c| c.as_ref())
+    }
+
+    fn set(&mut self, index: u64, cmd: Vec<u8>) {
+        let i = index as usize;
+        if self.applied.len() <= i {
+            self.applied.resize(i + 1, None);
+        }
+        self.applied[i] = Some(cmd);
+    }
+}
+
+/// The tester's snapshot format: the index and every command up to it.
+fn encode_snapshot(index: u64, record: &Record) -> Vec<u8> {
+    let upto: Vec<Option<Vec<u8>>> = (0..=index).map(|i| record.get(i).cloned()).collect();
+    postcard::to_allocvec(&(index, upto)).expect("encode snapshot")
+}
+
+fn decode_snapshot(data: &[u8]) -> Result<(u64, Vec<Option<Vec<u8>>>), String> {
+    postcard::from_bytes(data).map_err(|e| format!("snapshot decode error: {e}"))
+}
+
+enum Input {
+    Message(Message),
+    /// Something was proposed directly on the node: look for a `Ready`.
+    Poke,
+}
+
+struct Server {
+    node: Rc<RefCell<RawNode>>,
+    inbox: Sender<Input>,
+    task: JoinHandle<()>,
+}
+
+struct Inner {
+    cfg: ClusterConfig,
+    net: Network<Wire>,
+    servers: RefCell<Vec<Option<Server>>>,
+    disks: Vec<Rc<RefCell<Disk<MemStorage>>>>,
+    records: RefCell<Vec<Record>>,
+    connected: RefCell<Vec<bool>>,
+    invariants: RefCell<Invariants>,
+    finished: Cell<bool>,
+    max_index: Cell<u64>,
+    /// Baselines of `begin`.
+    begin: Cell<(Duration, u64, u64, u64)>,
+    started_at: Duration,
+}
+
+/// A handle to a simulated Raft group; cheap to clone into tasks.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Rc<Inner>,
+}
+
+impl Cluster {
+    /// Creates the group inside the running simulation, starts every server and connects
+    /// them all, then sets the network's reliability (so servers start on a reliable net, as
+    /// the Go tester does).
+    pub fn new(cfg: ClusterConfig) -> Self {
+        let n = cfg.servers;
+        let net = Network::new(n);
+        let cluster = Cluster {
+            inner: Rc::new(Inner {
+                net,
+                servers: RefCell::new((0..n).map(|_| None).collect()),
+                disks: (0..n)
+                    .map(|_| Rc::new(RefCell::new(Disk::new(MemStorage::new()))))
+                    .collect(),
+                records: RefCell::new(vec![Record::default(); n]),
+                connected: RefCell::new(vec![false; n]),
+                invariants: RefCell::new(Invariants::default()),
+                finished: Cell::new(false),
+                max_index: Cell::new(0),
+                begin: Cell::new((Duration::ZERO, 0, 0, 0)),
+                started_at: now(),
+                cfg,
+            }),
+        };
+        for i in 0..n {
+            cluster.start(i);
+            cluster.connect(i);
+        }
+        cluster.inner.net.set_reliable(cluster.inner.cfg.reliable);
+        cluster
+    }
+
+    pub fn n(&self) -> usize {
+        self.inner.cfg.servers
+    }
+
+    pub fn net(&self) -> &Network<Wire> {
+        &self.inner.net
+    }
+
+    // ---- lifecycle ------------------------------------------------------------------------
+
+    /// Starts server `i` from what its disk kept (crashing it first if it is running). The
+    /// new server is not connected: call [`Cluster::connect`].
+    pub fn start(&self, i: usize) {
+        self.crash(i);
+        let durable = self.inner.disks[i]
+            .borrow()
+            .durable()
+            .durable_state()
+            .clone();
+        // The tester ingests the persisted snapshot itself, like a restarting service.
+        let mut record = Record::default();
+        if durable.snapshot.index > 0 {
+            let (index, upto) = decode_snapshot(&durable.snapshot.data)
+                .unwrap_or_else(|e| panic!("server {i}: {e}"));
+            assert_eq!(
+                index, durable.snapshot.index,
+                "server {i}: snapshot doesn't match its index"
+            );
+            record.applied = upto;
+            record.last_applied = index;
+        }
+        self.inner.records.borrow_mut()[i] = record;
+        let n = self.n() as u64;
+        let mut config = Config::new(i as u64, (0..n).collect());
+        config.seed = with_rng(|r| r.next_u64());
+        let node = Rc::new(RefCell::new(RawNode::new(config, durable)));
+        let (tx, rx) = channel();
+        let net_tx = tx.clone();
+        self.inner.net.attach(i, move |_from, Wire(m)| {
+            let _ = net_tx.send(Input::Message(m));
+        });
+        let task = spawn(run_server(self.clone(), i, node.clone(), rx));
+        self.inner.servers.borrow_mut()[i] = Some(Server {
+            node,
+            inbox: tx,
+            task,
+        });
+    }
+
+    /// Crashes server `i`: cut off, its task stopped, unsynced disk writes lost. Its tester
+    /// record stays readable until it is started again.
+    pub fn crash(&self, i: usize) {
+        self.disconnect(i);
+        let server = self.inner.servers.borrow_mut()[i].take();
+        if let Some(server) = server {
+            server.task.abort();
+            self.inner.net.detach(i);
+            self.inner.disks[i].borrow_mut().crash();
+            flotilla_sim::trace(0xC0A5_0000 | i as u64);
+        }
+    }
+
+    /// Crash (if running), start and connect server `i`.
+    pub fn restart(&self, i: usize) {
+        self.start(i);
+        self.connect(i);
+    }
+
+    pub fn is_alive(&self, i: usize) -> bool {
+        self.inner.servers.borrow()[i].is_some()
+    }
+
+    pub fn is_connected(&self, i: usize) -> bool {
+        self.inner.connected.borrow()[i]
+    }
+
+    /// Joins `i` to every other connected server (labrpc `connect`).
+    pub fn connect(&self, i: usize) {
+        let mut connected = self.inner.connected.borrow_mut();
+        connected[i] = true;
+        for j in 0..self.n() {
+            if connected[j] {
+                self.inner.net.set_link(i, j, true);
+                self.inner.net.set_link(j, i, true);
+            }
+        }
+    }
+
+    /// Cuts `i` off from everyone (labrpc `disconnect`). It keeps running.
+    pub fn disconnect(&self, i: usize) {
+        self.inner.connected.borrow_mut()[i] = false;
+        for j in 0..self.n() {
+            self.inner.net.set_link(i, j, false);
+            self.inner.net.set_link(j, i, false);
+        }
+    }
+
+    /// Splits the group: links inside each side are up, links across are down. Every server
+    /// is marked connected.
+    pub fn partition(&self, sides: &[&[usize]]) {
+        let side_of = |s: usize| sides.iter().position(|side| side.contains(&s));
+        let mut connected = self.inner.connected.borrow_mut();
+        for i in 0..self.n() {
+            connected[i] = side_of(i).is_some();
+            for j in 0..self.n() {
+                let up = side_of(i).is_some() && side_of(i) == side_of(j);
+                self.inner.net.set_link(i, j, up);
+            }
+        }
+    }
+
+    pub fn set_reliable(&self, reliable: bool) {
+        self.inner.net.set_reliable(reliable);
+    }
+
+    pub fn set_long_reordering(&self, on: bool) {
+        self.inner.net.set_long_reordering(on);
+    }
+
+    // ---- what the tests ask servers -------------------------------------------------------
+
+    /// `Start(cmd)` on server `i`: `Some((index, term))` if it is alive and believes it leads.
+    pub fn start_cmd(&self, i: usize, cmd: &[u8]) -> Option<(u64, u64)> {
+        let servers = self.inner.servers.borrow();
+        let server = servers[i].as_ref()?;
+        let result = server.node.borrow_mut().propose(cmd.to_vec()).ok();
+        if result.is_some() {
+            let _ = server.inbox.send(Input::Poke);
+        }
+        result
+    }
+
+    /// `GetState()` of server `i`: `(term, believes it is leader)`, if alive.
+    pub fn get_state(&self, i: usize) -> Option<(u64, bool)> {
+        let servers = self.inner.servers.borrow();
+        let node = servers[i].as_ref()?.node.borrow();
+        let status = node.status();
+        Some((status.hard.term, status.soft.role == Role::Leader))
+    }
+
+    /// Requests delivered to server `i` since it (re)started.
+    pub fn rpc_count(&self, i: usize) -> u64 {
+        self.inner.net.rpc_count(i)
+    }
+
+    pub fn net_stats(&self) -> NetStats {
+        self.inner.net.stats()
+    }
+
+    /// Largest persisted Raft state (log + hard state, without the snapshot) over all servers.
+    pub fn log_size(&self) -> u64 {
+        self.inner
+            .disks
+            .iter()
+            .map(|d| d.borrow().durable().raft_state_size())
+            .max()
+            .unwrap_or(0)
+    }
+
+    // ---- the tester's helpers ---------------------------------------------------------------
+
+    fn live_connected(&self) -> Vec<usize> {
+        (0..self.n())
+            .filter(|&i| self.is_connected(i) && self.is_alive(i))
+            .collect()
+    }
+
+    /// Waits for exactly one leader among connected servers (of the highest term) and returns
+    /// it; fails if a term has two leaders or if none appears within ~5 s.
+    pub async fn check_one_leader(&self) -> usize {
+        for _ in 0..10 {
+            let ms = 450 + with_rng(|r| r.below(100));
+            sleep(Duration::from_millis(ms)).await;
+            let mut leaders: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
+            for i in self.live_connected() {
+                if let Some((term, true)) = self.get_state(i) {
+                    leaders.entry(term).or_default().push(i);
+                }
+            }
+            for (term, ids) in &leaders {
+                assert!(
+                    ids.len() <= 1,
+                    "term {term} has {} (>1) leaders: {ids:?}",
+                    ids.len()
+                );
+            }
+            if let Some((_, ids)) = leaders.last_key_value() {
+                return ids[0];
+            }
+        }
+        panic!("expected one leader, got none");
+    }
+
+    /// All connected servers agree on the term; returns it.
+    pub fn check_terms(&self) -> Option<u64> {
+        let mut term = None;
+        for i in self.live_connected() {
+            let (t, _) = self.get_state(i).expect("alive");
+            match term {
+                None => term = Some(t),
+                Some(x) => assert_eq!(x, t, "servers disagree on term"),
+            }
+        }
+        term
+    }
+
+    /// No connected server believes it is leader.
+    pub fn check_no_leader(&self) {
+        for i in self.live_connected() {
+            if let Some((_, true)) = self.get_state(i) {
+                panic!("expected no leader among connected servers, but {i} claims to be leader");
+            }
+        }
+    }
+
+    /// How many servers' records hold `index`, and the command there. Fails if two differ.
+    pub fn n_committed(&self, index: u64) -> (usize, Option<Vec<u8>>) {
+        let records = self.inner.records.borrow();
+        let mut count = 0;
+        let mut value: Option<&Vec<u8>> = None;
+        for record in records.iter() {
+            if let Some(cmd) = record.get(index) {
+                if let Some(v) = value {
+                    assert_eq!(v, cmd, "committed values do not match: index {index}");
+                }
+                value = Some(cmd);
+                count += 1;
+            }
+        }
+        (count, value.cloned())
+    }
+
+    /// Fails if anything is committed at `index`.
+    pub fn check_no_agreement(&self, index: u64) {
+        let (count, _) = self.n_committed(index);
+        assert_eq!(count, 0, "{count} committed but no majority");
+    }
+
+    /// Submits `cmd` until at least `expected` servers have applied it, within 10 s; returns
+    /// its index. Without `retry`, one submission must succeed within 2 s. Returns 0 if the
+    /// test has finished meanwhile (a background submitter).
+    pub async fn one(&self, cmd: &[u8], expected: usize, retry: bool) -> u64 {
+        let t0 = now();
+        let mut cursor = 0;
+        while now() - t0 < Duration::from_secs(10) && !self.inner.finished.get() {
+            let mut index = None;
+            for _ in 0..self.n() {
+                cursor = (cursor + 1) % self.n();
+                if self.is_connected(cursor) {
+                    if let Some((i, _)) = self.start_cmd(cursor, cmd) {
+                        index = Some(i);
+                        break;
+                    }
+                }
+            }
+            if let Some(index) = index {
+                let t1 = now();
+                while now() - t1 < Duration::from_secs(2) {
+                    let (count, value) = self.n_committed(index);
+                    if count > 0 && count >= expected && value.as_deref() == Some(cmd) {
+                        return index;
+                    }
+                    sleep(Duration::from_millis(20)).await;
+                }
+                assert!(retry, "one({}) failed to reach agreement", show(cmd));
+            } else {
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert!(
+            self.inner.finished.get(),
+            "one({}) failed to reach agreement",
+            show(cmd)
+        );
+        0
+    }
+
+    /// Waits (backing off to ~30 s) until `n` servers applied `index`; returns the command, or
+    /// `None` if some server's term moved past `start_term` meanwhile.
+    pub async fn wait(&self, index: u64, n: usize, start_term: Option<u64>) -> Option<Vec<u8>> {
+        let mut to = Duration::from_millis(10);
+        for _ in 0..30 {
+            let (count, _) = self.n_committed(index);
+            if count >= n {
+                break;
+            }
+            sleep(to).await;
+            if to < Duration::from_secs(1) {
+                to *= 2;
+            }
+            if let Some(start_term) = start_term {
+                let moved = (0..self.n())
+                    .filter_map(|i| self.get_state(i))
+                    .any(|(t, _)| t > start_term);
+                if moved {
+                    return None;
+                }
+            }
+        }
+        let (count, value) = self.n_committed(index);
+        assert!(
+            count >= n,
+            "only {count} decided for index {index}; wanted {n}"
+        );
+        value
+    }
+
+    /// Prints the test title and records baselines for [`Cluster::end`].
+    pub fn begin(&self, desc: &str) {
+        let stats = self.net_stats();
+        self.inner.begin.set((
+            now(),
+            stats.rpc_total,
+            stats.bytes_total,
+            self.inner.max_index.get(),
+        ));
+        if self.inner.cfg.verbose {
+            println!("{desc} ...");
+        }
+    }
+
+    /// Marks the test finished, checks the 120 s (virtual) budget and prints statistics.
+    pub fn end(&self) {
+        self.inner.finished.set(true);
+        let elapsed = now() - self.inner.started_at;
+        assert!(
+            elapsed <= Duration::from_secs(120),
+            "test took longer than 120 seconds (virtual: {elapsed:?})"
+        );
+        let (t0, rpcs0, bytes0, index0) = self.inner.begin.get();
+        let stats = self.net_stats();
+        if self.inner.cfg.verbose {
+            println!(
+                "  ... Passed --  {:.1}s (virtual)  {} peers  {} RPCs  {} bytes  {} agreements",
+                (now() - t0).as_secs_f64(),
+                self.n(),
+                stats.rpc_total - rpcs0,
+                stats.bytes_total - bytes0,
+                self.inner.max_index.get() - index0
+            );
+        }
+    }
+
+    /// Stops every server (test cleanup).
+    pub fn shutdown(&self) {
+        self.inner.finished.set(true);
+        for i in 0..self.n() {
+            self.crash(i);
+        }
+    }
+
+    /// Highest index any server applied.
+    pub fn max_index(&self) -> u64 {
+        self.inner.max_index.get()
+    }
+
+    /// Term of the current leader with the highest term, if any, and its id (no waiting).
+    pub fn current_leader(&self) -> Option<(usize, u64)> {
+        (0..self.n())
+            .filter_map(|i| self.get_state(i).map(|(t, l)| (i, t, l)))
+            .filter(|&(_, _, leads)| leads)
+            .max_by_key(|&(_, t, _)| t)
+            .map(|(i, t, _)| (i, t))
+    }
+
+    pub fn invariants(&self) -> std::cell::Ref<'_, Invariants> {
+        self.inner.invariants.borrow()
+    }
+
+    // ---- the server driver ------------------------------------------------------------------
+
+    /// Handles every pending `Ready` of server `i`: persist (and wait for the sync), send,
+    /// apply, advance.
+    async fn handle_ready(&self, i: usize, node: &Rc<RefCell<RawNode>>) {
+        loop {
+            let rd: Ready = {
+                let mut node = node.borrow_mut();
+                if !node.has_ready() {
+                    return;
+                }
+                let rd = node.ready();
+                self.inner.invariants.borrow_mut().on_ready(i, &node, &rd);
+                rd
+            };
+            if !rd.persist.is_empty() {
+                let batch = rd.persist;
+                let disk = &self.inner.disks[i];
+                disk.borrow_mut().write(move |storage: &mut MemStorage| {
+                    storage.persist(&batch).expect("memory storage cannot fail");
+                });
+                let (lo, hi) = self.inner.cfg.sync_latency;
+                let latency = lo
+                    + Duration::from_nanos(with_rng(|r| r.below((hi - lo).as_nanos() as u64 + 1)));
+                sleep(latency).await;
+                // If the server crashed during the sleep, this task was aborted: the write is lost.
+                disk.borrow_mut().sync();
+            }
+            for m in rd.messages {
+                let to = m.to as usize;
+                self.inner.net.send(i, to, Wire(m));
+            }
+            if let Some(snapshot) = rd.snapshot_to_apply {
+                self.ingest_snapshot(i, snapshot.index, &snapshot.data);
+            }
+            for entry in rd.committed_entries {
+                self.apply(i, node, entry.index, entry.data);
+            }
+            node.borrow_mut().advance();
+        }
+    }
+
+    fn ingest_snapshot(&self, i: usize, index: u64, data: &[u8]) {
+        let (snap_index, upto) =
+            decode_snapshot(data).unwrap_or_else(|e| panic!("apply error: server {i}: {e}"));
+        assert_eq!(
+            snap_index, index,
+            "apply error: server {i} snapshot doesn't match m.SnapshotIndex"
+        );
+        let mut records = self.inner.records.borrow_mut();
+        records[i].applied = upto;
+        records[i].last_applied = index;
+        flotilla_sim::trace(0x5A90_0000_0000 | index);
+    }
+
+    fn apply(&self, i: usize, node: &Rc<RefCell<RawNode>>, index: u64, cmd: Vec<u8>) {
+        let snapshot_cmd = {
+            let mut records = self.inner.records.borrow_mut();
+            let expected = records[i].last_applied + 1;
+            assert_eq!(
+                index, expected,
+                "apply error: server {i} apply out of order, expected index {expected}, got {index}"
+            );
+            for (j, record) in records.iter().enumerate() {
+                if let Some(old) = record.get(index) {
+                    assert_eq!(
+                        old,
+                        &cmd,
+                        "apply error: commit index={index} server={i} {} != server={j} {}",
+                        show(&cmd),
+                        show(old)
+                    );
+                }
+            }
+            assert!(
+                index == 1 || records[i].get(index - 1).is_some(),
+                "apply error: server {i} apply out of order {index}"
+            );
+            records[i].set(index, cmd);
+            records[i].last_applied = index;
+            self.inner
+                .max_index
+                .set(self.inner.max_index.get().max(index));
+            flotilla_sim::trace(((i as u64) << 48) | index);
+            let interval = self.inner.cfg.snapshot_interval;
+            interval
+                .is_some_and(|k| (index + 1) % k == 0)
+                .then(|| encode_snapshot(index, &records[i]))
+        };
+        if let Some(data) = snapshot_cmd {
+            node.borrow_mut()
+                .compact(index, data)
+                .expect("snapshot at an applied index");
+        }
+    }
+}
+
+/// The server task: ticks, messages and pokes in; `Ready`s handled.
+async fn run_server(
+    cluster: Cluster,
+    i: usize,
+    node: Rc<RefCell<RawNode>>,
+    mut inbox: Receiver<Input>,
+) {
+    let tick = cluster.inner.cfg.tick;
+    let mut next_tick = now() + tick;
+    loop {
+        let wait = next_tick.saturating_sub(now());
+        match timeout(wait, inbox.recv()).await {
+            Ok(Some(input)) => {
+                let mut n = node.borrow_mut();
+                let mut input = Some(input);
+                while let Some(x) = input.take().or_else(|| inbox.try_recv()) {
+                    if let Input::Message(m) = x {
+                        n.step(m);
+                    }
+                }
+            }
+            Ok(None) => return,
+            Err(_) => {
+                node.borrow_mut().tick();
+                next_tick += tick;
+            }
+        }
+        cluster.handle_ready(i, &node).await;
+    }
+}
+
+/// A command as the tests print it: integers for 8-byte commands, else a length.
+pub fn show(cmd: &[u8]) -> String {
+    match <[u8; 8]>::try_from(cmd) {
+        Ok(bytes) => u64::from_le_bytes(bytes).to_string(),
+        Err(_) => format!("<{} bytes>", cmd.len()),
+    }
+}
+
+/// The 8-byte encoding tests use for integer commands.
+pub fn int_cmd(x: u64) -> Vec<u8> {
+    x.to_le_bytes().to_vec()
+}

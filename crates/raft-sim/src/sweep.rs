@@ -1,0 +1,197 @@
+//! Randomized fault sweep: many seeds, each a random schedule of faults against a Raft group.
+//!
+//! For one seed the schedule is drawn from the seed alone: a group of 3 or 5 servers, a
+//! snapshot interval (or none), network latency, then about 20 s of virtual time in which
+//! every 10–500 ms one fault is injected — crash (often of the leader right after it took a command, as in Figure 8), restart, disconnect, reconnect, a random
+//! partition, healing everything, switching the network between reliable and lossy, long
+//! reordering on or off — while clients propose commands to whoever claims to lead, sometimes
+//! in bursts. Throughout, the harness checks on every `Ready` of every server: at most one
+//! leader per term, log matching, leader completeness, and that no two servers apply
+//! different commands at one index ([`crate::invariants`], [`crate::cluster`]).
+//!
+//! Then every fault is healed and the sweep demands liveness: a new command must be applied by
+//! every server within the tester's `one()` bound (10 s of virtual time, or it fails), and
+//! every index up to it must be applied everywhere.
+//!
+//! A failing seed is reported with the first violated property; `--seed S` replays it.
+
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::time::Duration;
+
+use flotilla_sim::{now, sleep, spawn, with_rng};
+
+use crate::cluster::{int_cmd, Cluster, ClusterConfig};
+
+/// How long faults are injected, in virtual time.
+const FAULT_PHASE: Duration = Duration::from_secs(20);
+
+/// What one seed's run looked like.
+#[derive(Clone, Debug, Default)]
+pub struct SeedReport {
+    pub servers: usize,
+    pub faults: u64,
+    pub leaders: usize,
+    pub committed: u64,
+    pub virtual_time: Duration,
+    pub invariant_checks: u64,
+}
+
+/// Runs the schedule of `seed`. `Err` holds the first violated property.
+pub fn run_seed(seed: u64) -> Result<SeedReport, String> {
+    let report = Rc::new(std::cell::RefCell::new(SeedReport::default()));
+    let out = report.clone();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut plan = flotilla_sim::Rng::new(seed ^ 0x5EED_5EED);
+        let servers = if plan.chance(0.5) { 3 } else { 5 };
+        let mut cfg = ClusterConfig::new(servers, true, false);
+        cfg.snapshot_interval = plan.chance(0.6).then(|| plan.range(3, 40));
+        let latency_ms = plan.below(6);
+        let (_, virtual_time) = crate::run_cluster(seed, cfg, move |c| async move {
+            c.net()
+                .set_latency(Duration::ZERO, Duration::from_millis(latency_ms));
+            let faults = chaos(&c).await;
+            let committed = heal_and_check_liveness(&c).await;
+            let mut r = out.borrow_mut();
+            r.servers = c.n();
+            r.faults = faults;
+            r.leaders = c.invariants().leaders().len();
+            r.invariant_checks = c.invariants().checks;
+            r.committed = committed;
+        });
+        report.borrow_mut().virtual_time = virtual_time;
+    }));
+    match result {
+        Ok(()) => Ok(report.borrow().clone()),
+        Err(panic) => Err(crate::panic_message(&*panic)),
+    }
+}
+
+/// Injects faults for [`FAULT_PHASE`] while clients propose. Returns how many faults.
+async fn chaos(c: &Cluster) -> u64 {
+    let n = c.n();
+    let stop = Rc::new(Cell::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let c = c.clone();
+            let stop = stop.clone();
+            spawn(async move {
+                while !stop.get() {
+                    let burst = if with_rng(|r| r.chance(0.05)) { 20 } else { 1 };
+                    for _ in 0..burst {
+                        let cmd = int_cmd(with_rng(|r| r.next_u64()));
+                        for i in 0..n {
+                            c.start_cmd(i, &cmd);
+                        }
+                    }
+                    sleep(Duration::from_millis(with_rng(|r| r.range(5, 120)))).await;
+                }
+            })
+        })
+        .collect();
+    let start = now();
+    let mut faults = 0;
+    while now() - start < FAULT_PHASE {
+        sleep(Duration::from_millis(with_rng(|r| r.range(10, 500)))).await;
+        faults += 1;
+        let target = with_rng(|r| r.below(n as u64) as usize);
+        match with_rng(|r| r.below(100)) {
+            0..=7 => c.crash(target),
+            8..=14 => {
+                // Figure 8's move: the leader takes a command and dies at once.
+                if let Some((leader, _)) = c.current_leader() {
+                    c.start_cmd(leader, &int_cmd(with_rng(|r| r.next_u64())));
+                    sleep(Duration::from_millis(with_rng(|r| r.below(3)))).await;
+                    c.crash(leader);
+                }
+            }
+            15..=34 => {
+                if !c.is_alive(target) {
+                    c.start(target);
+                }
+                c.connect(target);
+            }
+            35..=49 => c.disconnect(target),
+            50..=59 => {
+                let mut order: Vec<usize> = (0..n).collect();
+                with_rng(|r| {
+                    for k in (1..n).rev() {
+                        order.swap(k, r.below(k as u64 + 1) as usize);
+                    }
+                });
+                let cut = with_rng(|r| r.range(1, n as u64 - 1) as usize);
+                c.partition(&[&order[..cut], &order[cut..]]);
+            }
+            60..=69 => heal(c),
+            70..=79 => c.set_reliable(!c.net().is_reliable()),
+            80..=84 => c.set_long_reordering(with_rng(|r| r.chance(0.5))),
+            _ => {
+                // Crash and immediately restart: loses whatever was not synced.
+                c.start(target);
+                c.connect(target);
+            }
+        }
+    }
+    stop.set(true);
+    for client in clients {
+        client.await;
+    }
+    faults
+}
+
+fn heal(c: &Cluster) {
+    for i in 0..c.n() {
+        if !c.is_alive(i) {
+            c.start(i);
+        }
+    }
+    for i in 0..c.n() {
+        c.connect(i);
+    }
+}
+
+/// After the faults: everything heals, and a new command must reach every server.
+async fn heal_and_check_liveness(c: &Cluster) -> u64 {
+    heal(c);
+    c.set_reliable(true);
+    c.set_long_reordering(false);
+    // Replies delayed by long reordering may still be in flight; they are harmless.
+    let index = c.one(&int_cmd(u64::MAX), c.n(), true).await;
+    for i in 1..=index {
+        c.wait(i, c.n(), None).await;
+    }
+    index
+}
+
+/// Outcome of a sweep.
+#[derive(Debug, Default)]
+pub struct SweepSummary {
+    pub seeds: u64,
+    pub failures: Vec<(u64, String)>,
+    pub wall: Duration,
+}
+
+/// Runs `count` seeds starting at `first` (consecutive), calling `on_seed` after each.
+pub fn sweep(
+    first: u64,
+    count: u64,
+    mut on_seed: impl FnMut(u64, &Result<SeedReport, String>),
+) -> SweepSummary {
+    let started = std::time::Instant::now();
+    // Violations are reported per seed; keep the default hook from printing each panic.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut summary = SweepSummary::default();
+    for seed in first..first + count {
+        let result = run_seed(seed);
+        on_seed(seed, &result);
+        if let Err(e) = result {
+            summary.failures.push((seed, e));
+        }
+        summary.seeds += 1;
+    }
+    std::panic::set_hook(hook);
+    summary.wall = started.elapsed();
+    summary
+}
