@@ -56,6 +56,8 @@ pub struct ClusterConfig {
     pub sync_latency: (Duration, Duration),
     /// Print begin/end lines like the Go tester.
     pub verbose: bool,
+    /// Narrate role changes, crashes and restarts as they happen (for the demo).
+    pub narrate: bool,
 }
 
 impl ClusterConfig {
@@ -67,6 +69,7 @@ impl ClusterConfig {
             tick: Duration::from_millis(10),
             sync_latency: (Duration::from_micros(50), Duration::from_micros(500)),
             verbose: false,
+            narrate: false,
         }
     }
 }
@@ -93,13 +96,16 @@ impl Record {
     }
 }
 
+/// The tester's snapshot: the index and every command up to it (slot 0 unused).
+type TesterSnapshot = (u64, Vec<Option<Vec<u8>>>);
+
 /// The tester's snapshot format: the index and every command up to it.
 fn encode_snapshot(index: u64, record: &Record) -> Vec<u8> {
     let upto: Vec<Option<Vec<u8>>> = (0..=index).map(|i| record.get(i).cloned()).collect();
     postcard::to_allocvec(&(index, upto)).expect("encode snapshot")
 }
 
-fn decode_snapshot(data: &[u8]) -> Result<(u64, Vec<Option<Vec<u8>>>), String> {
+fn decode_snapshot(data: &[u8]) -> Result<TesterSnapshot, String> {
     postcard::from_bytes(data).map_err(|e| format!("snapshot decode error: {e}"))
 }
 
@@ -217,6 +223,13 @@ impl Cluster {
         });
     }
 
+    /// Prints `what` with the virtual time, if narration is on.
+    pub fn narrate(&self, what: String) {
+        if self.inner.cfg.narrate && !self.inner.finished.get() {
+            println!("[{:>8.3}s] {what}", now().as_secs_f64());
+        }
+    }
+
     /// Crashes server `i`: cut off, its task stopped, unsynced disk writes lost. Its tester
     /// record stays readable until it is started again.
     pub fn crash(&self, i: usize) {
@@ -225,7 +238,10 @@ impl Cluster {
         if let Some(server) = server {
             server.task.abort();
             self.inner.net.detach(i);
-            self.inner.disks[i].borrow_mut().crash();
+            let lost = self.inner.disks[i].borrow_mut().crash();
+            self.narrate(format!(
+                "node {i} crashes ({lost} unsynced disk writes lost)"
+            ));
             flotilla_sim::trace(0xC0A5_0000 | i as u64);
         }
     }
@@ -550,6 +566,17 @@ impl Cluster {
                 }
                 let rd = node.ready();
                 self.inner.invariants.borrow_mut().on_ready(i, &node, &rd);
+                if let Some(soft) = rd.soft_state {
+                    match soft.role {
+                        Role::Leader => {
+                            self.narrate(format!("node {i} is leader of term {}", soft.term))
+                        }
+                        Role::Candidate => {
+                            self.narrate(format!("node {i} campaigns in term {}", soft.term))
+                        }
+                        Role::Follower => {}
+                    }
+                }
                 rd
             };
             if !rd.persist.is_empty() {
@@ -623,7 +650,7 @@ impl Cluster {
             flotilla_sim::trace(((i as u64) << 48) | index);
             let interval = self.inner.cfg.snapshot_interval;
             interval
-                .is_some_and(|k| (index + 1) % k == 0)
+                .is_some_and(|k| (index + 1).is_multiple_of(k))
                 .then(|| encode_snapshot(index, &records[i]))
         };
         if let Some(data) = snapshot_cmd {

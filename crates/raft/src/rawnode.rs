@@ -8,7 +8,7 @@
 //! 2. if [`RawNode::has_ready`], take a [`Ready`] and handle it **in this order**:
 //!    a. make `ready.persist` durable (see [`crate::durable`] for what that means);
 //!    b. only then send `ready.messages` (persist before you send: a vote or an
-//!       acknowledgement must never outrun the state that justifies it);
+//!    acknowledgement must never outrun the state that justifies it);
 //!    c. apply `ready.snapshot_to_apply` (if any) and then `ready.committed_entries`, in order;
 //! 3. call [`RawNode::advance`].
 //!

@@ -13,7 +13,7 @@
 //!   batch) and snapshots written to a temp file, fsynced and renamed into place.
 
 mod mem;
-mod wal;
+pub mod wal;
 
 pub use flotilla_raft::{DurableState, Persist};
 pub use mem::MemStorage;
