@@ -51,6 +51,17 @@ enum SimCommand {
         #[arg(long, value_parser = parse_seed, conflicts_with_all = ["seeds", "first"])]
         seed: Option<u64>,
     },
+    /// Run Lab 3 scenarios (all, or those whose name contains --scenario) over many seeds:
+    /// a stress run like the course's dstest. Prints each failing seed.
+    Lab3 {
+        /// Only scenarios whose name contains this text (e.g. `figure_8`, `_3d`).
+        #[arg(long, default_value = "")]
+        scenario: String,
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        #[arg(long, value_parser = parse_seed, default_value = "1")]
+        first: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,11 +131,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Sim(SimCommand::Lab3 {
+            scenario,
+            seeds,
+            first,
+        }) => stress_lab3(&scenario, first, seeds),
         Command::Bench(BenchCommand::Raft { seed, sweep_seeds }) => {
             bench_raft(seed, sweep_seeds)?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn stress_lab3(filter: &str, first: u64, seeds: u64) -> anyhow::Result<ExitCode> {
+    let chosen: Vec<_> = lab3::SCENARIOS
+        .iter()
+        .filter(|s| s.name.contains(filter))
+        .collect();
+    if chosen.is_empty() {
+        bail!("no Lab 3 scenario name contains {filter:?}");
+    }
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let started = Instant::now();
+    let mut failures = 0;
+    for scenario in &chosen {
+        for seed in first..first.saturating_add(seeds) {
+            if let Err(p) = std::panic::catch_unwind(|| lab3::run_scenario(scenario, seed, false)) {
+                failures += 1;
+                let msg = flotilla_raft_sim::panic_message(&*p).replace('\n', " ");
+                println!("{} seed {seed}: FAILED: {msg}", scenario.name);
+                println!(
+                    "  replay: SIM_SEED={seed} cargo test --release -- --exact {}",
+                    scenario.name
+                );
+            }
+        }
+    }
+    std::panic::set_hook(hook);
+    let runs = chosen.len() as u64 * seeds;
+    println!(
+        "{runs} runs ({} scenarios x {seeds} seeds), {failures} failures ({:.2}s)",
+        chosen.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn bench_raft(seed: u64, sweep_seeds: u64) -> anyhow::Result<()> {

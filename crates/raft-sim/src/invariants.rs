@@ -6,8 +6,12 @@
 //!   (index, term), its command and the term of its predecessor are recorded; every later
 //!   persist of (index, term) anywhere must agree. By induction on the index this is log
 //!   matching.
-//! - **Leader completeness**: a new leader's log holds every entry any server has applied
-//!   (applied ⇒ committed in this or an earlier term), unless its snapshot covers it.
+//! - **Leader completeness**: an entry committed in term T is in the log of every leader of a
+//!   later term (unless that leader's snapshot covers it). The checker does not see commit
+//!   terms, so it bounds them: when an entry is first applied anywhere, the leader that
+//!   committed it had a term no higher than the highest leader term seen so far. A leader of
+//!   a term above that bound must hold the entry. (A leader of an older term may legitimately
+//!   be elected later in real time — delayed votes — and need not.)
 //! - **State machine safety** is the applier's check (no two servers apply different
 //!   commands at one index), done in [`crate::cluster`].
 //!
@@ -22,8 +26,8 @@ pub struct Invariants {
     leaders: BTreeMap<u64, usize>,
     /// (index, term) → (hash of the command, term of the previous entry if known).
     entries: HashMap<(u64, u64), (u64, Option<u64>)>,
-    /// index → term of the entry applied there (by anyone).
-    applied_terms: BTreeMap<u64, u64>,
+    /// index → (term of the entry applied there, upper bound of the term it was committed in).
+    applied: BTreeMap<u64, (u64, u64)>,
     pub checks: u64,
 }
 
@@ -77,21 +81,27 @@ impl Invariants {
             }
         }
         for entry in &rd.committed_entries {
-            if let Some(&term) = self.applied_terms.get(&entry.index) {
+            if let Some(&(term, _)) = self.applied.get(&entry.index) {
                 assert_eq!(
                     term, entry.term,
                     "state machine safety: server {server} applies index {} from term {}, others from term {term}",
                     entry.index, entry.term
                 );
             } else {
-                self.applied_terms.insert(entry.index, entry.term);
+                let commit_term_bound = self.leaders.keys().next_back().copied().unwrap_or(0);
+                self.applied
+                    .insert(entry.index, (entry.term, commit_term_bound));
             }
         }
     }
 
     fn check_leader_completeness(&self, server: usize, node: &RawNode, term: u64) {
         let snapshot_index = node.status().snapshot_index;
-        for (&index, &applied_term) in self.applied_terms.range(snapshot_index + 1..) {
+        for (&index, &(applied_term, commit_term_bound)) in self.applied.range(snapshot_index + 1..)
+        {
+            if commit_term_bound >= term {
+                continue;
+            }
             let has = node.term_at(index);
             assert_eq!(
                 has,

@@ -104,12 +104,18 @@ impl Raft {
             self.term = term;
             self.vote = None;
         }
+        let was_follower = self.role == Role::Follower;
         self.role = Role::Follower;
         self.leader = leader;
         self.progress.clear();
         self.votes.clear();
         self.pending_broadcast = false;
-        self.reset_election_timer();
+        // Figure 2 resets the election timer only on hearing from a leader or granting a
+        // vote. A mere higher term (say, a candidate with a stale log) must not silence a
+        // follower that could win; a leader or candidate stepping down starts afresh.
+        if leader.is_some() || !was_follower {
+            self.reset_election_timer();
+        }
     }
 
     fn campaign(&mut self) {
