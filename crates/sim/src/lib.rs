@@ -14,6 +14,9 @@
 //! - [`net::Network`]: the network model of 6.5840's labrpc — lost requests and replies,
 //!   short random delays, long delays, long reordering, per-link enable flags, crashed
 //!   servers, and per-server RPC and byte counters.
+//! - [`rpc::RpcNetwork`]: the same model for request/response calls from clients (clerks),
+//!   with labrpc's failure timing: a call to a cut-off or dead server fails after
+//!   U[0, 100) ms, or U[0, 7000) ms with long delays on.
 //! - [`disk::Disk`]: durable state plus writes that are lost unless synced before a crash.
 //! - [`Rng`]: xoshiro256** seeded through SplitMix64.
 //! - [`seed_from_env`]: the seed convention shared by all tests.
@@ -25,6 +28,7 @@
 pub mod disk;
 pub mod net;
 mod rng;
+pub mod rpc;
 mod runtime;
 pub mod sync;
 

@@ -24,6 +24,81 @@ use std::time::Duration;
 
 use crate::{spawn, trace, with_rng};
 
+/// The state of the wire, shared by the one-way [`Network`] and the RPC network
+/// ([`crate::rpc::RpcNetwork`]): each draw below is one rule of labrpc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conditions {
+    /// Reliable: nothing is lost or delayed (beyond `latency`).
+    pub reliable: bool,
+    /// Two thirds of replies are delayed 200 + U[0, U[0, 2000]] ms.
+    pub long_reordering: bool,
+    /// A call to a cut-off or dead server fails after U[0, 7000) ms instead of U[0, 100) ms.
+    pub long_delays: bool,
+    /// Extra latency for every message, drawn uniformly from `[min, max]`.
+    pub latency: (Duration, Duration),
+}
+
+impl Default for Conditions {
+    fn default() -> Self {
+        Conditions {
+            reliable: true,
+            long_reordering: false,
+            long_delays: false,
+            latency: (Duration::ZERO, Duration::ZERO),
+        }
+    }
+}
+
+/// What happens to one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// It arrives after this delay.
+    Arrives(Duration),
+    /// It is lost; a caller waiting for it learns so after this delay.
+    Lost(Duration),
+}
+
+impl Conditions {
+    fn base_latency(&self, rng: &mut crate::Rng) -> Duration {
+        let (lo, hi) = self.latency;
+        lo + Duration::from_nanos(rng.below((hi - lo).as_nanos() as u64 + 1))
+    }
+
+    /// A request: unreliable nets delay it U[0, 26] ms, then lose 10 %.
+    pub fn request(&self, rng: &mut crate::Rng) -> Fate {
+        let mut delay = self.base_latency(rng);
+        if !self.reliable {
+            delay += Duration::from_millis(rng.below(27));
+            if rng.below(1000) < 100 {
+                return Fate::Lost(delay);
+            }
+        }
+        Fate::Arrives(delay)
+    }
+
+    /// A reply: unreliable nets lose 10 %; long reordering delays two thirds of the rest.
+    pub fn reply(&self, rng: &mut crate::Rng) -> Fate {
+        let mut delay = self.base_latency(rng);
+        if !self.reliable && rng.below(1000) < 100 {
+            return Fate::Lost(delay);
+        }
+        if self.long_reordering && rng.below(900) < 600 {
+            let spread = rng.below(2001);
+            delay += Duration::from_millis(200 + rng.below(spread + 1));
+        }
+        Fate::Arrives(delay)
+    }
+
+    /// How long a call to a disabled end or a dead server takes to fail.
+    pub fn failure_delay(&self, rng: &mut crate::Rng) -> Duration {
+        Duration::from_millis(if self.long_delays {
+            rng.below(7000)
+        } else {
+            rng.below(100)
+        })
+    }
+}
+
 /// What the network needs to know about a message.
 pub trait Payload: 'static {
     /// Size on the wire, for the byte counters.
@@ -52,10 +127,7 @@ struct Inner<M> {
     links: Vec<Vec<bool>>,
     nodes: Vec<Option<Node<M>>>,
     next_incarnation: u64,
-    reliable: bool,
-    long_reordering: bool,
-    /// Extra latency added to every message, drawn uniformly from this range.
-    latency: (Duration, Duration),
+    conditions: Conditions,
     stats: NetStats,
 }
 
@@ -84,9 +156,7 @@ impl<M: Payload> Network<M> {
                 links: vec![vec![false; n]; n],
                 nodes: (0..n).map(|_| None).collect(),
                 next_incarnation: 1,
-                reliable: true,
-                long_reordering: false,
-                latency: (Duration::ZERO, Duration::ZERO),
+                conditions: Conditions::default(),
                 stats: NetStats::default(),
             })),
         }
@@ -133,21 +203,21 @@ impl<M: Payload> Network<M> {
     }
 
     pub fn set_reliable(&self, reliable: bool) {
-        self.inner.borrow_mut().reliable = reliable;
+        self.inner.borrow_mut().conditions.reliable = reliable;
     }
 
     pub fn is_reliable(&self) -> bool {
-        self.inner.borrow().reliable
+        self.inner.borrow().conditions.reliable
     }
 
     pub fn set_long_reordering(&self, on: bool) {
-        self.inner.borrow_mut().long_reordering = on;
+        self.inner.borrow_mut().conditions.long_reordering = on;
     }
 
     /// Every message additionally takes a delay drawn uniformly from `[min, max]`.
     pub fn set_latency(&self, min: Duration, max: Duration) {
         assert!(min <= max);
-        self.inner.borrow_mut().latency = (min, max);
+        self.inner.borrow_mut().conditions.latency = (min, max);
     }
 
     /// Requests delivered to `node` since it was last attached (labrpc `GetCount`).
@@ -180,27 +250,16 @@ impl<M: Payload> Network<M> {
                 return;
             }
         };
-        let (reliable, long_reordering, latency) =
-            (inner.reliable, inner.long_reordering, inner.latency);
+        let conditions = inner.conditions;
         drop(inner);
         let fate = with_rng(|rng| {
-            let mut delay = latency.0
-                + Duration::from_nanos(rng.below((latency.1 - latency.0).as_nanos() as u64 + 1));
-            if !reliable {
-                if is_request {
-                    delay += Duration::from_millis(rng.below(27));
-                }
-                if rng.chance(0.1) {
-                    return None;
-                }
+            if is_request {
+                conditions.request(rng)
+            } else {
+                conditions.reply(rng)
             }
-            if long_reordering && !is_request && rng.below(900) < 600 {
-                let spread = rng.below(2001);
-                delay += Duration::from_millis(200 + rng.below(spread + 1));
-            }
-            Some(delay)
         });
-        let Some(delay) = fate else {
+        let Fate::Arrives(delay) = fate else {
             self.inner.borrow_mut().stats.dropped += 1;
             trace(TRACE_DROP | event);
             return;
