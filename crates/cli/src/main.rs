@@ -1,12 +1,19 @@
 //! `flotilla`: the command-line program. It parses arguments and calls into the library
 //! crates; it holds no logic of its own.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use flotilla_kv::bench::{self, BenchConfig};
+use flotilla_kv::tcp::{self, ClerkOptions, ServeOptions, TcpClerk};
+use flotilla_kv::KvError;
+use flotilla_lincheck::{history, CheckResult};
 use flotilla_raft_sim::{demo, lab3, sweep};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +41,74 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The single-machine key/value server and its clients.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Check a history file (JSON Lines, one operation per line) for linearizability.
+    Check {
+        file: PathBuf,
+        /// Give up (verdict "unknown") after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        budget: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// Serve a fresh key/value store until interrupted.
+    Serve {
+        /// Address to listen on (port 0 picks a free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: SocketAddr,
+        /// Execute requests but withhold this share of replies (0 ≤ P < 1), to watch
+        /// exactly-once at work.
+        #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+        drop_replies: f64,
+        /// Seed of the reply-dropping decisions.
+        #[arg(long, value_parser = parse_seed, default_value = "1")]
+        seed: u64,
+    },
+    /// Print a key's value (and version).
+    Get {
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        server: SocketAddr,
+        key: String,
+    },
+    /// Set a key's value; with --version, only if the key's version matches (0 = create).
+    Put {
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        server: SocketAddr,
+        #[arg(long)]
+        version: Option<u64>,
+        key: String,
+        value: String,
+    },
+    /// Append to a key's value; prints the value before.
+    Append {
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        server: SocketAddr,
+        key: String,
+        value: String,
+    },
+    /// Bounded load: prints ops/s and latency, optionally writes the history.
+    Bench {
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        server: SocketAddr,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 100)]
+        keys: usize,
+        #[arg(long, default_value_t = 16)]
+        value_size: usize,
+        /// Share of writes that are appends (the rest are puts), in [0, 1].
+        #[arg(long, default_value_t = 0.0)]
+        append_share: f64,
+        /// Write every operation here (JSON Lines) for `flotilla check`.
+        #[arg(long)]
+        history: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -77,12 +152,37 @@ enum BenchCommand {
     },
 }
 
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a share in [0, 1)")),
+    }
+}
+
+fn parse_seconds(seconds: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| anyhow::anyhow!("{seconds} is not a number of seconds"))
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn parse_seed(text: &str) -> Result<u64, String> {
     flotilla_sim::parse_seed(text)
         .ok_or_else(|| format!("{text:?} is not a seed (a decimal or 0x-hex number)"))
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -139,6 +239,126 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Raft { seed, sweep_seeds }) => {
             bench_raft(seed, sweep_seeds)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Kv(command) => tokio_runtime()?.block_on(kv(command)),
+        Command::Check { file, budget } => check_history(&file, parse_seconds(budget)?),
+    }
+}
+
+async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
+    let options = ClerkOptions::default();
+    match command {
+        KvCommand::Serve {
+            listen,
+            drop_replies,
+            seed,
+        } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!("flotilla kv: listening on {}", listener.local_addr()?);
+            let options = ServeOptions {
+                drop_replies,
+                seed,
+                ..ServeOptions::default()
+            };
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            tcp::serve(listener, options, shutdown).await?;
+        }
+        KvCommand::Get { server, key } => {
+            match TcpClerk::connect(server, options).await?.get(&key).await? {
+                Ok((value, version)) => println!("{value}\t(version {version})"),
+                Err(KvError::NoKey) => {
+                    eprintln!("flotilla: no key {key:?}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => bail!("get failed: {e}"),
+            }
+        }
+        KvCommand::Put {
+            server,
+            version,
+            key,
+            value,
+        } => {
+            let mut clerk = TcpClerk::connect(server, options).await?;
+            match version {
+                None => clerk.put(&key, &value).await?,
+                Some(v) => {
+                    if let Err(e) = clerk.put_if_version(&key, &value, v).await? {
+                        eprintln!("flotilla: put not done: {e}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
+        }
+        KvCommand::Append { server, key, value } => {
+            let old = TcpClerk::connect(server, options)
+                .await?
+                .append(&key, &value)
+                .await?;
+            println!("{old}");
+        }
+        KvCommand::Bench {
+            server,
+            clients,
+            seconds,
+            keys,
+            value_size,
+            append_share,
+            history,
+        } => {
+            let config = BenchConfig {
+                append_share,
+                server,
+                clients,
+                duration: parse_seconds(seconds)?,
+                keys,
+                value_size,
+                history: history.clone(),
+                clerk: options,
+            };
+            let report = bench::run(config).await?;
+            println!("{clients} clients: {report}");
+            if let Some(path) = history {
+                println!("history written to {}", path.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_history(file: &Path, budget: Duration) -> anyhow::Result<ExitCode> {
+    let reader =
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let records = history::read_history(std::io::BufReader::new(reader))
+        .with_context(|| format!("{}", file.display()))?;
+    let started = Instant::now();
+    let result = history::check_records(&records, budget)?;
+    let took = started.elapsed().as_secs_f64();
+    match result {
+        CheckResult::Ok => {
+            println!(
+                "linearizable: {} operations checked in {took:.2}s",
+                records.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        CheckResult::Illegal(explanation) => {
+            println!(
+                "NOT linearizable ({} operations, {took:.2}s):\n{explanation}",
+                records.len()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        CheckResult::Unknown => {
+            println!(
+                "unknown: no verdict within the {budget:?} budget ({} operations)",
+                records.len()
+            );
+            Ok(ExitCode::from(3))
         }
     }
 }

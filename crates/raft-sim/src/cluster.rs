@@ -510,7 +510,7 @@ impl Cluster {
         self.inner.finished.set(true);
         let elapsed = now() - self.inner.started_at;
         assert!(
-            elapsed <= Duration::from_secs(120),
+            elapsed <= flotilla_sim::TEST_TIME_LIMIT,
             "test took longer than 120 seconds (virtual: {elapsed:?})"
         );
         let (t0, rpcs0, bytes0, index0) = self.inner.begin.get();

@@ -93,7 +93,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, verbose: bool) -> ((u64, u64
 pub fn run_test(name: &str) {
     let scenario = find(name).unwrap_or_else(|| panic!("no scenario {name}"));
     let seed = flotilla_sim::seed_from_env(name);
-    crate::report_seed_on_panic(name, seed, || {
+    flotilla_sim::replay_on_panic(name, seed, || {
         run_scenario(scenario, seed, true);
     });
 }

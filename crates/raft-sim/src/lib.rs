@@ -18,7 +18,6 @@ pub mod lab3;
 pub mod sweep;
 
 use std::future::Future;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 pub use cluster::{Cluster, ClusterConfig};
@@ -38,14 +37,6 @@ where
         cluster.shutdown();
     });
     (rt.trace_hash(), rt.now())
-}
-
-/// Runs `f`; if it panics, prints how to replay the run and re-raises the panic.
-pub fn report_seed_on_panic(name: &str, seed: u64, f: impl FnOnce()) {
-    if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
-        eprintln!("{name} FAILED at seed {seed}; replay with: SIM_SEED={seed} cargo test --release -- --exact {name}");
-        resume_unwind(panic);
-    }
 }
 
 /// The text of a caught panic.

@@ -51,6 +51,41 @@ pub fn seed_from_env(name: &str) -> u64 {
     }
 }
 
+/// Runs `f`; if it panics, prints the seed and how to replay the test, then re-raises.
+pub fn replay_on_panic<R>(name: &str, seed: u64, f: impl FnOnce() -> R) -> R {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(out) => out,
+        Err(panic) => {
+            eprintln!("{name} FAILED at seed {seed}; replay with: SIM_SEED={seed} cargo test --release -- --exact {name}");
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+/// Every 6.5840 tester fails a test that runs longer than this; here it is virtual time.
+pub const TEST_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The standard simulation test: seed from [`seed_from_env`], a fresh [`Runtime`], `body`
+/// run to completion, the 120 s (virtual) limit checked, and the replay command printed if
+/// anything fails. Returns the run's trace hash and event count.
+pub fn run_test<F, Fut>(name: &str, body: F) -> (u64, u64)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let seed = seed_from_env(name);
+    replay_on_panic(name, seed, || {
+        let rt = Runtime::new(seed);
+        rt.block_on(body());
+        assert!(
+            rt.now() <= TEST_TIME_LIMIT,
+            "{name} took longer than 120 seconds (virtual: {:?})",
+            rt.now()
+        );
+        rt.trace_hash()
+    })
+}
+
 /// Parses a seed written in decimal or as `0x…` hex.
 pub fn parse_seed(text: &str) -> Option<u64> {
     let text = text.trim();

@@ -1,0 +1,205 @@
+//! `flotilla kv bench`: bounded load against a real server, with latency figures and,
+//! optionally, the history of every operation for the linearizability checker.
+//!
+//! Each client is one clerk on its own connection doing one operation at a time: half
+//! `Get`s, half writes of unique values over `keys` keys, for `duration`; `append_share` of
+//! the writes are `Append`s (whose returned old values make any duplicate execution visible
+//! to the checker), the rest `Put`s. An operation whose
+//! clerk gave up is recorded with `"return": null` (its effect is unknown). Times are
+//! nanoseconds since the start of the run, on one clock for all clients.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use flotilla_lincheck::history::{write_history, HistoryOp, HistoryRecord};
+
+use crate::tcp::{ClerkOptions, TcpClerk};
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub server: SocketAddr,
+    pub clients: usize,
+    pub duration: Duration,
+    pub keys: usize,
+    pub value_size: usize,
+    /// Share of writes that are `Append`s (the rest are `Put`s).
+    pub append_share: f64,
+    pub history: Option<PathBuf>,
+    pub clerk: ClerkOptions,
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    pub ops: u64,
+    pub failed: u64,
+    pub resends: u64,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl BenchReport {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ops in {:.2}s = {:.0} ops/s; latency p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; {} resends, {} failed",
+            self.ops,
+            self.elapsed.as_secs_f64(),
+            self.ops_per_sec(),
+            self.p50.as_secs_f64() * 1e6,
+            self.p99.as_secs_f64() * 1e6,
+            self.max.as_secs_f64() * 1e6,
+            self.resends,
+            self.failed
+        )
+    }
+}
+
+struct ClientResult {
+    latencies: Vec<u64>,
+    failed: u64,
+    resends: u64,
+    history: Vec<HistoryRecord>,
+}
+
+/// Runs the load; every client stops after `duration` (an operation in flight finishes or
+/// gives up by its clerk's deadline).
+pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(config.clients > 0, "--clients must be at least 1");
+    anyhow::ensure!(config.keys > 0, "--keys must be at least 1");
+    let mut clerks = Vec::with_capacity(config.clients);
+    for _ in 0..config.clients {
+        clerks.push(TcpClerk::connect(config.server, config.clerk).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + config.duration;
+    let record = config.history.is_some();
+    let tasks: Vec<_> = clerks
+        .into_iter()
+        .enumerate()
+        .map(|(client, clerk)| {
+            let config = config.clone();
+            tokio::spawn(client_loop(client, clerk, config, start, deadline, record))
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut history = Vec::new();
+    let (mut failed, mut resends) = (0, 0);
+    for task in tasks {
+        let result = task.await?;
+        latencies.extend(result.latencies);
+        history.extend(result.history);
+        failed += result.failed;
+        resends += result.resends;
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+        Duration::from_nanos(latencies.get(i).copied().unwrap_or(0))
+    };
+    if let Some(path) = &config.history {
+        history.sort_by_key(|r| r.call);
+        let file = std::fs::File::create(path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+        write_history(std::io::BufWriter::new(file), &history)?;
+    }
+    Ok(BenchReport {
+        ops: latencies.len() as u64,
+        failed,
+        resends,
+        elapsed,
+        p50: at(0.50),
+        p99: at(0.99),
+        max: Duration::from_nanos(latencies.last().copied().unwrap_or(0)),
+    })
+}
+
+async fn client_loop(
+    client: usize,
+    mut clerk: TcpClerk,
+    config: BenchConfig,
+    start: Instant,
+    deadline: Instant,
+    record: bool,
+) -> ClientResult {
+    let mut result = ClientResult {
+        latencies: Vec::new(),
+        failed: 0,
+        resends: 0,
+        history: Vec::new(),
+    };
+    let mut n = 0u64;
+    // A cheap per-client sequence of choices; the mix needs no more.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ client as u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    while Instant::now() < deadline {
+        let key = format!("k{}", next() % config.keys as u64);
+        let is_get = next() % 2 == 0;
+        let call = start.elapsed().as_nanos() as u64;
+        let t = Instant::now();
+        let (op, value, output, ok) = if is_get {
+            match clerk.get(&key).await {
+                Ok(found) => (
+                    HistoryOp::Get,
+                    String::new(),
+                    Some(found.map(|(v, _)| v).unwrap_or_default()),
+                    true,
+                ),
+                Err(_) => (HistoryOp::Get, String::new(), None, false),
+            }
+        } else {
+            let mut value = format!("{client}.{n}.");
+            value.extend(std::iter::repeat_n(
+                'x',
+                config.value_size.saturating_sub(value.len()),
+            ));
+            n += 1;
+            let append = (next() % 1_000_000) as f64 / 1e6 < config.append_share;
+            if append {
+                match clerk.append(&key, &value).await {
+                    Ok(old) => (HistoryOp::Append, value, Some(old), true),
+                    Err(_) => (HistoryOp::Append, value, None, false),
+                }
+            } else {
+                let ok = clerk.put(&key, &value).await.is_ok();
+                (HistoryOp::Put, value, None, ok)
+            }
+        };
+        let latency = t.elapsed();
+        let ret = start.elapsed().as_nanos() as u64;
+        if ok {
+            result.latencies.push(latency.as_nanos() as u64);
+        } else {
+            result.failed += 1;
+        }
+        if record {
+            result.history.push(HistoryRecord {
+                client: client as i64,
+                op,
+                key,
+                value,
+                output,
+                call,
+                ret: ok.then_some(ret),
+                version: None,
+                error: None,
+            });
+        }
+    }
+    result.resends = clerk.resends;
+    result
+}

@@ -1,0 +1,179 @@
+//! # flotilla-lincheck: a linearizability checker
+//!
+//! The key/value tests of 6.5840 record every client call (what was asked, what came back,
+//! when it was called and when it returned) and ask one question of the whole history: is
+//! there a single order of the operations, consistent with real time, in which a sequential
+//! object would have given exactly these answers? This crate answers it the way porcupine
+//! does (the checker the Go labs use), written afresh for Flotilla:
+//!
+//! - A [`Model`] says what the object is: its initial state and the effect (and legality) of
+//!   one operation. [`models`] has the two 6.5840 key/value models.
+//! - [`check`] splits the history into independent partitions (per key for key/value models)
+//!   and searches each one for a linearization, depth first with backtracking and a memo of
+//!   (set of operations linearized, state) pairs already known to lead nowhere.
+//! - [`CheckResult::Illegal`] carries an [`Explanation`]: the longest linearizable prefix the
+//!   search found and, for every operation that could have come next, why it cannot.
+//! - [`history`] reads and writes histories as JSON Lines and checks them, for the
+//!   `flotilla` command and for keeping the history of a failed test.
+//!
+//! What a result guarantees: [`CheckResult::Ok`] means a linearization exists (the search is
+//! exhaustive, the memo only skips states already explored); [`CheckResult::Illegal`] means
+//! none exists; [`CheckResult::Unknown`] means the time budget ran out first. Apart from
+//! where a run stops for lack of time, the result and the explanation depend only on the
+//! history and the model.
+//!
+//! ## Real-time order and its tie rule
+//!
+//! Operation `a` must precede `b` when `a` returned strictly before `b` was called
+//! (`a.ret < b.call`). Equal times count as overlapping: at the same instant, calls are
+//! ordered before returns, so an operation called at the very tick another one returned may
+//! be linearized on either side of it. This is porcupine's rule; it errs on the side of
+//! accepting a history when a clock is too coarse to tell two events apart.
+//!
+//! ## Operations that never returned
+//!
+//! An operation with `ret == None` (a clerk that was still waiting when the test ended) may
+//! have taken effect at any moment after its call, or never: it has no deadline, and the
+//! search succeeds once every operation that *did* return is linearized, whether or not the
+//! pending ones were placed.
+
+mod explain;
+pub mod history;
+pub mod models;
+mod search;
+
+use std::time::Duration;
+
+pub use explain::{BlockedOp, ExplainedOp, Explanation};
+
+/// One operation of a history. `ret == None` means the call never returned: it may have taken
+/// effect at any time after `call`, or never.
+///
+/// `call` and `ret` are instants on one clock shared by every client (any unit; the labs use
+/// nanoseconds). `output == None` means the answer was not observed — always so for an
+/// operation that never returned, and also usable for a call whose result is not recorded
+/// (the 2024 kvraft Append): the model then accepts any answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operation<I, O> {
+    /// Who made the call; only used in explanations.
+    pub client: i64,
+    pub input: I,
+    pub output: Option<O>,
+    /// When the call was made.
+    pub call: u64,
+    /// When it returned, or `None` if it never did. Must not be before `call`.
+    pub ret: Option<u64>,
+}
+
+/// A sequential specification: the object a history is checked against.
+///
+/// `step` must be a pure function of its arguments; the checker calls it many times, in
+/// different orders, and memoizes on the state it returns.
+pub trait Model {
+    /// The state of one partition (for key/value models: of one key).
+    type State: Clone + Eq + std::hash::Hash + std::fmt::Debug;
+    type Input: std::fmt::Debug;
+    type Output: std::fmt::Debug;
+
+    /// The state before any operation.
+    fn init(&self) -> Self::State;
+
+    /// The state after applying `input` that answered `output` (None = the answer was never
+    /// seen: accept any), or None if that answer is impossible in `state`.
+    fn step(
+        &self,
+        state: &Self::State,
+        input: &Self::Input,
+        output: Option<&Self::Output>,
+    ) -> Option<Self::State>;
+
+    /// Groups of operation indexes that can be checked independently (e.g. by key). Default:
+    /// one group with everything.
+    ///
+    /// Every index of `history` must appear in exactly one group ([`check`] asserts it).
+    /// Groups are checked in the order returned.
+    fn partition(&self, history: &[Operation<Self::Input, Self::Output>]) -> Vec<Vec<usize>> {
+        vec![(0..history.len()).collect()]
+    }
+
+    /// One operation for a person: `get("k") -> "x"`.
+    fn describe(&self, input: &Self::Input, output: Option<&Self::Output>) -> String {
+        format!("{input:?} -> {output:?}")
+    }
+
+    /// One state for a person.
+    fn describe_state(&self, state: &Self::State) -> String {
+        format!("{state:?}")
+    }
+
+    /// Why `step(state, input, output)` is impossible, for a person: `get "k" returned "x"
+    /// but the value was "xy"`. Only called when `step` returned `None`.
+    fn explain_illegal(
+        &self,
+        state: &Self::State,
+        input: &Self::Input,
+        output: Option<&Self::Output>,
+    ) -> String {
+        format!(
+            "{} is impossible in state {}",
+            self.describe(input, output),
+            self.describe_state(state)
+        )
+    }
+
+    /// What the operations of one group have in common (`key "k"`), or None. `group` is one of
+    /// the groups [`Model::partition`] returned.
+    fn describe_partition(
+        &self,
+        history: &[Operation<Self::Input, Self::Output>],
+        group: &[usize],
+    ) -> Option<String> {
+        let _ = (history, group);
+        None
+    }
+}
+
+/// The verdict on a history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckResult {
+    /// A linearization exists.
+    Ok,
+    /// No linearization exists; the explanation shows where every attempt got stuck.
+    Illegal(Explanation),
+    /// The time budget ran out before the search finished. 6.5840 treats this as a pass.
+    Unknown,
+}
+
+impl CheckResult {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, CheckResult::Ok)
+    }
+
+    pub fn is_illegal(&self) -> bool {
+        matches!(self, CheckResult::Illegal(_))
+    }
+
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, CheckResult::Unknown)
+    }
+}
+
+/// Checks whether `history` is linearizable with respect to `model`, giving up with
+/// [`CheckResult::Unknown`] once `budget` of wall-clock time is spent.
+///
+/// Partitions are checked one after another in the order [`Model::partition`] gives them;
+/// the first illegal partition ends the check. The clock is read every 1024 search steps
+/// (counted over all partitions), so a check that needs fewer steps finishes even with a zero
+/// budget, and one that runs out stops within about 1024 steps of the deadline.
+///
+/// # Panics
+///
+/// If an operation returns before it is called, or if the model's partition does not place
+/// every operation in exactly one group.
+pub fn check<M: Model>(
+    model: &M,
+    history: &[Operation<M::Input, M::Output>],
+    budget: Duration,
+) -> CheckResult {
+    search::check(model, history, budget)
+}

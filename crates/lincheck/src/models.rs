@@ -1,0 +1,396 @@
+//! The 6.5840 key/value models, exactly as the labs' porcupine models define them (see
+//! `shared/spec/kvsrv.md` Part C and `network.md` §8).
+//!
+//! Both partition a history by key (partitions in sorted key order) and keep the state of one
+//! key. An operation whose answer was not observed (`output == None`, e.g. one that never
+//! returned) is accepted in any state, with the effect it has when it succeeds.
+//!
+//! - [`KvModel`] (2024 kvsrv): a key holds a string, initially `""`. Get must return it; Put
+//!   replaces it; Append returns the old value (the model's op 3) and appends. An Append with
+//!   no observed answer behaves as the model's op 2 (append, any answer).
+//! - [`VersionedKvModel`] (2025 kvsrv1): a key holds (value, version), initially `("", 0)`.
+//!   Get must return the value (the returned version and error are not checked); Put is
+//!   conditional on the version, and `ErrMaybe` allows both outcomes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Model, Operation};
+
+/// Groups the operations by key, in sorted key order.
+fn partition_by_key<I, O>(
+    history: &[Operation<I, O>],
+    key: impl Fn(&I) -> &str,
+) -> Vec<Vec<usize>> {
+    let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, op) in history.iter().enumerate() {
+        by_key.entry(key(&op.input)).or_default().push(index);
+    }
+    by_key.into_values().collect()
+}
+
+fn key_label<I, O>(
+    history: &[Operation<I, O>],
+    group: &[usize],
+    key: impl Fn(&I) -> &str,
+) -> Option<String> {
+    group
+        .first()
+        .map(|&index| format!("key {:?}", key(&history[index].input)))
+}
+
+/// A 2024 key/value operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvOp {
+    Get,
+    Put,
+    /// Append that returns the value before the append.
+    Append,
+}
+
+/// The input of a 2024 key/value operation. `value` is empty for a Get.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KvInput {
+    pub op: KvOp,
+    pub key: String,
+    pub value: String,
+}
+
+impl KvInput {
+    pub fn get(key: impl Into<String>) -> KvInput {
+        KvInput {
+            op: KvOp::Get,
+            key: key.into(),
+            value: String::new(),
+        }
+    }
+
+    pub fn put(key: impl Into<String>, value: impl Into<String>) -> KvInput {
+        KvInput {
+            op: KvOp::Put,
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    pub fn append(key: impl Into<String>, value: impl Into<String>) -> KvInput {
+        KvInput {
+            op: KvOp::Append,
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// The answer of a 2024 key/value operation: the value a Get read, or the old value an Append
+/// replaced (empty for a Put).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KvOutput {
+    pub value: String,
+}
+
+impl KvOutput {
+    pub fn new(value: impl Into<String>) -> KvOutput {
+        KvOutput {
+            value: value.into(),
+        }
+    }
+}
+
+/// The 2024 key/value model (`models.KvModel`, with Append as op 3). State: the value of one
+/// key.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvModel;
+
+impl Model for KvModel {
+    type State = String;
+    type Input = KvInput;
+    type Output = KvOutput;
+
+    fn init(&self) -> String {
+        String::new()
+    }
+
+    fn step(&self, state: &String, input: &KvInput, output: Option<&KvOutput>) -> Option<String> {
+        // An unobserved answer fits any state.
+        let answer_fits = output.is_none_or(|output| output.value == *state);
+        match input.op {
+            KvOp::Get => answer_fits.then(|| state.clone()),
+            KvOp::Put => Some(input.value.clone()),
+            KvOp::Append => answer_fits.then(|| format!("{state}{}", input.value)),
+        }
+    }
+
+    fn partition(&self, history: &[Operation<KvInput, KvOutput>]) -> Vec<Vec<usize>> {
+        partition_by_key(history, |input| &input.key)
+    }
+
+    fn describe(&self, input: &KvInput, output: Option<&KvOutput>) -> String {
+        let answer = match output {
+            Some(output) => format!("{:?}", output.value),
+            None => "?".to_string(),
+        };
+        match input.op {
+            KvOp::Get => format!("get({:?}) -> {answer}", input.key),
+            KvOp::Put => format!("put({:?}, {:?})", input.key, input.value),
+            KvOp::Append => format!("append({:?}, {:?}) -> {answer}", input.key, input.value),
+        }
+    }
+
+    fn explain_illegal(
+        &self,
+        state: &String,
+        input: &KvInput,
+        output: Option<&KvOutput>,
+    ) -> String {
+        let returned = output.map_or("", |output| &output.value);
+        match input.op {
+            KvOp::Get => format!(
+                "get {:?} returned {returned:?} but the value was {state:?}",
+                input.key
+            ),
+            KvOp::Append => format!(
+                "append {:?} to {:?} returned old value {returned:?} but the value was {state:?}",
+                input.value, input.key
+            ),
+            KvOp::Put => format!("put {:?} is always possible", input.key),
+        }
+    }
+
+    fn describe_partition(
+        &self,
+        history: &[Operation<KvInput, KvOutput>],
+        group: &[usize],
+    ) -> Option<String> {
+        key_label(history, group, |input| &input.key)
+    }
+}
+
+/// The `Err` of a 2025 kvsrv1 reply, as the clerk returns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KvError {
+    #[serde(rename = "OK")]
+    Ok,
+    #[serde(rename = "ErrNoKey")]
+    NoKey,
+    #[serde(rename = "ErrVersion")]
+    Version,
+    /// The clerk resent a Put and got `ErrVersion`: an earlier attempt may have applied.
+    #[serde(rename = "ErrMaybe")]
+    Maybe,
+}
+
+impl KvError {
+    /// The Go name: `OK`, `ErrNoKey`, `ErrVersion`, `ErrMaybe`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvError::Ok => "OK",
+            KvError::NoKey => "ErrNoKey",
+            KvError::Version => "ErrVersion",
+            KvError::Maybe => "ErrMaybe",
+        }
+    }
+
+    /// The inverse of [`KvError::name`].
+    pub fn from_name(name: &str) -> Option<KvError> {
+        [
+            KvError::Ok,
+            KvError::NoKey,
+            KvError::Version,
+            KvError::Maybe,
+        ]
+        .into_iter()
+        .find(|error| error.name() == name)
+    }
+}
+
+impl fmt::Display for KvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A 2025 key/value operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum VersionedOp {
+    Get,
+    /// Put that succeeds only if `version` is the key's current version.
+    Put,
+}
+
+/// The input of a 2025 key/value operation. `value` and `version` are unused by a Get.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VersionedInput {
+    pub op: VersionedOp,
+    pub key: String,
+    pub value: String,
+    pub version: u64,
+}
+
+impl VersionedInput {
+    pub fn get(key: impl Into<String>) -> VersionedInput {
+        VersionedInput {
+            op: VersionedOp::Get,
+            key: key.into(),
+            value: String::new(),
+            version: 0,
+        }
+    }
+
+    pub fn put(key: impl Into<String>, value: impl Into<String>, version: u64) -> VersionedInput {
+        VersionedInput {
+            op: VersionedOp::Put,
+            key: key.into(),
+            value: value.into(),
+            version,
+        }
+    }
+}
+
+/// The answer of a 2025 key/value operation: a Get's value, version and error; a Put's error
+/// (value and version unused).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VersionedOutput {
+    pub value: String,
+    pub version: u64,
+    pub error: KvError,
+}
+
+impl VersionedOutput {
+    pub fn get(value: impl Into<String>, version: u64, error: KvError) -> VersionedOutput {
+        VersionedOutput {
+            value: value.into(),
+            version,
+            error,
+        }
+    }
+
+    pub fn put(error: KvError) -> VersionedOutput {
+        VersionedOutput {
+            value: String::new(),
+            version: 0,
+            error,
+        }
+    }
+}
+
+/// The state of one key in the 2025 model.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VersionedState {
+    pub value: String,
+    pub version: u64,
+}
+
+/// The 2025 key/value model (`models1.KvModel`): conditional Puts with versions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VersionedKvModel;
+
+impl Model for VersionedKvModel {
+    type State = VersionedState;
+    type Input = VersionedInput;
+    type Output = VersionedOutput;
+
+    fn init(&self) -> VersionedState {
+        VersionedState::default()
+    }
+
+    fn step(
+        &self,
+        state: &VersionedState,
+        input: &VersionedInput,
+        output: Option<&VersionedOutput>,
+    ) -> Option<VersionedState> {
+        match input.op {
+            VersionedOp::Get => output
+                .is_none_or(|output| output.value == state.value)
+                .then(|| state.clone()),
+            VersionedOp::Put => {
+                let applies = input.version == state.version;
+                let legal = match output.map(|output| output.error) {
+                    None | Some(KvError::Maybe) => true,
+                    Some(KvError::Ok) => applies,
+                    Some(KvError::Version) => !applies,
+                    Some(KvError::NoKey) => false,
+                };
+                legal.then(|| match applies {
+                    true => VersionedState {
+                        value: input.value.clone(),
+                        version: state.version + 1,
+                    },
+                    false => state.clone(),
+                })
+            }
+        }
+    }
+
+    fn partition(&self, history: &[Operation<VersionedInput, VersionedOutput>]) -> Vec<Vec<usize>> {
+        partition_by_key(history, |input| &input.key)
+    }
+
+    fn describe(&self, input: &VersionedInput, output: Option<&VersionedOutput>) -> String {
+        match (input.op, output) {
+            (VersionedOp::Get, Some(output)) => format!(
+                "get({:?}) -> ({:?}, version {}, {})",
+                input.key, output.value, output.version, output.error
+            ),
+            (VersionedOp::Get, None) => format!("get({:?}) -> ?", input.key),
+            (VersionedOp::Put, output) => format!(
+                "put({:?}, {:?}, version {}) -> {}",
+                input.key,
+                input.value,
+                input.version,
+                output.map_or("?", |output| output.error.name())
+            ),
+        }
+    }
+
+    fn describe_state(&self, state: &VersionedState) -> String {
+        format!("{:?} (version {})", state.value, state.version)
+    }
+
+    fn explain_illegal(
+        &self,
+        state: &VersionedState,
+        input: &VersionedInput,
+        output: Option<&VersionedOutput>,
+    ) -> String {
+        let Some(output) = output else {
+            return format!("{} is always possible", self.describe(input, output));
+        };
+        match input.op {
+            VersionedOp::Get => format!(
+                "get {:?} returned {:?} but the value was {:?}",
+                input.key, output.value, state.value
+            ),
+            VersionedOp::Put => match output.error {
+                KvError::Ok => format!(
+                    "put {:?} with version {} answered OK but the version was {}",
+                    input.key, input.version, state.version
+                ),
+                KvError::Version => format!(
+                    "put {:?} with version {} answered ErrVersion but the version was {} (it \
+                     would have succeeded)",
+                    input.key, input.version, state.version
+                ),
+                KvError::NoKey => format!(
+                    "put {:?} answered ErrNoKey, which the model never allows",
+                    input.key
+                ),
+                KvError::Maybe => format!(
+                    "put {:?} answered ErrMaybe, which is always possible",
+                    input.key
+                ),
+            },
+        }
+    }
+
+    fn describe_partition(
+        &self,
+        history: &[Operation<VersionedInput, VersionedOutput>],
+        group: &[usize],
+    ) -> Option<String> {
+        key_label(history, group, |input| &input.key)
+    }
+}

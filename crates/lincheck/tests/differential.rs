@@ -1,0 +1,434 @@
+//! The checker against a brute-force one on thousands of small random histories of both
+//! models: they must agree on Ok versus Illegal.
+//!
+//! The brute force shares nothing with the checker but `Model::step`: it enumerates every
+//! order of the operations consistent with real time (an operation that returned strictly
+//! before another was called comes first; one that never returned may also be left out) and
+//! keeps one state per key itself, so the partitioning is tested too.
+//!
+//! Histories come from a seeded generator: operations with random, often overlapping and
+//! often equal-time intervals on one or two keys, some never returning; each gets a
+//! linearization point inside its interval and the answer a correct server would give there;
+//! then, in some histories, one answer is corrupted. About half end up illegal.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flotilla_lincheck::models::{
+    KvError, KvInput, KvModel, KvOp, KvOutput, VersionedInput, VersionedKvModel, VersionedOp,
+    VersionedOutput, VersionedState,
+};
+use flotilla_lincheck::{check, CheckResult, Model, Operation};
+
+const HISTORIES_PER_MODEL: u64 = 20_000;
+
+/// SplitMix64: enough randomness for test data, and reproducible from a seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Whether some order of the operations, consistent with real time, is legal; by trying them
+/// all.
+fn brute_force<M: Model>(
+    model: &M,
+    history: &[Operation<M::Input, M::Output>],
+    key: impl Fn(&M::Input) -> &str + Copy,
+) -> bool {
+    fn extend<M: Model>(
+        model: &M,
+        history: &[Operation<M::Input, M::Output>],
+        key: impl Fn(&M::Input) -> &str + Copy,
+        placed: &mut Vec<bool>,
+        states: &mut BTreeMap<String, M::State>,
+    ) -> bool {
+        let done = history
+            .iter()
+            .zip(placed.iter())
+            .all(|(op, &placed)| placed || op.ret.is_none());
+        if done {
+            return true;
+        }
+        for next in 0..history.len() {
+            if placed[next] {
+                continue;
+            }
+            let op = &history[next];
+            let must_wait = history
+                .iter()
+                .zip(placed.iter())
+                .any(|(earlier, &placed)| !placed && earlier.ret.is_some_and(|ret| ret < op.call));
+            if must_wait {
+                continue;
+            }
+            let k = key(&op.input).to_string();
+            let before = states.get(&k).cloned().unwrap_or_else(|| model.init());
+            let Some(after) = model.step(&before, &op.input, op.output.as_ref()) else {
+                continue;
+            };
+            placed[next] = true;
+            states.insert(k.clone(), after);
+            let found = extend(model, history, key, placed, states);
+            states.insert(k, before);
+            placed[next] = false;
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+    extend(
+        model,
+        history,
+        key,
+        &mut vec![false; history.len()],
+        &mut BTreeMap::new(),
+    )
+}
+
+/// A random operation's shape: client, key, interval (`ret` None = never returned), and
+/// where inside the interval it takes effect (None = never).
+struct Shape {
+    client: i64,
+    key: &'static str,
+    call: u64,
+    ret: Option<u64>,
+    effect_at: Option<u64>,
+}
+
+fn shapes(rng: &mut Rng) -> Vec<Shape> {
+    let count = 1 + rng.below(7) as usize;
+    let keys: &[&'static str] = if rng.chance(50) { &["a"] } else { &["a", "b"] };
+    let mut shapes: Vec<Shape> = (0..count)
+        .map(|_| {
+            let call = rng.below(12);
+            let ret = (!rng.chance(20)).then(|| call + rng.below(6));
+            let effect_at = match ret {
+                Some(ret) => Some(call + rng.below(ret - call + 1)),
+                // A call that never returned took effect somewhere later, or never.
+                None => (!rng.chance(30)).then(|| call + rng.below(8)),
+            };
+            Shape {
+                client: rng.below(4) as i64,
+                key: keys[rng.below(keys.len() as u64) as usize],
+                call,
+                ret,
+                effect_at,
+            }
+        })
+        .collect();
+    // Index order is history order; keep it independent of the effect order.
+    shapes.sort_by_key(|shape| (shape.call, shape.client));
+    shapes
+}
+
+/// Indexes of the shapes that take effect, in effect order (ties broken at random).
+fn effect_order(rng: &mut Rng, shapes: &[Shape]) -> Vec<usize> {
+    let mut order: Vec<(u64, u64, usize)> = shapes
+        .iter()
+        .enumerate()
+        .filter_map(|(index, shape)| shape.effect_at.map(|at| (at, rng.next(), index)))
+        .collect();
+    order.sort();
+    order.into_iter().map(|(_, _, index)| index).collect()
+}
+
+const VALUES: &[&str] = &["x", "y", "z", "xy"];
+const OUTPUTS: &[&str] = &["", "x", "y", "xy", "yx", "xx", "z"];
+
+fn kv_history(rng: &mut Rng) -> Vec<Operation<KvInput, KvOutput>> {
+    let shapes = shapes(rng);
+    let mut history: Vec<Operation<KvInput, KvOutput>> = shapes
+        .iter()
+        .map(|shape| {
+            let input = match rng.below(3) {
+                0 => KvInput::get(shape.key),
+                1 => KvInput::put(shape.key, rng.pick(VALUES)),
+                _ => KvInput::append(shape.key, rng.pick(VALUES)),
+            };
+            Operation {
+                client: shape.client,
+                input,
+                output: None,
+                call: shape.call,
+                ret: shape.ret,
+            }
+        })
+        .collect();
+    // A correct server, at the effect points.
+    let mut store: BTreeMap<&str, String> = BTreeMap::new();
+    for index in effect_order(rng, &shapes) {
+        let op = &mut history[index];
+        let value = store.entry(shapes[index].key).or_default();
+        let answer = value.clone();
+        match op.input.op {
+            KvOp::Get => {}
+            KvOp::Put => *value = op.input.value.clone(),
+            KvOp::Append => value.push_str(&op.input.value),
+        }
+        if op.ret.is_some() {
+            op.output = Some(KvOutput::new(match op.input.op {
+                KvOp::Put => String::new(),
+                _ => answer,
+            }));
+        }
+    }
+    if rng.chance(50) {
+        corrupt(rng, &mut history, |rng, op| {
+            op.output = Some(KvOutput::new(rng.pick(OUTPUTS)));
+        });
+    }
+    history
+}
+
+fn versioned_history(rng: &mut Rng) -> Vec<Operation<VersionedInput, VersionedOutput>> {
+    let shapes = shapes(rng);
+    let mut history: Vec<Operation<VersionedInput, VersionedOutput>> = shapes
+        .iter()
+        .map(|shape| {
+            let input = match rng.below(2) {
+                0 => VersionedInput::get(shape.key),
+                _ => VersionedInput::put(shape.key, rng.pick(VALUES), rng.below(3)),
+            };
+            Operation {
+                client: shape.client,
+                input,
+                output: None,
+                call: shape.call,
+                ret: shape.ret,
+            }
+        })
+        .collect();
+    let mut store: BTreeMap<&str, VersionedState> = BTreeMap::new();
+    for index in effect_order(rng, &shapes) {
+        let op = &mut history[index];
+        let state = store.entry(shapes[index].key).or_default();
+        let output = match op.input.op {
+            VersionedOp::Get => {
+                let error = if state.version == 0 {
+                    KvError::NoKey
+                } else {
+                    KvError::Ok
+                };
+                VersionedOutput::get(state.value.clone(), state.version, error)
+            }
+            VersionedOp::Put if op.input.version == state.version => {
+                state.value = op.input.value.clone();
+                state.version += 1;
+                VersionedOutput::put(KvError::Ok)
+            }
+            VersionedOp::Put => VersionedOutput::put(KvError::Version),
+        };
+        if op.ret.is_some() {
+            op.output = Some(output);
+        }
+    }
+    // A completed put that took effect nowhere: a clerk whose answer was ErrMaybe.
+    for (op, shape) in history.iter_mut().zip(&shapes) {
+        if op.ret.is_some() && op.output.is_none() {
+            op.output = Some(VersionedOutput::put(KvError::Maybe));
+            debug_assert!(shape.effect_at.is_none());
+        }
+    }
+    for op in history.iter_mut() {
+        let is_put = op.input.op == VersionedOp::Put;
+        if let Some(output) = op.output.as_mut().filter(|_| is_put && rng.chance(10)) {
+            output.error = KvError::Maybe;
+        }
+    }
+    if rng.chance(50) {
+        corrupt(rng, &mut history, |rng, op| match op.input.op {
+            VersionedOp::Get => {
+                op.output = Some(VersionedOutput::get(
+                    rng.pick(OUTPUTS),
+                    rng.below(3),
+                    KvError::Ok,
+                ))
+            }
+            VersionedOp::Put => {
+                let errors = [
+                    KvError::Ok,
+                    KvError::Version,
+                    KvError::NoKey,
+                    KvError::Maybe,
+                ];
+                op.output = Some(VersionedOutput::put(errors[rng.below(4) as usize]));
+            }
+        });
+    }
+    history
+}
+
+/// A register that can be written once. Unlike the key/value models it can reject an
+/// operation whose answer was not seen (a second write), so an operation that never returned
+/// sometimes fits nowhere and must be left out: a case the key/value models never produce.
+struct WriteOnce;
+
+#[derive(Debug)]
+enum Cmd {
+    Write(u8),
+    Read,
+}
+
+impl Model for WriteOnce {
+    type State = Option<u8>;
+    type Input = Cmd;
+    type Output = Option<u8>;
+
+    fn init(&self) -> Option<u8> {
+        None
+    }
+
+    fn step(
+        &self,
+        state: &Option<u8>,
+        input: &Cmd,
+        output: Option<&Option<u8>>,
+    ) -> Option<Option<u8>> {
+        match input {
+            Cmd::Write(value) => state.is_none().then_some(Some(*value)),
+            Cmd::Read => output.is_none_or(|read| read == state).then_some(*state),
+        }
+    }
+}
+
+fn write_once_history(rng: &mut Rng) -> Vec<Operation<Cmd, Option<u8>>> {
+    let shapes = shapes(rng);
+    let mut history: Vec<Operation<Cmd, Option<u8>>> = shapes
+        .iter()
+        .map(|shape| Operation {
+            client: shape.client,
+            input: match rng.below(2) {
+                0 => Cmd::Read,
+                _ => Cmd::Write(1 + rng.below(3) as u8),
+            },
+            output: None,
+            call: shape.call,
+            ret: shape.ret,
+        })
+        .collect();
+    let mut register = None;
+    for index in effect_order(rng, &shapes) {
+        let op = &mut history[index];
+        match op.input {
+            Cmd::Read => op.output = op.ret.map(|_| register),
+            Cmd::Write(value) => {
+                // A write to a written register: its caller sees the failure (and then the
+                // history is illegal), unless it never returned.
+                op.output = op.ret.map(|_| register);
+                register = register.or(Some(value));
+            }
+        }
+    }
+    for op in history.iter_mut().filter(|op| op.ret.is_some()) {
+        op.output.get_or_insert(None);
+    }
+    if rng.chance(30) {
+        corrupt(rng, &mut history, |rng, op| {
+            op.output = Some([None, Some(1), Some(2)][rng.below(3) as usize]);
+        });
+    }
+    history
+}
+
+/// Changes the answer of one operation that returned, if there is one.
+fn corrupt<I, O>(
+    rng: &mut Rng,
+    history: &mut [Operation<I, O>],
+    change: impl Fn(&mut Rng, &mut Operation<I, O>),
+) {
+    let returned: Vec<usize> = (0..history.len())
+        .filter(|&index| history[index].ret.is_some())
+        .collect();
+    if !returned.is_empty() {
+        let index = returned[rng.below(returned.len() as u64) as usize];
+        change(rng, &mut history[index]);
+    }
+}
+
+/// Checks `HISTORIES_PER_MODEL` histories both ways; returns (legal, illegal) counts.
+fn compare<M: Model>(
+    model: &M,
+    seed: u64,
+    generate: impl Fn(&mut Rng) -> Vec<Operation<M::Input, M::Output>>,
+    key: impl Fn(&M::Input) -> &str + Copy,
+) -> (u64, u64) {
+    let (mut legal, mut illegal) = (0, 0);
+    for case in 0..HISTORIES_PER_MODEL {
+        let mut rng = Rng(seed ^ case.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let history = generate(&mut rng);
+        let expected = brute_force(model, &history, key);
+        let result = check(model, &history, Duration::from_secs(60));
+        match (&result, expected) {
+            (CheckResult::Ok, true) => legal += 1,
+            (CheckResult::Illegal(explanation), false) => {
+                illegal += 1;
+                // The explanation is consistent with the history it explains.
+                assert!(
+                    !explanation.blocked.is_empty(),
+                    "case {case}: {explanation}"
+                );
+                assert!(explanation.prefix.len() < explanation.partition_size);
+            }
+            _ => panic!(
+                "case {case}: checker says {result:?}, brute force says linearizable = \
+                 {expected}\n{history:#?}"
+            ),
+        }
+    }
+    (legal, illegal)
+}
+
+/// Both outcomes must be common, or the comparison proves little.
+fn assert_balanced(name: &str, (legal, illegal): (u64, u64)) {
+    let total = legal + illegal;
+    eprintln!("{name}: {legal} legal, {illegal} illegal");
+    assert!(
+        legal * 5 > total && illegal * 5 > total,
+        "{name}: {legal} legal and {illegal} illegal histories; the generator is lopsided"
+    );
+}
+
+#[test]
+fn kv_model_agrees_with_brute_force() {
+    let counts = compare(&KvModel, 0x6b76, kv_history, |input: &KvInput| {
+        input.key.as_str()
+    });
+    assert_balanced("KvModel", counts);
+}
+
+#[test]
+fn pending_operations_left_out_agree_with_brute_force() {
+    let counts = compare(&WriteOnce, 0x776f, write_once_history, |_: &Cmd| "");
+    assert_balanced("WriteOnce", counts);
+}
+
+#[test]
+fn versioned_model_agrees_with_brute_force() {
+    let counts = compare(
+        &VersionedKvModel,
+        0x7632,
+        versioned_history,
+        |input: &VersionedInput| input.key.as_str(),
+    );
+    assert_balanced("VersionedKvModel", counts);
+}
