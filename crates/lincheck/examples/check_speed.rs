@@ -5,8 +5,9 @@
 //! cargo run --release -p flotilla-lincheck --example check_speed
 //! ```
 //!
-//! It prints the time for a correct history and for the same history with one read made
-//! stale, with each model. A measurement to read, not a test: nothing is asserted about time.
+//! It prints the time for a correct history and for the same history with one read answering
+//! a value it cannot have seen, with each model. A measurement to read, not a test: nothing is
+//! asserted about time.
 
 use std::time::{Duration, Instant};
 
@@ -149,7 +150,7 @@ fn main() {
     let mut rng = Rng(2024);
     let mut history = kv_history(&mut rng);
     time("KvModel, correct", &KvModel, &history);
-    // Make the last read of the last key touched stale: it sees the empty value.
+    // The last read that saw a value sees the empty one instead.
     let last_get = history
         .iter()
         .rposition(|op| {
@@ -157,7 +158,7 @@ fn main() {
         })
         .expect("some get read a value");
     history[last_get].output = Some(KvOutput::new(""));
-    time("KvModel, one stale read", &KvModel, &history);
+    time("KvModel, one wrong read", &KvModel, &history);
 
     let mut history = versioned_history(&mut rng);
     time("VersionedKvModel, correct", &VersionedKvModel, &history);
@@ -167,9 +168,9 @@ fn main() {
             op.input.op == VersionedOp::Get && op.output.as_ref().is_some_and(|o| o.version > 1)
         })
         .expect("some get read a written value");
-    history[last_get].output = Some(VersionedOutput::get("stale", 1, KvError::Ok));
+    history[last_get].output = Some(VersionedOutput::get("never written", 1, KvError::Ok));
     time(
-        "VersionedKvModel, one stale read",
+        "VersionedKvModel, one wrong read",
         &VersionedKvModel,
         &history,
     );

@@ -272,7 +272,7 @@ fn search<M: Model>(
         }
         // While an operation that returned is unplaced, its return event is still in the list
         // after the cursor: the scan meets a return before it can run off the end.
-        debug_assert_ne!(cursor, HEAD, "scan ran off the end of the event list");
+        assert_ne!(cursor, HEAD, "scan ran off the end of the event list");
         let entry = events.entries[cursor];
         if entry.is_call {
             let op = ops[entry.op];
@@ -325,4 +325,77 @@ fn search<M: Model>(
         }
     }
     Outcome::Linearizable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The list from the head: (op, is_call) per entry.
+    fn order(events: &Events) -> Vec<(usize, bool)> {
+        let mut order = Vec::new();
+        let mut cursor = events.first();
+        while cursor != HEAD {
+            let entry = events.entries[cursor];
+            order.push((entry.op, entry.is_call));
+            assert_eq!(events.entries[entry.next].prev, cursor, "links disagree");
+            cursor = entry.next;
+        }
+        order
+    }
+
+    #[test]
+    fn events_are_in_time_order_with_calls_first_at_equal_times() {
+        // op 0: [5, 9]; op 1: [1, 5]; op 2: [5, never]; op 3: [9, 9]
+        let events = Events::new(&[(5, Some(9)), (1, Some(5)), (5, None), (9, Some(9))]);
+        assert_eq!(
+            order(&events),
+            [
+                (1, true),
+                (0, true),
+                (2, true),
+                (1, false),
+                (3, true),
+                (0, false),
+                (3, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn unlifting_in_reverse_order_restores_the_list() {
+        let events_for = || {
+            Events::new(&[
+                (0, Some(4)),
+                (1, Some(2)),
+                (2, None),
+                (3, Some(3)),
+                (3, Some(8)),
+            ])
+        };
+        let original = order(&events_for());
+        for lift_order in [[1, 0, 3, 2, 4], [4, 3, 2, 1, 0], [2, 4, 0, 1, 3]] {
+            let mut events = events_for();
+            let mut snapshots = vec![order(&events)];
+            for &op in &lift_order {
+                events.lift(op);
+                assert!(order(&events).iter().all(|&(lifted, _)| lifted != op));
+                snapshots.push(order(&events));
+            }
+            assert!(order(&events).is_empty());
+            for &op in lift_order.iter().rev() {
+                snapshots.pop();
+                events.unlift(op);
+                assert_eq!(Some(&order(&events)), snapshots.last());
+            }
+            assert_eq!(order(&events), original);
+        }
+    }
+
+    #[test]
+    fn an_empty_partition_has_an_empty_list() {
+        let events = Events::new(&[]);
+        assert_eq!(events.first(), HEAD);
+        assert!(order(&events).is_empty());
+    }
 }

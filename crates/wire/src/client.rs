@@ -32,7 +32,6 @@ const KEEP_CAPACITY: usize = 1 << 20;
 ///
 /// After an error that leaves the connection in an unknown state ([`Client::is_usable`] turns
 /// false), every call fails with [`WireError::Closed`]: connect again.
-#[derive(Debug)]
 pub struct Client<Req, Resp> {
     stream: TcpStream,
     peer: SocketAddr,
@@ -46,6 +45,19 @@ pub struct Client<Req, Resp> {
     next_id: u64,
     usable: bool,
     _messages: PhantomData<fn(&Req) -> Resp>,
+}
+
+impl<Req, Resp> std::fmt::Debug for Client<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("peer", &self.peer)
+            .field("protocol", &self.protocol)
+            .field("max_frame", &self.max_frame)
+            .field("next_id", &self.next_id)
+            .field("unsent", &(self.out.len() - self.sent))
+            .field("usable", &self.usable)
+            .finish()
+    }
 }
 
 impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {

@@ -250,11 +250,12 @@ impl FrameReader {
             return Ok(None);
         };
         let len = checked_len(*header, self.max)?;
-        let Some(payload) = avail.get(HEADER_LEN..HEADER_LEN + len) else {
+        // (Saturating: on a 32-bit target, 4 + u32::MAX does not fit in a usize.)
+        let Some(payload) = avail.get(HEADER_LEN..HEADER_LEN.saturating_add(len)) else {
             return Ok(None);
         };
         let msg = decode_payload(payload);
-        self.pos += HEADER_LEN + len;
+        self.pos += HEADER_LEN + len; // fits: the frame is in the buffer
         msg.map(Some)
     }
 
@@ -263,9 +264,9 @@ impl FrameReader {
         let avail = &self.buf[self.pos..];
         match avail.first_chunk::<HEADER_LEN>() {
             None => HEADER_LEN - avail.len(),
-            Some(header) => {
-                (HEADER_LEN + u32::from_be_bytes(*header) as usize).saturating_sub(avail.len())
-            }
+            Some(header) => HEADER_LEN
+                .saturating_add(u32::from_be_bytes(*header) as usize)
+                .saturating_sub(avail.len()),
         }
         .max(1)
     }

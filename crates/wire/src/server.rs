@@ -38,6 +38,16 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
 }
 
+impl ServerConfig {
+    /// The default configuration with another frame size limit.
+    pub fn new(max_frame: usize) -> Self {
+        ServerConfig {
+            max_frame,
+            ..ServerConfig::default()
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
