@@ -40,10 +40,8 @@ impl<'a, K: VersionedKv> Lock<'a, K> {
     }
 
     async fn read(&self) -> (String, u64) {
-        match self.kv.get(&self.key).await {
-            Ok(state) => state,
-            Err(_) => (String::new(), 0), // never written: free, version 0 creates it
-        }
+        // A key never written (NoKey) is free, and version 0 creates it.
+        self.kv.get(&self.key).await.unwrap_or_default()
     }
 
     /// Blocks until this instance holds the lock.
