@@ -11,6 +11,7 @@ use flotilla_lincheck as lincheck;
 use flotilla_sim::net::{Conditions, Payload};
 use flotilla_sim::rpc::{ClientId as EndId, RpcNetwork};
 use flotilla_sim::{now, sleep};
+use lincheck::history::{write_history, HistoryRecord};
 use lincheck::models::{KvInput, KvOutput, VersionedInput, VersionedOutput};
 
 use crate::clerk::{Answer, Call, ClerkCore};
@@ -130,26 +131,36 @@ impl KvSim {
 
     /// Checks the logged history for linearizability (2024 or 2025 model, whichever the log
     /// holds) within `budget` of wall time. Fails the test with the checker's explanation if
-    /// it is not; a check that runs out of budget passes with a note, as in the lab.
+    /// it is not; a check that runs out of budget passes with a note, as in the lab. When the
+    /// verdict is not "linearizable", the history is written as JSON Lines to a temporary file
+    /// (named in the message) for `flotilla check`.
     pub fn check_linearizable(&self, budget: std::time::Duration) {
         let history = self.history.borrow();
-        let result = if history.iter().all(|l| l.op.is_versioned()) {
+        let (result, records): (_, Vec<HistoryRecord>) = if history.iter().all(|l| l.op.is_versioned()) {
             let ops: Vec<_> = history.iter().map(Logged::versioned).collect();
-            lincheck::check(&lincheck::models::VersionedKvModel, &ops, budget)
+            let result = lincheck::check(&lincheck::models::VersionedKvModel, &ops, budget);
+            (result, ops.iter().map(HistoryRecord::from).collect())
         } else {
             let ops: Vec<_> = history.iter().map(Logged::plain).collect();
-            lincheck::check(&lincheck::models::KvModel, &ops, budget)
+            let result = lincheck::check(&lincheck::models::KvModel, &ops, budget);
+            (result, ops.iter().map(HistoryRecord::from).collect())
+        };
+        let save = || {
+            let path = std::env::temp_dir().join(format!("flotilla-history-{:016x}.jsonl", flotilla_sim::trace_hash().0));
+            match std::fs::File::create(&path).and_then(|f| write_history(std::io::BufWriter::new(f), &records)) {
+                Ok(()) => format!("history written to {}", path.display()),
+                Err(e) => format!("could not write the history to {}: {e}", path.display()),
+            }
         };
         match result {
             lincheck::CheckResult::Ok => {}
-            lincheck::CheckResult::Unknown => {
-                println!(
-                    "info: linearizability check timed out, assuming history is ok ({} operations)",
-                    history.len()
-                )
-            }
+            lincheck::CheckResult::Unknown => println!(
+                "info: linearizability check timed out, assuming history is ok ({} operations; {})",
+                history.len(),
+                save()
+            ),
             lincheck::CheckResult::Illegal(explanation) => {
-                panic!("history is not linearizable:\n{explanation}")
+                panic!("history is not linearizable ({}):\n{explanation}", save())
             }
         }
     }
