@@ -574,7 +574,7 @@ impl Cluster {
                         Role::Candidate => {
                             self.narrate(format!("node {i} campaigns in term {}", soft.term))
                         }
-                        Role::Follower => {}
+                        Role::Follower | Role::PreCandidate => {}
                     }
                 }
                 rd

@@ -9,8 +9,9 @@
 //!
 //! What it implements:
 //! - randomized election timeouts (in `[election_ticks, 2 × election_ticks)`), heartbeats,
-//!   and optional check-quorum (a leader that has not heard from a majority for an election
-//!   timeout steps down);
+//!   optional check-quorum (a leader that has not heard from a majority for an election
+//!   timeout steps down) and pre-vote (a server first asks whether it could win, so a
+//!   partitioned or lagging server never inflates the term and unseats a working leader);
 //! - log replication with per-follower flow control ([`progress`]) and the conflict-term
 //!   "fast backup" on rejections;
 //! - commitment only by counting replicas of current-term entries (§5.4.2);
@@ -51,6 +52,9 @@ pub struct Config {
     /// How long a leader waits for an answer to an `InstallSnapshot` before sending it again.
     pub snapshot_resend_ticks: u32,
     pub check_quorum: bool,
+    /// Ask for pre-votes before campaigning (and, with `check_quorum`, ignore vote requests
+    /// while a leader is known to be alive), so a server that cannot win does not disrupt.
+    pub pre_vote: bool,
 }
 
 impl Config {
@@ -65,6 +69,7 @@ impl Config {
             max_bytes_per_message: 1 << 20,
             snapshot_resend_ticks: 30,
             check_quorum: true,
+            pre_vote: true,
         }
     }
 }

@@ -89,12 +89,22 @@ impl Raft {
     }
 
     fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.send_in_term(to, self.term, body);
+    }
+
+    fn send_in_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
         self.msgs.push(Message {
             from: self.id,
             to,
-            term: self.term,
+            term,
             body,
         });
+    }
+
+    /// Heard from a live leader within the minimum election timeout (only meaningful with
+    /// check-quorum, which makes leaders step down when they lose their majority).
+    fn in_lease(&self) -> bool {
+        self.cfg.check_quorum && self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks
     }
 
     // ---- role changes -------------------------------------------------------------------
@@ -115,6 +125,38 @@ impl Raft {
         // follower that could win; a leader or candidate stepping down starts afresh.
         if leader.is_some() || !was_follower {
             self.reset_election_timer();
+        }
+    }
+
+    /// Election timeout: with pre-vote, first ask whether an election could be won.
+    fn start_election(&mut self) {
+        if self.cfg.pre_vote {
+            self.pre_campaign();
+        } else {
+            self.campaign();
+        }
+    }
+
+    fn pre_campaign(&mut self) {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.votes = vec![(self.id, true)];
+        self.reset_election_timer();
+        if self.quorum() == 1 {
+            self.campaign();
+            return;
+        }
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        let term = self.term + 1;
+        for peer in self.other_peers() {
+            self.send_in_term(
+                peer,
+                term,
+                MessageBody::PreVote {
+                    last_log_index,
+                    last_log_term,
+                },
+            );
         }
     }
 
@@ -172,10 +214,10 @@ impl Raft {
 
     pub fn tick(&mut self) {
         match self.role {
-            Role::Follower | Role::Candidate => {
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
                 self.election_elapsed += 1;
                 if self.election_elapsed >= self.randomized_election_timeout {
-                    self.campaign();
+                    self.start_election();
                 }
             }
             Role::Leader => {
@@ -245,13 +287,21 @@ impl Raft {
             return; // not for us, or from outside the group: ignore
         }
         if m.term > self.term {
-            let leader = match m.body {
+            let asks_for_vote = matches!(m.body, MessageBody::RequestVote { .. } | MessageBody::PreVote { .. });
+            if asks_for_vote && self.in_lease() {
+                // Our leader is alive: whoever asks has just lost touch with it. Ignoring
+                // the request keeps a partitioned server from unseating a working leader.
+                return;
+            }
+            match m.body {
+                // A pre-vote changes nothing in the receiver; a granted pre-vote carries the
+                // term we would campaign in, which we take only when we campaign.
+                MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { granted: true } => {}
                 MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
-                    Some(m.from)
+                    self.become_follower(m.term, Some(m.from))
                 }
-                _ => None,
-            };
-            self.become_follower(m.term, leader);
+                _ => self.become_follower(m.term, None),
+            }
         } else if m.term < self.term {
             // A stale sender: answer requests so it learns the new term and steps down.
             match m.body {
@@ -282,8 +332,19 @@ impl Raft {
                 MessageBody::RequestVote { .. } => {
                     self.send(m.from, MessageBody::RequestVoteResponse { granted: false });
                 }
+                MessageBody::PreVote { .. } => {
+                    self.send(m.from, MessageBody::PreVoteResponse { granted: false });
+                }
                 _ => {}
             }
+            return;
+        }
+        if let MessageBody::PreVote {
+            last_log_index,
+            last_log_term,
+        } = m.body
+        {
+            self.handle_pre_vote(m.from, m.term, last_log_index, last_log_term);
             return;
         }
         if let MessageBody::RequestVote {
@@ -296,9 +357,19 @@ impl Raft {
         }
         match self.role {
             Role::Follower => self.step_follower(m),
-            Role::Candidate => self.step_candidate(m),
+            Role::PreCandidate | Role::Candidate => self.step_candidate(m),
             Role::Leader => self.step_leader(m),
         }
+    }
+
+    /// Would we vote for `candidate` in `term` (≥ ours)? Nothing changes here either way.
+    fn handle_pre_vote(&mut self, candidate: NodeId, term: Term, last_log_index: Index, last_log_term: Term) {
+        let free = term > self.term || (self.vote.is_none_or(|v| v == candidate) && self.leader.is_none());
+        let granted = free && self.log.is_up_to_date(last_log_index, last_log_term);
+        // A grant carries the asked term (so the asker does not take it for a newer term of
+        // ours); a refusal carries our own.
+        let reply_term = if granted { term } else { self.term };
+        self.send_in_term(candidate, reply_term, MessageBody::PreVoteResponse { granted });
     }
 
     fn handle_request_vote(
@@ -351,20 +422,31 @@ impl Raft {
                 self.become_follower(term, Some(m.from));
                 self.step_follower(m);
             }
-            MessageBody::RequestVoteResponse { granted } => {
-                if !self.votes.iter().any(|(p, _)| *p == m.from) {
-                    self.votes.push((m.from, granted));
-                }
-                let yes = self.votes.iter().filter(|(_, g)| *g).count();
-                let no = self.votes.len() - yes;
-                if yes >= self.quorum() {
-                    self.become_leader();
-                } else if no >= self.quorum() {
-                    let term = self.term;
-                    self.become_follower(term, None);
+            MessageBody::RequestVoteResponse { granted } if self.role == Role::Candidate => {
+                self.tally(m.from, granted, Self::become_leader);
+            }
+            MessageBody::PreVoteResponse { granted } if self.role == Role::PreCandidate => {
+                // Only answers to the term we asked about count.
+                if m.term == self.term + 1 || !granted {
+                    self.tally(m.from, granted, Self::campaign);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Records one (pre-)vote; runs `won` on a majority of yes, steps down on a majority of no.
+    fn tally(&mut self, from: NodeId, granted: bool, won: fn(&mut Self)) {
+        if !self.votes.iter().any(|(p, _)| *p == from) {
+            self.votes.push((from, granted));
+        }
+        let yes = self.votes.iter().filter(|(_, g)| *g).count();
+        let no = self.votes.len() - yes;
+        if yes >= self.quorum() {
+            won(self);
+        } else if no >= self.quorum() {
+            let term = self.term;
+            self.become_follower(term, None);
         }
     }
 

@@ -60,6 +60,17 @@ pub enum MessageBody {
     RequestVoteResponse {
         granted: bool,
     },
+    /// Would you vote for me in term `term` (the message's term, one above the sender's)?
+    /// Asked before a real election so that a server that cannot win — a stale log, or a
+    /// partition that heals — never raises the group's term (Raft thesis §9.6). Answering
+    /// changes nothing in the receiver.
+    PreVote {
+        last_log_index: Index,
+        last_log_term: Term,
+    },
+    PreVoteResponse {
+        granted: bool,
+    },
     /// Log replication and heartbeat (Figure 2, AppendEntries RPC). `entries` start at
     /// `prev_log_index + 1` and are consecutive.
     AppendEntries {
@@ -104,6 +115,7 @@ impl MessageBody {
         matches!(
             self,
             MessageBody::RequestVote { .. }
+                | MessageBody::PreVote { .. }
                 | MessageBody::AppendEntries { .. }
                 | MessageBody::InstallSnapshot { .. }
         )
@@ -114,6 +126,8 @@ impl MessageBody {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Follower,
+    /// Asking for pre-votes; the term has not changed yet.
+    PreCandidate,
     Candidate,
     Leader,
 }

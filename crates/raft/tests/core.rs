@@ -251,3 +251,53 @@ fn install_snapshot_replaces_a_lagging_log() {
     assert_eq!(installed, Some(15));
     assert_eq!(g.nodes[2].status().last_index, 20);
 }
+
+/// Pre-vote: a server cut off from the group keeps timing out but never raises its term, so
+/// when it comes back the leader is undisturbed.
+#[test]
+fn a_partitioned_server_does_not_inflate_the_term() {
+    let mut g = Group::new(vec![DurableState::default(), DurableState::default(), DurableState::default()]);
+    let cut2 = |m: &Message| m.to == 2 || m.from == 2;
+    g.elect(0, cut2);
+    let term = g.nodes[0].status().hard.term;
+    let isolated_term = g.nodes[2].status().hard.term;
+    for _ in 0..500 {
+        for node in g.nodes.iter_mut() {
+            node.tick();
+        }
+        g.deliver(cut2);
+    }
+    assert_eq!(g.nodes[2].status().hard.term, isolated_term, "the isolated server's term did not move");
+    assert!(g.nodes[0].is_leader());
+    // Heal: the old leader stays leader in the same term.
+    for _ in 0..50 {
+        for node in g.nodes.iter_mut() {
+            node.tick();
+        }
+        g.deliver(|_| false);
+    }
+    assert!(g.nodes[0].is_leader(), "the leader was not unseated");
+    assert_eq!(g.nodes[0].status().hard.term, term);
+}
+
+/// Without pre-vote the same partition does raise the isolated server's term: the test above
+/// measures something.
+#[test]
+fn without_pre_vote_the_isolated_server_campaigns_in_new_terms() {
+    let n = 3u64;
+    let mut nodes: Vec<RawNode> = (0..n)
+        .map(|i| {
+            let mut cfg = Config::new(i, (0..n).collect());
+            cfg.pre_vote = false;
+            RawNode::new(cfg, DurableState::default())
+        })
+        .collect();
+    for _ in 0..500 {
+        nodes[2].tick();
+        if nodes[2].has_ready() {
+            nodes[2].ready(); // messages go nowhere: node 2 is cut off
+            nodes[2].advance();
+        }
+    }
+    assert!(nodes[2].status().hard.term > 3);
+}
