@@ -44,12 +44,87 @@ enum Command {
     /// The single-machine key/value server and its clients.
     #[command(subcommand)]
     Kv(KvCommand),
+    /// MapReduce: a coordinator and worker processes, and the sequential reference.
+    #[command(subcommand)]
+    Mr(MrCommand),
     /// Check a history file (JSON Lines, one operation per line) for linearizability.
     Check {
         file: PathBuf,
         /// Give up (verdict "unknown") after this many seconds.
         #[arg(long, default_value_t = 60.0)]
         budget: f64,
+    },
+}
+
+/// Which application a worker (or the sequential run) executes.
+#[derive(clap::Args, Clone)]
+struct AppArgs {
+    /// Application: wc, indexer, exec, or a lab test app (mtiming, rtiming, jobcount,
+    /// early_exit, crash, nocrash).
+    #[arg(long)]
+    app: String,
+    /// For `--app exec`: the map program (run with `sh -c`; see the exec protocol).
+    #[arg(long)]
+    map_cmd: Option<String>,
+    /// For `--app exec`: the reduce program.
+    #[arg(long)]
+    reduce_cmd: Option<String>,
+}
+
+impl AppArgs {
+    fn load(&self) -> anyhow::Result<std::sync::Arc<dyn flotilla_mr::App>> {
+        let spec = flotilla_mr::apps::AppSpec {
+            name: self.app.clone(),
+            map_cmd: self.map_cmd.clone(),
+            reduce_cmd: self.reduce_cmd.clone(),
+        };
+        Ok(std::sync::Arc::from(flotilla_mr::apps::by_name(&spec)?))
+    }
+}
+
+#[derive(Subcommand)]
+enum MrCommand {
+    /// Hand out the tasks of one job to workers; exits when the job is done.
+    Coordinator {
+        #[arg(long, default_value = "127.0.0.1:7100")]
+        listen: SocketAddr,
+        /// Number of reduce tasks (output files mr-out-0 ... mr-out-(N-1)).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        reduce: u32,
+        /// Directory for intermediate files and outputs.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Seconds before a task not reported done goes to another worker.
+        #[arg(long, default_value_t = 10.0)]
+        task_timeout: f64,
+        /// Keep the intermediate files mr-X-Y after the job.
+        #[arg(long)]
+        keep_intermediate: bool,
+        /// Progress on stderr: a bar on a terminal (auto), plain lines, or none.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "lines", "none"])]
+        progress: String,
+        /// Input files; each is one map task, named as given.
+        #[arg(required = true)]
+        inputs: Vec<String>,
+    },
+    /// Run tasks for the coordinator until the job is over or the coordinator is gone.
+    Worker {
+        #[arg(long, default_value = "127.0.0.1:7100")]
+        coordinator: SocketAddr,
+        #[command(flatten)]
+        app: AppArgs,
+        /// MiB of intermediate pairs a map task buffers before spilling to disk.
+        #[arg(long, default_value_t = 32)]
+        memory_limit_mb: usize,
+    },
+    /// The one-process reference: writes mr-out-0 with every key in order.
+    Sequential {
+        #[command(flatten)]
+        app: AppArgs,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        #[arg(required = true)]
+        inputs: Vec<String>,
     },
 }
 
@@ -241,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Kv(command) => tokio_runtime()?.block_on(kv(command)),
+        Command::Mr(command) => mr(command),
         Command::Check { file, budget } => check_history(&file, parse_seconds(budget)?),
     }
 }
@@ -328,6 +404,71 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn mr(command: MrCommand) -> anyhow::Result<ExitCode> {
+    use flotilla_mr::server::{run_coordinator, CoordinatorConfig, CoordinatorError, ProgressStyle};
+    match command {
+        MrCommand::Coordinator {
+            listen,
+            reduce,
+            out,
+            task_timeout,
+            keep_intermediate,
+            progress,
+            inputs,
+        } => {
+            let config = CoordinatorConfig {
+                listen,
+                inputs,
+                n_reduce: reduce as usize,
+                out_dir: out,
+                task_timeout: parse_seconds(task_timeout)?,
+                max_failures: 3,
+                linger: Duration::from_secs(1),
+                keep_intermediate,
+                progress: match progress.as_str() {
+                    "lines" => ProgressStyle::Lines,
+                    "none" => ProgressStyle::None,
+                    _ => ProgressStyle::Auto,
+                },
+            };
+            let job = run_coordinator(config, |addr| {
+                println!("flotilla mr: coordinator listening on {addr}");
+            });
+            match tokio_runtime()?.block_on(job) {
+                Ok(_) => Ok(ExitCode::SUCCESS),
+                Err(e @ CoordinatorError::JobFailed(_)) => {
+                    eprintln!("flotilla: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        MrCommand::Worker {
+            coordinator,
+            app,
+            memory_limit_mb,
+        } => {
+            let config = flotilla_mr::worker::WorkerConfig {
+                coordinator,
+                app: app.load()?,
+                memory_limit: memory_limit_mb.max(1) << 20,
+                call_timeout: Duration::from_secs(5),
+            };
+            let summary = tokio_runtime()?.block_on(flotilla_mr::worker::run_worker(config))?;
+            tracing::info!(maps = summary.maps, reduces = summary.reduces, failed = summary.failed, "worker done: {}", summary.ended);
+            Ok(ExitCode::SUCCESS)
+        }
+        MrCommand::Sequential { app, out, inputs } => {
+            let app = app.load()?;
+            let inputs = flotilla_mr::server::resolve_inputs(&inputs)?;
+            let inputs: Vec<_> = inputs.into_iter().map(|i| (i.name, i.path)).collect();
+            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            flotilla_mr::sequential::sequential(app.as_ref(), &inputs, &out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn check_history(file: &Path, budget: Duration) -> anyhow::Result<ExitCode> {

@@ -42,6 +42,9 @@
 //! operation that never returned has no answer fields (`output`, `error`, and for a get
 //! `version`). Unknown fields are rejected, so a misspelt field cannot silently change a
 //! verdict.
+//!
+//! [`KvModel`]: crate::models::KvModel
+//! [`VersionedKvModel`]: crate::models::VersionedKvModel
 
 use std::io::{self, BufRead, Write};
 use std::time::Duration;
@@ -49,9 +52,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::models::{
-    KvError, KvInput, KvModel, KvOp, KvOutput, VersionedInput, VersionedKvModel, VersionedOp,
-    VersionedOutput,
+    KvError, KvInput, KvOp, KvOutput, VersionedInput, VersionedOp, VersionedOutput,
 };
+use crate::records::{kv_operation, versioned_operation, KvRecordModel, VersionedRecordModel};
 use crate::{check, CheckResult, Operation};
 
 /// The operation of a record.
@@ -232,54 +235,6 @@ impl HistoryRecord {
             HistoryOp::Get => false,
         }
     }
-
-    fn to_kv_operation(&self) -> Operation<KvInput, KvOutput> {
-        let op = match self.op {
-            HistoryOp::Get => KvOp::Get,
-            HistoryOp::Put => KvOp::Put,
-            HistoryOp::Append => KvOp::Append,
-        };
-        Operation {
-            client: self.client,
-            input: KvInput {
-                op,
-                key: self.key.clone(),
-                value: self.value.clone(),
-            },
-            output: self.output.clone().map(KvOutput::new),
-            call: self.call,
-            ret: self.ret,
-        }
-    }
-
-    /// Only for a validated record of a versioned history (no appends).
-    fn to_versioned_operation(&self) -> Operation<VersionedInput, VersionedOutput> {
-        let (input, output) = match self.op {
-            HistoryOp::Get => {
-                let observed =
-                    self.output.is_some() || self.version.is_some() || self.error.is_some();
-                let output = observed.then(|| VersionedOutput {
-                    value: self.output.clone().unwrap_or_default(),
-                    version: self.version.unwrap_or(0),
-                    error: self.error.unwrap_or(KvError::Ok),
-                });
-                (VersionedInput::get(self.key.clone()), output)
-            }
-            HistoryOp::Put => {
-                let version = self.version.expect("a versioned put has a version");
-                let input = VersionedInput::put(self.key.clone(), self.value.clone(), version);
-                (input, self.error.map(VersionedOutput::put))
-            }
-            HistoryOp::Append => unreachable!("a versioned history has no appends"),
-        };
-        Operation {
-            client: self.client,
-            input,
-            output,
-            call: self.call,
-            ret: self.ret,
-        }
-    }
 }
 
 impl From<&Operation<KvInput, KvOutput>> for HistoryRecord {
@@ -373,6 +328,13 @@ pub fn write_history(mut writer: impl Write, records: &[HistoryRecord]) -> io::R
 
 /// Checks a history with the model its form calls for: [`VersionedKvModel`] if any record has
 /// `version` or `error`, [`KvModel`] otherwise. Errors name the record (from 1).
+///
+/// The result is exactly that of [`check`] with that model on the records made into
+/// [`Operation`]s (verdict and explanation alike), only cheaper: the operations borrow the
+/// records' strings, and values are kept without copying them whole at every step.
+///
+/// [`KvModel`]: crate::models::KvModel
+/// [`VersionedKvModel`]: crate::models::VersionedKvModel
 pub fn check_records(
     records: &[HistoryRecord],
     budget: Duration,
@@ -391,15 +353,12 @@ pub fn check_records(
             plain: plain + 1,
         }),
         (Some(_), None) => {
-            let history: Vec<_> = records
-                .iter()
-                .map(HistoryRecord::to_versioned_operation)
-                .collect();
-            Ok(check(&VersionedKvModel, &history, budget))
+            let history: Vec<_> = records.iter().map(versioned_operation).collect();
+            Ok(check(&VersionedRecordModel::new(), &history, budget))
         }
         (None, _) => {
-            let history: Vec<_> = records.iter().map(HistoryRecord::to_kv_operation).collect();
-            Ok(check(&KvModel, &history, budget))
+            let history: Vec<_> = records.iter().map(kv_operation).collect();
+            Ok(check(&KvRecordModel::new(), &history, budget))
         }
     }
 }

@@ -40,6 +40,7 @@
 mod explain;
 pub mod history;
 pub mod models;
+mod records;
 mod search;
 
 use std::time::Duration;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Model, Operation};
 
 /// Groups the operations by key, in sorted key order.
-fn partition_by_key<I, O>(
+pub(crate) fn partition_by_key<I, O>(
     history: &[Operation<I, O>],
     key: impl Fn(&I) -> &str,
 ) -> Vec<Vec<usize>> {
@@ -31,7 +31,7 @@ fn partition_by_key<I, O>(
     by_key.into_values().collect()
 }
 
-fn key_label<I, O>(
+pub(crate) fn key_label<I, O>(
     history: &[Operation<I, O>],
     group: &[usize],
     key: impl Fn(&I) -> &str,
@@ -99,6 +99,86 @@ impl KvOutput {
     }
 }
 
+/// A 2024 operation's input, borrowed: what [`KvModel`] and the history checker's model of
+/// borrowed records share.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KvInputRef<'a> {
+    pub op: KvOp,
+    pub key: &'a str,
+    pub value: &'a str,
+}
+
+impl KvInput {
+    pub(crate) fn view(&self) -> KvInputRef<'_> {
+        KvInputRef {
+            op: self.op,
+            key: &self.key,
+            value: &self.value,
+        }
+    }
+}
+
+/// What a legal 2024 operation does to the value.
+pub(crate) enum KvEffect<'a> {
+    Keep,
+    Replace(&'a str),
+    Append(&'a str),
+}
+
+/// The 2024 model's step on borrowed parts: the effect of `input` answering `output` (None =
+/// not observed) when the value is `state`, or None if that answer is impossible.
+pub(crate) fn kv_step<'a>(
+    state: &str,
+    input: KvInputRef<'a>,
+    output: Option<&str>,
+) -> Option<KvEffect<'a>> {
+    // An unobserved answer fits any state.
+    let answer_fits = output.is_none_or(|output| output == state);
+    match input.op {
+        KvOp::Get => answer_fits.then_some(KvEffect::Keep),
+        KvOp::Put => Some(KvEffect::Replace(input.value)),
+        KvOp::Append => answer_fits.then_some(KvEffect::Append(input.value)),
+    }
+}
+
+/// [`KvModel::describe`] on borrowed parts.
+pub(crate) fn describe_kv(input: KvInputRef<'_>, output: Option<&str>) -> String {
+    let answer = match output {
+        Some(output) => format!("{output:?}"),
+        None => "?".to_string(),
+    };
+    match input.op {
+        KvOp::Get => format!("get({:?}) -> {answer}", input.key),
+        KvOp::Put => format!("put({:?}, {:?})", input.key, input.value),
+        KvOp::Append => format!("append({:?}, {:?}) -> {answer}", input.key, input.value),
+    }
+}
+
+/// [`KvModel::describe_state`] on a borrowed value.
+pub(crate) fn describe_kv_state(state: &str) -> String {
+    format!("{state:?}")
+}
+
+/// [`KvModel::explain_illegal`] on borrowed parts.
+pub(crate) fn explain_illegal_kv(
+    state: &str,
+    input: KvInputRef<'_>,
+    output: Option<&str>,
+) -> String {
+    let returned = output.unwrap_or("");
+    match input.op {
+        KvOp::Get => format!(
+            "get {:?} returned {returned:?} but the value was {state:?}",
+            input.key
+        ),
+        KvOp::Append => format!(
+            "append {:?} to {:?} returned old value {returned:?} but the value was {state:?}",
+            input.value, input.key
+        ),
+        KvOp::Put => format!("put {:?} is always possible", input.key),
+    }
+}
+
 /// The 2024 key/value model (`models.KvModel`, with Append as op 3). State: the value of one
 /// key.
 #[derive(Clone, Copy, Debug, Default)]
@@ -114,13 +194,12 @@ impl Model for KvModel {
     }
 
     fn step(&self, state: &String, input: &KvInput, output: Option<&KvOutput>) -> Option<String> {
-        // An unobserved answer fits any state.
-        let answer_fits = output.is_none_or(|output| output.value == *state);
-        match input.op {
-            KvOp::Get => answer_fits.then(|| state.clone()),
-            KvOp::Put => Some(input.value.clone()),
-            KvOp::Append => answer_fits.then(|| format!("{state}{}", input.value)),
-        }
+        let output = output.map(|output| output.value.as_str());
+        kv_step(state, input.view(), output).map(|effect| match effect {
+            KvEffect::Keep => state.clone(),
+            KvEffect::Replace(value) => value.to_string(),
+            KvEffect::Append(value) => format!("{state}{value}"),
+        })
     }
 
     fn partition(&self, history: &[Operation<KvInput, KvOutput>]) -> Vec<Vec<usize>> {
@@ -128,15 +207,11 @@ impl Model for KvModel {
     }
 
     fn describe(&self, input: &KvInput, output: Option<&KvOutput>) -> String {
-        let answer = match output {
-            Some(output) => format!("{:?}", output.value),
-            None => "?".to_string(),
-        };
-        match input.op {
-            KvOp::Get => format!("get({:?}) -> {answer}", input.key),
-            KvOp::Put => format!("put({:?}, {:?})", input.key, input.value),
-            KvOp::Append => format!("append({:?}, {:?}) -> {answer}", input.key, input.value),
-        }
+        describe_kv(input.view(), output.map(|output| output.value.as_str()))
+    }
+
+    fn describe_state(&self, state: &String) -> String {
+        describe_kv_state(state)
     }
 
     fn explain_illegal(
@@ -145,18 +220,11 @@ impl Model for KvModel {
         input: &KvInput,
         output: Option<&KvOutput>,
     ) -> String {
-        let returned = output.map_or("", |output| &output.value);
-        match input.op {
-            KvOp::Get => format!(
-                "get {:?} returned {returned:?} but the value was {state:?}",
-                input.key
-            ),
-            KvOp::Append => format!(
-                "append {:?} to {:?} returned old value {returned:?} but the value was {state:?}",
-                input.value, input.key
-            ),
-            KvOp::Put => format!("put {:?} is always possible", input.key),
-        }
+        explain_illegal_kv(
+            state,
+            input.view(),
+            output.map(|output| output.value.as_str()),
+        )
     }
 
     fn describe_partition(
@@ -283,6 +351,144 @@ pub struct VersionedState {
     pub version: u64,
 }
 
+/// A 2025 operation's input, borrowed: what [`VersionedKvModel`] and the history checker's
+/// model of borrowed records share.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VersionedInputRef<'a> {
+    pub op: VersionedOp,
+    pub key: &'a str,
+    pub value: &'a str,
+    pub version: u64,
+}
+
+impl VersionedInput {
+    pub(crate) fn view(&self) -> VersionedInputRef<'_> {
+        VersionedInputRef {
+            op: self.op,
+            key: &self.key,
+            value: &self.value,
+            version: self.version,
+        }
+    }
+}
+
+/// A 2025 operation's answer, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VersionedOutputRef<'a> {
+    pub value: &'a str,
+    pub version: u64,
+    pub error: KvError,
+}
+
+impl VersionedOutput {
+    pub(crate) fn view(&self) -> VersionedOutputRef<'_> {
+        VersionedOutputRef {
+            value: &self.value,
+            version: self.version,
+            error: self.error,
+        }
+    }
+}
+
+/// What a legal 2025 operation does to the key.
+pub(crate) enum VersionedEffect<'a> {
+    Keep,
+    /// The value becomes this, and the version goes up by one.
+    Set(&'a str),
+}
+
+/// The 2025 model's step on borrowed parts: the effect of `input` answering `output` (None =
+/// not observed) when the key holds (`value`, `version`), or None if that is impossible.
+pub(crate) fn versioned_step<'a>(
+    value: &str,
+    version: u64,
+    input: VersionedInputRef<'a>,
+    output: Option<VersionedOutputRef<'_>>,
+) -> Option<VersionedEffect<'a>> {
+    match input.op {
+        VersionedOp::Get => output
+            .is_none_or(|output| output.value == value)
+            .then_some(VersionedEffect::Keep),
+        VersionedOp::Put => {
+            let applies = input.version == version;
+            let legal = match output.map(|output| output.error) {
+                None | Some(KvError::Maybe) => true,
+                Some(KvError::Ok) => applies,
+                Some(KvError::Version) => !applies,
+                Some(KvError::NoKey) => false,
+            };
+            legal.then_some(match applies {
+                true => VersionedEffect::Set(input.value),
+                false => VersionedEffect::Keep,
+            })
+        }
+    }
+}
+
+/// [`VersionedKvModel::describe`] on borrowed parts.
+pub(crate) fn describe_versioned(
+    input: VersionedInputRef<'_>,
+    output: Option<VersionedOutputRef<'_>>,
+) -> String {
+    match (input.op, output) {
+        (VersionedOp::Get, Some(output)) => format!(
+            "get({:?}) -> ({:?}, version {}, {})",
+            input.key, output.value, output.version, output.error
+        ),
+        (VersionedOp::Get, None) => format!("get({:?}) -> ?", input.key),
+        (VersionedOp::Put, output) => format!(
+            "put({:?}, {:?}, version {}) -> {}",
+            input.key,
+            input.value,
+            input.version,
+            output.map_or("?", |output| output.error.name())
+        ),
+    }
+}
+
+/// [`VersionedKvModel::describe_state`] on borrowed parts.
+pub(crate) fn describe_versioned_state(value: &str, version: u64) -> String {
+    format!("{value:?} (version {version})")
+}
+
+/// [`VersionedKvModel::explain_illegal`] on borrowed parts; the key holds (`value`,
+/// `version`).
+pub(crate) fn explain_illegal_versioned(
+    value: &str,
+    version: u64,
+    input: VersionedInputRef<'_>,
+    output: Option<VersionedOutputRef<'_>>,
+) -> String {
+    let Some(output) = output else {
+        return format!("{} is always possible", describe_versioned(input, output));
+    };
+    match input.op {
+        VersionedOp::Get => format!(
+            "get {:?} returned {:?} but the value was {value:?}",
+            input.key, output.value
+        ),
+        VersionedOp::Put => match output.error {
+            KvError::Ok => format!(
+                "put {:?} with version {} answered OK but the version was {version}",
+                input.key, input.version
+            ),
+            KvError::Version => format!(
+                "put {:?} with version {} answered ErrVersion but the version was {version} (it \
+                 would have succeeded)",
+                input.key, input.version
+            ),
+            KvError::NoKey => format!(
+                "put {:?} answered ErrNoKey, which the model never allows",
+                input.key
+            ),
+            KvError::Maybe => format!(
+                "put {:?} answered ErrMaybe, which is always possible",
+                input.key
+            ),
+        },
+    }
+}
+
 /// The 2025 key/value model (`models1.KvModel`): conditional Puts with versions.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VersionedKvModel;
@@ -302,27 +508,15 @@ impl Model for VersionedKvModel {
         input: &VersionedInput,
         output: Option<&VersionedOutput>,
     ) -> Option<VersionedState> {
-        match input.op {
-            VersionedOp::Get => output
-                .is_none_or(|output| output.value == state.value)
-                .then(|| state.clone()),
-            VersionedOp::Put => {
-                let applies = input.version == state.version;
-                let legal = match output.map(|output| output.error) {
-                    None | Some(KvError::Maybe) => true,
-                    Some(KvError::Ok) => applies,
-                    Some(KvError::Version) => !applies,
-                    Some(KvError::NoKey) => false,
-                };
-                legal.then(|| match applies {
-                    true => VersionedState {
-                        value: input.value.clone(),
-                        version: state.version + 1,
-                    },
-                    false => state.clone(),
-                })
-            }
-        }
+        let output = output.map(VersionedOutput::view);
+        versioned_step(&state.value, state.version, input.view(), output).map(|effect| match effect
+        {
+            VersionedEffect::Keep => state.clone(),
+            VersionedEffect::Set(value) => VersionedState {
+                value: value.to_string(),
+                version: state.version + 1,
+            },
+        })
     }
 
     fn partition(&self, history: &[Operation<VersionedInput, VersionedOutput>]) -> Vec<Vec<usize>> {
@@ -330,24 +524,11 @@ impl Model for VersionedKvModel {
     }
 
     fn describe(&self, input: &VersionedInput, output: Option<&VersionedOutput>) -> String {
-        match (input.op, output) {
-            (VersionedOp::Get, Some(output)) => format!(
-                "get({:?}) -> ({:?}, version {}, {})",
-                input.key, output.value, output.version, output.error
-            ),
-            (VersionedOp::Get, None) => format!("get({:?}) -> ?", input.key),
-            (VersionedOp::Put, output) => format!(
-                "put({:?}, {:?}, version {}) -> {}",
-                input.key,
-                input.value,
-                input.version,
-                output.map_or("?", |output| output.error.name())
-            ),
-        }
+        describe_versioned(input.view(), output.map(VersionedOutput::view))
     }
 
     fn describe_state(&self, state: &VersionedState) -> String {
-        format!("{:?} (version {})", state.value, state.version)
+        describe_versioned_state(&state.value, state.version)
     }
 
     fn explain_illegal(
@@ -356,34 +537,8 @@ impl Model for VersionedKvModel {
         input: &VersionedInput,
         output: Option<&VersionedOutput>,
     ) -> String {
-        let Some(output) = output else {
-            return format!("{} is always possible", self.describe(input, output));
-        };
-        match input.op {
-            VersionedOp::Get => format!(
-                "get {:?} returned {:?} but the value was {:?}",
-                input.key, output.value, state.value
-            ),
-            VersionedOp::Put => match output.error {
-                KvError::Ok => format!(
-                    "put {:?} with version {} answered OK but the version was {}",
-                    input.key, input.version, state.version
-                ),
-                KvError::Version => format!(
-                    "put {:?} with version {} answered ErrVersion but the version was {} (it \
-                     would have succeeded)",
-                    input.key, input.version, state.version
-                ),
-                KvError::NoKey => format!(
-                    "put {:?} answered ErrNoKey, which the model never allows",
-                    input.key
-                ),
-                KvError::Maybe => format!(
-                    "put {:?} answered ErrMaybe, which is always possible",
-                    input.key
-                ),
-            },
-        }
+        let output = output.map(VersionedOutput::view);
+        explain_illegal_versioned(&state.value, state.version, input.view(), output)
     }
 
     fn describe_partition(

@@ -16,9 +16,42 @@
 //!
 //! For the explanation of a failure, the search keeps the best dead end it met: the one with
 //! the most operations that returned linearized (then the fewest that never returned).
+//!
+//! ## The memo is exact, and compact
+//!
+//! The memo never prunes on a hash or fingerprint: an entry matches only the very same set of
+//! operations and a state equal by `Eq` to the one recorded (states equal by `Eq` are taken
+//! to be interchangeable, as memoizing on them already assumes). So it skips only what was
+//! already explored, and the verdict and the explanation are exactly those of the search
+//! without a memo (skipping an explored subtree cannot change which dead end is met first,
+//! since every node in it had been visited). Two things keep it cheap on long histories:
+//!
+//! - **The set is stored as its window key, not as a bitset over the partition.** Let `r` be
+//!   the first return event still in the list. Every operation placed so far was called
+//!   before `r` (when it was placed, `r`'s operation was not, so the first return in the list
+//!   was at or before `r`), and every operation that returned before `r` has been placed. So
+//!   the set is exactly "the operations called before `r`" minus "those whose call event is
+//!   still in the list before `r`", and the key `[r, those call events...]` names it
+//!   uniquely. Its length is one plus the number of unplaced operations called before `r`:
+//!   about the history's concurrency, plus the operations that never returned, where a bitset
+//!   needs n/64 words. Should the window key be longer than the bitset, the key is the bitset
+//!   instead, tagged as such; which form a set gets depends only on the set, so each set
+//!   still has exactly one key.
+//! - **States are shared, not copied or rehashed.** The current state, the states on the undo
+//!   stack, the memo's states and the best dead end's are `Rc`s to the same values, and a
+//!   step that leaves the state equal to what it was (a read) reuses the old one. A new state
+//!   is compared (`Eq`) only with those already reached with the same set — usually none or
+//!   one — and hashed only once one set has been reached with more than [`FEW_STATES`]
+//!   different states.
+//!
+//! The best dead end's prefix is kept up to date incrementally (only the part of the undo
+//! stack that changed since it was last recorded is copied), so recording a deeper dead end
+//! does not copy the whole prefix each time.
 
 use std::cmp::Reverse;
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::explain::{explain, Stuck};
@@ -110,7 +143,6 @@ enum Outcome<S> {
 }
 
 /// The set of operations (by position in the partition) linearized so far.
-#[derive(Clone, PartialEq, Eq, Hash)]
 struct Bitset(Box<[u64]>);
 
 impl Bitset {
@@ -125,6 +157,210 @@ impl Bitset {
     fn clear(&mut self, bit: usize) {
         self.0[bit / 64] &= !(1 << (bit % 64));
     }
+
+    /// The length of [`Bitset::write_key`]'s key.
+    fn key_len(&self) -> usize {
+        1 + 2 * self.0.len()
+    }
+
+    /// Writes into `key` the bitset form of a memo key: [`BITSET_KEY`], then the words.
+    fn write_key(&self, key: &mut Vec<u32>) {
+        key.clear();
+        key.push(BITSET_KEY);
+        for &word in self.0.iter() {
+            key.push(word as u32);
+            key.push((word >> 32) as u32);
+        }
+    }
+}
+
+/// The first element of a memo key in bitset form. A window key starts with an entry index,
+/// which is always smaller.
+const BITSET_KEY: u32 = u32::MAX;
+
+/// A fast non-cryptographic hasher for the memo (FxHash's rotate-xor-multiply, a word at a
+/// time, with MurmurHash3's finalizer). Its quality only affects speed: every memo hit is
+/// confirmed by comparing keys and states.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl FastHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.add(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut word = [0; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut hash = self.0;
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        hash ^ (hash >> 33)
+    }
+}
+
+/// How many states one set of operations can have in the memo before the set's further states
+/// are filed under a hash of the state too (see [`Memo`]).
+const FEW_STATES: usize = 8;
+
+/// No node: the end of a chain of the memo.
+const NONE: u32 = u32::MAX;
+
+/// One (set, state) pair of the memo.
+struct Node<S> {
+    /// Where the set's key is in [`Memo::keys`].
+    key_start: usize,
+    key_len: usize,
+    /// The next node in the same chain, or [`NONE`].
+    next: u32,
+    state: Rc<S>,
+}
+
+/// The (set of operations linearized, state) pairs already explored, each set by its key (see
+/// the module documentation).
+///
+/// A hash table maps 64-bit hashes to chains of nodes, one node per pair. A pair is filed
+/// under the hash of its key while the key has fewer than [`FEW_STATES`] states, then under a
+/// hash of key and state, so that a set reached with many states makes no long chain (and
+/// states are hashed only then). Every lookup compares whole keys and states (`Eq`): hashes,
+/// and their collisions, only affect speed. The keys are stored end to end in one vector and
+/// the nodes in another, so the memo costs a few allocations, not a few per pair.
+struct Memo<S> {
+    chains: HashMap<u64, u32, BuildHasherDefault<PassThroughHasher>>,
+    nodes: Vec<Node<S>>,
+    keys: Vec<u32>,
+}
+
+impl<S: Eq + Hash> Memo<S> {
+    fn new() -> Memo<S> {
+        Memo {
+            chains: HashMap::default(),
+            nodes: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    fn key_of(&self, node: &Node<S>) -> &[u32] {
+        &self.keys[node.key_start..node.key_start + node.key_len]
+    }
+
+    /// Records `state` as reached with the set whose key is `key`; false if it already was.
+    fn insert(&mut self, key: &[u32], state: &Rc<S>) -> bool {
+        let same = |seen: &Rc<S>| Rc::ptr_eq(seen, state) || **seen == **state;
+        let mut hasher = FastHasher::default();
+        hasher.write_usize(key.len());
+        for &word in key {
+            hasher.write_u32(word);
+        }
+        let key_hash = hasher.finish();
+
+        // The key's first states, in the chain of its hash.
+        let mut states = 0;
+        let mut key_start = None;
+        let mut cursor = self.chains.get(&key_hash).copied().unwrap_or(NONE);
+        while cursor != NONE {
+            let node = &self.nodes[cursor as usize];
+            if self.key_of(node) == key {
+                if same(&node.state) {
+                    return false;
+                }
+                states += 1;
+                key_start = Some(node.key_start);
+            }
+            cursor = node.next;
+        }
+        // Its further states, in the chain of the hash of key and state.
+        let mut chain = key_hash;
+        if states >= FEW_STATES {
+            let mut hasher = FastHasher(key_hash);
+            state.hash(&mut hasher);
+            chain = hasher.finish();
+            let mut cursor = self.chains.get(&chain).copied().unwrap_or(NONE);
+            while cursor != NONE {
+                let node = &self.nodes[cursor as usize];
+                if self.key_of(node) == key && same(&node.state) {
+                    return false;
+                }
+                cursor = node.next;
+            }
+        }
+
+        let key_start = key_start.unwrap_or_else(|| {
+            self.keys.extend_from_slice(key);
+            self.keys.len() - key.len()
+        });
+        let index = u32::try_from(self.nodes.len())
+            .ok()
+            .filter(|&index| index != NONE)
+            .expect("the memo holds fewer than 2^32 - 1 pairs");
+        let next = self.chains.insert(chain, index).unwrap_or(NONE);
+        self.nodes.push(Node {
+            key_start,
+            key_len: key.len(),
+            next,
+            state: Rc::clone(state),
+        });
+        true
+    }
+}
+
+/// The hasher of a table whose keys are already hashes.
+#[derive(Default)]
+struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The best dead end so far, but for its prefix (kept apart, see [`search`]).
+struct DeadEnd<S> {
+    rank: (usize, Reverse<usize>),
+    state: Rc<S>,
+    candidates: Vec<usize>,
+    closing: usize,
 }
 
 /// The list head; entry 0 of [`Events::entries`]. The list is circular through it.
@@ -166,6 +402,12 @@ impl Events {
         events.sort_by_key(|&(time, is_call, op)| (time, !is_call, op));
 
         let count = events.len() + 1;
+        // Memo keys name entries as u32 below `BITSET_KEY`.
+        assert!(
+            count < BITSET_KEY as usize,
+            "a partition of {} operations is too large to check",
+            ops.len()
+        );
         let mut entries = Vec::with_capacity(count);
         entries.push(Entry {
             op: usize::MAX,
@@ -229,6 +471,29 @@ impl Events {
         self.relink(self.call_entry[op]);
     }
 
+    /// Writes into `key` the window key of the operations no longer in the list (see the
+    /// module documentation): the first return entry in the list ([`HEAD`] if none is left),
+    /// then the call entries before it, in list order. Returns false, leaving `key`
+    /// unspecified, if the key would be longer than `limit`.
+    fn window_key(&self, limit: usize, key: &mut Vec<u32>) -> bool {
+        key.clear();
+        key.push(HEAD as u32);
+        let mut cursor = self.first();
+        while cursor != HEAD {
+            let entry = &self.entries[cursor];
+            if !entry.is_call {
+                key[0] = cursor as u32;
+                break;
+            }
+            if key.len() == limit {
+                return false;
+            }
+            key.push(cursor as u32);
+            cursor = entry.next;
+        }
+        true
+    }
+
     /// The operations whose call events come before entry `until`, in list order.
     fn calls_before(&self, until: usize) -> Vec<usize> {
         let mut calls = Vec::new();
@@ -259,11 +524,16 @@ fn search<M: Model>(
     let returned_total = ops.iter().filter(|op| op.ret.is_some()).count();
     let mut returned_left = returned_total;
     let mut linearized = Bitset::new(ops.len());
-    let mut state = model.init();
+    let mut state = Rc::new(model.init());
     // The operations linearized so far, each with the state before it.
-    let mut placed: Vec<(usize, M::State)> = Vec::new();
-    let mut explored: HashSet<(Bitset, M::State)> = HashSet::new();
-    let mut best_dead_end: Option<Stuck<M::State>> = None;
+    let mut placed: Vec<(usize, Rc<M::State>)> = Vec::new();
+    let mut explored = Memo::new();
+    let mut key = Vec::new();
+    let mut best_dead_end: Option<DeadEnd<M::State>> = None;
+    // The best dead end's prefix, and the lowest length `placed` has had since it was last
+    // brought up to date: below that length, `placed` still matches it.
+    let mut best_prefix: Vec<usize> = Vec::new();
+    let mut unchanged = 0;
 
     let mut cursor = events.first();
     while returned_left > 0 {
@@ -276,26 +546,37 @@ fn search<M: Model>(
         let entry = events.entries[cursor];
         if entry.is_call {
             let op = ops[entry.op];
-            let next_state =
-                model
-                    .step(&state, &op.input, op.output.as_ref())
-                    .filter(|next_state| {
-                        let mut next_linearized = linearized.clone();
-                        next_linearized.set(entry.op);
-                        explored.insert((next_linearized, next_state.clone()))
-                    });
-            match next_state {
-                Some(next_state) => {
-                    linearized.set(entry.op);
+            if let Some(next_state) = model.step(&state, &op.input, op.output.as_ref()) {
+                // A step that leaves the state as it was shares it rather than keep a copy.
+                let next_state = if next_state == *state {
+                    Rc::clone(&state)
+                } else {
+                    Rc::new(next_state)
+                };
+                linearized.set(entry.op);
+                events.lift(entry.op);
+                // Placing the last operation that returned ends the search: no need to
+                // remember the set (it cannot have been reached before, or the search would
+                // have ended then).
+                let last = op.ret.is_some() && returned_left == 1;
+                let new = last || {
+                    if !events.window_key(linearized.key_len(), &mut key) {
+                        linearized.write_key(&mut key);
+                    }
+                    explored.insert(&key, &next_state)
+                };
+                if new {
                     placed.push((entry.op, std::mem::replace(&mut state, next_state)));
-                    events.lift(entry.op);
                     if op.ret.is_some() {
                         returned_left -= 1;
                     }
                     cursor = events.first();
+                    continue;
                 }
-                None => cursor = entry.next,
+                events.unlift(entry.op);
+                linearized.clear(entry.op);
             }
+            cursor = entry.next;
         } else {
             // Operation `entry.op` returned here and nothing before it can be placed next.
             // The best dead end to explain has the most operations that returned placed and,
@@ -303,18 +584,28 @@ fn search<M: Model>(
             let placed_returned = returned_total - returned_left;
             let rank = (placed_returned, Reverse(placed.len() - placed_returned));
             if best_dead_end.as_ref().is_none_or(|best| rank > best.rank) {
-                best_dead_end = Some(Stuck {
+                best_prefix.truncate(unchanged);
+                best_prefix.extend(placed[unchanged..].iter().map(|&(op, _)| op));
+                unchanged = placed.len();
+                best_dead_end = Some(DeadEnd {
                     rank,
-                    prefix: placed.iter().map(|&(op, _)| op).collect(),
-                    state: state.clone(),
+                    state: Rc::clone(&state),
                     candidates: events.calls_before(cursor),
                     closing: entry.op,
                 });
             }
             let Some((op, previous_state)) = placed.pop() else {
-                let stuck = best_dead_end.expect("recorded just above");
+                let best = best_dead_end.expect("recorded just above");
+                let stuck = Stuck {
+                    rank: best.rank,
+                    prefix: best_prefix,
+                    state: M::State::clone(&best.state),
+                    candidates: best.candidates,
+                    closing: best.closing,
+                };
                 return Outcome::Illegal(stuck.into_history_indexes(group));
             };
+            unchanged = unchanged.min(placed.len());
             state = previous_state;
             linearized.clear(op);
             events.unlift(op);

@@ -1,0 +1,371 @@
+//! 6.5840 Lab 1's test-mr.sh, check by check, with real processes: `flotilla mr coordinator`
+//! and several `flotilla mr worker`s on the Project Gutenberg texts, outputs compared with
+//! `flotilla mr sequential`. Plus the bad inputs a real tool must refuse clearly.
+//!
+//! Like the script, every run happens in a scratch directory `mr-tmp` with the inputs given as
+//! `../pg-*.txt`; every process has a deadline (45 s, or 120 s in the crash test) after which
+//! it is killed and the test fails.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FLOTILLA: &str = env!("CARGO_BIN_EXE_flotilla");
+const LIMIT: Duration = Duration::from_secs(45);
+const CRASH_LIMIT: Duration = Duration::from_secs(120);
+
+fn gutenberg() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/gutenberg")
+}
+
+/// A scratch area: `root/pg-*.txt` (links to the shared texts) and the working dir `root/mr-tmp`.
+struct Scratch {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    work: PathBuf,
+    inputs: Vec<String>,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().to_path_buf();
+        let mut inputs = Vec::new();
+        let mut texts: Vec<_> = std::fs::read_dir(gutenberg())
+            .expect("shared/data/gutenberg")
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("pg") && n.ends_with("txt")))
+            .collect();
+        texts.sort();
+        assert_eq!(texts.len(), 8, "the 8 Gutenberg texts");
+        for text in texts {
+            let name = text.file_name().unwrap().to_str().unwrap().to_string();
+            std::os::unix::fs::symlink(&text, root.join(&name)).expect("link input");
+            inputs.push(format!("../{name}"));
+        }
+        let work = root.join("mr-tmp");
+        std::fs::create_dir(&work).expect("mr-tmp");
+        Scratch {
+            _dir: dir,
+            root,
+            work,
+            inputs,
+        }
+    }
+
+    /// The sorted, blank-free lines of `sequential --app app`, run in a sibling directory so
+    /// the input names are the same.
+    fn oracle(&self, app: &str) -> Vec<String> {
+        let dir = self.root.join(format!("oracle-{app}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new(FLOTILLA)
+            .current_dir(&dir)
+            .args(["mr", "sequential", "--app", app])
+            .args(&self.inputs)
+            .status()
+            .expect("run sequential");
+        assert!(status.success(), "sequential {app} failed");
+        sorted_outputs(&dir)
+    }
+
+    fn coordinator(&self, extra: &[&str]) -> (Proc, String) {
+        let mut child = Command::new(FLOTILLA)
+            .current_dir(&self.work)
+            .args(["mr", "coordinator", "--listen", "127.0.0.1:0", "--progress", "none"])
+            .args(extra)
+            .args(&self.inputs)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start coordinator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("flotilla mr: coordinator listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        (Proc::new("coordinator", child, LIMIT), addr)
+    }
+
+    fn worker(&self, addr: &str, app: &str, limit: Duration) -> Proc {
+        let child = Command::new(FLOTILLA)
+            .current_dir(&self.work)
+            .args(["mr", "worker", "--coordinator", addr, "--app", app])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start worker");
+        Proc::new("worker", child, limit)
+    }
+}
+
+/// A child process with a deadline; killed when dropped.
+struct Proc {
+    what: &'static str,
+    child: Child,
+    deadline: Instant,
+}
+
+impl Proc {
+    fn new(what: &'static str, child: Child, limit: Duration) -> Proc {
+        Proc {
+            what,
+            child,
+            deadline: Instant::now() + limit,
+        }
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Waits for the exit; fails the test at the deadline.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(Instant::now() < self.deadline, "{} did not exit within its time limit", self.what);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sort mr-out* | grep .` of a directory.
+fn sorted_outputs(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("mr-out")) {
+            let text = std::fs::read_to_string(&path).unwrap();
+            lines.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+fn wait_all(procs: &mut [Proc]) {
+    for p in procs {
+        p.wait();
+    }
+}
+
+#[test]
+fn wc() {
+    let s = Scratch::new();
+    let expected = s.oracle("wc");
+    assert!(expected.len() > 10_000, "the oracle counted {} words", expected.len());
+    let (mut coordinator, addr) = s.coordinator(&[]);
+    let mut workers: Vec<_> = (0..3).map(|_| s.worker(&addr, "wc", LIMIT)).collect();
+    assert!(coordinator.wait().success());
+    assert_eq!(sorted_outputs(&s.work), expected, "wc output is not the same as the sequential output");
+    wait_all(&mut workers); // workers exit on their own
+}
+
+#[test]
+fn indexer() {
+    let s = Scratch::new();
+    let expected = s.oracle("indexer");
+    let (_coordinator, addr) = s.coordinator(&[]);
+    let _background = s.worker(&addr, "indexer", LIMIT);
+    let mut foreground = s.worker(&addr, "indexer", LIMIT);
+    assert!(foreground.wait().success());
+    // A worker's exit means every output is final.
+    assert_eq!(sorted_outputs(&s.work), expected, "indexer output is not the same as the sequential output");
+}
+
+#[test]
+fn map_parallelism() {
+    let s = Scratch::new();
+    let (_coordinator, addr) = s.coordinator(&[]);
+    let _background = s.worker(&addr, "mtiming", LIMIT);
+    let mut foreground = s.worker(&addr, "mtiming", LIMIT);
+    assert!(foreground.wait().success());
+    let lines = sorted_outputs(&s.work);
+    let workers = lines.iter().filter(|l| l.starts_with("times-")).count();
+    assert_eq!(workers, 2, "saw {workers} workers rather than 2");
+    let parallel = lines.iter().any(|l| l.starts_with("parallel") && l.split(' ').skip(1).any(|v| v == "2"));
+    assert!(parallel, "map workers did not run in parallel: {lines:?}");
+}
+
+#[test]
+fn reduce_parallelism() {
+    let s = Scratch::new();
+    let (_coordinator, addr) = s.coordinator(&[]);
+    let _background = s.worker(&addr, "rtiming", LIMIT);
+    let mut foreground = s.worker(&addr, "rtiming", LIMIT);
+    assert!(foreground.wait().success());
+    let lines = sorted_outputs(&s.work);
+    let parallel = lines
+        .iter()
+        .filter(|l| l.len() == 3 && l.as_bytes()[0].is_ascii_lowercase() && l.ends_with(" 2"))
+        .count();
+    assert!(parallel >= 2, "too few parallel reduces: {lines:?}");
+}
+
+#[test]
+fn job_count() {
+    let s = Scratch::new();
+    let (_coordinator, addr) = s.coordinator(&[]);
+    let _w1 = s.worker(&addr, "jobcount", LIMIT);
+    let mut w2 = s.worker(&addr, "jobcount", LIMIT);
+    assert!(w2.wait().success());
+    // Two late workers: the job is over, they must exit without doing harm.
+    let _w3 = s.worker(&addr, "jobcount", LIMIT);
+    let mut w4 = s.worker(&addr, "jobcount", LIMIT);
+    assert!(w4.wait().success());
+    let lines = sorted_outputs(&s.work);
+    assert_eq!(lines, vec!["a 8".to_string()], "map jobs ran incorrect number of times");
+}
+
+#[test]
+fn early_exit() {
+    let s = Scratch::new();
+    let (coordinator, addr) = s.coordinator(&[]);
+    let mut procs = vec![coordinator];
+    procs.extend((0..3).map(|_| s.worker(&addr, "early_exit", LIMIT)));
+    // Wait for the first process to exit, whichever it is.
+    let deadline = Instant::now() + LIMIT;
+    while !procs.iter_mut().any(|p| p.exited().is_some()) {
+        assert!(Instant::now() < deadline, "nothing exited within the time limit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let initial = sorted_outputs(&s.work);
+    wait_all(&mut procs);
+    let last = sorted_outputs(&s.work);
+    assert_eq!(initial, last, "output changed after first worker exited");
+    assert_eq!(last.len(), 8, "one line per input: {last:?}");
+}
+
+#[test]
+fn crash() {
+    let s = Scratch::new();
+    let expected = s.oracle("nocrash");
+    let (mut coordinator, addr) = s.coordinator(&[]);
+    coordinator.deadline = Instant::now() + CRASH_LIMIT;
+    let mut workers = vec![s.worker(&addr, "crash", CRASH_LIMIT)];
+    // Three restart loops: while the coordinator runs, keep a crash worker going in each,
+    // replacing it a second after it exits (crashed or not).
+    let mut restart_at: Vec<Option<Instant>> = vec![Some(Instant::now()); 3];
+    let mut slots: Vec<Option<Proc>> = (0..3).map(|_| None).collect();
+    while coordinator.exited().is_none() {
+        assert!(Instant::now() < coordinator.deadline, "the crash test did not finish within 120 s");
+        for (slot, at) in slots.iter_mut().zip(restart_at.iter_mut()) {
+            match slot {
+                Some(p) => {
+                    if p.exited().is_some() {
+                        *slot = None;
+                        *at = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
+                None => {
+                    if at.is_some_and(|t| Instant::now() >= t) {
+                        *slot = Some(s.worker(&addr, "crash", CRASH_LIMIT));
+                        *at = None;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(coordinator.wait().success());
+    workers.extend(slots.into_iter().flatten());
+    wait_all(&mut workers);
+    assert_eq!(sorted_outputs(&s.work), expected, "crash output is not the same as the sequential output");
+}
+
+// ---- bad input ----------------------------------------------------------------------------
+
+fn run_in(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(FLOTILLA).current_dir(dir).args(args).output().expect("run flotilla");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn missing_or_directory_input_is_refused_before_anything_is_written() {
+    let s = Scratch::new();
+    let (code, out) = run_in(&s.work, &["mr", "coordinator", "--listen", "127.0.0.1:0", "../pg-grimm.txt", "../nope.txt"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("../nope.txt"), "the error names the input: {out}");
+    let (code, out) = run_in(&s.work, &["mr", "coordinator", "--listen", "127.0.0.1:0", ".."]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("directory"), "{out}");
+    assert_eq!(std::fs::read_dir(&s.work).unwrap().count(), 0, "nothing written");
+    let (code, out) = run_in(&s.work, &["mr", "sequential", "--app", "wc", "../nope.txt"]);
+    assert_eq!(code, 2, "{out}");
+}
+
+#[test]
+fn unknown_application_is_refused_with_the_known_names() {
+    let s = Scratch::new();
+    let (code, out) = run_in(&s.work, &["mr", "worker", "--coordinator", "127.0.0.1:9", "--app", "wordcount"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("wordcount") && out.contains("wc") && out.contains("indexer"), "{out}");
+}
+
+#[test]
+fn a_worker_refuses_a_server_of_another_protocol() {
+    let s = Scratch::new();
+    let mut kv = Command::new(FLOTILLA)
+        .args(["kv", "serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a kv server");
+    let mut line = String::new();
+    BufReader::new(kv.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let kv = Proc::new("kv server", kv, LIMIT);
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    let (code, out) = run_in(&s.work, &["mr", "worker", "--coordinator", &addr, "--app", "wc"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("protocol") && out.contains("flotilla-kv"), "{out}");
+    drop(kv);
+}
+
+#[test]
+fn binary_input_and_a_100_mb_line_are_handled() {
+    let s = Scratch::new();
+    // 100 MB in one line: "lorem " repeated, no newline; plus a file of binary garbage.
+    let long = s.root.join("long.txt");
+    let chunk = "lorem ipsum ".repeat(1 << 16);
+    let mut text = String::with_capacity(100 << 20);
+    while text.len() + chunk.len() <= 100 << 20 {
+        text.push_str(&chunk);
+    }
+    std::fs::write(&long, &text).unwrap();
+    let words = text.len() / 12;
+    drop(text);
+    let binary = s.root.join("binary.bin");
+    let bytes: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&binary, bytes).unwrap();
+    let (mut coordinator, addr) = {
+        let mut child = Command::new(FLOTILLA)
+            .current_dir(&s.work)
+            .args(["mr", "coordinator", "--listen", "127.0.0.1:0", "--progress", "none", "../long.txt", "../binary.bin"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+        (Proc::new("coordinator", child, LIMIT), addr)
+    };
+    let mut workers: Vec<_> = (0..2).map(|_| s.worker(&addr, "wc", LIMIT)).collect();
+    assert!(coordinator.wait().success());
+    wait_all(&mut workers);
+    let lines = sorted_outputs(&s.work);
+    assert!(lines.contains(&format!("lorem {words}")), "lorem counted {words} times: {:?}", &lines[..lines.len().min(5)]);
+    assert!(lines.contains(&format!("ipsum {words}")));
+}

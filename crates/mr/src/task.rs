@@ -1,0 +1,1216 @@
+//! Running one map task or one reduce task against the job's shared directory.
+//!
+//! # Map
+//!
+//! [`run_map`] streams its input file through [`App::map`], sends each pair to reduce task
+//! [`bucket`]`(key, n_reduce)`, and writes, for **every** `r` in `0..n_reduce`, the file
+//! `dir/mr-{map}-{r}` ([`intermediate_path`]) holding that bucket's pairs sorted by key
+//! (byte order). Pairs are buffered in memory up to [`MapTask::memory_limit`] bytes; past
+//! that the buffer is sorted and spilled to an unnamed temporary run file, and the final
+//! files are a k-way merge of the runs and what is left in memory. Runs are merged in levels
+//! of [`SPILL_FAN_IN`] as they pile up, so a map task's memory stays bounded (the limit, plus
+//! the largest single pair, plus a read buffer per run being merged) whatever its input or
+//! output size, and its open files stay few.
+//!
+//! # Reduce
+//!
+//! [`run_reduce`] merges `dir/mr-{m}-{reduce}` for every map task `m` in `0..n_map` (a
+//! streaming k-way merge: memory is one read buffer per file plus the values of one key),
+//! calls [`App::reduce`] once per distinct key in key order, and writes `key value\n` lines
+//! to `dir/mr-out-{reduce}` ([`output_path`]). An exec app's reduce program runs once per
+//! task instead: [`run_reduce_exec`] (see [`crate::exec`]).
+//!
+//! # Guarantees
+//!
+//! - **Atomic, idempotent outputs.** Every output (intermediate or final) is written to a
+//!   temporary file in `dir` whose name starts with [`TEMP_PREFIX`] — never `mr-out` — and
+//!   renamed over its final name when complete. Nobody ever sees a half-written file, and a
+//!   re-executed or duplicate task replaces the file harmlessly. Temporary files and spill
+//!   runs are removed when a task fails (spill runs are unnamed, so even a crash leaves none).
+//! - **Nothing read is trusted.** Intermediate files carry a magic header, and a trailer with
+//!   the record count and a CRC-32 of every record; lengths are checked against the file's
+//!   size before anything is allocated and keys must come in order, so a missing, truncated,
+//!   corrupt or foreign file is a [`TaskError`] naming it, never silently read or skipped.
+//! - **Clear errors.** An input that is missing, unreadable or a directory, an application's
+//!   error, and every I/O failure come back as a [`TaskError`] that says what and where.
+//!
+//! # Intermediate file format
+//!
+//! ```text
+//! magic     8 bytes   "FLMRKV01"
+//! record*   key_len: u32 LE (< 0xFFFF_FFFF), value_len: u32 LE, key bytes, value bytes
+//! trailer   0xFFFF_FFFF: u32, record count: u64 LE, CRC-32 (IEEE) of all record bytes: u32 LE
+//! ```
+//!
+//! Keys and values are UTF-8 (they come from `&str`); records are sorted by key.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::app::App;
+use crate::exec::{ExecApp, ExecError, PairSource};
+use crate::partition::bucket;
+
+/// Every temporary file a task creates in the shared directory starts with this.
+pub const TEMP_PREFIX: &str = ".mr-tmp-";
+
+/// The first bytes of every intermediate file.
+pub const INTERMEDIATE_MAGIC: [u8; 8] = *b"FLMRKV01";
+
+/// A `key_len` of this value marks the trailer, so keys are at most one byte shorter.
+const END_MARK: u32 = u32::MAX;
+
+/// Longest key a pair may have, in bytes.
+pub const MAX_KEY_LEN: usize = END_MARK as usize - 1;
+/// Longest value a pair may have, in bytes.
+pub const MAX_VALUE_LEN: usize = u32::MAX as usize;
+
+/// How many spill runs of one level are merged into one run of the next level.
+pub const SPILL_FAN_IN: usize = 16;
+
+/// Buffer size for reading the input and for writing outputs.
+const IO_BUFFER: usize = 128 * 1024;
+/// Read buffer per run during a merge.
+const MERGE_BUFFER: usize = 64 * 1024;
+
+/// `dir/mr-{map}-{reduce}`: map task `map`'s pairs for reduce task `reduce`.
+pub fn intermediate_path(dir: &Path, map: usize, reduce: usize) -> PathBuf {
+    dir.join(format!("mr-{map}-{reduce}"))
+}
+
+/// `dir/mr-out-{reduce}`: reduce task `reduce`'s output.
+pub fn output_path(dir: &Path, reduce: usize) -> PathBuf {
+    dir.join(format!("mr-out-{reduce}"))
+}
+
+/// One map task.
+#[derive(Clone, Copy, Debug)]
+pub struct MapTask<'a> {
+    /// The map task's number (its intermediate files are `mr-{id}-*`).
+    pub id: usize,
+    /// The input's name exactly as given to the coordinator; what [`App::map`] sees.
+    pub input_name: &'a str,
+    /// Where to read the input.
+    pub input_path: &'a Path,
+    /// Number of reduce tasks (≥ 1).
+    pub n_reduce: usize,
+    /// The job's shared directory.
+    pub dir: &'a Path,
+    /// Bytes of buffered pairs (keys, values and a small per-pair overhead) before the
+    /// buffer is sorted and spilled to disk. Tiny values work, just slowly.
+    pub memory_limit: usize,
+}
+
+/// One reduce task.
+#[derive(Clone, Copy, Debug)]
+pub struct ReduceTask<'a> {
+    /// The reduce task's number (its inputs are `mr-*-{id}`, its output `mr-out-{id}`).
+    pub id: usize,
+    /// Number of map tasks of the job.
+    pub n_map: usize,
+    /// The job's shared directory.
+    pub dir: &'a Path,
+}
+
+/// What a map task did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapStats {
+    /// Input bytes the application read.
+    pub bytes_read: u64,
+    /// Pairs emitted.
+    pub pairs: u64,
+    /// Sorted runs spilled to disk because the buffer passed the memory limit.
+    pub spills: u64,
+    /// Bytes of intermediate files written.
+    pub bytes_written: u64,
+}
+
+/// What a reduce task did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReduceStats {
+    /// Bytes of intermediate files read.
+    pub bytes_read: u64,
+    /// Pairs read.
+    pub pairs: u64,
+    /// Distinct keys (= output lines).
+    pub keys: u64,
+    /// Bytes of output written.
+    pub bytes_written: u64,
+}
+
+/// Why a task failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("invalid task: {0}")]
+    Invalid(String),
+    #[error("cannot open input {}: {source}", path.display())]
+    OpenInput {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("input {} is a directory, not a file", path.display())]
+    InputIsDirectory { path: PathBuf },
+    #[error("cannot read input {}: {source}", path.display())]
+    ReadInput {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("app {app}: map of input {input:?} failed: {source}")]
+    Map {
+        app: String,
+        input: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("app {app}: reduce of key {key:?} failed: {source}")]
+    Reduce {
+        app: String,
+        /// The key (shortened if very long).
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("intermediate file {} is missing (map task {map} has not written it)", path.display())]
+    MissingIntermediate { path: PathBuf, map: usize },
+    #[error("{file} is corrupt: {reason}")]
+    Corrupt { file: String, reason: String },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+}
+
+impl TaskError {
+    fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> TaskError + 'p {
+        move |source| TaskError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// `text`, cut to a readable length for an error message.
+pub(crate) fn shorten(text: &str) -> String {
+    const MAX: usize = 200;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+// ---------------------------------------------------------------------------------------
+// Record files
+
+/// Writes the intermediate format to `out`.
+struct RecordWriter<W: Write> {
+    out: W,
+    crc: crc32fast::Hasher,
+    count: u64,
+    bytes: u64,
+}
+
+impl<W: Write> RecordWriter<W> {
+    fn new(mut out: W) -> io::Result<Self> {
+        out.write_all(&INTERMEDIATE_MAGIC)?;
+        Ok(RecordWriter {
+            out,
+            crc: crc32fast::Hasher::new(),
+            count: 0,
+            bytes: INTERMEDIATE_MAGIC.len() as u64,
+        })
+    }
+
+    fn write(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        debug_assert!(key.len() <= MAX_KEY_LEN && value.len() <= MAX_VALUE_LEN);
+        let mut lens = [0u8; 8];
+        lens[..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        lens[4..].copy_from_slice(&(value.len() as u32).to_le_bytes());
+        self.crc.update(&lens);
+        self.crc.update(key);
+        self.crc.update(value);
+        self.out.write_all(&lens)?;
+        self.out.write_all(key)?;
+        self.out.write_all(value)?;
+        self.count += 1;
+        self.bytes += 8 + key.len() as u64 + value.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the trailer; returns the writer and the total bytes written.
+    fn finish(mut self) -> io::Result<(W, u64)> {
+        let mut trailer = [0u8; 16];
+        trailer[..4].copy_from_slice(&END_MARK.to_le_bytes());
+        trailer[4..12].copy_from_slice(&self.count.to_le_bytes());
+        trailer[12..].copy_from_slice(&self.crc.finalize().to_le_bytes());
+        self.out.write_all(&trailer)?;
+        Ok((self.out, self.bytes + trailer.len() as u64))
+    }
+}
+
+/// A source of sorted records for a merge.
+trait RecordSource {
+    /// Reads the next record into `key` and `value`; `false` at the end.
+    fn next_into(&mut self, key: &mut String, value: &mut String) -> Result<bool, TaskError>;
+}
+
+/// Reads and checks the intermediate format.
+struct RecordReader<R: Read> {
+    inner: R,
+    /// What to call this data in errors (a path, or a spill run).
+    label: String,
+    /// Bytes left in the file or segment.
+    remaining: u64,
+    crc: crc32fast::Hasher,
+    count: u64,
+    prev_key: Vec<u8>,
+    finished: bool,
+}
+
+impl<R: Read> RecordReader<R> {
+    /// Checks the magic. `len` is the size of the file or segment.
+    fn open(inner: R, len: u64, label: String) -> Result<Self, TaskError> {
+        let mut reader = RecordReader {
+            inner,
+            label,
+            remaining: len,
+            crc: crc32fast::Hasher::new(),
+            count: 0,
+            prev_key: Vec::new(),
+            finished: false,
+        };
+        let mut magic = [0u8; 8];
+        reader.read_exact(&mut magic, "the header")?;
+        if magic != INTERMEDIATE_MAGIC {
+            return Err(reader.corrupt("not an intermediate file (wrong magic bytes)".into()));
+        }
+        Ok(reader)
+    }
+
+    fn corrupt(&self, reason: String) -> TaskError {
+        TaskError::Corrupt {
+            file: self.label.clone(),
+            reason,
+        }
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), TaskError> {
+        if (buf.len() as u64) > self.remaining {
+            return Err(self.corrupt(format!("truncated: it ends inside {what}")));
+        }
+        match self.inner.read_exact(buf) {
+            Ok(()) => {
+                self.remaining -= buf.len() as u64;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(self.corrupt(format!("truncated: it ends inside {what}")))
+            }
+            Err(e) => Err(TaskError::Io {
+                action: "read",
+                path: PathBuf::from(&self.label),
+                source: e,
+            }),
+        }
+    }
+
+    fn read_string(&mut self, out: &mut String, len: usize, what: &str) -> Result<(), TaskError> {
+        let mut bytes = std::mem::take(out).into_bytes();
+        bytes.clear();
+        bytes.resize(len, 0);
+        self.read_exact(&mut bytes, what)?;
+        self.crc.update(&bytes);
+        match String::from_utf8(bytes) {
+            Ok(text) => {
+                *out = text;
+                Ok(())
+            }
+            Err(_) => Err(self.corrupt(format!("record {}: {what} is not UTF-8", self.count))),
+        }
+    }
+
+    fn read_trailer(&mut self) -> Result<(), TaskError> {
+        let mut trailer = [0u8; 12];
+        self.read_exact(&mut trailer, "the trailer")?;
+        let count = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(trailer[8..].try_into().expect("4 bytes"));
+        if count != self.count {
+            return Err(self.corrupt(format!(
+                "the trailer counts {count} records but there are {}",
+                self.count
+            )));
+        }
+        let actual = self.crc.clone().finalize();
+        if crc != actual {
+            return Err(self.corrupt(format!(
+                "checksum mismatch (trailer {crc:08x}, records {actual:08x})"
+            )));
+        }
+        if self.remaining != 0 {
+            return Err(self.corrupt(format!(
+                "{} unexpected bytes after the trailer",
+                self.remaining
+            )));
+        }
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl<R: Read> RecordSource for RecordReader<R> {
+    fn next_into(&mut self, key: &mut String, value: &mut String) -> Result<bool, TaskError> {
+        if self.finished {
+            return Ok(false);
+        }
+        let mut lens = [0u8; 8];
+        self.read_exact(&mut lens[..4], "a record header")?;
+        let key_len = u32::from_le_bytes(lens[..4].try_into().expect("4 bytes"));
+        if key_len == END_MARK {
+            self.read_trailer()?;
+            return Ok(false);
+        }
+        self.read_exact(&mut lens[4..], "a record header")?;
+        let value_len = u32::from_le_bytes(lens[4..].try_into().expect("4 bytes"));
+        let record_len = u64::from(key_len) + u64::from(value_len);
+        if record_len > self.remaining {
+            return Err(self.corrupt(format!(
+                "truncated: record {} claims {record_len} bytes but only {} remain",
+                self.count, self.remaining
+            )));
+        }
+        self.crc.update(&lens);
+        self.read_string(key, key_len as usize, "a key")?;
+        self.read_string(value, value_len as usize, "a value")?;
+        if key.as_bytes() < self.prev_key.as_slice() {
+            return Err(self.corrupt(format!(
+                "keys out of order at record {} ({:?} after {:?})",
+                self.count,
+                shorten(key),
+                shorten(&String::from_utf8_lossy(&self.prev_key))
+            )));
+        }
+        self.prev_key.clear();
+        self.prev_key.extend_from_slice(key.as_bytes());
+        self.count += 1;
+        Ok(true)
+    }
+}
+
+/// Reads bytes `pos..end` of a file by positioned reads (several readers share one file).
+struct SegmentReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for SegmentReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end - self.pos;
+        let want = (buf.len() as u64).min(left) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Opens `dir/mr-{map}-{reduce}` for reading.
+fn open_intermediate(
+    dir: &Path,
+    map: usize,
+    reduce: usize,
+) -> Result<(RecordReader<BufReader<File>>, u64), TaskError> {
+    let path = intermediate_path(dir, map, reduce);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(TaskError::MissingIntermediate { path, map })
+        }
+        Err(e) => return Err(TaskError::io("open intermediate file", &path)(e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(TaskError::io("stat intermediate file", &path))?;
+    if !meta.is_file() {
+        return Err(TaskError::Corrupt {
+            file: format!("intermediate file {}", path.display()),
+            reason: "not a regular file".into(),
+        });
+    }
+    let len = meta.len();
+    let reader = RecordReader::open(
+        BufReader::with_capacity(MERGE_BUFFER, file),
+        len,
+        format!("intermediate file {}", path.display()),
+    )?;
+    Ok((reader, len))
+}
+
+/// Reads a whole intermediate file (for tests and inspection; tasks stream instead).
+pub fn read_intermediate(path: &Path) -> Result<Vec<(String, String)>, TaskError> {
+    let file = File::open(path).map_err(TaskError::io("open intermediate file", path))?;
+    let len = file
+        .metadata()
+        .map_err(TaskError::io("stat intermediate file", path))?
+        .len();
+    let mut reader = RecordReader::open(
+        BufReader::new(file),
+        len,
+        format!("intermediate file {}", path.display()),
+    )?;
+    let mut pairs = Vec::new();
+    let (mut key, mut value) = (String::new(), String::new());
+    while reader.next_into(&mut key, &mut value)? {
+        pairs.push((key.clone(), value.clone()));
+    }
+    Ok(pairs)
+}
+
+// ---------------------------------------------------------------------------------------
+// Merging
+
+/// The smallest record of one source, waiting in the merge heap.
+struct Head {
+    key: String,
+    value: String,
+    source: usize,
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Head {}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key
+            .as_bytes()
+            .cmp(other.key.as_bytes())
+            .then(self.source.cmp(&other.source))
+    }
+}
+
+/// A k-way merge of sorted sources: records in key order.
+struct Merger<S> {
+    sources: Vec<S>,
+    heap: BinaryHeap<Reverse<Head>>,
+    /// The record last returned; refilled from its source on the next advance.
+    current: Option<Head>,
+    started: bool,
+    pairs: u64,
+}
+
+impl<S: RecordSource> Merger<S> {
+    fn new(sources: Vec<S>) -> Self {
+        Merger {
+            heap: BinaryHeap::with_capacity(sources.len()),
+            sources,
+            current: None,
+            started: false,
+            pairs: 0,
+        }
+    }
+
+    /// Moves to the next record; `false` once every source is exhausted.
+    fn advance(&mut self) -> Result<bool, TaskError> {
+        if !self.started {
+            self.started = true;
+            for index in 0..self.sources.len() {
+                let mut head = Head {
+                    key: String::new(),
+                    value: String::new(),
+                    source: index,
+                };
+                if self.sources[index].next_into(&mut head.key, &mut head.value)? {
+                    self.heap.push(Reverse(head));
+                }
+            }
+        } else if let Some(mut head) = self.current.take() {
+            if self.sources[head.source].next_into(&mut head.key, &mut head.value)? {
+                self.heap.push(Reverse(head));
+            }
+        }
+        self.current = self.heap.pop().map(|Reverse(head)| head);
+        if self.current.is_some() {
+            self.pairs += 1;
+        }
+        Ok(self.current.is_some())
+    }
+
+    fn key(&self) -> &str {
+        &self.current.as_ref().expect("advance returned true").key
+    }
+
+    fn value(&self) -> &str {
+        &self.current.as_ref().expect("advance returned true").value
+    }
+
+    fn take_value(&mut self) -> String {
+        std::mem::take(&mut self.current.as_mut().expect("advance returned true").value)
+    }
+}
+
+impl<S: RecordSource + Send> PairSource for Merger<S> {
+    fn next_pair(&mut self) -> Result<Option<(&str, &str)>, TaskError> {
+        if self.advance()? {
+            Ok(Some((self.key(), self.value())))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Where a [`GroupValues`] iterator stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GroupState {
+    /// The merger is on the group's first record, not yet handed out.
+    AtFirst,
+    /// Inside the group.
+    InGroup,
+    /// The merger is on the first record of the next group.
+    NextGroup,
+    /// The merge is exhausted.
+    End,
+    /// Reading failed; the error is kept.
+    Failed,
+}
+
+/// The values of one key, pulled from the merge as the reduce function asks for them.
+struct GroupValues<'m, S> {
+    merger: &'m mut Merger<S>,
+    key: &'m str,
+    state: GroupState,
+    error: Option<TaskError>,
+}
+
+impl<S: RecordSource> Iterator for GroupValues<'_, S> {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        match self.state {
+            GroupState::AtFirst => {
+                self.state = GroupState::InGroup;
+                Some(self.merger.take_value())
+            }
+            GroupState::InGroup => match self.merger.advance() {
+                Ok(true) if self.merger.key() == self.key => Some(self.merger.take_value()),
+                Ok(true) => {
+                    self.state = GroupState::NextGroup;
+                    None
+                }
+                Ok(false) => {
+                    self.state = GroupState::End;
+                    None
+                }
+                Err(e) => {
+                    self.error = Some(e);
+                    self.state = GroupState::Failed;
+                    None
+                }
+            },
+            GroupState::NextGroup | GroupState::End | GroupState::Failed => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Map
+
+/// One buffered pair: `data[offset..]` holds the key, then the value.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    offset: usize,
+    bucket: u32,
+    key_len: u32,
+    value_len: u32,
+}
+
+/// Memory counted per buffered pair on top of its key and value bytes.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>();
+
+/// The in-memory pairs of a map task, all buckets in one arena.
+#[derive(Default)]
+struct PairBuffer {
+    data: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+impl PairBuffer {
+    fn bytes(&self) -> usize {
+        self.data.len() + self.entries.len() * ENTRY_OVERHEAD
+    }
+
+    fn push(&mut self, bucket: u32, key: &str, value: &str) {
+        let offset = self.data.len();
+        self.data.extend_from_slice(key.as_bytes());
+        self.data.extend_from_slice(value.as_bytes());
+        self.entries.push(Entry {
+            offset,
+            bucket,
+            key_len: key.len() as u32,
+            value_len: value.len() as u32,
+        });
+    }
+
+    fn key(&self, entry: &Entry) -> &[u8] {
+        &self.data[entry.offset..entry.offset + entry.key_len as usize]
+    }
+
+    fn value(&self, entry: &Entry) -> &[u8] {
+        let start = entry.offset + entry.key_len as usize;
+        &self.data[start..start + entry.value_len as usize]
+    }
+
+    /// Sorts by (bucket, key).
+    fn sort(&mut self) {
+        let data = &self.data;
+        self.entries.sort_unstable_by(|a, b| {
+            a.bucket.cmp(&b.bucket).then_with(|| {
+                data[a.offset..a.offset + a.key_len as usize]
+                    .cmp(&data[b.offset..b.offset + b.key_len as usize])
+            })
+        });
+    }
+
+    /// After [`PairBuffer::sort`]: the entries of each bucket, `n_reduce` slices.
+    fn buckets(&self, n_reduce: usize) -> Vec<&[Entry]> {
+        let mut slices = Vec::with_capacity(n_reduce);
+        let mut rest = &self.entries[..];
+        for r in 0..n_reduce {
+            let len = rest.partition_point(|e| e.bucket as usize == r);
+            let (mine, others) = rest.split_at(len);
+            slices.push(mine);
+            rest = others;
+        }
+        debug_assert!(rest.is_empty(), "every entry's bucket is below n_reduce");
+        slices
+    }
+
+    fn clear(&mut self) {
+        self.data.clear();
+        self.entries.clear();
+    }
+}
+
+/// A sorted slice of buffered entries as a merge source.
+struct MemRun<'a> {
+    buffer: &'a PairBuffer,
+    entries: &'a [Entry],
+}
+
+impl RecordSource for MemRun<'_> {
+    fn next_into(&mut self, key: &mut String, value: &mut String) -> Result<bool, TaskError> {
+        let Some((entry, rest)) = self.entries.split_first() else {
+            return Ok(false);
+        };
+        self.entries = rest;
+        let as_str = |bytes| std::str::from_utf8(bytes).expect("buffered pairs came from &str");
+        key.clear();
+        key.push_str(as_str(self.buffer.key(entry)));
+        value.clear();
+        value.push_str(as_str(self.buffer.value(entry)));
+        Ok(true)
+    }
+}
+
+/// A sorted run on disk: one unnamed file, one segment (in the record format) per bucket.
+struct SpillRun {
+    file: File,
+    /// `(offset, len)` of each bucket's segment.
+    segments: Vec<(u64, u64)>,
+    /// How many merges deep this run is (0 = spilled straight from memory).
+    level: u32,
+    /// Sequence number, for error messages.
+    number: u64,
+}
+
+impl SpillRun {
+    fn segment(&self, r: usize) -> Result<RecordReader<BufReader<SegmentReader<'_>>>, TaskError> {
+        let (offset, len) = self.segments[r];
+        RecordReader::open(
+            BufReader::with_capacity(
+                MERGE_BUFFER,
+                SegmentReader {
+                    file: &self.file,
+                    pos: offset,
+                    end: offset + len,
+                },
+            ),
+            len,
+            format!("spill run {} (bucket {r})", self.number),
+        )
+    }
+}
+
+/// A source for the map side's merges.
+enum MapSource<'a> {
+    Memory(MemRun<'a>),
+    Spill(RecordReader<BufReader<SegmentReader<'a>>>),
+}
+
+impl RecordSource for MapSource<'_> {
+    fn next_into(&mut self, key: &mut String, value: &mut String) -> Result<bool, TaskError> {
+        match self {
+            MapSource::Memory(run) => run.next_into(key, value),
+            MapSource::Spill(run) => run.next_into(key, value),
+        }
+    }
+}
+
+/// A map task in progress.
+struct MapState<'t> {
+    task: &'t MapTask<'t>,
+    buffer: PairBuffer,
+    spills: Vec<SpillRun>,
+    spills_made: u64,
+    pairs: u64,
+}
+
+impl MapState<'_> {
+    fn add(&mut self, key: &str, value: &str) -> Result<(), TaskError> {
+        if key.len() > MAX_KEY_LEN || value.len() > MAX_VALUE_LEN {
+            return Err(TaskError::Map {
+                app: String::new(),
+                input: self.task.input_name.to_owned(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "pair too large (key {} bytes, value {} bytes; at most 4 GiB each)",
+                        key.len(),
+                        value.len()
+                    ),
+                ),
+            });
+        }
+        let r = bucket(key, self.task.n_reduce);
+        self.buffer.push(r as u32, key, value);
+        self.pairs += 1;
+        if self.buffer.bytes() > self.task.memory_limit {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn temp_error(&self) -> impl FnOnce(io::Error) -> TaskError + '_ {
+        TaskError::io("write a spill run in", self.task.dir)
+    }
+
+    /// Sorts the buffer and writes it as a level-0 run, then merges full levels.
+    fn spill(&mut self) -> Result<(), TaskError> {
+        self.buffer.sort();
+        let number = self.spills_made;
+        let run = {
+            let buckets = self.buffer.buckets(self.task.n_reduce);
+            let sources = buckets
+                .into_iter()
+                .map(|entries| {
+                    vec![MapSource::Memory(MemRun {
+                        buffer: &self.buffer,
+                        entries,
+                    })]
+                })
+                .collect();
+            self.write_run(sources, 0, number)?
+        };
+        self.spills.push(run);
+        self.spills_made += 1;
+        self.buffer.clear();
+        // Merge the newest SPILL_FAN_IN runs while they are all of one level.
+        while self.spills.len() >= SPILL_FAN_IN {
+            let tail = &self.spills[self.spills.len() - SPILL_FAN_IN..];
+            let level = tail[0].level;
+            if tail.iter().any(|run| run.level != level) {
+                break;
+            }
+            let merged = {
+                let mut per_bucket = Vec::with_capacity(self.task.n_reduce);
+                for r in 0..self.task.n_reduce {
+                    let mut sources = Vec::with_capacity(SPILL_FAN_IN);
+                    for run in tail {
+                        sources.push(MapSource::Spill(run.segment(r)?));
+                    }
+                    per_bucket.push(sources);
+                }
+                self.write_run(per_bucket, level + 1, self.spills_made)?
+            };
+            self.spills.truncate(self.spills.len() - SPILL_FAN_IN);
+            self.spills.push(merged);
+        }
+        Ok(())
+    }
+
+    /// Writes one run file from per-bucket sources.
+    fn write_run(
+        &self,
+        per_bucket: Vec<Vec<MapSource<'_>>>,
+        level: u32,
+        number: u64,
+    ) -> Result<SpillRun, TaskError> {
+        let file = tempfile::tempfile_in(self.task.dir).map_err(self.temp_error())?;
+        let mut out = BufWriter::with_capacity(IO_BUFFER, &file);
+        let mut segments = Vec::with_capacity(per_bucket.len());
+        let mut offset = 0u64;
+        for sources in per_bucket {
+            let writer = RecordWriter::new(&mut out).map_err(self.temp_error())?;
+            let (_, len) = merge_into(sources, writer).map_err(|e| match e {
+                MergeError::Read(e) => e,
+                MergeError::Write(e) => self.temp_error()(e),
+            })?;
+            segments.push((offset, len));
+            offset += len;
+        }
+        out.flush().map_err(self.temp_error())?;
+        drop(out);
+        Ok(SpillRun {
+            file,
+            segments,
+            level,
+            number,
+        })
+    }
+
+    /// Writes every `mr-{id}-{r}`.
+    fn finish(mut self) -> Result<MapStats, TaskError> {
+        self.buffer.sort();
+        let n_reduce = self.task.n_reduce;
+        let buckets = self.buffer.buckets(n_reduce);
+        let mut bytes_written = 0;
+        for (r, entries) in buckets.into_iter().enumerate() {
+            let path = intermediate_path(self.task.dir, self.task.id, r);
+            let prefix = format!("{TEMP_PREFIX}map-{}-{r}-", self.task.id);
+            bytes_written += write_atomically(self.task.dir, &prefix, &path, |out, temp| {
+                let write = || -> Result<u64, MergeError> {
+                    let mut writer = RecordWriter::new(out)?;
+                    if self.spills.is_empty() {
+                        // Fast path: straight from the sorted buffer.
+                        for entry in entries {
+                            writer.write(self.buffer.key(entry), self.buffer.value(entry))?;
+                        }
+                        Ok(writer.finish()?.1)
+                    } else {
+                        let mut sources = vec![MapSource::Memory(MemRun {
+                            buffer: &self.buffer,
+                            entries,
+                        })];
+                        for run in &self.spills {
+                            sources
+                                .push(MapSource::Spill(run.segment(r).map_err(MergeError::Read)?));
+                        }
+                        Ok(merge_into(sources, writer)?.1)
+                    }
+                };
+                write().map_err(merge_error(temp))
+            })?;
+        }
+        Ok(MapStats {
+            bytes_read: 0,
+            pairs: self.pairs,
+            spills: self.spills_made,
+            bytes_written,
+        })
+    }
+}
+
+/// A merge failed reading (already a [`TaskError`]) or writing.
+enum MergeError {
+    Read(TaskError),
+    Write(io::Error),
+}
+
+impl From<io::Error> for MergeError {
+    fn from(e: io::Error) -> Self {
+        MergeError::Write(e)
+    }
+}
+
+/// Merges sorted `sources` into `writer`; returns the writer's output and byte count.
+fn merge_into<S: RecordSource, W: Write>(
+    sources: Vec<S>,
+    mut writer: RecordWriter<W>,
+) -> Result<(W, u64), MergeError> {
+    let mut merger = Merger::new(sources);
+    while merger.advance().map_err(MergeError::Read)? {
+        writer
+            .write(merger.key().as_bytes(), merger.value().as_bytes())
+            .map_err(MergeError::Write)?;
+    }
+    Ok(writer.finish()?)
+}
+
+/// Writes `path` through a temporary file in `dir` (named `prefix…`) and a rename.
+/// `fill` gets the writer and the temporary file's path (for errors) and returns the number
+/// of bytes it wrote.
+fn write_atomically(
+    dir: &Path,
+    prefix: &str,
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<&File>, &Path) -> Result<u64, TaskError>,
+) -> Result<u64, TaskError> {
+    let temp = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempfile_in(dir)
+        .map_err(TaskError::io("create a temporary file in", dir))?;
+    let mut out = BufWriter::with_capacity(IO_BUFFER, temp.as_file());
+    let written = fill(&mut out, temp.path())?;
+    out.flush().map_err(TaskError::io("write", temp.path()))?;
+    drop(out);
+    temp.persist(path)
+        .map_err(|e| TaskError::io("rename a temporary file to", path)(e.error))?;
+    Ok(written)
+}
+
+/// Converts a [`MergeError`], naming `path` for write errors.
+fn merge_error(path: &Path) -> impl FnOnce(MergeError) -> TaskError + '_ {
+    move |e| match e {
+        MergeError::Read(e) => e,
+        MergeError::Write(e) => TaskError::io("write", path)(e),
+    }
+}
+
+/// The input of a map task: counts the bytes the application consumes and remembers the
+/// first read error, so that a failing map can be told apart from a failing input.
+struct InputReader {
+    inner: BufReader<File>,
+    consumed: u64,
+    error: Option<io::Error>,
+}
+
+impl InputReader {
+    fn note(&mut self, e: &io::Error) {
+        if self.error.is_none() && e.kind() != io::ErrorKind::Interrupted {
+            self.error = Some(io::Error::new(e.kind(), e.to_string()));
+        }
+    }
+}
+
+impl Read for InputReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.consumed += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                self.note(&e);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl BufRead for InputReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        // Two steps so the error path does not hold the borrow of `inner`.
+        if let Err(e) = self.inner.fill_buf() {
+            self.note(&e);
+            return Err(e);
+        }
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.consumed += amount as u64;
+        self.inner.consume(amount);
+    }
+}
+
+/// Runs one map task: see the module documentation.
+pub fn run_map(app: &dyn App, task: &MapTask<'_>) -> Result<MapStats, TaskError> {
+    if task.n_reduce == 0 || task.n_reduce > u32::MAX as usize {
+        return Err(TaskError::Invalid(format!(
+            "map task {}: n_reduce must be between 1 and {}, not {}",
+            task.id,
+            u32::MAX,
+            task.n_reduce
+        )));
+    }
+    let path = task.input_path;
+    let file = File::open(path).map_err(|source| TaskError::OpenInput {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let meta = file.metadata().map_err(|source| TaskError::OpenInput {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.is_dir() {
+        return Err(TaskError::InputIsDirectory {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut input = InputReader {
+        inner: BufReader::with_capacity(IO_BUFFER, file),
+        consumed: 0,
+        error: None,
+    };
+    let mut state = MapState {
+        task,
+        buffer: PairBuffer::default(),
+        spills: Vec::new(),
+        spills_made: 0,
+        pairs: 0,
+    };
+    let mut failure: Option<TaskError> = None;
+    let mapped = {
+        let mut emit = |key: &str, value: &str| -> io::Result<()> {
+            if failure.is_some() {
+                return Err(io::Error::other("the map task has already failed"));
+            }
+            state.add(key, value).map_err(|e| {
+                let message = e.to_string();
+                failure = Some(e);
+                io::Error::other(message)
+            })
+        };
+        app.map(task.input_name, &mut input, &mut emit)
+    };
+    if let Some(mut failure) = failure {
+        if let TaskError::Map { app: name, .. } = &mut failure {
+            *name = app.name().to_owned();
+        }
+        return Err(failure);
+    }
+    if let Err(source) = mapped {
+        if let Some(source) = input.error.take() {
+            return Err(TaskError::ReadInput {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+        return Err(TaskError::Map {
+            app: app.name().to_owned(),
+            input: task.input_name.to_owned(),
+            source,
+        });
+    }
+    let mut stats = state.finish()?;
+    stats.bytes_read = input.consumed;
+    Ok(stats)
+}
+
+// ---------------------------------------------------------------------------------------
+// Reduce
+
+/// How a reduce task turns the values of each key into its output.
+#[derive(Clone, Copy)]
+pub enum Reducer<'a> {
+    /// [`App::reduce`], once per key.
+    PerKey(&'a dyn App),
+    /// An exec app's reduce program, once per task.
+    Exec(&'a ExecApp),
+}
+
+/// Runs one reduce task with [`App::reduce`] once per key: see the module documentation.
+/// (For the exec app this starts its reduce program once per key; [`run_reduce_exec`] runs
+/// it once per task.)
+pub fn run_reduce(app: &dyn App, task: &ReduceTask<'_>) -> Result<ReduceStats, TaskError> {
+    run_reduce_with(Reducer::PerKey(app), task)
+}
+
+/// Runs one reduce task of the exec app, starting its reduce program once for the task.
+pub fn run_reduce_exec(exec: &ExecApp, task: &ReduceTask<'_>) -> Result<ReduceStats, TaskError> {
+    run_reduce_with(Reducer::Exec(exec), task)
+}
+
+/// Runs one reduce task with either kind of [`Reducer`].
+pub fn run_reduce_with(
+    reducer: Reducer<'_>,
+    task: &ReduceTask<'_>,
+) -> Result<ReduceStats, TaskError> {
+    let mut sources = Vec::with_capacity(task.n_map);
+    let mut bytes_read = 0;
+    for map in 0..task.n_map {
+        let (reader, len) = open_intermediate(task.dir, map, task.id)?;
+        sources.push(reader);
+        bytes_read += len;
+    }
+    let mut merger = Merger::new(sources);
+    let path = output_path(task.dir, task.id);
+    let prefix = format!("{TEMP_PREFIX}reduce-{}-", task.id);
+    let mut keys = 0u64;
+    let bytes_written = write_atomically(task.dir, &prefix, &path, |out, temp| {
+        let mut written = 0u64;
+        let mut write_line = |key: &str, result: &str| -> Result<(), TaskError> {
+            let mut write = || -> io::Result<()> {
+                out.write_all(key.as_bytes())?;
+                out.write_all(b" ")?;
+                out.write_all(result.as_bytes())?;
+                out.write_all(b"\n")
+            };
+            write().map_err(TaskError::io("write", temp))?;
+            written += key.len() as u64 + result.len() as u64 + 2;
+            keys += 1;
+            Ok(())
+        };
+        match reducer {
+            Reducer::PerKey(app) => reduce_per_key(app, &mut merger, &mut write_line)?,
+            Reducer::Exec(exec) => {
+                crate::exec::run_reduce_program(exec.reduce_cmd(), &mut merger, &mut write_line)?
+            }
+        }
+        Ok(written)
+    })?;
+    Ok(ReduceStats {
+        bytes_read,
+        pairs: merger.pairs,
+        keys,
+        bytes_written,
+    })
+}
+
+/// Calls `app.reduce` once per key of `merger`, in key order, and writes each result.
+fn reduce_per_key<S: RecordSource>(
+    app: &dyn App,
+    merger: &mut Merger<S>,
+    write_line: &mut dyn FnMut(&str, &str) -> Result<(), TaskError>,
+) -> Result<(), TaskError> {
+    let mut more = merger.advance()?;
+    let mut key = String::new();
+    while more {
+        key.clear();
+        key.push_str(merger.key());
+        let mut values = GroupValues {
+            merger: &mut *merger,
+            key: &key,
+            state: GroupState::AtFirst,
+            error: None,
+        };
+        let result = app.reduce(&key, &mut values);
+        // Skip whatever values the application did not read.
+        while values.next().is_some() {}
+        if let Some(error) = values.error.take() {
+            return Err(error);
+        }
+        more = values.state == GroupState::NextGroup;
+        let result = result.map_err(|source| TaskError::Reduce {
+            app: app.name().to_owned(),
+            key: shorten(&key),
+            source,
+        })?;
+        write_line(&key, &result)?;
+    }
+    Ok(())
+}

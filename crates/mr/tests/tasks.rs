@@ -1,0 +1,629 @@
+//! Map and reduce tasks on a shared directory: equivalence with the sequential reference,
+//! spilling, atomic outputs, and every kind of bad input.
+
+use std::io::{self, BufRead};
+use std::path::{Path, PathBuf};
+
+use flotilla_mr::app::{App, Emit};
+use flotilla_mr::apps::{by_name, AppSpec};
+use flotilla_mr::sequential::{sequential, sequential_with};
+use flotilla_mr::task::{
+    intermediate_path, output_path, read_intermediate, run_map, run_reduce, MapTask, ReduceTask,
+    Reducer, TaskError, SPILL_FAN_IN, TEMP_PREFIX,
+};
+use flotilla_mr::words;
+
+const GUTENBERG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/data/gutenberg"
+);
+
+/// The lab's eight inputs, named as the lab's script names them.
+fn gutenberg_inputs() -> Vec<(String, PathBuf)> {
+    let mut inputs: Vec<(String, PathBuf)> = std::fs::read_dir(GUTENBERG)
+        .expect("the gutenberg texts are in shared/data")
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let name = format!("../{}", path.file_name().unwrap().to_str().unwrap());
+            (name, path)
+        })
+        .collect();
+    inputs.sort();
+    assert_eq!(inputs.len(), 8, "eight texts");
+    inputs
+}
+
+/// Runs every map task, then every reduce task, in `dir`; returns the reduce stats.
+fn run_job(
+    app: &dyn App,
+    inputs: &[(String, PathBuf)],
+    n_reduce: usize,
+    dir: &Path,
+    memory_limit: usize,
+) -> u64 {
+    let mut spills = 0;
+    for (id, (name, path)) in inputs.iter().enumerate() {
+        let stats = run_map(
+            app,
+            &MapTask {
+                id,
+                input_name: name,
+                input_path: path,
+                n_reduce,
+                dir,
+                memory_limit,
+            },
+        )
+        .unwrap();
+        assert_eq!(stats.bytes_read, std::fs::metadata(path).unwrap().len());
+        spills += stats.spills;
+    }
+    for id in 0..n_reduce {
+        run_reduce(
+            app,
+            &ReduceTask {
+                id,
+                n_map: inputs.len(),
+                dir,
+            },
+        )
+        .unwrap();
+    }
+    spills
+}
+
+/// `sort mr-out* | grep .` as a list of lines.
+fn sorted_outputs(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("mr-out")
+        {
+            let text = std::fs::read_to_string(&path).unwrap();
+            lines.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+fn sequential_lines(app: &dyn App, inputs: &[(String, PathBuf)]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    sequential(app, inputs, dir.path()).unwrap();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["mr-out-0"], "only the output is left behind");
+    let text = std::fs::read_to_string(dir.path().join("mr-out-0")).unwrap();
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    // mrsequential writes keys in order: check the key column is sorted byte-wise.
+    let keys: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "keys sorted and distinct"
+    );
+    let mut sorted = lines;
+    sorted.sort();
+    sorted
+}
+
+/// Names of leftover temporary files in `dir`.
+fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with(TEMP_PREFIX))
+        .collect()
+}
+
+fn check_distributed_equals_sequential(app_name: &str) {
+    let app = by_name(&AppSpec::builtin(app_name)).unwrap();
+    let inputs = gutenberg_inputs();
+    let expected = sequential_lines(app.as_ref(), &inputs);
+    assert!(!expected.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    run_job(app.as_ref(), &inputs, 10, dir.path(), 32 << 20);
+    assert_eq!(sorted_outputs(dir.path()), expected, "{app_name}");
+    assert!(temp_files(dir.path()).is_empty());
+    for m in 0..8 {
+        for r in 0..10 {
+            assert!(intermediate_path(dir.path(), m, r).is_file());
+        }
+    }
+}
+
+#[test]
+fn wc_distributed_equals_sequential() {
+    check_distributed_equals_sequential("wc");
+}
+
+#[test]
+fn indexer_distributed_equals_sequential() {
+    check_distributed_equals_sequential("indexer");
+}
+
+#[test]
+fn nocrash_distributed_equals_sequential() {
+    check_distributed_equals_sequential("nocrash");
+    // And the content is what the lab expects: four lines describing the eight inputs.
+    let inputs = gutenberg_inputs();
+    let app = by_name(&AppSpec::builtin("nocrash")).unwrap();
+    let lines = sequential_lines(app.as_ref(), &inputs);
+    let mut names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    let mut sizes: Vec<String> = inputs
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).unwrap().len().to_string())
+        .collect();
+    sizes.sort();
+    let mut name_lengths: Vec<String> = inputs.iter().map(|(n, _)| n.len().to_string()).collect();
+    name_lengths.sort();
+    assert_eq!(
+        lines,
+        [
+            format!("a {}", names.join(" ")),
+            format!("b {}", name_lengths.join(" ")),
+            format!("c {}", sizes.join(" ")),
+            format!("d {}", ["xyzzy"; 8].join(" ")),
+        ]
+    );
+    assert!(lines[2].contains("138885") && lines[2].contains("594262"));
+}
+
+/// The lab's wc: one `(word, "1")` per occurrence — lots of pairs, for the spill path.
+struct EveryWord;
+
+impl App for EveryWord {
+    fn name(&self) -> &str {
+        "every-word"
+    }
+
+    fn map(&self, _name: &str, contents: &mut dyn BufRead, emit: &mut Emit<'_>) -> io::Result<()> {
+        words::try_for_each_word(contents, |word| emit(word, "1")).map(|_| ())
+    }
+
+    fn reduce(&self, _key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
+        Ok(values.count().to_string())
+    }
+}
+
+#[test]
+fn spills_under_a_small_memory_limit_keep_the_output_exact() {
+    let inputs = gutenberg_inputs();
+    let wc = by_name(&AppSpec::builtin("wc")).unwrap();
+    let expected = sequential_lines(wc.as_ref(), &inputs);
+
+    // Two inputs with a 64 KiB limit: dozens of spills each, so runs are merged in levels.
+    let dir = tempfile::tempdir().unwrap();
+    let (name, path) = &inputs[4];
+    let stats = run_map(
+        &EveryWord,
+        &MapTask {
+            id: 0,
+            input_name: name,
+            input_path: path,
+            n_reduce: 3,
+            dir: dir.path(),
+            memory_limit: 64 * 1024,
+        },
+    )
+    .unwrap();
+    assert!(stats.spills as usize > 2 * SPILL_FAN_IN, "{stats:?}");
+    assert!(stats.pairs > 100_000, "{stats:?}");
+    let mut pairs = 0;
+    for r in 0..3 {
+        let records = read_intermediate(&intermediate_path(dir.path(), 0, r)).unwrap();
+        assert!(
+            records.windows(2).all(|w| w[0].0 <= w[1].0),
+            "bucket {r} sorted"
+        );
+        assert!(records.iter().all(|(_, v)| v == "1"));
+        pairs += records.len() as u64;
+    }
+    assert_eq!(pairs, stats.pairs, "no pair lost or duplicated by spilling");
+    assert!(temp_files(dir.path()).is_empty());
+
+    // The whole job, spilling everywhere, gives wc's exact output.
+    let dir = tempfile::tempdir().unwrap();
+    let spills = run_job(&EveryWord, &inputs, 10, dir.path(), 256 * 1024);
+    assert!(spills > 8, "{spills} spills");
+    assert_eq!(sorted_outputs(dir.path()), expected);
+
+    // The sequential reference spills too, with the same result.
+    let dir = tempfile::tempdir().unwrap();
+    let stats = sequential_with(
+        &EveryWord,
+        Reducer::PerKey(&EveryWord),
+        &inputs,
+        dir.path(),
+        100_000,
+    )
+    .unwrap();
+    assert!(stats.maps.iter().all(|m| m.spills > 0));
+    let mut lines: Vec<String> = std::fs::read_to_string(dir.path().join("mr-out-0"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, expected);
+}
+
+#[test]
+fn a_zero_memory_limit_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "b a c a b a d e f g h a").unwrap();
+    let stats = run_map(
+        &EveryWord,
+        &MapTask {
+            id: 0,
+            input_name: "in",
+            input_path: &input,
+            n_reduce: 2,
+            dir: dir.path(),
+            memory_limit: 0,
+        },
+    )
+    .unwrap();
+    assert_eq!(stats.spills, 12);
+    run_reduce(
+        &EveryWord,
+        &ReduceTask {
+            id: 0,
+            n_map: 1,
+            dir: dir.path(),
+        },
+    )
+    .unwrap();
+    run_reduce(
+        &EveryWord,
+        &ReduceTask {
+            id: 1,
+            n_map: 1,
+            dir: dir.path(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        sorted_outputs(dir.path()),
+        ["a 4", "b 2", "c 1", "d 1", "e 1", "f 1", "g 1", "h 1"]
+    );
+}
+
+/// Writes a small job's intermediate files (two maps, two reduces) and returns its dir.
+fn small_job() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let wc = by_name(&AppSpec::builtin("wc")).unwrap();
+    for (id, text) in ["the cat and the hat", "a cat a bat the end"]
+        .iter()
+        .enumerate()
+    {
+        let input = dir.path().join(format!("input-{id}"));
+        std::fs::write(&input, text).unwrap();
+        run_map(
+            wc.as_ref(),
+            &MapTask {
+                id,
+                input_name: "x",
+                input_path: &input,
+                n_reduce: 2,
+                dir: dir.path(),
+                memory_limit: 1 << 20,
+            },
+        )
+        .unwrap();
+    }
+    dir
+}
+
+fn reduce_small_job(dir: &Path, id: usize) -> Result<(), TaskError> {
+    let wc = by_name(&AppSpec::builtin("wc")).unwrap();
+    run_reduce(wc.as_ref(), &ReduceTask { id, n_map: 2, dir }).map(|_| ())
+}
+
+/// The reduce task fails, says `expect`, and leaves neither output nor temporary files.
+fn assert_reduce_fails(dir: &Path, id: usize, expect: &[&str]) {
+    let err = reduce_small_job(dir, id).unwrap_err();
+    let message = err.to_string();
+    for part in expect {
+        assert!(
+            message.contains(part),
+            "{message:?} should mention {part:?}"
+        );
+    }
+    assert!(!output_path(dir, id).exists(), "no output after a failure");
+    assert!(
+        temp_files(dir).is_empty(),
+        "no temporary files after a failure"
+    );
+}
+
+#[test]
+fn intact_intermediate_files_reduce_fine() {
+    let dir = small_job();
+    reduce_small_job(dir.path(), 0).unwrap();
+    reduce_small_job(dir.path(), 1).unwrap();
+    assert_eq!(
+        sorted_outputs(dir.path()),
+        ["a 2", "and 1", "bat 1", "cat 2", "end 1", "hat 1", "the 3"]
+    );
+}
+
+#[test]
+fn a_missing_intermediate_file_is_an_error() {
+    let dir = small_job();
+    let path = intermediate_path(dir.path(), 1, 0);
+    std::fs::remove_file(&path).unwrap();
+    assert_reduce_fails(dir.path(), 0, &["missing", "mr-1-0", "map task 1"]);
+}
+
+#[test]
+fn a_truncated_intermediate_file_is_corrupt() {
+    let dir = small_job();
+    let path = intermediate_path(dir.path(), 0, 1);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 30);
+    // Cut in the trailer, in a record, and right after the header.
+    for cut in [
+        bytes.len() - 1,
+        bytes.len() - 10,
+        bytes.len() - 17,
+        12,
+        8,
+        3,
+        0,
+    ] {
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        assert_reduce_fails(dir.path(), 1, &["mr-0-1", "corrupt"]);
+    }
+}
+
+#[test]
+fn a_flipped_byte_is_caught() {
+    let dir = small_job();
+    let path = intermediate_path(dir.path(), 0, 1);
+    let bytes = std::fs::read(&path).unwrap();
+    for position in 0..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[position] ^= 0x20;
+        std::fs::write(&path, &damaged).unwrap();
+        assert_reduce_fails(dir.path(), 1, &["mr-0-1", "corrupt"]);
+    }
+    // Garbage after the trailer, and a foreign file.
+    let mut longer = bytes.clone();
+    longer.push(0);
+    std::fs::write(&path, &longer).unwrap();
+    assert_reduce_fails(dir.path(), 1, &["unexpected bytes after the trailer"]);
+    std::fs::write(&path, b"{\"Key\":\"a\",\"Value\":\"1\"}\n").unwrap();
+    assert_reduce_fails(dir.path(), 1, &["wrong magic"]);
+    // A huge length field is refused before anything is allocated.
+    let mut huge = bytes[..8].to_vec();
+    huge.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    huge.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    std::fs::write(&path, &huge).unwrap();
+    assert_reduce_fails(dir.path(), 1, &["truncated", "claims"]);
+    // A directory in place of the file.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    assert_reduce_fails(dir.path(), 1, &["not a regular file"]);
+}
+
+fn map_one(
+    app: &dyn App,
+    input: &Path,
+    dir: &Path,
+) -> Result<flotilla_mr::task::MapStats, TaskError> {
+    run_map(
+        app,
+        &MapTask {
+            id: 0,
+            input_name: "input",
+            input_path: input,
+            n_reduce: 4,
+            dir,
+            memory_limit: 1 << 20,
+        },
+    )
+}
+
+#[test]
+fn a_missing_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let wc = by_name(&AppSpec::builtin("wc")).unwrap();
+    let missing = dir.path().join("no-such-file.txt");
+    let err = map_one(wc.as_ref(), &missing, dir.path()).unwrap_err();
+    assert!(matches!(err, TaskError::OpenInput { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("no-such-file.txt") && message.contains("cannot open input"),
+        "{message}"
+    );
+    assert!(!intermediate_path(dir.path(), 0, 0).exists());
+}
+
+#[test]
+fn a_directory_as_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let wc = by_name(&AppSpec::builtin("wc")).unwrap();
+    let err = map_one(wc.as_ref(), dir.path(), dir.path()).unwrap_err();
+    assert!(matches!(err, TaskError::InputIsDirectory { .. }), "{err:?}");
+    assert!(err.to_string().contains("is a directory"), "{err}");
+}
+
+#[test]
+fn binary_input_does_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("binary");
+    // Every byte value, invalid UTF-8 sequences, a few letters, NULs: 256 KiB of it.
+    let mut data = Vec::new();
+    let mut state: u32 = 12345;
+    while data.len() < 256 * 1024 {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        data.push((state >> 16) as u8);
+        if data.len() % 1000 == 0 {
+            data.extend_from_slice("é中\u{0}abc\u{FFFD}".as_bytes());
+        }
+    }
+    std::fs::write(&input, &data).unwrap();
+    for name in ["wc", "indexer", "nocrash"] {
+        let app = by_name(&AppSpec::builtin(name)).unwrap();
+        let stats = map_one(app.as_ref(), &input, dir.path()).unwrap();
+        assert_eq!(stats.bytes_read, data.len() as u64);
+        for r in 0..4 {
+            run_reduce(
+                app.as_ref(),
+                &ReduceTask {
+                    id: r,
+                    n_map: 1,
+                    dir: dir.path(),
+                },
+            )
+            .unwrap();
+        }
+        for line in sorted_outputs(dir.path()) {
+            let key = line.split(' ').next().unwrap();
+            if name != "nocrash" {
+                assert!(key.chars().all(words::is_letter), "{key:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_empty_input_writes_every_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("empty");
+    std::fs::write(&input, "").unwrap();
+    let wc = by_name(&AppSpec::builtin("wc")).unwrap();
+    let stats = map_one(wc.as_ref(), &input, dir.path()).unwrap();
+    assert_eq!((stats.pairs, stats.bytes_read), (0, 0));
+    for r in 0..4 {
+        assert!(read_intermediate(&intermediate_path(dir.path(), 0, r))
+            .unwrap()
+            .is_empty());
+        run_reduce(
+            wc.as_ref(),
+            &ReduceTask {
+                id: r,
+                n_map: 1,
+                dir: dir.path(),
+            },
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(output_path(dir.path(), r)).unwrap(), b"");
+    }
+}
+
+#[test]
+fn a_rerun_map_task_replaces_its_files_harmlessly() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::write(&input, "one two two three three three").unwrap();
+    let wc = by_name(&AppSpec::builtin("wc")).unwrap();
+    map_one(wc.as_ref(), &input, dir.path()).unwrap();
+    let first: Vec<_> = (0..4)
+        .map(|r| read_intermediate(&intermediate_path(dir.path(), 0, r)).unwrap())
+        .collect();
+    map_one(wc.as_ref(), &input, dir.path()).unwrap();
+    let second: Vec<_> = (0..4)
+        .map(|r| read_intermediate(&intermediate_path(dir.path(), 0, r)).unwrap())
+        .collect();
+    assert_eq!(first, second);
+    assert!(temp_files(dir.path()).is_empty());
+}
+
+#[test]
+fn zero_reduce_tasks_is_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::write(&input, "x").unwrap();
+    let wc = by_name(&AppSpec::builtin("wc")).unwrap();
+    let err = run_map(
+        wc.as_ref(),
+        &MapTask {
+            id: 0,
+            input_name: "in",
+            input_path: &input,
+            n_reduce: 0,
+            dir: dir.path(),
+            memory_limit: 1024,
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("n_reduce"), "{err}");
+}
+
+/// An app whose map or reduce fails on request.
+struct Failing {
+    in_map: bool,
+}
+
+impl App for Failing {
+    fn name(&self) -> &str {
+        "failing"
+    }
+
+    fn map(&self, _name: &str, _contents: &mut dyn BufRead, emit: &mut Emit<'_>) -> io::Result<()> {
+        emit("k", "v")?;
+        if self.in_map {
+            return Err(io::Error::other("map says no"));
+        }
+        Ok(())
+    }
+
+    fn reduce(&self, key: &str, _values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
+        Err(io::Error::other(format!("reduce says no to {key}")))
+    }
+}
+
+#[test]
+fn application_errors_fail_the_task_and_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::write(&input, "x").unwrap();
+    let err = map_one(&Failing { in_map: true }, &input, dir.path()).unwrap_err();
+    assert!(matches!(err, TaskError::Map { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("failing") && err.to_string().contains("map says no"),
+        "{err}"
+    );
+    assert!(!intermediate_path(dir.path(), 0, 0).exists());
+
+    map_one(&Failing { in_map: false }, &input, dir.path()).unwrap();
+    let r = flotilla_mr::partition::bucket("k", 4);
+    let err = run_reduce(
+        &Failing { in_map: false },
+        &ReduceTask {
+            id: r,
+            n_map: 1,
+            dir: dir.path(),
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, TaskError::Reduce { .. }), "{err:?}");
+    assert!(err.to_string().contains("reduce says no to k"), "{err}");
+    assert!(!output_path(dir.path(), r).exists());
+    assert!(temp_files(dir.path()).is_empty());
+}
+
+#[test]
+fn sequential_fails_cleanly_on_a_missing_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let wc = by_name(&AppSpec::builtin("wc")).unwrap();
+    let mut inputs = gutenberg_inputs();
+    inputs.push((
+        "../pg-missing.txt".into(),
+        dir.path().join("pg-missing.txt"),
+    ));
+    let err = sequential(wc.as_ref(), &inputs, dir.path()).unwrap_err();
+    assert!(err.to_string().contains("pg-missing.txt"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "no output and no scratch directory left");
+}
