@@ -72,13 +72,13 @@ struct AppArgs {
 }
 
 impl AppArgs {
-    fn load(&self) -> anyhow::Result<std::sync::Arc<dyn flotilla_mr::App>> {
+    fn load(&self) -> anyhow::Result<flotilla_mr::worker::WorkerApp> {
         let spec = flotilla_mr::apps::AppSpec {
             name: self.app.clone(),
             map_cmd: self.map_cmd.clone(),
             reduce_cmd: self.reduce_cmd.clone(),
         };
-        Ok(std::sync::Arc::from(flotilla_mr::apps::by_name(&spec)?))
+        Ok(flotilla_mr::worker::WorkerApp::load(&spec)?)
     }
 }
 
@@ -100,6 +100,10 @@ enum MrCommand {
         /// Keep the intermediate files mr-X-Y after the job.
         #[arg(long)]
         keep_intermediate: bool,
+        /// Seconds to keep answering "exit" after the job is done. Workers also exit when the
+        /// coordinator is gone, so this only spares them a failed connection.
+        #[arg(long, default_value_t = 0.1)]
+        linger: f64,
         /// Progress on stderr: a bar on a terminal (auto), plain lines, or none.
         #[arg(long, default_value = "auto", value_parser = ["auto", "lines", "none"])]
         progress: String,
@@ -407,7 +411,9 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn mr(command: MrCommand) -> anyhow::Result<ExitCode> {
-    use flotilla_mr::server::{run_coordinator, CoordinatorConfig, CoordinatorError, ProgressStyle};
+    use flotilla_mr::server::{
+        run_coordinator, CoordinatorConfig, CoordinatorError, ProgressStyle,
+    };
     match command {
         MrCommand::Coordinator {
             listen,
@@ -415,6 +421,7 @@ fn mr(command: MrCommand) -> anyhow::Result<ExitCode> {
             out,
             task_timeout,
             keep_intermediate,
+            linger,
             progress,
             inputs,
         } => {
@@ -425,7 +432,7 @@ fn mr(command: MrCommand) -> anyhow::Result<ExitCode> {
                 out_dir: out,
                 task_timeout: parse_seconds(task_timeout)?,
                 max_failures: 3,
-                linger: Duration::from_secs(1),
+                linger: parse_seconds(linger)?,
                 keep_intermediate,
                 progress: match progress.as_str() {
                     "lines" => ProgressStyle::Lines,
@@ -457,15 +464,28 @@ fn mr(command: MrCommand) -> anyhow::Result<ExitCode> {
                 call_timeout: Duration::from_secs(5),
             };
             let summary = tokio_runtime()?.block_on(flotilla_mr::worker::run_worker(config))?;
-            tracing::info!(maps = summary.maps, reduces = summary.reduces, failed = summary.failed, "worker done: {}", summary.ended);
+            tracing::info!(
+                maps = summary.maps,
+                reduces = summary.reduces,
+                failed = summary.failed,
+                "worker done: {}",
+                summary.ended
+            );
             Ok(ExitCode::SUCCESS)
         }
         MrCommand::Sequential { app, out, inputs } => {
             let app = app.load()?;
             let inputs = flotilla_mr::server::resolve_inputs(&inputs)?;
             let inputs: Vec<_> = inputs.into_iter().map(|i| (i.name, i.path)).collect();
-            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-            flotilla_mr::sequential::sequential(app.as_ref(), &inputs, &out)?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            flotilla_mr::sequential::sequential_with(
+                app.mapper(),
+                app.reducer(),
+                &inputs,
+                &out,
+                flotilla_mr::DEFAULT_MEMORY_LIMIT,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }

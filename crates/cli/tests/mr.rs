@@ -35,7 +35,11 @@ impl Scratch {
         let mut texts: Vec<_> = std::fs::read_dir(gutenberg())
             .expect("shared/data/gutenberg")
             .map(|e| e.expect("dir entry").path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("pg") && n.ends_with("txt")))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("pg") && n.ends_with("txt"))
+            })
             .collect();
         texts.sort();
         assert_eq!(texts.len(), 8, "the 8 Gutenberg texts");
@@ -72,7 +76,14 @@ impl Scratch {
     fn coordinator(&self, extra: &[&str]) -> (Proc, String) {
         let mut child = Command::new(FLOTILLA)
             .current_dir(&self.work)
-            .args(["mr", "coordinator", "--listen", "127.0.0.1:0", "--progress", "none"])
+            .args([
+                "mr",
+                "coordinator",
+                "--listen",
+                "127.0.0.1:0",
+                "--progress",
+                "none",
+            ])
             .args(extra)
             .args(&self.inputs)
             .stdout(Stdio::piped())
@@ -80,7 +91,9 @@ impl Scratch {
             .spawn()
             .expect("start coordinator");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("listening line");
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("listening line");
         let addr = line
             .trim()
             .strip_prefix("flotilla mr: coordinator listening on ")
@@ -127,7 +140,11 @@ impl Proc {
             if let Some(status) = self.exited() {
                 return status;
             }
-            assert!(Instant::now() < self.deadline, "{} did not exit within its time limit", self.what);
+            assert!(
+                Instant::now() < self.deadline,
+                "{} did not exit within its time limit",
+                self.what
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -145,7 +162,11 @@ fn sorted_outputs(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("mr-out")) {
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("mr-out"))
+        {
             let text = std::fs::read_to_string(&path).unwrap();
             lines.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
         }
@@ -164,11 +185,19 @@ fn wait_all(procs: &mut [Proc]) {
 fn wc() {
     let s = Scratch::new();
     let expected = s.oracle("wc");
-    assert!(expected.len() > 10_000, "the oracle counted {} words", expected.len());
+    assert!(
+        expected.len() > 10_000,
+        "the oracle counted {} words",
+        expected.len()
+    );
     let (mut coordinator, addr) = s.coordinator(&[]);
     let mut workers: Vec<_> = (0..3).map(|_| s.worker(&addr, "wc", LIMIT)).collect();
     assert!(coordinator.wait().success());
-    assert_eq!(sorted_outputs(&s.work), expected, "wc output is not the same as the sequential output");
+    assert_eq!(
+        sorted_outputs(&s.work),
+        expected,
+        "wc output is not the same as the sequential output"
+    );
     wait_all(&mut workers); // workers exit on their own
 }
 
@@ -181,7 +210,11 @@ fn indexer() {
     let mut foreground = s.worker(&addr, "indexer", LIMIT);
     assert!(foreground.wait().success());
     // A worker's exit means every output is final.
-    assert_eq!(sorted_outputs(&s.work), expected, "indexer output is not the same as the sequential output");
+    assert_eq!(
+        sorted_outputs(&s.work),
+        expected,
+        "indexer output is not the same as the sequential output"
+    );
 }
 
 #[test]
@@ -194,7 +227,9 @@ fn map_parallelism() {
     let lines = sorted_outputs(&s.work);
     let workers = lines.iter().filter(|l| l.starts_with("times-")).count();
     assert_eq!(workers, 2, "saw {workers} workers rather than 2");
-    let parallel = lines.iter().any(|l| l.starts_with("parallel") && l.split(' ').skip(1).any(|v| v == "2"));
+    let parallel = lines
+        .iter()
+        .any(|l| l.starts_with("parallel") && l.split(' ').skip(1).any(|v| v == "2"));
     assert!(parallel, "map workers did not run in parallel: {lines:?}");
 }
 
@@ -225,7 +260,11 @@ fn job_count() {
     let mut w4 = s.worker(&addr, "jobcount", LIMIT);
     assert!(w4.wait().success());
     let lines = sorted_outputs(&s.work);
-    assert_eq!(lines, vec!["a 8".to_string()], "map jobs ran incorrect number of times");
+    assert_eq!(
+        lines,
+        vec!["a 8".to_string()],
+        "map jobs ran incorrect number of times"
+    );
 }
 
 #[test]
@@ -237,7 +276,10 @@ fn early_exit() {
     // Wait for the first process to exit, whichever it is.
     let deadline = Instant::now() + LIMIT;
     while !procs.iter_mut().any(|p| p.exited().is_some()) {
-        assert!(Instant::now() < deadline, "nothing exited within the time limit");
+        assert!(
+            Instant::now() < deadline,
+            "nothing exited within the time limit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let initial = sorted_outputs(&s.work);
@@ -259,7 +301,10 @@ fn crash() {
     let mut restart_at: Vec<Option<Instant>> = vec![Some(Instant::now()); 3];
     let mut slots: Vec<Option<Proc>> = (0..3).map(|_| None).collect();
     while coordinator.exited().is_none() {
-        assert!(Instant::now() < coordinator.deadline, "the crash test did not finish within 120 s");
+        assert!(
+            Instant::now() < coordinator.deadline,
+            "the crash test did not finish within 120 s"
+        );
         for (slot, at) in slots.iter_mut().zip(restart_at.iter_mut()) {
             match slot {
                 Some(p) => {
@@ -281,27 +326,56 @@ fn crash() {
     assert!(coordinator.wait().success());
     workers.extend(slots.into_iter().flatten());
     wait_all(&mut workers);
-    assert_eq!(sorted_outputs(&s.work), expected, "crash output is not the same as the sequential output");
+    assert_eq!(
+        sorted_outputs(&s.work),
+        expected,
+        "crash output is not the same as the sequential output"
+    );
 }
 
 // ---- bad input ----------------------------------------------------------------------------
 
 fn run_in(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(FLOTILLA).current_dir(dir).args(args).output().expect("run flotilla");
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let out = Command::new(FLOTILLA)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run flotilla");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
 #[test]
 fn missing_or_directory_input_is_refused_before_anything_is_written() {
     let s = Scratch::new();
-    let (code, out) = run_in(&s.work, &["mr", "coordinator", "--listen", "127.0.0.1:0", "../pg-grimm.txt", "../nope.txt"]);
+    let (code, out) = run_in(
+        &s.work,
+        &[
+            "mr",
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "../pg-grimm.txt",
+            "../nope.txt",
+        ],
+    );
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("../nope.txt"), "the error names the input: {out}");
-    let (code, out) = run_in(&s.work, &["mr", "coordinator", "--listen", "127.0.0.1:0", ".."]);
+    assert!(
+        out.contains("../nope.txt"),
+        "the error names the input: {out}"
+    );
+    let (code, out) = run_in(
+        &s.work,
+        &["mr", "coordinator", "--listen", "127.0.0.1:0", ".."],
+    );
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("directory"), "{out}");
-    assert_eq!(std::fs::read_dir(&s.work).unwrap().count(), 0, "nothing written");
+    assert_eq!(
+        std::fs::read_dir(&s.work).unwrap().count(),
+        0,
+        "nothing written"
+    );
     let (code, out) = run_in(&s.work, &["mr", "sequential", "--app", "wc", "../nope.txt"]);
     assert_eq!(code, 2, "{out}");
 }
@@ -309,9 +383,22 @@ fn missing_or_directory_input_is_refused_before_anything_is_written() {
 #[test]
 fn unknown_application_is_refused_with_the_known_names() {
     let s = Scratch::new();
-    let (code, out) = run_in(&s.work, &["mr", "worker", "--coordinator", "127.0.0.1:9", "--app", "wordcount"]);
+    let (code, out) = run_in(
+        &s.work,
+        &[
+            "mr",
+            "worker",
+            "--coordinator",
+            "127.0.0.1:9",
+            "--app",
+            "wordcount",
+        ],
+    );
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("wordcount") && out.contains("wc") && out.contains("indexer"), "{out}");
+    assert!(
+        out.contains("wordcount") && out.contains("wc") && out.contains("indexer"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -324,12 +411,20 @@ fn a_worker_refuses_a_server_of_another_protocol() {
         .spawn()
         .expect("start a kv server");
     let mut line = String::new();
-    BufReader::new(kv.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(kv.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let kv = Proc::new("kv server", kv, LIMIT);
     let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-    let (code, out) = run_in(&s.work, &["mr", "worker", "--coordinator", &addr, "--app", "wc"]);
+    let (code, out) = run_in(
+        &s.work,
+        &["mr", "worker", "--coordinator", &addr, "--app", "wc"],
+    );
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("protocol") && out.contains("flotilla-kv"), "{out}");
+    assert!(
+        out.contains("protocol") && out.contains("flotilla-kv"),
+        "{out}"
+    );
     drop(kv);
 }
 
@@ -347,18 +442,31 @@ fn binary_input_and_a_100_mb_line_are_handled() {
     let words = text.len() / 12;
     drop(text);
     let binary = s.root.join("binary.bin");
-    let bytes: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let bytes: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(&binary, bytes).unwrap();
     let (mut coordinator, addr) = {
         let mut child = Command::new(FLOTILLA)
             .current_dir(&s.work)
-            .args(["mr", "coordinator", "--listen", "127.0.0.1:0", "--progress", "none", "../long.txt", "../binary.bin"])
+            .args([
+                "mr",
+                "coordinator",
+                "--listen",
+                "127.0.0.1:0",
+                "--progress",
+                "none",
+                "../long.txt",
+                "../binary.bin",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let addr = line.trim().rsplit(' ').next().unwrap().to_string();
         (Proc::new("coordinator", child, LIMIT), addr)
     };
@@ -366,6 +474,10 @@ fn binary_input_and_a_100_mb_line_are_handled() {
     assert!(coordinator.wait().success());
     wait_all(&mut workers);
     let lines = sorted_outputs(&s.work);
-    assert!(lines.contains(&format!("lorem {words}")), "lorem counted {words} times: {:?}", &lines[..lines.len().min(5)]);
+    assert!(
+        lines.contains(&format!("lorem {words}")),
+        "lorem counted {words} times: {:?}",
+        &lines[..lines.len().min(5)]
+    );
     assert!(lines.contains(&format!("ipsum {words}")));
 }

@@ -136,18 +136,24 @@ impl KvSim {
     /// (named in the message) for `flotilla check`.
     pub fn check_linearizable(&self, budget: std::time::Duration) {
         let history = self.history.borrow();
-        let (result, records): (_, Vec<HistoryRecord>) = if history.iter().all(|l| l.op.is_versioned()) {
-            let ops: Vec<_> = history.iter().map(Logged::versioned).collect();
-            let result = lincheck::check(&lincheck::models::VersionedKvModel, &ops, budget);
-            (result, ops.iter().map(HistoryRecord::from).collect())
-        } else {
-            let ops: Vec<_> = history.iter().map(Logged::plain).collect();
-            let result = lincheck::check(&lincheck::models::KvModel, &ops, budget);
-            (result, ops.iter().map(HistoryRecord::from).collect())
-        };
+        let (result, records): (_, Vec<HistoryRecord>) =
+            if history.iter().all(|l| l.op.is_versioned()) {
+                let ops: Vec<_> = history.iter().map(Logged::versioned).collect();
+                let result = lincheck::check(&lincheck::models::VersionedKvModel, &ops, budget);
+                (result, ops.iter().map(HistoryRecord::from).collect())
+            } else {
+                let ops: Vec<_> = history.iter().map(Logged::plain).collect();
+                let result = lincheck::check(&lincheck::models::KvModel, &ops, budget);
+                (result, ops.iter().map(HistoryRecord::from).collect())
+            };
         let save = || {
-            let path = std::env::temp_dir().join(format!("flotilla-history-{:016x}.jsonl", flotilla_sim::trace_hash().0));
-            match std::fs::File::create(&path).and_then(|f| write_history(std::io::BufWriter::new(f), &records)) {
+            let path = std::env::temp_dir().join(format!(
+                "flotilla-history-{:016x}.jsonl",
+                flotilla_sim::trace_hash().0
+            ));
+            match std::fs::File::create(&path)
+                .and_then(|f| write_history(std::io::BufWriter::new(f), &records))
+            {
                 Ok(()) => format!("history written to {}", path.display()),
                 Err(e) => format!("could not write the history to {}: {e}", path.display()),
             }

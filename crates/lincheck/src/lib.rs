@@ -22,6 +22,13 @@
 //! where a run stops for lack of time, the result and the explanation depend only on the
 //! history and the model.
 //!
+//! The memo is exact, not probabilistic: it matches a (set, state) pair only after comparing
+//! the set and the state themselves (`Eq`), never on a hash or fingerprint alone, so no
+//! collision can prune a branch that was not explored. It stays small on long histories by
+//! naming a set by the few operations still open at its frontier instead of a bitset over the
+//! whole partition, and by sharing states instead of copying them (`src/search.rs`
+//! documents the details and the argument).
+//!
 //! ## Real-time order and its tie rule
 //!
 //! Operation `a` must precede `b` when `a` returned strictly before `b` was called
@@ -69,7 +76,8 @@ pub struct Operation<I, O> {
 /// A sequential specification: the object a history is checked against.
 ///
 /// `step` must be a pure function of its arguments; the checker calls it many times, in
-/// different orders, and memoizes on the state it returns.
+/// different orders, and memoizes on the state it returns. States equal by `Eq` must be
+/// interchangeable: the checker may carry on with either one.
 pub trait Model {
     /// The state of one partition (for key/value models: of one key).
     type State: Clone + Eq + std::hash::Hash + std::fmt::Debug;

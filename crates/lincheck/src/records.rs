@@ -304,3 +304,75 @@ impl<'a> Model for VersionedRecordModel<'a> {
         key_label(history, group, |input| input.key)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::hash_map::DefaultHasher;
+
+    use super::*;
+
+    fn hash(value: &SharedValue) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        value.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn text(value: &SharedValue) -> String {
+        value.with(str::to_string)
+    }
+
+    #[test]
+    fn appends_share_a_buffer_until_the_values_branch() {
+        let empty = SharedValue::new("");
+        let x = empty.appended("x");
+        let xy = x.appended("y");
+        assert!(Rc::ptr_eq(&empty.buffer, &xy.buffer), "appended in place");
+        // x no longer ends where the buffer does: appending to it copies.
+        let xz = x.appended("z");
+        assert!(!Rc::ptr_eq(&x.buffer, &xz.buffer));
+        let xzw = xz.appended("w");
+        assert!(Rc::ptr_eq(&xz.buffer, &xzw.buffer));
+        let values = [&empty, &x, &xy, &xz, &xzw].map(text);
+        assert_eq!(values, ["", "x", "xy", "xz", "xzw"]);
+    }
+
+    #[test]
+    fn shared_values_compare_and_hash_by_content() {
+        let xy = SharedValue::new("x").appended("y");
+        let also_xy = SharedValue::new("xy");
+        let xz = SharedValue::new("x").appended("z");
+        assert_eq!(xy, also_xy);
+        assert_eq!(hash(&xy), hash(&also_xy));
+        assert_ne!(xy, xz);
+        assert_ne!(xy, SharedValue::new("x"));
+        assert_eq!(format!("{xy:?}"), format!("{:?}", "xy"));
+    }
+
+    #[test]
+    fn the_record_models_step_like_the_public_ones() {
+        let model = KvRecordModel::new();
+        let append = |value| KvInputRef {
+            op: KvOp::Append,
+            key: "k",
+            value,
+        };
+        let get = KvInputRef {
+            op: KvOp::Get,
+            key: "k",
+            value: "",
+        };
+        let x = model.step(&model.init(), &append("x"), Some(&"")).unwrap();
+        assert!(model.step(&x, &append("y"), Some(&"")).is_none());
+        let xy = model.step(&x, &append("y"), None).unwrap();
+        assert_eq!(text(&model.step(&xy, &get, Some(&"xy")).unwrap()), "xy");
+        assert!(model.step(&xy, &get, Some(&"x")).is_none());
+        assert_eq!(
+            model.explain_illegal(&xy, &get, Some(&"x")),
+            crate::models::KvModel.explain_illegal(
+                &"xy".to_string(),
+                &crate::models::KvInput::get("k"),
+                Some(&crate::models::KvOutput::new("x"))
+            )
+        );
+    }
+}

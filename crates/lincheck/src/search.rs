@@ -21,10 +21,10 @@
 //!
 //! The memo never prunes on a hash or fingerprint: an entry matches only the very same set of
 //! operations and a state equal by `Eq` to the one recorded (states equal by `Eq` are taken
-//! to be interchangeable, as memoizing on them already assumes). So it skips only what was
-//! already explored, and the verdict and the explanation are exactly those of the search
-//! without a memo (skipping an explored subtree cannot change which dead end is met first,
-//! since every node in it had been visited). Two things keep it cheap on long histories:
+//! to be interchangeable, as memoizing on them already assumes). Hashes only pick where to
+//! look, so a collision costs a comparison, never a wrongly pruned branch. The memo prunes
+//! exactly what a memo of whole bitsets and copied states would, so how it stores its pairs
+//! changes neither verdicts nor explanations. Two things keep it cheap on long histories:
 //!
 //! - **The set is stored as its window key, not as a bitset over the partition.** Let `r` be
 //!   the first return event still in the list. Every operation placed so far was called
@@ -34,15 +34,15 @@
 //!   still in the list before `r`", and the key `[r, those call events...]` names it
 //!   uniquely. Its length is one plus the number of unplaced operations called before `r`:
 //!   about the history's concurrency, plus the operations that never returned, where a bitset
-//!   needs n/64 words. Should the window key be longer than the bitset, the key is the bitset
-//!   instead, tagged as such; which form a set gets depends only on the set, so each set
-//!   still has exactly one key.
+//!   needs n/64 words. Should the window key be longer than the bitset (kept up to date
+//!   alongside, one bit per step), the key is the bitset instead, tagged as such; which form
+//!   a set gets depends only on the set, so each set still has exactly one key.
 //! - **States are shared, not copied or rehashed.** The current state, the states on the undo
 //!   stack, the memo's states and the best dead end's are `Rc`s to the same values, and a
 //!   step that leaves the state equal to what it was (a read) reuses the old one. A new state
 //!   is compared (`Eq`) only with those already reached with the same set — usually none or
-//!   one — and hashed only once one set has been reached with more than [`FEW_STATES`]
-//!   different states.
+//!   one — and hashed only once one set has been reached with [`FEW_STATES`] different
+//!   states ([`Memo`] has the layout).
 //!
 //! The best dead end's prefix is kept up to date incrementally (only the part of the undo
 //! stack that changed since it was last recorded is copied), so recording a deeper dead end
@@ -509,6 +509,14 @@ impl Events {
     }
 }
 
+/// Writes into `key` the memo key of `linearized`, the set of operations lifted from
+/// `events`: its window key if that is no longer than its bitset form, else the bitset form.
+fn memo_key(events: &Events, linearized: &Bitset, key: &mut Vec<u32>) {
+    if !events.window_key(linearized.key_len(), key) {
+        linearized.write_key(key);
+    }
+}
+
 /// Searches for a linearization of the operations `group` (indexes into `history`).
 fn search<M: Model>(
     model: &M,
@@ -560,9 +568,7 @@ fn search<M: Model>(
                 // have ended then).
                 let last = op.ret.is_some() && returned_left == 1;
                 let new = last || {
-                    if !events.window_key(linearized.key_len(), &mut key) {
-                        linearized.write_key(&mut key);
-                    }
+                    memo_key(&events, &linearized, &mut key);
                     explored.insert(&key, &next_state)
                 };
                 if new {
@@ -688,5 +694,134 @@ mod tests {
         let events = Events::new(&[]);
         assert_eq!(events.first(), HEAD);
         assert!(order(&events).is_empty());
+    }
+
+    /// SplitMix64, for test data.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % n
+        }
+    }
+
+    /// Every set of operations the search can have placed (whatever the model), as a bit mask,
+    /// with the keys `key_of` gives it; reached through every order the search can place them
+    /// in.
+    fn keys_of_reachable_sets(
+        events: &mut Events,
+        linearized: &mut Bitset,
+        mask: u64,
+        key_of: &dyn Fn(&Events, &Bitset) -> Vec<u32>,
+        keys: &mut Vec<(u64, Vec<u32>)>,
+    ) {
+        // The candidates: the call events before the first return event.
+        let mut candidates = Vec::new();
+        let mut cursor = events.first();
+        while cursor != HEAD && events.entries[cursor].is_call {
+            candidates.push(events.entries[cursor].op);
+            cursor = events.entries[cursor].next;
+        }
+        for op in candidates {
+            events.lift(op);
+            linearized.set(op);
+            keys.push((mask | 1 << op, key_of(events, linearized)));
+            keys_of_reachable_sets(events, linearized, mask | 1 << op, key_of, keys);
+            linearized.clear(op);
+            events.unlift(op);
+        }
+    }
+
+    /// Asserts that `key_of` gives every reachable set of random small histories one key, and
+    /// different sets different keys.
+    fn assert_keys_name_sets(key_of: &dyn Fn(&Events, &Bitset) -> Vec<u32>) {
+        for seed in 0..3000 {
+            let mut rng = Rng(seed);
+            let count = 1 + rng.below(8) as usize;
+            let ops: Vec<(u64, Option<u64>)> = (0..count)
+                .map(|_| {
+                    let call = rng.below(8);
+                    let ret = (rng.below(5) != 0).then(|| call + rng.below(4));
+                    (call, ret)
+                })
+                .collect();
+            let mut events = Events::new(&ops);
+            let mut linearized = Bitset::new(count);
+            let mut keys = Vec::new();
+            keys_of_reachable_sets(&mut events, &mut linearized, 0, key_of, &mut keys);
+            let mut key_of_set = HashMap::new();
+            let mut set_of_key = HashMap::new();
+            for (set, key) in keys {
+                let first_key = key_of_set.entry(set).or_insert_with(|| key.clone());
+                assert_eq!(*first_key, key, "seed {seed}: set {set:#b} has two keys");
+                let first_set = set_of_key.entry(key.clone()).or_insert(set);
+                assert_eq!(*first_set, set, "seed {seed}: two sets have key {key:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn window_keys_name_the_reachable_sets() {
+        assert_keys_name_sets(&|events, _| {
+            let mut key = Vec::new();
+            assert!(events.window_key(usize::MAX, &mut key));
+            key
+        });
+    }
+
+    #[test]
+    fn memo_keys_name_the_reachable_sets() {
+        // With at most 64 operations a window key longer than 3 gives way to the bitset form,
+        // so both forms occur.
+        assert_keys_name_sets(&|events, linearized| {
+            let mut key = Vec::new();
+            memo_key(events, linearized, &mut key);
+            key
+        });
+    }
+
+    #[test]
+    fn a_window_key_is_the_first_return_and_the_calls_before_it() {
+        // op 0: [1, 5]; op 1: [2, 3]; op 2: [4, 6]. List: c0 c1 r1 c2 r0 r2 (entries 1 to 6).
+        let mut events = Events::new(&[(1, Some(5)), (2, Some(3)), (4, Some(6))]);
+        let mut key = Vec::new();
+        assert!(events.window_key(usize::MAX, &mut key));
+        assert_eq!(key, [3, 1, 2]);
+        events.lift(1);
+        assert!(events.window_key(usize::MAX, &mut key));
+        assert_eq!(key, [5, 1, 4]);
+        assert!(!events.window_key(2, &mut key), "longer than the limit");
+        events.lift(0);
+        events.lift(2);
+        assert!(events.window_key(usize::MAX, &mut key));
+        assert_eq!(key, [HEAD as u32], "nothing left");
+    }
+
+    #[test]
+    fn the_memo_knows_each_pair_it_was_given_and_only_those() {
+        let mut memo = Memo::new();
+        let states: Vec<Rc<u32>> = (0..3 * FEW_STATES as u32).map(Rc::new).collect();
+        for key in [&[1, 2][..], &[1, 3], &[BITSET_KEY, 1, 0]] {
+            for state in &states {
+                assert!(memo.insert(key, state));
+                // The same state again, and an equal state in another allocation.
+                assert!(!memo.insert(key, state));
+                assert!(!memo.insert(key, &Rc::new(**state)));
+            }
+        }
+        for key in [&[1, 2][..], &[1, 3], &[BITSET_KEY, 1, 0]] {
+            for state in &states {
+                assert!(!memo.insert(key, state));
+            }
+        }
+        assert!(memo.insert(&[1, 2, 3], &states[0]));
+        assert!(memo.insert(&[1], &states[0]));
+        assert_eq!(memo.nodes.len(), 3 * states.len() + 2);
+        // A key is stored once, however many states it has.
+        assert_eq!(memo.keys.len(), 2 + 2 + 3 + 3 + 1);
     }
 }

@@ -10,10 +10,15 @@
 //! often equal-time intervals on one or two keys, some never returning; each gets a
 //! linearization point inside its interval and the answer a correct server would give there;
 //! then, in some histories, one answer is corrupted. About half end up illegal.
+//!
+//! The same histories, written as records, also check `history::check_records` (which uses
+//! models of its own over borrowed records) against `check`: verdict and explanation must be
+//! identical.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use flotilla_lincheck::history::{check_records, HistoryRecord};
 use flotilla_lincheck::models::{
     KvError, KvInput, KvModel, KvOp, KvOutput, VersionedInput, VersionedKvModel, VersionedOp,
     VersionedOutput, VersionedState,
@@ -431,4 +436,34 @@ fn versioned_model_agrees_with_brute_force() {
         |input: &VersionedInput| input.key.as_str(),
     );
     assert_balanced("VersionedKvModel", counts);
+}
+
+#[test]
+fn checking_records_agrees_exactly_with_checking_operations() {
+    let budget = Duration::from_secs(60);
+    let (mut kv_illegal, mut versioned_illegal) = (0, 0);
+    for case in 0..HISTORIES_PER_MODEL / 2 {
+        let mut rng = Rng(0x7265 ^ case.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let history = kv_history(&mut rng);
+        let records: Vec<HistoryRecord> = history.iter().map(HistoryRecord::from).collect();
+        let result = check(&KvModel, &history, budget);
+        kv_illegal += u64::from(result.is_illegal());
+        assert_eq!(
+            check_records(&records, budget).unwrap(),
+            result,
+            "case {case}: {history:#?}"
+        );
+
+        let history = versioned_history(&mut rng);
+        let records: Vec<HistoryRecord> = history.iter().map(HistoryRecord::from).collect();
+        let result = check(&VersionedKvModel, &history, budget);
+        versioned_illegal += u64::from(result.is_illegal());
+        assert_eq!(
+            check_records(&records, budget).unwrap(),
+            result,
+            "case {case}: {history:#?}"
+        );
+    }
+    // Explanations were compared too, not only verdicts.
+    assert!(kv_illegal > HISTORIES_PER_MODEL / 10 && versioned_illegal > HISTORIES_PER_MODEL / 10);
 }

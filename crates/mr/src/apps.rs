@@ -1,4 +1,4 @@
-//! The built-in applications: the lab's eight `mrapps`, plus [`exec`](crate::exec).
+//! The built-in applications: the lab's eight `mrapps`, plus [`exec`] (external programs).
 //!
 //! | name | map | reduce |
 //! |---|---|---|

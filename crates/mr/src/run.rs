@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::server::{
     run_coordinator, CoordinatorConfig, CoordinatorError, JobReport, ProgressStyle,
 };
-use crate::worker::{run_worker, WorkerConfig};
+use crate::worker::{run_worker, WorkerApp, WorkerConfig};
 
 /// A job to run in-process.
 #[derive(Clone, Debug)]
@@ -70,7 +70,7 @@ pub fn run(app: Arc<dyn App>, job: Job) -> Result<JobReport, CoordinatorError> {
             .map(|_| {
                 tokio::spawn(run_worker(WorkerConfig {
                     coordinator: addr,
-                    app: app.clone(),
+                    app: WorkerApp::Rust(app.clone()),
                     memory_limit: job.memory_limit,
                     call_timeout: Duration::from_secs(5),
                 }))

@@ -15,9 +15,11 @@
 //! # Reduce
 //!
 //! [`run_reduce`] merges `dir/mr-{m}-{reduce}` for every map task `m` in `0..n_map` (a
-//! streaming k-way merge: memory is one read buffer per file plus the values of one key),
-//! calls [`App::reduce`] once per distinct key in key order, and writes `key value\n` lines
-//! to `dir/mr-out-{reduce}` ([`output_path`]). An exec app's reduce program runs once per
+//! streaming k-way merge; with more than [`REDUCE_FAN_IN`] map tasks, groups of files are
+//! first merged into temporary runs), calls [`App::reduce`] once per distinct key in key
+//! order — the values are pulled from the merge as the application iterates — and writes
+//! `key value\n` lines to `dir/mr-out-{reduce}` ([`output_path`]). Its memory is a few MiB
+//! of read buffers plus whatever the application keeps of one key's values. An exec app's reduce program runs once per
 //! task instead: [`run_reduce_exec`] (see [`crate::exec`]).
 //!
 //! # Guarantees
@@ -44,7 +46,9 @@
 //!
 //! Keys and values are UTF-8 (they come from `&str`); records are sorted by key.
 
+use std::borrow::Borrow;
 use std::cmp::{Ordering, Reverse};
+use std::collections::binary_heap::PeekMut;
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
@@ -217,9 +221,15 @@ pub(crate) fn shorten(text: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Record files
 
+/// Checksummed bytes are gathered into blocks of this size first (CRC-32 is much faster
+/// over long slices than over a record's few bytes).
+const CRC_BLOCK: usize = 32 * 1024;
+
 /// Writes the intermediate format to `out`.
 struct RecordWriter<W: Write> {
     out: W,
+    /// Record bytes not yet checksummed and written.
+    block: Vec<u8>,
     crc: crc32fast::Hasher,
     count: u64,
     bytes: u64,
@@ -230,6 +240,7 @@ impl<W: Write> RecordWriter<W> {
         out.write_all(&INTERMEDIATE_MAGIC)?;
         Ok(RecordWriter {
             out,
+            block: Vec::with_capacity(CRC_BLOCK),
             crc: crc32fast::Hasher::new(),
             count: 0,
             bytes: INTERMEDIATE_MAGIC.len() as u64,
@@ -238,22 +249,30 @@ impl<W: Write> RecordWriter<W> {
 
     fn write(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
         debug_assert!(key.len() <= MAX_KEY_LEN && value.len() <= MAX_VALUE_LEN);
-        let mut lens = [0u8; 8];
-        lens[..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
-        lens[4..].copy_from_slice(&(value.len() as u32).to_le_bytes());
-        self.crc.update(&lens);
-        self.crc.update(key);
-        self.crc.update(value);
-        self.out.write_all(&lens)?;
-        self.out.write_all(key)?;
-        self.out.write_all(value)?;
+        self.block
+            .extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.block
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.block.extend_from_slice(key);
+        self.block.extend_from_slice(value);
         self.count += 1;
         self.bytes += 8 + key.len() as u64 + value.len() as u64;
+        if self.block.len() >= CRC_BLOCK {
+            self.write_block()?;
+        }
+        Ok(())
+    }
+
+    fn write_block(&mut self) -> io::Result<()> {
+        self.crc.update(&self.block);
+        self.out.write_all(&self.block)?;
+        self.block.clear();
         Ok(())
     }
 
     /// Writes the trailer; returns the writer and the total bytes written.
     fn finish(mut self) -> io::Result<(W, u64)> {
+        self.write_block()?;
         let mut trailer = [0u8; 16];
         trailer[..4].copy_from_slice(&END_MARK.to_le_bytes());
         trailer[4..12].copy_from_slice(&self.count.to_le_bytes());
@@ -277,6 +296,8 @@ struct RecordReader<R: Read> {
     /// Bytes left in the file or segment.
     remaining: u64,
     crc: crc32fast::Hasher,
+    /// Record bytes read but not yet checksummed (see [`CRC_BLOCK`]).
+    unchecked: Vec<u8>,
     count: u64,
     prev_key: Vec<u8>,
     finished: bool,
@@ -290,6 +311,7 @@ impl<R: Read> RecordReader<R> {
             label,
             remaining: len,
             crc: crc32fast::Hasher::new(),
+            unchecked: Vec::new(),
             count: 0,
             prev_key: Vec::new(),
             finished: false,
@@ -334,13 +356,28 @@ impl<R: Read> RecordReader<R> {
         bytes.clear();
         bytes.resize(len, 0);
         self.read_exact(&mut bytes, what)?;
-        self.crc.update(&bytes);
+        self.checksum(&bytes);
         match String::from_utf8(bytes) {
             Ok(text) => {
                 *out = text;
                 Ok(())
             }
             Err(_) => Err(self.corrupt(format!("record {}: {what} is not UTF-8", self.count))),
+        }
+    }
+
+    /// Adds record bytes to the checksum.
+    fn checksum(&mut self, bytes: &[u8]) {
+        if bytes.len() >= CRC_BLOCK {
+            self.crc.update(&self.unchecked);
+            self.unchecked.clear();
+            self.crc.update(bytes);
+            return;
+        }
+        self.unchecked.extend_from_slice(bytes);
+        if self.unchecked.len() >= CRC_BLOCK {
+            self.crc.update(&self.unchecked);
+            self.unchecked.clear();
         }
     }
 
@@ -355,6 +392,8 @@ impl<R: Read> RecordReader<R> {
                 self.count
             )));
         }
+        self.crc.update(&self.unchecked);
+        self.unchecked.clear();
         let actual = self.crc.clone().finalize();
         if crc != actual {
             return Err(self.corrupt(format!(
@@ -393,7 +432,7 @@ impl<R: Read> RecordSource for RecordReader<R> {
                 self.count, self.remaining
             )));
         }
-        self.crc.update(&lens);
+        self.checksum(&lens);
         self.read_string(key, key_len as usize, "a key")?;
         self.read_string(value, value_len as usize, "a value")?;
         if key.as_bytes() < self.prev_key.as_slice() {
@@ -411,21 +450,22 @@ impl<R: Read> RecordSource for RecordReader<R> {
     }
 }
 
-/// Reads bytes `pos..end` of a file by positioned reads (several readers share one file).
-struct SegmentReader<'a> {
-    file: &'a File,
+/// Reads bytes `pos..end` of a file (borrowed or owned) by positioned reads, so several
+/// readers can share one file.
+struct SegmentReader<F> {
+    file: F,
     pos: u64,
     end: u64,
 }
 
-impl Read for SegmentReader<'_> {
+impl<F: Borrow<File>> Read for SegmentReader<F> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = self.end - self.pos;
         let want = (buf.len() as u64).min(left) as usize;
         if want == 0 {
             return Ok(0);
         }
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        let n = self.file.borrow().read_at(&mut buf[..want], self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -436,6 +476,7 @@ fn open_intermediate(
     dir: &Path,
     map: usize,
     reduce: usize,
+    buffer: usize,
 ) -> Result<(RecordReader<BufReader<File>>, u64), TaskError> {
     let path = intermediate_path(dir, map, reduce);
     let file = match File::open(&path) {
@@ -456,7 +497,7 @@ fn open_intermediate(
     }
     let len = meta.len();
     let reader = RecordReader::open(
-        BufReader::with_capacity(MERGE_BUFFER, file),
+        BufReader::with_capacity(buffer, file),
         len,
         format!("intermediate file {}", path.display()),
     )?;
@@ -486,10 +527,10 @@ pub fn read_intermediate(path: &Path) -> Result<Vec<(String, String)>, TaskError
 // ---------------------------------------------------------------------------------------
 // Merging
 
-/// The smallest record of one source, waiting in the merge heap.
+/// The smallest key of one source, waiting in the merge heap (its value waits in
+/// [`Merger::values`], so that taking a value never disturbs the heap).
 struct Head {
     key: String,
-    value: String,
     source: usize,
 }
 
@@ -513,12 +554,15 @@ impl Ord for Head {
     }
 }
 
-/// A k-way merge of sorted sources: records in key order.
+/// A k-way merge of sorted sources: records in key order (ties in source order).
+///
+/// The current record is the top of the heap; advancing refills it in place from its
+/// source and lets the heap sift it down (one sift instead of a pop and a push).
 struct Merger<S> {
     sources: Vec<S>,
     heap: BinaryHeap<Reverse<Head>>,
-    /// The record last returned; refilled from its source on the next advance.
-    current: Option<Head>,
+    /// The value of each source's record in the heap.
+    values: Vec<String>,
     started: bool,
     pairs: u64,
 }
@@ -527,8 +571,8 @@ impl<S: RecordSource> Merger<S> {
     fn new(sources: Vec<S>) -> Self {
         Merger {
             heap: BinaryHeap::with_capacity(sources.len()),
+            values: vec![String::new(); sources.len()],
             sources,
-            current: None,
             started: false,
             pairs: 0,
         }
@@ -538,38 +582,42 @@ impl<S: RecordSource> Merger<S> {
     fn advance(&mut self) -> Result<bool, TaskError> {
         if !self.started {
             self.started = true;
-            for index in 0..self.sources.len() {
-                let mut head = Head {
-                    key: String::new(),
-                    value: String::new(),
-                    source: index,
-                };
-                if self.sources[index].next_into(&mut head.key, &mut head.value)? {
-                    self.heap.push(Reverse(head));
+            for source in 0..self.sources.len() {
+                let mut key = String::new();
+                if self.sources[source].next_into(&mut key, &mut self.values[source])? {
+                    self.heap.push(Reverse(Head { key, source }));
                 }
             }
-        } else if let Some(mut head) = self.current.take() {
-            if self.sources[head.source].next_into(&mut head.key, &mut head.value)? {
-                self.heap.push(Reverse(head));
+        } else if let Some(mut top) = self.heap.peek_mut() {
+            let Reverse(head) = &mut *top;
+            let source = head.source;
+            if !self.sources[source].next_into(&mut head.key, &mut self.values[source])? {
+                PeekMut::pop(top);
             }
+            // Dropping `top` sifts the refilled record down to its place.
         }
-        self.current = self.heap.pop().map(|Reverse(head)| head);
-        if self.current.is_some() {
+        let more = !self.heap.is_empty();
+        if more {
             self.pairs += 1;
         }
-        Ok(self.current.is_some())
+        Ok(more)
+    }
+
+    fn top(&self) -> &Head {
+        &self.heap.peek().expect("advance returned true").0
     }
 
     fn key(&self) -> &str {
-        &self.current.as_ref().expect("advance returned true").key
+        &self.top().key
     }
 
     fn value(&self) -> &str {
-        &self.current.as_ref().expect("advance returned true").value
+        &self.values[self.top().source]
     }
 
     fn take_value(&mut self) -> String {
-        std::mem::take(&mut self.current.as_mut().expect("advance returned true").value)
+        let source = self.top().source;
+        std::mem::take(&mut self.values[source])
     }
 }
 
@@ -748,7 +796,10 @@ struct SpillRun {
 }
 
 impl SpillRun {
-    fn segment(&self, r: usize) -> Result<RecordReader<BufReader<SegmentReader<'_>>>, TaskError> {
+    fn segment(
+        &self,
+        r: usize,
+    ) -> Result<RecordReader<BufReader<SegmentReader<&File>>>, TaskError> {
         let (offset, len) = self.segments[r];
         RecordReader::open(
             BufReader::with_capacity(
@@ -768,7 +819,7 @@ impl SpillRun {
 /// A source for the map side's merges.
 enum MapSource<'a> {
     Memory(MemRun<'a>),
-    Spill(RecordReader<BufReader<SegmentReader<'a>>>),
+    Spill(RecordReader<BufReader<SegmentReader<&'a File>>>),
 }
 
 impl RecordSource for MapSource<'_> {
@@ -875,7 +926,7 @@ impl MapState<'_> {
         let mut offset = 0u64;
         for sources in per_bucket {
             let writer = RecordWriter::new(&mut out).map_err(self.temp_error())?;
-            let (_, len) = merge_into(sources, writer).map_err(|e| match e {
+            let (_, len) = write_sources(sources, writer).map_err(|e| match e {
                 MergeError::Read(e) => e,
                 MergeError::Write(e) => self.temp_error()(e),
             })?;
@@ -903,24 +954,14 @@ impl MapState<'_> {
             let prefix = format!("{TEMP_PREFIX}map-{}-{r}-", self.task.id);
             bytes_written += write_atomically(self.task.dir, &prefix, &path, |out, temp| {
                 let write = || -> Result<u64, MergeError> {
-                    let mut writer = RecordWriter::new(out)?;
-                    if self.spills.is_empty() {
-                        // Fast path: straight from the sorted buffer.
-                        for entry in entries {
-                            writer.write(self.buffer.key(entry), self.buffer.value(entry))?;
-                        }
-                        Ok(writer.finish()?.1)
-                    } else {
-                        let mut sources = vec![MapSource::Memory(MemRun {
-                            buffer: &self.buffer,
-                            entries,
-                        })];
-                        for run in &self.spills {
-                            sources
-                                .push(MapSource::Spill(run.segment(r).map_err(MergeError::Read)?));
-                        }
-                        Ok(merge_into(sources, writer)?.1)
+                    let mut sources = vec![MapSource::Memory(MemRun {
+                        buffer: &self.buffer,
+                        entries,
+                    })];
+                    for run in &self.spills {
+                        sources.push(MapSource::Spill(run.segment(r).map_err(MergeError::Read)?));
                     }
+                    Ok(write_sources(sources, RecordWriter::new(out)?)?.1)
                 };
                 write().map_err(merge_error(temp))
             })?;
@@ -944,6 +985,21 @@ impl From<io::Error> for MergeError {
     fn from(e: io::Error) -> Self {
         MergeError::Write(e)
     }
+}
+
+/// Writes sorted `sources` into `writer` — straight from memory for a lone in-memory run,
+/// else through a merge; returns the writer's output and byte count.
+fn write_sources<W: Write>(
+    sources: Vec<MapSource<'_>>,
+    mut writer: RecordWriter<W>,
+) -> Result<(W, u64), MergeError> {
+    if let [MapSource::Memory(run)] = sources.as_slice() {
+        for entry in run.entries {
+            writer.write(run.buffer.key(entry), run.buffer.value(entry))?;
+        }
+        return Ok(writer.finish()?);
+    }
+    merge_into(sources, writer)
 }
 
 /// Merges sorted `sources` into `writer`; returns the writer's output and byte count.
@@ -1140,13 +1196,7 @@ pub fn run_reduce_with(
     reducer: Reducer<'_>,
     task: &ReduceTask<'_>,
 ) -> Result<ReduceStats, TaskError> {
-    let mut sources = Vec::with_capacity(task.n_map);
-    let mut bytes_read = 0;
-    for map in 0..task.n_map {
-        let (reader, len) = open_intermediate(task.dir, map, task.id)?;
-        sources.push(reader);
-        bytes_read += len;
-    }
+    let (sources, bytes_read) = open_reduce_sources(task)?;
     let mut merger = Merger::new(sources);
     let path = output_path(task.dir, task.id);
     let prefix = format!("{TEMP_PREFIX}reduce-{}-", task.id);
@@ -1179,6 +1229,101 @@ pub fn run_reduce_with(
         keys,
         bytes_written,
     })
+}
+
+/// Most sources one merge reads at once. A reduce task over more map tasks first merges
+/// groups of this many intermediate files into temporary runs (unnamed files in the task's
+/// directory), level by level, which bounds its open files and read buffers.
+pub const REDUCE_FAN_IN: usize = 256;
+
+/// Bytes of read buffers a merge spreads over its sources.
+const MERGE_MEMORY: usize = 4 << 20;
+
+/// Read buffer per source of a merge of `ways` sources.
+fn merge_buffer(ways: usize) -> usize {
+    (MERGE_MEMORY / ways.max(1)).clamp(4 * 1024, MERGE_BUFFER)
+}
+
+/// A source of a reduce task's merge: an intermediate file, or a run merged from several.
+enum ReduceSource {
+    File(RecordReader<BufReader<File>>),
+    Run(RecordReader<BufReader<SegmentReader<File>>>),
+}
+
+impl RecordSource for ReduceSource {
+    fn next_into(&mut self, key: &mut String, value: &mut String) -> Result<bool, TaskError> {
+        match self {
+            ReduceSource::File(reader) => reader.next_into(key, value),
+            ReduceSource::Run(reader) => reader.next_into(key, value),
+        }
+    }
+}
+
+/// Opens a reduce task's inputs as at most [`REDUCE_FAN_IN`] merge sources; returns them
+/// and the intermediate bytes they hold.
+fn open_reduce_sources(task: &ReduceTask<'_>) -> Result<(Vec<ReduceSource>, u64), TaskError> {
+    let mut bytes_read = 0;
+    let buffer = merge_buffer(task.n_map.min(REDUCE_FAN_IN));
+    let mut open = |map: usize| -> Result<ReduceSource, TaskError> {
+        let (reader, len) = open_intermediate(task.dir, map, task.id, buffer)?;
+        bytes_read += len;
+        Ok(ReduceSource::File(reader))
+    };
+    if task.n_map <= REDUCE_FAN_IN {
+        let sources = (0..task.n_map).map(&mut open).collect::<Result<_, _>>()?;
+        return Ok((sources, bytes_read));
+    }
+    let mut runs = Vec::new();
+    for first in (0..task.n_map).step_by(REDUCE_FAN_IN) {
+        let last = (first + REDUCE_FAN_IN).min(task.n_map);
+        let group = (first..last).map(&mut open).collect::<Result<_, _>>()?;
+        runs.push(merge_to_run(group, task.dir)?);
+    }
+    while runs.len() > REDUCE_FAN_IN {
+        let mut merged = Vec::new();
+        let mut rest = runs.into_iter();
+        loop {
+            let group: Vec<_> = rest.by_ref().take(REDUCE_FAN_IN).collect();
+            if group.is_empty() {
+                break;
+            }
+            merged.push(merge_to_run(group, task.dir)?);
+        }
+        runs = merged;
+    }
+    Ok((runs, bytes_read))
+}
+
+/// Merges `sources` into an unnamed temporary file in `dir`, opened again for reading.
+fn merge_to_run(sources: Vec<ReduceSource>, dir: &Path) -> Result<ReduceSource, TaskError> {
+    let write_error = TaskError::io("write a merged run in", dir);
+    let file = tempfile::tempfile_in(dir).map_err(TaskError::io("create a merged run in", dir))?;
+    let mut out = BufWriter::with_capacity(IO_BUFFER, &file);
+    let len = match RecordWriter::new(&mut out).map_err(MergeError::Write) {
+        Ok(writer) => merge_into(sources, writer).map(|(_, len)| len),
+        Err(e) => Err(e),
+    };
+    let len = match len {
+        Ok(len) => len,
+        Err(MergeError::Read(e)) => return Err(e),
+        Err(MergeError::Write(e)) => return Err(write_error(e)),
+    };
+    out.flush()
+        .map_err(TaskError::io("write a merged run in", dir))?;
+    drop(out);
+    let reader = RecordReader::open(
+        BufReader::with_capacity(
+            merge_buffer(REDUCE_FAN_IN),
+            SegmentReader {
+                file,
+                pos: 0,
+                end: len,
+            },
+        ),
+        len,
+        format!("a merged run of intermediate files in {}", dir.display()),
+    )?;
+    Ok(ReduceSource::Run(reader))
 }
 
 /// Calls `app.reduce` once per key of `merger`, in key order, and writes each result.

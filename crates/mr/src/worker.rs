@@ -9,13 +9,48 @@ use std::time::Duration;
 use flotilla_wire::{Client, WireError, DEFAULT_MAX_FRAME};
 
 use crate::app::App;
+use crate::apps::{by_name, exec_app, AppSpec, UnknownApp};
+use crate::exec::{self, ExecApp};
 use crate::protocol::{FromCoordinator, TaskId, ToCoordinator, WorkerId, PROTOCOL};
-use crate::task::{run_map, run_reduce, MapTask, ReduceTask};
+use crate::task::{run_map, run_reduce_with, MapTask, ReduceTask, Reducer};
+
+/// The application a worker runs: a Rust [`App`], or the exec app, whose reduce program runs
+/// once per reduce task rather than once per key.
+#[derive(Clone)]
+pub enum WorkerApp {
+    Rust(Arc<dyn App>),
+    Exec(Arc<ExecApp>),
+}
+
+impl WorkerApp {
+    /// The built-in application `spec` names (see [`crate::apps`]).
+    pub fn load(spec: &AppSpec) -> Result<WorkerApp, UnknownApp> {
+        if spec.name == exec::NAME {
+            Ok(WorkerApp::Exec(Arc::new(exec_app(spec)?)))
+        } else {
+            Ok(WorkerApp::Rust(Arc::from(by_name(spec)?)))
+        }
+    }
+
+    pub fn mapper(&self) -> &dyn App {
+        match self {
+            WorkerApp::Rust(app) => app.as_ref(),
+            WorkerApp::Exec(exec) => exec.as_ref(),
+        }
+    }
+
+    pub fn reducer(&self) -> Reducer<'_> {
+        match self {
+            WorkerApp::Rust(app) => Reducer::PerKey(app.as_ref()),
+            WorkerApp::Exec(exec) => Reducer::Exec(exec.as_ref()),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct WorkerConfig {
     pub coordinator: SocketAddr,
-    pub app: Arc<dyn App>,
+    pub app: WorkerApp,
     /// Bytes of intermediate pairs a map task buffers before spilling a sorted run to disk.
     pub memory_limit: usize,
     /// How long to wait for one answer from the coordinator before asking again.
@@ -100,7 +135,7 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
                         dir: &dir,
                         memory_limit,
                     };
-                    run_map(app.as_ref(), &map)
+                    run_map(app.mapper(), &map)
                         .map(|stats| stats.bytes_read)
                         .map_err(|e| e.to_string())
                 });
@@ -114,7 +149,7 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
                         n_map,
                         dir: &dir,
                     };
-                    run_reduce(app.as_ref(), &reduce)
+                    run_reduce_with(app.reducer(), &reduce)
                         .map(|_| 0)
                         .map_err(|e| e.to_string())
                 });

@@ -9,7 +9,7 @@ use flotilla_mr::apps::{by_name, AppSpec};
 use flotilla_mr::sequential::{sequential, sequential_with};
 use flotilla_mr::task::{
     intermediate_path, output_path, read_intermediate, run_map, run_reduce, MapTask, ReduceTask,
-    Reducer, TaskError, SPILL_FAN_IN, TEMP_PREFIX,
+    Reducer, TaskError, REDUCE_FAN_IN, SPILL_FAN_IN, TEMP_PREFIX,
 };
 use flotilla_mr::words;
 
@@ -626,4 +626,70 @@ fn sequential_fails_cleanly_on_a_missing_input() {
     assert!(err.to_string().contains("pg-missing.txt"), "{err}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "no output and no scratch directory left");
+}
+
+#[test]
+fn a_reduce_over_more_map_tasks_than_its_fan_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let n_map = 2 * REDUCE_FAN_IN + 3;
+    let mut expected = std::collections::BTreeMap::<String, u64>::new();
+    for id in 0..n_map {
+        let input = dir.path().join(format!("input-{id}"));
+        let text = format!("common w{} w{} x{id}", id % 7, id % 3);
+        for word in words::words(text.as_bytes()) {
+            *expected.entry(word).or_default() += 1;
+        }
+        std::fs::write(&input, text).unwrap();
+        run_map(
+            &EveryWord,
+            &MapTask {
+                id,
+                input_name: "in",
+                input_path: &input,
+                n_reduce: 2,
+                dir: dir.path(),
+                memory_limit: 1 << 20,
+            },
+        )
+        .unwrap();
+    }
+    let mut pairs = 0;
+    for id in 0..2 {
+        let stats = run_reduce(
+            &EveryWord,
+            &ReduceTask {
+                id,
+                n_map,
+                dir: dir.path(),
+            },
+        )
+        .unwrap();
+        pairs += stats.pairs;
+    }
+    assert_eq!(pairs, expected.values().sum::<u64>());
+    let mut want: Vec<String> = expected.iter().map(|(w, n)| format!("{w} {n}")).collect();
+    want.sort();
+    assert_eq!(sorted_outputs(dir.path()), want);
+    assert!(temp_files(dir.path()).is_empty());
+
+    // A damaged file in the second group is still named in the error.
+    let damaged = intermediate_path(dir.path(), REDUCE_FAN_IN + 5, 1);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let err = run_reduce(
+        &EveryWord,
+        &ReduceTask {
+            id: 1,
+            n_map,
+            dir: dir.path(),
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("mr-{}-1", REDUCE_FAN_IN + 5)),
+        "{err}"
+    );
 }

@@ -104,7 +104,9 @@ impl Raft {
     /// Heard from a live leader within the minimum election timeout (only meaningful with
     /// check-quorum, which makes leaders step down when they lose their majority).
     fn in_lease(&self) -> bool {
-        self.cfg.check_quorum && self.leader.is_some() && self.election_elapsed < self.cfg.election_ticks
+        self.cfg.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.cfg.election_ticks
     }
 
     // ---- role changes -------------------------------------------------------------------
@@ -287,7 +289,10 @@ impl Raft {
             return; // not for us, or from outside the group: ignore
         }
         if m.term > self.term {
-            let asks_for_vote = matches!(m.body, MessageBody::RequestVote { .. } | MessageBody::PreVote { .. });
+            let asks_for_vote = matches!(
+                m.body,
+                MessageBody::RequestVote { .. } | MessageBody::PreVote { .. }
+            );
             if asks_for_vote && self.in_lease() {
                 // Our leader is alive: whoever asks has just lost touch with it. Ignoring
                 // the request keeps a partitioned server from unseating a working leader.
@@ -363,13 +368,24 @@ impl Raft {
     }
 
     /// Would we vote for `candidate` in `term` (≥ ours)? Nothing changes here either way.
-    fn handle_pre_vote(&mut self, candidate: NodeId, term: Term, last_log_index: Index, last_log_term: Term) {
-        let free = term > self.term || (self.vote.is_none_or(|v| v == candidate) && self.leader.is_none());
+    fn handle_pre_vote(
+        &mut self,
+        candidate: NodeId,
+        term: Term,
+        last_log_index: Index,
+        last_log_term: Term,
+    ) {
+        let free =
+            term > self.term || (self.vote.is_none_or(|v| v == candidate) && self.leader.is_none());
         let granted = free && self.log.is_up_to_date(last_log_index, last_log_term);
         // A grant carries the asked term (so the asker does not take it for a newer term of
         // ours); a refusal carries our own.
         let reply_term = if granted { term } else { self.term };
-        self.send_in_term(candidate, reply_term, MessageBody::PreVoteResponse { granted });
+        self.send_in_term(
+            candidate,
+            reply_term,
+            MessageBody::PreVoteResponse { granted },
+        );
     }
 
     fn handle_request_vote(
@@ -425,11 +441,11 @@ impl Raft {
             MessageBody::RequestVoteResponse { granted } if self.role == Role::Candidate => {
                 self.tally(m.from, granted, Self::become_leader);
             }
-            MessageBody::PreVoteResponse { granted } if self.role == Role::PreCandidate => {
-                // Only answers to the term we asked about count.
-                if m.term == self.term + 1 || !granted {
-                    self.tally(m.from, granted, Self::campaign);
-                }
+            // Only answers to the term we asked about count (refusals carry the refuser's term).
+            MessageBody::PreVoteResponse { granted }
+                if self.role == Role::PreCandidate && (m.term == self.term + 1 || !granted) =>
+            {
+                self.tally(m.from, granted, Self::campaign);
             }
             _ => {}
         }

@@ -256,7 +256,11 @@ fn install_snapshot_replaces_a_lagging_log() {
 /// when it comes back the leader is undisturbed.
 #[test]
 fn a_partitioned_server_does_not_inflate_the_term() {
-    let mut g = Group::new(vec![DurableState::default(), DurableState::default(), DurableState::default()]);
+    let mut g = Group::new(vec![
+        DurableState::default(),
+        DurableState::default(),
+        DurableState::default(),
+    ]);
     let cut2 = |m: &Message| m.to == 2 || m.from == 2;
     g.elect(0, cut2);
     let term = g.nodes[0].status().hard.term;
@@ -267,7 +271,11 @@ fn a_partitioned_server_does_not_inflate_the_term() {
         }
         g.deliver(cut2);
     }
-    assert_eq!(g.nodes[2].status().hard.term, isolated_term, "the isolated server's term did not move");
+    assert_eq!(
+        g.nodes[2].status().hard.term,
+        isolated_term,
+        "the isolated server's term did not move"
+    );
     assert!(g.nodes[0].is_leader());
     // Heal: the old leader stays leader in the same term.
     for _ in 0..50 {
