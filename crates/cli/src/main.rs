@@ -102,7 +102,7 @@ enum MrCommand {
         keep_intermediate: bool,
         /// Seconds to keep answering "exit" after the job is done. Workers also exit when the
         /// coordinator is gone, so this only spares them a failed connection.
-        #[arg(long, default_value_t = 0.1)]
+        #[arg(long, default_value_t = 0.02)]
         linger: f64,
         /// Progress on stderr: a bar on a terminal (auto), plain lines, or none.
         #[arg(long, default_value = "auto", value_parser = ["auto", "lines", "none"])]

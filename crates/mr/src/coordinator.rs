@@ -96,7 +96,7 @@ pub struct Coordinator {
 }
 
 /// How long an idle worker waits before asking again.
-const WAIT: Duration = Duration::from_millis(100);
+const WAIT: Duration = Duration::from_millis(10);
 
 impl Coordinator {
     pub fn new(spec: JobSpec) -> Self {
