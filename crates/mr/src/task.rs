@@ -3,40 +3,72 @@
 //! # Map
 //!
 //! [`run_map`] streams its input file through [`App::map`], sends each pair to reduce task
-//! [`bucket`]`(key, n_reduce)`, and writes, for **every** `r` in `0..n_reduce`, the file
-//! `dir/mr-{map}-{r}` ([`intermediate_path`]) holding that bucket's pairs sorted by key
-//! (byte order). Pairs are buffered in memory up to [`MapTask::memory_limit`] bytes; past
-//! that the buffer is sorted and spilled to an unnamed temporary run file, and the final
-//! files are a k-way merge of the runs and what is left in memory. Runs are merged in levels
-//! of [`SPILL_FAN_IN`] as they pile up, so a map task's memory stays bounded (the limit, plus
-//! the largest single pair, plus a read buffer per run being merged) whatever its input or
-//! output size, and its open files stay few.
+//! [`bucket`]`(key, n_reduce)`, and makes, for **every** `r` in `0..n_reduce`, the name
+//! `dir/mr-{map}-{r}` ([`intermediate_path`]) under which reduce task `r` finds that
+//! bucket's pairs sorted by key (byte order). Pairs are buffered in memory up to
+//! [`MapTask::memory_limit`] bytes; past that the buffer is sorted and spilled to an unnamed
+//! temporary run file, and the final output is a k-way merge of the runs and what is left
+//! in memory. Runs are merged in levels of [`SPILL_FAN_IN`] as they pile up, so a map task's
+//! memory stays bounded (the limit, plus the largest single pair, plus a read buffer per run
+//! being merged) whatever its input or output size, and its open files stay few.
+//!
+//! **One file, `n_reduce` names.** The names `mr-{map}-0` … `mr-{map}-{n_reduce - 1}` are
+//! hard links to **one** file holding every partition of the map task: the `n_reduce`
+//! sorted segments one after another, then an index of where each one lies (see the format
+//! below). Reduce task `r` opens `mr-{map}-{r}` and reads only segment `r` of it. This is
+//! for speed: creating a file (a new inode) was measured at some 450 µs on the disk this
+//! runs on, against about 8 µs for a hard link and 15 µs for a rename, so one file per
+//! partition (128 map tasks × 10 reduce tasks = 1280 creations, ≈ 0.6 s) took most of a
+//! 51 MB word count's time. The file is written under a temporary name, then published name
+//! by name: for each `mr-{map}-{r}` a hard link to it gets a fresh temporary name, which is
+//! renamed over `mr-{map}-{r}` (the last name takes the temporary file itself), so each name
+//! is replaced atomically and no temporary name is left. Removing every name frees the file.
+//! If the file system refuses hard links, the remaining names each get a complete copy of
+//! the file through the same temporary-file-and-rename path: correct, only slower.
 //!
 //! # Reduce
 //!
-//! [`run_reduce`] merges `dir/mr-{m}-{reduce}` for every map task `m` in `0..n_map` (a
-//! streaming k-way merge; with more than [`REDUCE_FAN_IN`] map tasks, groups of files are
-//! first merged into temporary runs), calls [`App::reduce`] once per distinct key in key
-//! order — the values are pulled from the merge as the application iterates — and writes
-//! `key value\n` lines to `dir/mr-out-{reduce}` ([`output_path`]). Its memory is a few MiB
-//! of read buffers plus whatever the application keeps of one key's values. An exec app's reduce program runs once per
-//! task instead: [`run_reduce_exec`] (see [`crate::exec`]).
+//! [`run_reduce`] merges segment `reduce` of `dir/mr-{m}-{reduce}` for every map task `m` in
+//! `0..n_map` (a streaming k-way merge; with more than [`REDUCE_FAN_IN`] map tasks, groups of
+//! files are first merged into temporary runs), calls [`App::reduce`] once per distinct key
+//! in key order — the values are pulled from the merge as the application iterates — and
+//! writes `key value\n` lines to `dir/mr-out-{reduce}` ([`output_path`]). Its memory is a
+//! few MiB of read buffers plus whatever the application keeps of one key's values. An exec
+//! app's reduce program runs once per task instead: [`run_reduce_exec`] (see
+//! [`crate::exec`]).
 //!
 //! # Guarantees
 //!
 //! - **Atomic, idempotent outputs.** Every output (intermediate or final) is written to a
 //!   temporary file in `dir` whose name starts with [`TEMP_PREFIX`] — never `mr-out` — and
-//!   renamed over its final name when complete. Nobody ever sees a half-written file, and a
-//!   re-executed or duplicate task replaces the file harmlessly. Temporary files and spill
-//!   runs are removed when a task fails (spill runs are unnamed, so even a crash leaves none).
-//! - **Nothing read is trusted.** Intermediate files carry a magic header, and a trailer with
-//!   the record count and a CRC-32 of every record; lengths are checked against the file's
-//!   size before anything is allocated and keys must come in order, so a missing, truncated,
-//!   corrupt or foreign file is a [`TaskError`] naming it, never silently read or skipped.
+//!   only then renamed (or hard-linked under a temporary name and renamed) over its final
+//!   name. Nobody ever sees a half-written file, and a re-executed or duplicate task replaces
+//!   each name harmlessly: every name always points at one complete file. Temporary files
+//!   and spill runs are removed when a task fails (spill runs are unnamed, so even a crash
+//!   leaves none).
+//! - **Nothing read is trusted.** An intermediate file ends with a footer (magic, partition
+//!   count, CRC-32 of the index) and its index must describe segments that exactly tile the
+//!   file before anything in it is used; each segment carries a magic header, and a trailer
+//!   with the record count and a CRC-32 of every record; lengths are checked against the
+//!   file's size before anything is allocated and keys must come in order, so a missing,
+//!   truncated, corrupt or foreign file is a [`TaskError`] naming it, never silently read
+//!   or skipped.
 //! - **Clear errors.** An input that is missing, unreadable or a directory, an application's
 //!   error, and every I/O failure come back as a [`TaskError`] that says what and where.
 //!
 //! # Intermediate file format
+//!
+//! Map task `m`'s file, reachable as every `mr-{m}-{r}`:
+//!
+//! ```text
+//! segment 0 … segment n_reduce-1    one after another, from offset 0
+//! index     per segment: offset: u64 LE, length: u64 LE   (16 × n_reduce bytes)
+//! footer    CRC-32 (IEEE) of the index bytes and then the n_reduce bytes: u32 LE,
+//!           n_reduce: u64 LE, magic 8 bytes "FLMRIX01"             (20 bytes, at the end)
+//! ```
+//!
+//! The segments must tile `0..index start` exactly (segment 0 at offset 0, each one starting
+//! where the previous one ends). Each segment, like a spill run's segment:
 //!
 //! ```text
 //! magic     8 bytes   "FLMRKV01"
@@ -62,8 +94,16 @@ use crate::partition::bucket;
 /// Every temporary file a task creates in the shared directory starts with this.
 pub const TEMP_PREFIX: &str = ".mr-tmp-";
 
-/// The first bytes of every intermediate file.
+/// The first bytes of every segment of an intermediate file (and of a spill run).
 pub const INTERMEDIATE_MAGIC: [u8; 8] = *b"FLMRKV01";
+
+/// The last bytes of every intermediate file: the end of its index footer.
+pub const INDEX_MAGIC: [u8; 8] = *b"FLMRIX01";
+
+/// Bytes of an intermediate file's footer: index CRC-32 (u32), n_reduce (u64), magic.
+const FOOTER_LEN: u64 = 4 + 8 + INDEX_MAGIC.len() as u64;
+/// Bytes of one index entry: a segment's offset and length (u64 each).
+const INDEX_ENTRY_LEN: u64 = 16;
 
 /// A `key_len` of this value marks the trailer, so keys are at most one byte shorter.
 const END_MARK: u32 = u32::MAX;
@@ -129,14 +169,15 @@ pub struct MapStats {
     pub pairs: u64,
     /// Sorted runs spilled to disk because the buffer passed the memory limit.
     pub spills: u64,
-    /// Bytes of intermediate files written.
+    /// Bytes of the intermediate file written: its segments, index and footer, counted once
+    /// however many names it has.
     pub bytes_written: u64,
 }
 
 /// What a reduce task did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReduceStats {
-    /// Bytes of intermediate files read.
+    /// Bytes of intermediate data read: this task's segment of each map task's file.
     pub bytes_read: u64,
     /// Pairs read.
     pub pairs: u64,
@@ -471,13 +512,17 @@ impl<F: Borrow<File>> Read for SegmentReader<F> {
     }
 }
 
-/// Opens `dir/mr-{map}-{reduce}` for reading.
+/// A reader of one segment of an intermediate file.
+type SegmentRecords = RecordReader<BufReader<SegmentReader<File>>>;
+
+/// Opens segment `reduce` of `dir/mr-{map}-{reduce}` for reading, after checking the file's
+/// footer and index; returns its reader and the segment's length.
 fn open_intermediate(
     dir: &Path,
     map: usize,
     reduce: usize,
     buffer: usize,
-) -> Result<(RecordReader<BufReader<File>>, u64), TaskError> {
+) -> Result<(SegmentRecords, u64), TaskError> {
     let path = intermediate_path(dir, map, reduce);
     let file = match File::open(&path) {
         Ok(file) => file,
@@ -486,36 +531,136 @@ fn open_intermediate(
         }
         Err(e) => return Err(TaskError::io("open intermediate file", &path)(e)),
     };
+    let label = format!("intermediate file {}", path.display());
     let meta = file
         .metadata()
         .map_err(TaskError::io("stat intermediate file", &path))?;
     if !meta.is_file() {
         return Err(TaskError::Corrupt {
-            file: format!("intermediate file {}", path.display()),
+            file: label,
             reason: "not a regular file".into(),
         });
     }
-    let len = meta.len();
+    let (offset, len) = find_segment(&file, meta.len(), reduce, &path, &label)?;
     let reader = RecordReader::open(
-        BufReader::with_capacity(buffer, file),
+        BufReader::with_capacity(
+            buffer,
+            SegmentReader {
+                file,
+                pos: offset,
+                end: offset + len,
+            },
+        ),
         len,
-        format!("intermediate file {}", path.display()),
+        label,
     )?;
     Ok((reader, len))
 }
 
-/// Reads a whole intermediate file (for tests and inspection; tasks stream instead).
-pub fn read_intermediate(path: &Path) -> Result<Vec<(String, String)>, TaskError> {
-    let file = File::open(path).map_err(TaskError::io("open intermediate file", path))?;
-    let len = file
-        .metadata()
-        .map_err(TaskError::io("stat intermediate file", path))?
-        .len();
-    let mut reader = RecordReader::open(
-        BufReader::new(file),
-        len,
-        format!("intermediate file {}", path.display()),
-    )?;
+/// Checks the footer and the index of an intermediate file of `file_len` bytes; returns
+/// `(offset, len)` of segment `reduce`, which lies inside the file.
+fn find_segment(
+    file: &File,
+    file_len: u64,
+    reduce: usize,
+    path: &Path,
+    label: &str,
+) -> Result<(u64, u64), TaskError> {
+    let corrupt = |reason: String| TaskError::Corrupt {
+        file: label.to_owned(),
+        reason,
+    };
+    let read_error = TaskError::io("read", path);
+    if file_len < FOOTER_LEN {
+        return Err(corrupt(format!(
+            "truncated or not an intermediate file: {file_len} bytes cannot hold the \
+             {FOOTER_LEN}-byte footer"
+        )));
+    }
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    file.read_exact_at(&mut footer, file_len - FOOTER_LEN)
+        .map_err(read_error)?;
+    if footer[12..] != INDEX_MAGIC {
+        return Err(corrupt(
+            "wrong magic bytes at the end: truncated, or not an intermediate file".into(),
+        ));
+    }
+    let stored_crc = u32::from_le_bytes(footer[..4].try_into().expect("4 bytes"));
+    let n_reduce = u64::from_le_bytes(footer[4..12].try_into().expect("8 bytes"));
+    let data_len = n_reduce
+        .checked_mul(INDEX_ENTRY_LEN)
+        .and_then(|index_len| (file_len - FOOTER_LEN).checked_sub(index_len));
+    let Some(data_len) = data_len else {
+        return Err(corrupt(format!(
+            "the footer claims {n_reduce} partitions, whose index does not fit in {file_len} \
+             bytes"
+        )));
+    };
+    if reduce as u64 >= n_reduce {
+        return Err(corrupt(format!(
+            "it holds partitions for {n_reduce} reduce tasks, none for reduce task {reduce}"
+        )));
+    }
+    // Read the index in chunks (its size is bounded only by the file's): check its CRC, and
+    // that the segments tile `0..data_len` exactly.
+    let mut crc = crc32fast::Hasher::new();
+    let mut problem = None;
+    let mut wanted = (0, 0);
+    let mut expected_offset = 0u64;
+    let mut chunk = vec![0u8; (n_reduce.min(4096) * INDEX_ENTRY_LEN) as usize];
+    let mut entry = 0u64;
+    while entry < n_reduce {
+        let count = (n_reduce - entry).min(chunk.len() as u64 / INDEX_ENTRY_LEN);
+        let bytes = &mut chunk[..(count * INDEX_ENTRY_LEN) as usize];
+        file.read_exact_at(bytes, data_len + entry * INDEX_ENTRY_LEN)
+            .map_err(TaskError::io("read", path))?;
+        crc.update(bytes);
+        for fields in bytes.chunks_exact(INDEX_ENTRY_LEN as usize) {
+            let offset = u64::from_le_bytes(fields[..8].try_into().expect("8 bytes"));
+            let len = u64::from_le_bytes(fields[8..].try_into().expect("8 bytes"));
+            let end = offset.checked_add(len);
+            if problem.is_none()
+                && (offset != expected_offset || end.is_none_or(|end| end > data_len))
+            {
+                problem = Some(format!(
+                    "index entry {entry} (offset {offset}, length {len}) does not follow \
+                     the previous segment (which ends at {expected_offset}) inside the \
+                     {data_len} bytes of segments"
+                ));
+            }
+            if entry == reduce as u64 {
+                wanted = (offset, len);
+            }
+            expected_offset = end.unwrap_or(u64::MAX);
+            entry += 1;
+        }
+    }
+    crc.update(&n_reduce.to_le_bytes());
+    let actual_crc = crc.finalize();
+    if actual_crc != stored_crc {
+        return Err(corrupt(format!(
+            "index checksum mismatch (footer {stored_crc:08x}, index {actual_crc:08x})"
+        )));
+    }
+    if problem.is_none() && expected_offset != data_len {
+        problem = Some(format!(
+            "the segments end at {expected_offset}, not where the index starts ({data_len})"
+        ));
+    }
+    if let Some(problem) = problem {
+        return Err(corrupt(problem));
+    }
+    Ok(wanted)
+}
+
+/// Reads all of segment `reduce` of `dir/mr-{map}-{reduce}` (for tests and inspection;
+/// tasks stream instead).
+pub fn read_intermediate(
+    dir: &Path,
+    map: usize,
+    reduce: usize,
+) -> Result<Vec<(String, String)>, TaskError> {
+    let (mut reader, _) = open_intermediate(dir, map, reduce, MERGE_BUFFER)?;
     let mut pairs = Vec::new();
     let (mut key, mut value) = (String::new(), String::new());
     while reader.next_into(&mut key, &mut value)? {
@@ -943,36 +1088,120 @@ impl MapState<'_> {
         })
     }
 
-    /// Writes every `mr-{id}-{r}`.
+    /// Writes the map task's one intermediate file and publishes it as every `mr-{id}-{r}`
+    /// (see the module documentation).
     fn finish(mut self) -> Result<MapStats, TaskError> {
         self.buffer.sort();
-        let n_reduce = self.task.n_reduce;
+        let (dir, n_reduce) = (self.task.dir, self.task.n_reduce);
+        let prefix = format!("{TEMP_PREFIX}map-{}-", self.task.id);
+        let temp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .tempfile_in(dir)
+            .map_err(TaskError::io("create a temporary file in", dir))?;
+        let mut out = BufWriter::with_capacity(IO_BUFFER, temp.as_file());
+        let mut index =
+            Vec::with_capacity(n_reduce * INDEX_ENTRY_LEN as usize + FOOTER_LEN as usize);
+        let mut offset = 0u64;
         let buckets = self.buffer.buckets(n_reduce);
-        let mut bytes_written = 0;
         for (r, entries) in buckets.into_iter().enumerate() {
-            let path = intermediate_path(self.task.dir, self.task.id, r);
-            let prefix = format!("{TEMP_PREFIX}map-{}-{r}-", self.task.id);
-            bytes_written += write_atomically(self.task.dir, &prefix, &path, |out, temp| {
-                let write = || -> Result<u64, MergeError> {
-                    let mut sources = vec![MapSource::Memory(MemRun {
-                        buffer: &self.buffer,
-                        entries,
-                    })];
-                    for run in &self.spills {
-                        sources.push(MapSource::Spill(run.segment(r).map_err(MergeError::Read)?));
-                    }
-                    Ok(write_sources(sources, RecordWriter::new(out)?)?.1)
-                };
-                write().map_err(merge_error(temp))
-            })?;
+            let mut sources = vec![MapSource::Memory(MemRun {
+                buffer: &self.buffer,
+                entries,
+            })];
+            for run in &self.spills {
+                sources.push(MapSource::Spill(run.segment(r)?));
+            }
+            let write = || -> Result<u64, MergeError> {
+                Ok(write_sources(sources, RecordWriter::new(&mut out)?)?.1)
+            };
+            let len = write().map_err(merge_error(temp.path()))?;
+            index.extend_from_slice(&offset.to_le_bytes());
+            index.extend_from_slice(&len.to_le_bytes());
+            offset += len;
         }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&index);
+        crc.update(&(n_reduce as u64).to_le_bytes());
+        index.extend_from_slice(&crc.finalize().to_le_bytes());
+        index.extend_from_slice(&(n_reduce as u64).to_le_bytes());
+        index.extend_from_slice(&INDEX_MAGIC);
+        let size = offset + index.len() as u64;
+        out.write_all(&index)
+            .and_then(|()| out.flush())
+            .map_err(TaskError::io("write", temp.path()))?;
+        drop(out);
+        let paths: Vec<PathBuf> = (0..n_reduce)
+            .map(|r| intermediate_path(dir, self.task.id, r))
+            .collect();
+        publish(dir, &prefix, temp, size, &paths, |from, to| {
+            std::fs::hard_link(from, to)
+        })?;
         Ok(MapStats {
             bytes_read: 0,
             pairs: self.pairs,
             spills: self.spills_made,
-            bytes_written,
+            bytes_written: size,
         })
     }
+}
+
+/// Publishes the complete file `temp` (`size` bytes, named `prefix…` in `dir`) under every
+/// one of `paths`, each replaced atomically: a hard link (made by `link`) under a fresh
+/// temporary name is renamed over each path but the last, over which `temp` itself is
+/// renamed. If `link` fails other than with `AlreadyExists` (hard links unsupported), the
+/// remaining paths get copies of the file, each through [`write_atomically`].
+fn publish(
+    dir: &Path,
+    prefix: &str,
+    temp: tempfile::NamedTempFile,
+    size: u64,
+    paths: &[PathBuf],
+    link: impl Fn(&Path, &Path) -> io::Result<()>,
+) -> Result<(), TaskError> {
+    let Some((last, others)) = paths.split_last() else {
+        return Ok(());
+    };
+    let mut linking = true;
+    for path in others {
+        if linking {
+            match tempfile::Builder::new()
+                .prefix(prefix)
+                .make_in(dir, |name| link(temp.path(), name))
+            {
+                Ok(linked) => {
+                    linked
+                        .persist(path)
+                        .map_err(|e| TaskError::io("rename a temporary file to", path)(e.error))?;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(TaskError::io("hard-link a temporary file in", dir)(e));
+                }
+                Err(_) => linking = false,
+            }
+        }
+        write_atomically(dir, prefix, path, |out, copy| {
+            let mut whole = SegmentReader {
+                file: temp.as_file(),
+                pos: 0,
+                end: size,
+            };
+            let copied = io::copy(&mut whole, out)
+                .map_err(TaskError::io("copy the intermediate file to", copy))?;
+            if copied != size {
+                return Err(TaskError::io("copy the intermediate file to", copy)(
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} is {copied} bytes, not {size}", temp.path().display()),
+                    ),
+                ));
+            }
+            Ok(copied)
+        })?;
+    }
+    temp.persist(last)
+        .map_err(|e| TaskError::io("rename a temporary file to", last)(e.error))?;
+    Ok(())
 }
 
 /// A merge failed reading (already a [`TaskError`]) or writing.
@@ -1244,20 +1473,9 @@ fn merge_buffer(ways: usize) -> usize {
     (MERGE_MEMORY / ways.max(1)).clamp(4 * 1024, MERGE_BUFFER)
 }
 
-/// A source of a reduce task's merge: an intermediate file, or a run merged from several.
-enum ReduceSource {
-    File(RecordReader<BufReader<File>>),
-    Run(RecordReader<BufReader<SegmentReader<File>>>),
-}
-
-impl RecordSource for ReduceSource {
-    fn next_into(&mut self, key: &mut String, value: &mut String) -> Result<bool, TaskError> {
-        match self {
-            ReduceSource::File(reader) => reader.next_into(key, value),
-            ReduceSource::Run(reader) => reader.next_into(key, value),
-        }
-    }
-}
+/// A source of a reduce task's merge: a segment of an intermediate file, or a run merged
+/// from several.
+type ReduceSource = SegmentRecords;
 
 /// Opens a reduce task's inputs as at most [`REDUCE_FAN_IN`] merge sources; returns them
 /// and the intermediate bytes they hold.
@@ -1267,7 +1485,7 @@ fn open_reduce_sources(task: &ReduceTask<'_>) -> Result<(Vec<ReduceSource>, u64)
     let mut open = |map: usize| -> Result<ReduceSource, TaskError> {
         let (reader, len) = open_intermediate(task.dir, map, task.id, buffer)?;
         bytes_read += len;
-        Ok(ReduceSource::File(reader))
+        Ok(reader)
     };
     if task.n_map <= REDUCE_FAN_IN {
         let sources = (0..task.n_map).map(&mut open).collect::<Result<_, _>>()?;
@@ -1323,7 +1541,7 @@ fn merge_to_run(sources: Vec<ReduceSource>, dir: &Path) -> Result<ReduceSource, 
         len,
         format!("a merged run of intermediate files in {}", dir.display()),
     )?;
-    Ok(ReduceSource::Run(reader))
+    Ok(reader)
 }
 
 /// Calls `app.reduce` once per key of `merger`, in key order, and writes each result.
@@ -1358,4 +1576,106 @@ fn reduce_per_key<S: RecordSource>(
         write_line(&key, &result)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// An intermediate file whose segment `r` holds the pair `(k{r}, v{r})`, written under a
+    /// temporary name in `dir`; returns it and its size.
+    fn intermediate_file(dir: &Path, n_reduce: usize) -> (tempfile::NamedTempFile, u64) {
+        let mut bytes = Vec::new();
+        let mut index = Vec::new();
+        for r in 0..n_reduce {
+            let mut writer = RecordWriter::new(Vec::new()).unwrap();
+            writer
+                .write(format!("k{r}").as_bytes(), format!("v{r}").as_bytes())
+                .unwrap();
+            let (segment, len) = writer.finish().unwrap();
+            index.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            index.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(&segment);
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&index);
+        crc.update(&(n_reduce as u64).to_le_bytes());
+        bytes.extend_from_slice(&index);
+        bytes.extend_from_slice(&crc.finalize().to_le_bytes());
+        bytes.extend_from_slice(&(n_reduce as u64).to_le_bytes());
+        bytes.extend_from_slice(&INDEX_MAGIC);
+        let temp = tempfile::Builder::new()
+            .prefix(&format!("{TEMP_PREFIX}map-0-"))
+            .tempfile_in(dir)
+            .unwrap();
+        std::fs::write(temp.path(), &bytes).unwrap();
+        (temp, bytes.len() as u64)
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with(TEMP_PREFIX))
+            .collect()
+    }
+
+    /// Publishes a 3-partition file with `link`; checks every name reads its own pair and
+    /// returns the names' inodes.
+    fn publish_with(link: impl Fn(&Path, &Path) -> io::Result<()>) -> Vec<u64> {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..3)
+            .map(|r| intermediate_path(dir.path(), 0, r))
+            .collect();
+        for path in &paths {
+            std::fs::write(path, "an older file, to be replaced").unwrap();
+        }
+        let (temp, size) = intermediate_file(dir.path(), 3);
+        let prefix = format!("{TEMP_PREFIX}map-0-");
+        publish(dir.path(), &prefix, temp, size, &paths, link).unwrap();
+        for (r, path) in paths.iter().enumerate() {
+            assert_eq!(std::fs::metadata(path).unwrap().len(), size);
+            assert_eq!(
+                read_intermediate(dir.path(), 0, r).unwrap(),
+                [(format!("k{r}"), format!("v{r}"))]
+            );
+        }
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+        paths
+            .iter()
+            .map(|path| std::fs::metadata(path).unwrap().ino())
+            .collect()
+    }
+
+    #[test]
+    fn publishing_makes_hard_links() {
+        let inodes = publish_with(|from, to| std::fs::hard_link(from, to));
+        assert!(inodes.iter().all(|&i| i == inodes[0]), "{inodes:?}");
+    }
+
+    #[test]
+    fn without_hard_links_every_name_gets_a_copy() {
+        let inodes = publish_with(|_, _| Err(io::ErrorKind::Unsupported.into()));
+        assert!(
+            inodes[0] != inodes[1] && inodes[1] != inodes[2] && inodes[0] != inodes[2],
+            "{inodes:?}"
+        );
+        // Linking works once, then fails: the rest are copies.
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let inodes = publish_with(|from, to| {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                std::fs::hard_link(from, to)
+            } else {
+                Err(io::Error::from_raw_os_error(1)) // EPERM
+            }
+        });
+        assert_eq!(inodes[0], inodes[2], "{inodes:?}");
+        assert_ne!(inodes[0], inodes[1], "{inodes:?}");
+    }
 }
