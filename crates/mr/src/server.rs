@@ -158,10 +158,22 @@ pub async fn run_coordinator(
             Some(reply)
         }
     };
-    let display = tokio::spawn(show_progress(coordinator.clone(), started, config.progress));
+    let bar = config.progress == ProgressStyle::Auto && std::io::stderr().is_terminal();
+    let display = tokio::spawn(show_progress(
+        coordinator.clone(),
+        started,
+        config.progress,
+        bar,
+    ));
+    let display_abort = display.abort_handle();
     let linger = config.linger;
     let shutdown = async move {
         finished.notified().await;
+        // Stop redrawing the bar and end its line before anything else is logged.
+        display_abort.abort();
+        if bar {
+            eprintln!();
+        }
         tokio::time::sleep(linger).await;
     };
     let server_config = ServerConfig {
@@ -215,16 +227,16 @@ fn describe(p: &Progress, elapsed: Duration) -> String {
     )
 }
 
+/// Redraws a bar (`bar`) or prints a line whenever the counts change, until aborted.
 async fn show_progress(
     coordinator: Arc<Mutex<Coordinator>>,
     started: Instant,
     style: ProgressStyle,
+    bar: bool,
 ) {
-    let bar = match style {
-        ProgressStyle::None => return,
-        ProgressStyle::Auto => std::io::stderr().is_terminal(),
-        ProgressStyle::Lines => false,
-    };
+    if style == ProgressStyle::None {
+        return;
+    }
     let mut last = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(if bar { 100 } else { 500 }));
     loop {
