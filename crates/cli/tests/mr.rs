@@ -446,30 +446,8 @@ fn binary_input_and_a_100_mb_line_are_handled() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(&binary, bytes).unwrap();
-    let (mut coordinator, addr) = {
-        let mut child = Command::new(FLOTILLA)
-            .current_dir(&s.work)
-            .args([
-                "mr",
-                "coordinator",
-                "--listen",
-                "127.0.0.1:0",
-                "--progress",
-                "none",
-                "../long.txt",
-                "../binary.bin",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-        (Proc::new("coordinator", child, LIMIT), addr)
-    };
+    let inputs = ["../long.txt".to_string(), "../binary.bin".to_string()];
+    let (mut coordinator, addr) = s.coordinator_over(&inputs, &[]);
     let mut workers: Vec<_> = (0..2).map(|_| s.worker(&addr, "wc", LIMIT)).collect();
     assert!(coordinator.wait().success());
     wait_all(&mut workers);
