@@ -74,6 +74,11 @@ impl Scratch {
     }
 
     fn coordinator(&self, extra: &[&str]) -> (Proc, String) {
+        self.coordinator_over(&self.inputs, extra)
+    }
+
+    /// A coordinator over other inputs than the eight texts.
+    fn coordinator_over(&self, inputs: &[String], extra: &[&str]) -> (Proc, String) {
         let mut child = Command::new(FLOTILLA)
             .current_dir(&self.work)
             .args([
@@ -85,7 +90,7 @@ impl Scratch {
                 "none",
             ])
             .args(extra)
-            .args(&self.inputs)
+            .args(inputs)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
