@@ -4,8 +4,8 @@
 //! snapshot interval (or none), network latency, then about 20 s of virtual time in which
 //! every 10–500 ms one fault is injected — crash (often of the leader right after it took a command, as in Figure 8), restart, disconnect, reconnect, a random
 //! partition, healing everything, switching the network between reliable and lossy, long
-//! reordering on or off — while clients propose commands to whoever claims to lead, sometimes
-//! in bursts. Throughout, the harness checks on every `Ready` of every server: at most one
+//! reordering on or off, clients falling quiet or resuming — while clients propose commands
+//! to whoever claims to lead, sometimes in bursts. Throughout, the harness checks on every `Ready` of every server: at most one
 //! leader per term, log matching, leader completeness, and that no two servers apply
 //! different commands at one index ([`crate::invariants`], [`crate::cluster`]).
 //!
@@ -72,12 +72,20 @@ pub fn run_seed(seed: u64) -> Result<SeedReport, String> {
 async fn chaos(c: &Cluster) -> u64 {
     let n = c.n();
     let stop = Rc::new(Cell::new(false));
+    // While quiet, clients propose nothing: leaders elected then replicate only entries of
+    // earlier terms, the situation of the paper's Figure 8.
+    let quiet = Rc::new(Cell::new(false));
     let clients: Vec<_> = (0..2)
         .map(|_| {
             let c = c.clone();
             let stop = stop.clone();
+            let quiet = quiet.clone();
             spawn(async move {
                 while !stop.get() {
+                    if quiet.get() {
+                        sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
                     let burst = if with_rng(|r| r.chance(0.05)) { 20 } else { 1 };
                     for _ in 0..burst {
                         let cmd = int_cmd(with_rng(|r| r.next_u64()));
@@ -126,6 +134,7 @@ async fn chaos(c: &Cluster) -> u64 {
             60..=69 => heal(c),
             70..=79 => c.set_reliable(!c.net().is_reliable()),
             80..=84 => c.set_long_reordering(with_rng(|r| r.chance(0.5))),
+            85..=89 => quiet.set(!quiet.get()),
             _ => {
                 // Crash and immediately restart: loses whatever was not synced.
                 c.start(target);
@@ -134,6 +143,7 @@ async fn chaos(c: &Cluster) -> u64 {
         }
     }
     stop.set(true);
+    quiet.set(false);
     for client in clients {
         client.await;
     }
