@@ -46,6 +46,26 @@ fn live() -> isize {
     LIVE_BYTES.load(Ordering::Relaxed)
 }
 
+/// Runs one memory test in the simulator, never beside another one.
+fn memory_test<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    run_test(name, body);
+}
+
+/// Live bytes gained across `work`, each side measured after a second of quiet (as the lab
+/// measures after a GC and a sleep).
+async fn growth_across(work: impl std::future::Future<Output = ()>) -> isize {
+    sleep(Duration::from_secs(1)).await;
+    let m0 = live();
+    work.await;
+    sleep(Duration::from_secs(1)).await;
+    live() - m0
+}
+
 const MIB: isize = 1 << 20;
 
 fn random_value(len: usize) -> String {
@@ -59,9 +79,8 @@ fn random_value(len: usize) -> String {
 
 #[test]
 fn mem_get_2() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let base = live();
-    run_test("mem_get_2", || async move {
+    memory_test("mem_get_2", || async {
+        let base = live();
         let sim = KvSim::new(false);
         let (ck0, ck1) = (sim.clerk(), sim.clerk());
         let value = random_value(10 << 20);
@@ -78,9 +97,8 @@ fn mem_get_2() {
 
 #[test]
 fn mem_put_2() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let base = live();
-    run_test("mem_put_2", || async move {
+    memory_test("mem_put_2", || async {
+        let base = live();
         let sim = KvSim::new(true);
         let (ck0, ck1) = (sim.clerk(), sim.clerk());
         let value = random_value(10 << 20);
@@ -94,9 +112,8 @@ fn mem_put_2() {
 
 #[test]
 fn mem_append_2() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let base = live();
-    run_test("mem_append_2", || async move {
+    memory_test("mem_append_2", || async {
+        let base = live();
         let sim = KvSim::new(true);
         let (ck0, ck1) = (sim.clerk(), sim.clerk());
         let v0 = random_value(10 << 20);
@@ -114,21 +131,19 @@ const NCLIENT: usize = 100_000;
 
 #[test]
 fn mem_put_many() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    run_test("mem_put_many", || async {
+    memory_test("mem_put_many", || async {
         let sim = KvSim::new(true);
         let value = random_value(1000);
         let clerks: Vec<_> = (0..NCLIENT).map(|_| sim.clerk()).collect();
-        sleep(Duration::from_secs(1)).await;
-        let m0 = live();
-        for ck in &clerks {
-            ck.put("k", &value).await;
-        }
-        sleep(Duration::from_secs(1)).await;
-        let m1 = live();
-        let per_clerk = (m1 - m0) / NCLIENT as isize;
+        let grown = growth_across(async {
+            for ck in &clerks {
+                ck.put("k", &value).await;
+            }
+        })
+        .await;
+        let per_clerk = grown / NCLIENT as isize;
         assert!(
-            m1 <= m0 + NCLIENT as isize * 200,
+            grown <= NCLIENT as isize * 200,
             "error: server using too much memory: {per_clerk} bytes per clerk"
         );
         assert_eq!(sim.server().sessions(), NCLIENT);
@@ -137,21 +152,19 @@ fn mem_put_many() {
 
 #[test]
 fn mem_get_many() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    run_test("mem_get_many", || async {
+    memory_test("mem_get_many", || async {
         let sim = KvSim::new(true);
         sim.clerk().put("0", "").await;
         let clerks: Vec<_> = (0..NCLIENT).map(|_| sim.clerk()).collect();
-        sleep(Duration::from_secs(1)).await;
-        let m0 = live();
-        for ck in &clerks {
-            ck.get("0").await;
-        }
-        sleep(Duration::from_secs(1)).await;
-        let m1 = live();
-        let per_clerk = (m1 - m0) / NCLIENT as isize;
+        let grown = growth_across(async {
+            for ck in &clerks {
+                ck.get("0").await;
+            }
+        })
+        .await;
+        let per_clerk = grown / NCLIENT as isize;
         assert!(
-            m1 < m0 + NCLIENT as isize * 10,
+            grown < NCLIENT as isize * 10,
             "error: server using too much memory: {per_clerk} bytes per clerk"
         );
     });
@@ -159,24 +172,22 @@ fn mem_get_many() {
 
 #[test]
 fn mem_put_many_clients_reliable() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    run_test("mem_put_many_clients_reliable", || async {
+    memory_test("mem_put_many_clients_reliable", || async {
         let sim = KvSim::new(true);
         let value = random_value(1000);
         let clerks: Vec<_> = (0..NCLIENT).map(|_| sim.clerk()).collect();
         for ck in &clerks {
             assert_eq!(ck.vput("k", "", 1).await, Err(KvError::NoKey));
         }
-        sleep(Duration::from_secs(1)).await;
-        let m0 = live();
-        for (i, ck) in clerks.iter().enumerate() {
-            assert_eq!(ck.vput("k", &value, i as u64).await, Ok(()), "Put error");
-        }
-        sleep(Duration::from_secs(1)).await;
-        let m1 = live();
-        let per_clerk = (m1 - m0) / NCLIENT as isize;
+        let grown = growth_across(async {
+            for (i, ck) in clerks.iter().enumerate() {
+                assert_eq!(ck.vput("k", &value, i as u64).await, Ok(()), "Put error");
+            }
+        })
+        .await;
+        let per_clerk = grown / NCLIENT as isize;
         assert!(
-            m1 <= m0 + NCLIENT as isize * 200,
+            grown <= NCLIENT as isize * 200,
             "error: server using too much memory: {per_clerk} bytes per clerk"
         );
     });
