@@ -164,20 +164,7 @@ impl Drop for Proc {
 
 /// `sort mr-out* | grep .` of a directory.
 fn sorted_outputs(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("mr-out"))
-        {
-            let text = std::fs::read_to_string(&path).unwrap();
-            lines.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
-        }
-    }
-    lines.sort();
-    lines
+    flotilla_mr::task::sorted_output_lines(dir).expect("read mr-out files")
 }
 
 fn wait_all(procs: &mut [Proc]) {

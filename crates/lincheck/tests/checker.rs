@@ -6,36 +6,8 @@ use std::time::{Duration, Instant};
 use flotilla_lincheck::models::{KvInput, KvModel, KvOutput};
 use flotilla_lincheck::{check, CheckResult, Model, Operation};
 
-/// A register that can be written once: a second write is impossible whatever it answered.
-struct WriteOnce;
-
-#[derive(Debug)]
-enum Cmd {
-    Write(u8),
-    Read,
-}
-
-impl Model for WriteOnce {
-    type State = Option<u8>;
-    type Input = Cmd;
-    type Output = Option<u8>;
-
-    fn init(&self) -> Option<u8> {
-        None
-    }
-
-    fn step(
-        &self,
-        state: &Option<u8>,
-        input: &Cmd,
-        output: Option<&Option<u8>>,
-    ) -> Option<Option<u8>> {
-        match input {
-            Cmd::Write(value) => state.is_none().then_some(Some(*value)),
-            Cmd::Read => output.is_none_or(|read| read == state).then_some(*state),
-        }
-    }
-}
+mod common;
+use common::{Cmd, WriteOnce};
 
 fn op(
     client: i64,

@@ -25,6 +25,9 @@ use flotilla_lincheck::models::{
 };
 use flotilla_lincheck::{check, CheckResult, Model, Operation};
 
+mod common;
+use common::{Cmd, WriteOnce};
+
 const HISTORIES_PER_MODEL: u64 = 20_000;
 
 /// SplitMix64: enough randomness for test data, and reproducible from a seed.
@@ -281,39 +284,6 @@ fn versioned_history(rng: &mut Rng) -> Vec<Operation<VersionedInput, VersionedOu
         });
     }
     history
-}
-
-/// A register that can be written once. Unlike the key/value models it can reject an
-/// operation whose answer was not seen (a second write), so an operation that never returned
-/// sometimes fits nowhere and must be left out: a case the key/value models never produce.
-struct WriteOnce;
-
-#[derive(Debug)]
-enum Cmd {
-    Write(u8),
-    Read,
-}
-
-impl Model for WriteOnce {
-    type State = Option<u8>;
-    type Input = Cmd;
-    type Output = Option<u8>;
-
-    fn init(&self) -> Option<u8> {
-        None
-    }
-
-    fn step(
-        &self,
-        state: &Option<u8>,
-        input: &Cmd,
-        output: Option<&Option<u8>>,
-    ) -> Option<Option<u8>> {
-        match input {
-            Cmd::Write(value) => state.is_none().then_some(Some(*value)),
-            Cmd::Read => output.is_none_or(|read| read == state).then_some(*state),
-        }
-    }
 }
 
 fn write_once_history(rng: &mut Rng) -> Vec<Operation<Cmd, Option<u8>>> {

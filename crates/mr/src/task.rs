@@ -131,6 +131,25 @@ pub fn output_path(dir: &Path, reduce: usize) -> PathBuf {
     dir.join(format!("mr-out-{reduce}"))
 }
 
+/// The job's output as 6.5840's test script compares it (`sort mr-out* | grep .`): every
+/// non-empty line of every file in `dir` whose name starts with `mr-out`, sorted.
+pub fn sorted_output_lines(dir: &Path) -> io::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("mr-out"))
+        {
+            let text = std::fs::read_to_string(&path)?;
+            lines.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+        }
+    }
+    lines.sort();
+    Ok(lines)
+}
+
 /// One map task.
 #[derive(Clone, Copy, Debug)]
 pub struct MapTask<'a> {

@@ -76,22 +76,7 @@ fn run_job(
 
 /// `sort mr-out* | grep .` as a list of lines.
 fn sorted_outputs(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with("mr-out")
-        {
-            let text = std::fs::read_to_string(&path).unwrap();
-            lines.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_owned));
-        }
-    }
-    lines.sort();
-    lines
+    flotilla_mr::task::sorted_output_lines(dir).unwrap()
 }
 
 fn sequential_lines(app: &dyn App, inputs: &[(String, PathBuf)]) -> Vec<String> {
