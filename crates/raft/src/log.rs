@@ -192,13 +192,18 @@ impl RaftLog {
     pub fn install_snapshot(&mut self, snapshot: Snapshot) {
         assert!(snapshot.index > self.snapshot.index);
         if self.term(snapshot.index) == Some(snapshot.term) {
+            // Storage keeps its entries after the snapshot by the same rule (see
+            // `durable`), so what was handed to it stays handed.
             let drop = (snapshot.index - self.snapshot.index) as usize;
             self.entries.drain(..drop);
+            self.unstable_from = self.unstable_from.max(snapshot.index + 1);
         } else {
+            // Storage discards its whole log too: every entry appended from here on is new
+            // to it, however long the log it held before.
             self.entries.clear();
+            self.unstable_from = snapshot.index + 1;
         }
         self.committed = self.committed.max(snapshot.index);
-        self.unstable_from = self.unstable_from.max(snapshot.index + 1);
         self.snapshot = snapshot;
         self.snapshot_unpersisted = true;
         self.check_invariants();
