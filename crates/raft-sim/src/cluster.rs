@@ -678,7 +678,10 @@ async fn run_server(
                 let mut input = Some(input);
                 while let Some(x) = input.take().or_else(|| inbox.try_recv()) {
                     if let Input::Message(m) = x {
-                        n.step(m);
+                        // Every peer here is correct: a refused message is a bug in the core.
+                        if let Err(e) = n.step(m) {
+                            panic!("server {i} refused a message from a correct peer: {e}");
+                        }
                     }
                 }
             }

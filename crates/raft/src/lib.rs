@@ -28,10 +28,12 @@ mod raft;
 pub mod rawnode;
 mod rng;
 pub mod types;
+pub mod validate;
 
 pub use durable::{DurableState, Persist};
 pub use rawnode::{CompactError, NotLeader, RawNode, Ready, Status};
 pub use types::*;
+pub use validate::StepError;
 
 /// Static configuration of one node. Times are in ticks; the driver decides how long a tick
 /// is (Flotilla's drivers tick every 10 ms, giving 100 ms heartbeats and 300–600 ms election

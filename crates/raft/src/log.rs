@@ -122,6 +122,7 @@ impl RaftLog {
             match self.term(entry.index) {
                 Some(term) if term == entry.term => continue,
                 Some(_) => {
+                    // Refused before the message got here (`Raft::check_against_state`).
                     assert!(
                         entry.index > self.committed,
                         "conflict at committed index {} (committed {})",
@@ -132,7 +133,9 @@ impl RaftLog {
                     self.entries.push(entry);
                 }
                 None => {
-                    debug_assert_eq!(entry.index, self.last_index() + 1);
+                    // Entries are consecutive from a matching `prev_log_index`
+                    // (`validate::check_message`), so the first missing one is the next.
+                    assert_eq!(entry.index, self.last_index() + 1, "gap in merged entries");
                     self.entries.push(entry);
                 }
             }

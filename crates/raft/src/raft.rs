@@ -9,6 +9,7 @@ use crate::log::RaftLog;
 use crate::progress::{Progress, ProgressState};
 use crate::rng::SplitMix64;
 use crate::types::*;
+use crate::validate::{check_message, StepError};
 use crate::Config;
 
 pub(crate) struct Raft {
@@ -284,10 +285,9 @@ impl Raft {
         }
     }
 
-    pub fn step(&mut self, m: Message) {
-        if m.to != self.id || !self.peers.contains(&m.from) || m.from == self.id {
-            return; // not for us, or from outside the group: ignore
-        }
+    pub fn step(&mut self, m: Message) -> Result<(), StepError> {
+        check_message(&m, self.id, &self.peers)?;
+        self.check_against_state(&m)?;
         if m.term > self.term {
             let asks_for_vote = matches!(
                 m.body,
@@ -296,7 +296,7 @@ impl Raft {
             if asks_for_vote && self.in_lease() {
                 // Our leader is alive: whoever asks has just lost touch with it. Ignoring
                 // the request keeps a partitioned server from unseating a working leader.
-                return;
+                return Ok(());
             }
             match m.body {
                 // A pre-vote changes nothing in the receiver; a granted pre-vote carries the
@@ -342,7 +342,7 @@ impl Raft {
                 }
                 _ => {}
             }
-            return;
+            return Ok(());
         }
         if let MessageBody::PreVote {
             last_log_index,
@@ -350,7 +350,7 @@ impl Raft {
         } = m.body
         {
             self.handle_pre_vote(m.from, m.term, last_log_index, last_log_term);
-            return;
+            return Ok(());
         }
         if let MessageBody::RequestVote {
             last_log_index,
@@ -358,12 +358,64 @@ impl Raft {
         } = m.body
         {
             self.handle_request_vote(m.from, last_log_index, last_log_term);
-            return;
+            return Ok(());
         }
         match self.role {
             Role::Follower => self.step_follower(m),
             Role::PreCandidate | Role::Candidate => self.step_candidate(m),
             Role::Leader => self.step_leader(m),
+        }
+        Ok(())
+    }
+
+    /// The checks of a message against this node's state, made before anything changes (see
+    /// [`crate::validate`]).
+    fn check_against_state(&self, m: &Message) -> Result<(), StepError> {
+        if m.term < self.term {
+            return Ok(()); // stale: answered with our term, never acted upon
+        }
+        match &m.body {
+            MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. }
+                if m.term == self.term && self.role == Role::Leader =>
+            {
+                Err(StepError::TwoLeaders {
+                    term: self.term,
+                    other: m.from,
+                })
+            }
+            MessageBody::AppendEntries { entries, .. } => {
+                let committed = self.log.committed;
+                let conflict = entries
+                    .iter()
+                    .take_while(|e| e.index <= committed)
+                    .find(|e| self.log.term(e.index).is_some_and(|t| t != e.term));
+                match conflict {
+                    Some(e) => Err(StepError::ConflictsWithCommitted {
+                        from: m.from,
+                        index: e.index,
+                        committed,
+                    }),
+                    None => Ok(()),
+                }
+            }
+            MessageBody::AppendEntriesResponse(outcome)
+                if m.term == self.term && self.role == Role::Leader =>
+            {
+                let index = match outcome {
+                    AppendOutcome::Accepted { match_index } => *match_index,
+                    AppendOutcome::Rejected { prev_log_index, .. } => *prev_log_index,
+                };
+                let last = self.log.last_index();
+                if index > last {
+                    return Err(StepError::BeyondLog {
+                        from: m.from,
+                        index,
+                        last,
+                    });
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -473,13 +525,7 @@ impl Raft {
                 self.handle_append_response(m.from, outcome);
             }
             MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
-                // Another leader in our own term cannot exist in a correct group; drop the
-                // message rather than trust it (the simulator's checker flags the cause).
-                debug_assert!(
-                    false,
-                    "two leaders in term {}: {} and {}",
-                    self.term, self.id, m.from
-                );
+                unreachable!("refused by check_against_state: two leaders in one term")
             }
             _ => {
                 self.progress_mut(m.from).recent_active = true;
@@ -556,7 +602,7 @@ impl Raft {
         match outcome {
             AppendOutcome::Accepted { match_index } => {
                 let pr = self.progress_mut(from);
-                let advanced = pr.acknowledge(match_index.min(last_index));
+                let advanced = pr.acknowledge(match_index);
                 if advanced && self.maybe_commit() {
                     // Tell everyone about the new commit index without waiting a heartbeat.
                     for peer in self.other_peers() {

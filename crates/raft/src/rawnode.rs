@@ -21,6 +21,7 @@ use crate::durable::{DurableState, Persist};
 use crate::log::RaftLog;
 use crate::raft::Raft;
 use crate::types::*;
+use crate::validate::StepError;
 use crate::Config;
 
 /// The proposal was not accepted because this node is not the leader. `hint` names the leader
@@ -137,10 +138,11 @@ impl RawNode {
         self.raft.tick();
     }
 
-    /// Feeds a message from another node. Messages not addressed to this node, or from a node
-    /// outside the group, are ignored.
-    pub fn step(&mut self, message: Message) {
-        self.raft.step(message);
+    /// Feeds a message from another node. A message that is malformed, not addressed to this
+    /// node, from outside the group, or impossible in a correct group (see
+    /// [`crate::validate`]) is refused with a [`StepError`] and changes nothing.
+    pub fn step(&mut self, message: Message) -> Result<(), StepError> {
+        self.raft.step(message)
     }
 
     /// Proposes a command. On a leader, returns the index and term it will have if it commits

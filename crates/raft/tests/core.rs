@@ -49,7 +49,7 @@ impl Group {
             for m in std::mem::take(&mut self.in_flight) {
                 if !drop(&m) {
                     let to = m.to as usize;
-                    self.nodes[to].step(m);
+                    self.nodes[to].step(m).expect("a valid message");
                 }
             }
             self.flush();
@@ -147,15 +147,17 @@ fn earlier_term_entry_is_not_committed_by_counting() {
 #[test]
 fn vote_is_persisted_in_the_ready_that_sends_it() {
     let mut voter = RawNode::new(Config::new(1, vec![0, 1, 2]), DurableState::default());
-    voter.step(Message {
-        from: 0,
-        to: 1,
-        term: 5,
-        body: MessageBody::RequestVote {
-            last_log_index: 0,
-            last_log_term: 0,
-        },
-    });
+    voter
+        .step(Message {
+            from: 0,
+            to: 1,
+            term: 5,
+            body: MessageBody::RequestVote {
+                last_log_index: 0,
+                last_log_term: 0,
+            },
+        })
+        .expect("a valid message");
     let rd = voter.ready();
     assert_eq!(
         rd.persist.hard_state,
@@ -190,7 +192,7 @@ fn conflicting_follower_is_repaired_in_few_round_trips() {
                 appends += 1;
             }
             let to = m.to as usize;
-            g.nodes[to].step(m);
+            g.nodes[to].step(m).expect("a valid message");
         }
         g.flush();
     }
@@ -225,7 +227,7 @@ fn install_snapshot_replaces_a_lagging_log() {
     while !g.in_flight.is_empty() {
         for m in std::mem::take(&mut g.in_flight) {
             let to = m.to as usize;
-            g.nodes[to].step(m);
+            g.nodes[to].step(m).expect("a valid message");
         }
         for (i, node) in g.nodes.iter_mut().enumerate() {
             while node.has_ready() {

@@ -10,8 +10,7 @@
 //! - a granted vote ⇒ the durable hard state records that vote in that term.
 
 use flotilla_raft::{
-    AppendOutcome, Config, DurableState, Entry, HardState, Message, MessageBody, RawNode,
-    Snapshot,
+    AppendOutcome, Config, DurableState, Entry, HardState, Message, MessageBody, RawNode, Snapshot,
 };
 
 /// A node under test, the durable state its storage would hold, and what it sent.
@@ -116,29 +115,33 @@ fn entries_after_a_conflicting_snapshot_are_persisted_before_they_are_acknowledg
         entries: (1..=10).map(|i| entry(i, 1)).collect(),
     };
     let mut f = Harness::new(1, vec![0, 1, 2], durable);
-    f.node.step(message(
-        0,
-        1,
-        2,
-        MessageBody::InstallSnapshot {
-            snapshot: Snapshot {
-                index: 5,
-                term: 2,
-                data: b"state@5".to_vec(),
+    f.node
+        .step(message(
+            0,
+            1,
+            2,
+            MessageBody::InstallSnapshot {
+                snapshot: Snapshot {
+                    index: 5,
+                    term: 2,
+                    data: b"state@5".to_vec(),
+                },
             },
-        },
-    ));
-    f.node.step(message(
-        0,
-        1,
-        2,
-        MessageBody::AppendEntries {
-            prev_log_index: 3,
-            prev_log_term: 1,
-            entries: (4..=8).map(|i| entry(i, 2)).collect(),
-            leader_commit: 5,
-        },
-    ));
+        ))
+        .expect("a valid message");
+    f.node
+        .step(message(
+            0,
+            1,
+            2,
+            MessageBody::AppendEntries {
+                prev_log_index: 3,
+                prev_log_term: 1,
+                entries: (4..=8).map(|i| entry(i, 2)).collect(),
+                leader_commit: 5,
+            },
+        ))
+        .expect("a valid message");
     f.ready();
     assert_eq!(f.durable.snapshot.index, 5);
     assert_eq!(
@@ -289,7 +292,9 @@ fn a_follower_never_acknowledges_what_its_storage_lacks() {
                 _ => term,
             };
             let m = history.message(&mut g, from_term);
-            f.node.step(m);
+            f.node
+                .step(m)
+                .unwrap_or_else(|e| panic!("seed {seed}: a legal message refused: {e}"));
             if g.chance(40) {
                 f.ready_checked(&history, seed);
             }
