@@ -212,7 +212,7 @@ impl History {
     fn message(&self, g: &mut Gen, term: u64) -> Message {
         let log = &self.logs[term as usize];
         let committed = self.committed[term as usize];
-        let leader = if term % 2 == 0 { 0 } else { 2 };
+        let leader = if term & 1 == 0 { 0 } else { 2 };
         let body = match g.range(0, 9) {
             0..=5 => {
                 let prev = g.range(0, log.len() as u64);
