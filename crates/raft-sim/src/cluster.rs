@@ -54,6 +54,14 @@ pub struct ClusterConfig {
     pub tick: Duration,
     /// Time a disk sync takes, drawn uniformly from this range.
     pub sync_latency: (Duration, Duration),
+    /// When set, a server that wakes for a message first waits a time drawn from this range,
+    /// then steps everything that arrived meanwhile before it takes its next `Ready` — a
+    /// driver that batches its inputs, as TiKV's raftstore polls each mailbox in rounds. More
+    /// messages land between two `Ready`s than slow syncs alone produce.
+    pub receive_batching: Option<(Duration, Duration)>,
+    /// The Raft settings every server starts with (its `id`, `peers` and `seed` are set per
+    /// server): timing, pre-vote, check-quorum, message limits.
+    pub raft: Config,
     /// Print begin/end lines like the Go tester.
     pub verbose: bool,
     /// Narrate role changes, crashes and restarts as they happen (for the demo).
@@ -68,6 +76,8 @@ impl ClusterConfig {
             snapshot_interval: snapshots.then_some(SNAPSHOT_INTERVAL),
             tick: Duration::from_millis(10),
             sync_latency: (Duration::from_micros(50), Duration::from_micros(500)),
+            receive_batching: None,
+            raft: Config::new(0, vec![0]),
             verbose: false,
             narrate: false,
         }
@@ -193,6 +203,7 @@ impl Cluster {
             .durable()
             .durable_state()
             .clone();
+        self.inner.invariants.borrow_mut().on_restart(i, &durable);
         // The tester ingests the persisted snapshot itself, like a restarting service.
         let mut record = Record::default();
         if durable.snapshot.index > 0 {
@@ -207,7 +218,9 @@ impl Cluster {
         }
         self.inner.records.borrow_mut()[i] = record;
         let n = self.n() as u64;
-        let mut config = Config::new(i as u64, (0..n).collect());
+        let mut config = self.inner.cfg.raft.clone();
+        config.id = i as u64;
+        config.peers = (0..n).collect();
         config.seed = with_rng(|r| r.next_u64());
         let node = Rc::new(RefCell::new(RawNode::new(config, durable)));
         let (tx, rx) = channel();
@@ -565,7 +578,12 @@ impl Cluster {
                     return;
                 }
                 let rd = node.ready();
-                self.inner.invariants.borrow_mut().on_ready(i, &node, &rd);
+                self.inner.invariants.borrow_mut().on_ready(
+                    i,
+                    &node,
+                    &rd,
+                    self.inner.disks[i].borrow().durable().durable_state(),
+                );
                 if let Some(soft) = rd.soft_state {
                     match soft.role {
                         Role::Leader => {
@@ -585,14 +603,21 @@ impl Cluster {
                 disk.borrow_mut().write(move |storage: &mut MemStorage| {
                     storage.persist(&batch).expect("memory storage cannot fail");
                 });
-                let (lo, hi) = self.inner.cfg.sync_latency;
-                let latency = lo
-                    + Duration::from_nanos(with_rng(|r| r.below((hi - lo).as_nanos() as u64 + 1)));
-                sleep(latency).await;
+                sleep(draw(self.inner.cfg.sync_latency)).await;
                 // If the server crashed during the sleep, this task was aborted: the write is lost.
                 disk.borrow_mut().sync();
+                self.inner
+                    .invariants
+                    .borrow_mut()
+                    .on_sync(i, disk.borrow().durable().durable_state());
             }
             for m in rd.messages {
+                self.inner.invariants.borrow_mut().on_send(
+                    i,
+                    &node.borrow(),
+                    &m,
+                    self.inner.disks[i].borrow().durable().durable_state(),
+                );
                 let to = m.to as usize;
                 self.inner.net.send(i, to, Wire(m));
             }
@@ -600,6 +625,25 @@ impl Cluster {
                 self.ingest_snapshot(i, snapshot.index, &snapshot.data);
             }
             for entry in rd.committed_entries {
+                let holders = || {
+                    self.inner
+                        .disks
+                        .iter()
+                        .filter(|d| {
+                            d.borrow()
+                                .durable()
+                                .durable_state()
+                                .covers(entry.index, entry.term)
+                        })
+                        .count()
+                };
+                self.inner.invariants.borrow_mut().on_apply(
+                    i,
+                    entry.index,
+                    entry.term,
+                    holders,
+                    self.n(),
+                );
                 self.apply(i, node, entry.index, entry.data);
             }
             node.borrow_mut().advance();
@@ -674,6 +718,9 @@ async fn run_server(
         let wait = next_tick.saturating_sub(now());
         match timeout(wait, inbox.recv()).await {
             Ok(Some(input)) => {
+                if let Some(window) = cluster.inner.cfg.receive_batching {
+                    sleep(draw(window)).await;
+                }
                 let mut n = node.borrow_mut();
                 let mut input = Some(input);
                 while let Some(x) = input.take().or_else(|| inbox.try_recv()) {
@@ -693,6 +740,11 @@ async fn run_server(
         }
         cluster.handle_ready(i, &node).await;
     }
+}
+
+/// A duration drawn uniformly from `[lo, hi]` with the simulation's RNG.
+fn draw((lo, hi): (Duration, Duration)) -> Duration {
+    lo + Duration::from_nanos(with_rng(|r| r.below((hi - lo).as_nanos() as u64 + 1)))
 }
 
 /// A command as the tests print it: integers for 8-byte commands, else a length.

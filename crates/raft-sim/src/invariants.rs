@@ -1,11 +1,33 @@
-//! Raft's safety properties, checked on every `Ready` of every server.
+//! Raft's safety properties, checked as events happen on every server of a simulated group.
 //!
-//! - **Election safety**: at most one leader per term.
+//! The harness ([`crate::cluster`]) calls in at five moments — a `Ready` is taken, a message is
+//! sent, a write is synced, a server restarts, an entry is applied — and each check compares
+//! what a server *says* with what its disk *holds*. A disk's "synced state" is what the server
+//! would find after a crash at that instant.
+//!
+//! - **Election safety**, observed twice: at most one server becomes leader per term (from the
+//!   role changes in `Ready`s), and every `AppendEntries` or `InstallSnapshot` of a term comes
+//!   from one server (per message, so a leader that never reports its role is still caught).
+//! - **Leader append-only**: while a server leads, what it persists only extends its synced
+//!   log, with entries of its own term.
 //! - **Log matching**: if two logs hold an entry with the same index and term, the logs are
 //!   identical up to it. Checked incrementally: the first time any server persists the entry
 //!   (index, term), its command and the term of its predecessor are recorded; every later
 //!   persist of (index, term) anywhere must agree. By induction on the index this is log
 //!   matching.
+//! - **Acknowledgements are backed by the disk**: when a server sends
+//!   `Accepted { match_index }` or grants a vote, its synced state already holds that index
+//!   (with the term its log has there) or that vote. A message made in a term older than the
+//!   synced one is exempt: the server moved to a newer term within the same `Ready`, and what
+//!   it said was true when it said it (a later leader may rightly have replaced the entries, and
+//!   an old term's vote can no longer be used).
+//! - **One vote per term, terms never go back**: per server, across restarts, the synced term
+//!   never decreases and the synced vote of a term never changes; no server grants votes to two
+//!   candidates in one term (per message); a restarted server recovers at least the term and
+//!   vote it had synced.
+//! - **Committed ⇒ durable on a majority**: when an index is first applied anywhere, a
+//!   majority of servers' synced state holds that index with that term, or a snapshot
+//!   covering it.
 //! - **Leader completeness**: an entry committed in term T is in the log of every leader of a
 //!   later term (unless that leader's snapshot covers it). The checker does not see commit
 //!   terms, so it bounds them: when an entry is first applied anywhere, the leader that
@@ -19,11 +41,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use flotilla_raft::{RawNode, Ready, Role};
+use flotilla_raft::{AppendOutcome, DurableState, Message, MessageBody, RawNode, Ready, Role};
 
 #[derive(Default)]
 pub struct Invariants {
+    /// term → the server that became leader in it (from role changes).
     leaders: BTreeMap<u64, usize>,
+    /// term → the server that sent `AppendEntries`/`InstallSnapshot` in it.
+    senders_as_leader: HashMap<u64, usize>,
+    /// (server, term) → the candidate it granted its vote to.
+    votes_granted: HashMap<(usize, u64), u64>,
+    /// Per server: the highest synced term, and (term → vote) as synced.
+    synced_terms: HashMap<usize, u64>,
+    synced_votes: HashMap<(usize, u64), u64>,
     /// (index, term) → (hash of the command, term of the previous entry if known).
     entries: HashMap<(u64, u64), (u64, Option<u64>)>,
     /// index → (term of the entry applied there, upper bound of the term it was committed in).
@@ -38,8 +68,9 @@ fn hash(data: &[u8]) -> u64 {
 }
 
 impl Invariants {
-    /// Called with the node right after it produced `rd`.
-    pub fn on_ready(&mut self, server: usize, node: &RawNode, rd: &Ready) {
+    /// Called with the node right after it produced `rd`, before `rd.persist` is written;
+    /// `synced` is the server's synced state at that moment.
+    pub fn on_ready(&mut self, server: usize, node: &RawNode, rd: &Ready, synced: &DurableState) {
         self.checks += 1;
         if let Some(soft) = rd.soft_state {
             if soft.role == Role::Leader {
@@ -50,8 +81,35 @@ impl Invariants {
                         soft.term
                     );
                 }
+                if let Some(&other) = self.senders_as_leader.get(&soft.term) {
+                    assert_eq!(
+                        other, server,
+                        "election safety: {server} leads term {}, in which {other} sent appends",
+                        soft.term
+                    );
+                }
                 self.leaders.insert(soft.term, server);
                 self.check_leader_completeness(server, node, soft.term);
+            }
+        }
+        let status = node.status();
+        if status.soft.role == Role::Leader {
+            if let Some(first) = rd.persist.entries.first() {
+                let synced_last = synced.last_index();
+                assert!(
+                    first.index > synced_last,
+                    "leader append-only: leader {server} of term {} rewrites its synced log from \
+                     index {} (synced through {synced_last})",
+                    status.hard.term,
+                    first.index
+                );
+                for e in &rd.persist.entries {
+                    assert_eq!(
+                        e.term, status.hard.term,
+                        "leader append-only: leader {server} of term {} persists entry {} of term {}",
+                        status.hard.term, e.index, e.term
+                    );
+                }
             }
         }
         for entry in &rd.persist.entries {
@@ -80,19 +138,152 @@ impl Invariants {
                 }
             }
         }
-        for entry in &rd.committed_entries {
-            if let Some(&(term, _)) = self.applied.get(&entry.index) {
+    }
+
+    /// Called just before `m` leaves `server`, with the server's node and synced state.
+    pub fn on_send(&mut self, server: usize, node: &RawNode, m: &Message, synced: &DurableState) {
+        self.checks += 1;
+        let synced_term = synced.hard_state.term;
+        match &m.body {
+            MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
+                let sender = *self.senders_as_leader.entry(m.term).or_insert(server);
                 assert_eq!(
-                    term, entry.term,
-                    "state machine safety: server {server} applies index {} from term {}, others from term {term}",
-                    entry.index, entry.term
+                    sender, server,
+                    "election safety: {server} and {sender} both send appends in term {}",
+                    m.term
                 );
-            } else {
-                let commit_term_bound = self.leaders.keys().next_back().copied().unwrap_or(0);
-                self.applied
-                    .insert(entry.index, (entry.term, commit_term_bound));
+                if let Some(&leader) = self.leaders.get(&m.term) {
+                    assert_eq!(
+                        leader, server,
+                        "election safety: {server} sends appends in term {}, which {leader} leads",
+                        m.term
+                    );
+                }
             }
+            MessageBody::AppendEntriesResponse(AppendOutcome::Accepted { match_index }) => {
+                assert!(
+                    m.term <= synced_term,
+                    "acks backed by disk: server {server} acknowledges in term {} but has synced \
+                     only term {synced_term}",
+                    m.term
+                );
+                if m.term == synced_term {
+                    let index = *match_index;
+                    let backed = index <= synced.snapshot.index
+                        || (synced.term_at(index).is_some()
+                            && synced.term_at(index) == node.term_at(index));
+                    assert!(
+                        backed,
+                        "acks backed by disk: server {server} acknowledges index {index} in term \
+                         {} but its disk holds {:?} there (synced through {}, snapshot {}; its \
+                         log says {:?})",
+                        m.term,
+                        synced.term_at(index),
+                        synced.last_index(),
+                        synced.snapshot.index,
+                        node.term_at(index)
+                    );
+                }
+            }
+            MessageBody::RequestVoteResponse { granted: true } => {
+                assert!(
+                    m.term <= synced_term,
+                    "votes backed by disk: server {server} votes in term {} but has synced only \
+                     term {synced_term}",
+                    m.term
+                );
+                if m.term == synced_term {
+                    assert_eq!(
+                        synced.hard_state.vote,
+                        Some(m.to),
+                        "votes backed by disk: server {server} votes for {} in term {} but its \
+                         disk records {:?}",
+                        m.to,
+                        m.term,
+                        synced.hard_state.vote
+                    );
+                }
+                let vote = *self.votes_granted.entry((server, m.term)).or_insert(m.to);
+                assert_eq!(
+                    vote, m.to,
+                    "one vote per term: server {server} votes for {vote} and {} in term {}",
+                    m.to, m.term
+                );
+            }
+            _ => {}
         }
+    }
+
+    /// Called after a write of `server` was synced, with the synced state.
+    pub fn on_sync(&mut self, server: usize, synced: &DurableState) {
+        self.checks += 1;
+        let hs = synced.hard_state;
+        let highest = self.synced_terms.entry(server).or_insert(0);
+        assert!(
+            hs.term >= *highest,
+            "durable term decreased: server {server} synced term {} after term {highest}",
+            hs.term
+        );
+        *highest = hs.term;
+        if let Some(vote) = hs.vote {
+            let recorded = *self.synced_votes.entry((server, hs.term)).or_insert(vote);
+            assert_eq!(
+                recorded, vote,
+                "one vote per term: server {server} synced votes for {recorded} and {vote} in term {}",
+                hs.term
+            );
+        }
+    }
+
+    /// Called when `server` restarts from `recovered`.
+    pub fn on_restart(&mut self, server: usize, recovered: &DurableState) {
+        self.checks += 1;
+        let hs = recovered.hard_state;
+        let highest = self.synced_terms.get(&server).copied().unwrap_or(0);
+        assert!(
+            hs.term >= highest,
+            "durable term decreased: server {server} restarts in term {} after syncing term \
+             {highest}",
+            hs.term
+        );
+        if let Some(&vote) = self.synced_votes.get(&(server, hs.term)) {
+            assert_eq!(
+                hs.vote,
+                Some(vote),
+                "one vote per term: server {server} restarts in term {} without its vote for {vote}",
+                hs.term
+            );
+        }
+        self.on_sync(server, recovered);
+    }
+
+    /// Called when `server` applies entry (`index`, `term`); `holders` counts the servers
+    /// whose synced state covers that entry, out of `servers`.
+    pub fn on_apply(
+        &mut self,
+        server: usize,
+        index: u64,
+        term: u64,
+        holders: impl FnOnce() -> usize,
+        servers: usize,
+    ) {
+        self.checks += 1;
+        if let Some(&(applied_term, _)) = self.applied.get(&index) {
+            assert_eq!(
+                applied_term, term,
+                "state machine safety: server {server} applies index {index} from term {term}, \
+                 others from term {applied_term}"
+            );
+            return;
+        }
+        let holders = holders();
+        assert!(
+            holders > servers / 2,
+            "committed but not durable on a majority: index {index} (term {term}) is applied by \
+             server {server} while only {holders} of {servers} disks hold it"
+        );
+        let commit_term_bound = self.leaders.keys().next_back().copied().unwrap_or(0);
+        self.applied.insert(index, (term, commit_term_bound));
     }
 
     fn check_leader_completeness(&self, server: usize, node: &RawNode, term: u64) {

@@ -44,13 +44,13 @@ pub fn run_seed(seed: u64) -> Result<SeedReport, String> {
     let out = report.clone();
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut plan = flotilla_sim::Rng::new(seed ^ 0x5EED_5EED);
-        let servers = if plan.chance(0.5) { 3 } else { 5 };
-        let mut cfg = ClusterConfig::new(servers, true, false);
-        cfg.snapshot_interval = plan.chance(0.6).then(|| plan.range(3, 40));
-        let latency_ms = plan.below(6);
+        let setup = Setup::draw(&mut plan);
+        let cfg = setup.cluster_config();
         let (_, virtual_time) = crate::run_cluster(seed, cfg, move |c| async move {
             c.net()
-                .set_latency(Duration::ZERO, Duration::from_millis(latency_ms));
+                .set_latency(Duration::ZERO, Duration::from_millis(setup.latency_ms));
+            c.net()
+                .set_duplication(setup.duplicate_per_mille, setup.duplicate_max_lag);
             let faults = chaos(&c).await;
             let committed = heal_and_check_liveness(&c).await;
             let mut r = out.borrow_mut();
@@ -65,6 +65,82 @@ pub fn run_seed(seed: u64) -> Result<SeedReport, String> {
     match result {
         Ok(()) => Ok(report.borrow().clone()),
         Err(panic) => Err(crate::panic_message(&*panic)),
+    }
+}
+
+/// What a seed fixes before the run: the group, its Raft settings, its disks and network.
+#[derive(Clone, Copy, Debug)]
+pub struct Setup {
+    pub servers: usize,
+    pub snapshot_interval: Option<u64>,
+    pub latency_ms: u64,
+    /// Range of one disk sync. Slow syncs (up to 50 ms) let several messages reach a server
+    /// between two of its `Ready`s, the schedules that batching bugs need.
+    pub sync_latency: (Duration, Duration),
+    pub duplicate_per_mille: u64,
+    /// How late a duplicate may arrive after the original.
+    pub duplicate_max_lag: Duration,
+    pub receive_batching: Option<(Duration, Duration)>,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+}
+
+impl Setup {
+    /// Draws a setup from the seed's plan generator.
+    pub fn draw(plan: &mut flotilla_sim::Rng) -> Setup {
+        let servers = if plan.chance(0.5) { 3 } else { 5 };
+        let snapshot_interval = plan.chance(0.6).then(|| plan.range(3, 40));
+        // Jitter reorders messages on a link: an append sent just before a snapshot can
+        // arrive just after it.
+        let latency_ms = match plan.below(10) {
+            0..=3 => plan.below(3),
+            4..=6 => plan.range(3, 10),
+            _ => plan.range(10, 50),
+        };
+        let us = Duration::from_micros;
+        let sync_latency = match plan.below(4) {
+            0 | 1 => (us(50), us(500)),
+            2 => (us(1_000), us(50_000)),
+            _ => (us(0), us(20_000)),
+        };
+        let duplicate_per_mille = if plan.chance(0.4) {
+            0
+        } else {
+            plan.range(10, 300)
+        };
+        let duplicate_max_lag = Duration::from_millis(plan.range(1, 300));
+        let receive_batching = plan
+            .chance(0.5)
+            .then(|| (Duration::ZERO, Duration::from_millis(plan.range(1, 50))));
+        let election_ticks = plan.range(10, 50) as u32;
+        let heartbeat_ticks = plan.range(1, election_ticks as u64 / 3) as u32;
+        Setup {
+            servers,
+            snapshot_interval,
+            latency_ms,
+            sync_latency,
+            duplicate_per_mille,
+            duplicate_max_lag,
+            receive_batching,
+            pre_vote: plan.chance(0.7),
+            check_quorum: plan.chance(0.7),
+            election_ticks,
+            heartbeat_ticks,
+        }
+    }
+
+    fn cluster_config(&self) -> ClusterConfig {
+        let mut cfg = ClusterConfig::new(self.servers, true, false);
+        cfg.snapshot_interval = self.snapshot_interval;
+        cfg.sync_latency = self.sync_latency;
+        cfg.receive_batching = self.receive_batching;
+        cfg.raft.pre_vote = self.pre_vote;
+        cfg.raft.check_quorum = self.check_quorum;
+        cfg.raft.election_ticks = self.election_ticks;
+        cfg.raft.heartbeat_ticks = self.heartbeat_ticks;
+        cfg
     }
 }
 
@@ -107,9 +183,12 @@ async fn chaos(c: &Cluster) -> u64 {
         match with_rng(|r| r.below(100)) {
             0..=7 => c.crash(target),
             8..=14 => {
-                // Figure 8's move: the leader takes a command and dies at once.
+                // Figure 8's move: the leader takes commands and dies at once, leaving a
+                // tail that the next leader overwrites.
                 if let Some((leader, _)) = c.current_leader() {
-                    c.start_cmd(leader, &int_cmd(with_rng(|r| r.next_u64())));
+                    for _ in 0..with_rng(|r| r.range(1, 30)) {
+                        c.start_cmd(leader, &int_cmd(with_rng(|r| r.next_u64())));
+                    }
                     sleep(Duration::from_millis(with_rng(|r| r.below(3)))).await;
                     c.crash(leader);
                 }

@@ -53,6 +53,24 @@ impl DurableState {
         self.entries.last().map_or(self.snapshot.index, |e| e.index)
     }
 
+    /// The term of the entry at `index`, if this state holds it (the snapshot's own index
+    /// counts; entries the snapshot replaced do not).
+    pub fn term_at(&self, index: Index) -> Option<crate::Term> {
+        if index == self.snapshot.index {
+            return Some(self.snapshot.term);
+        }
+        let first = self.snapshot.index + 1;
+        if index < first {
+            return None;
+        }
+        self.entries.get((index - first) as usize).map(|e| e.term)
+    }
+
+    /// Whether this state holds the entry (`index`, `term`) or a snapshot that covers it.
+    pub fn covers(&self, index: Index, term: crate::Term) -> bool {
+        index <= self.snapshot.index || self.term_at(index) == Some(term)
+    }
+
     /// Applies one batch by the rules in the module docs.
     ///
     /// Panics if the batch breaks the contract (a gap before its first entry, non-consecutive

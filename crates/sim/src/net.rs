@@ -14,6 +14,9 @@
 //! | RPC count: +1 per call; bytes: request size at call, reply size on delivery | same: requests count (and their bytes) when sent, responses' bytes when delivered |
 //! | per-server count: +1 per request dispatched; reset when the server restarts | same |
 //!
+//! Beyond labrpc, [`Network::set_duplication`] delivers a share of messages twice, each copy
+//! with its own fate (the Raft sweep uses it; labrpc's own scenarios never do).
+//!
 //! Delivery happens in a task of its own, never inside `send`, so a sender can hold its own
 //! state borrowed while sending. With zero delay, messages between a pair arrive in send
 //! order; delays reorder them, as they would on a real network.
@@ -56,6 +59,15 @@ pub enum Fate {
     Arrives(Duration),
     /// It is lost; a caller waiting for it learns so after this delay.
     Lost(Duration),
+}
+
+impl Fate {
+    fn map_delay(self, f: impl FnOnce(Duration) -> Duration) -> Fate {
+        match self {
+            Fate::Arrives(d) => Fate::Arrives(f(d)),
+            Fate::Lost(d) => Fate::Lost(f(d)),
+        }
+    }
 }
 
 impl Conditions {
@@ -128,6 +140,9 @@ struct Inner<M> {
     nodes: Vec<Option<Node<M>>>,
     next_incarnation: u64,
     conditions: Conditions,
+    /// Per mille of sent messages that travel twice (each copy with its own fate).
+    duplicate_per_mille: u64,
+    duplicate_max_lag: Duration,
     stats: NetStats,
 }
 
@@ -147,6 +162,7 @@ impl<M> Clone for Network<M> {
 const TRACE_SEND: u64 = 1 << 56;
 const TRACE_DROP: u64 = 2 << 56;
 const TRACE_DELIVER: u64 = 3 << 56;
+const TRACE_DUPLICATE: u64 = 4 << 56;
 
 impl<M: Payload> Network<M> {
     /// A reliable network with every link disabled and no node attached.
@@ -157,6 +173,8 @@ impl<M: Payload> Network<M> {
                 nodes: (0..n).map(|_| None).collect(),
                 next_incarnation: 1,
                 conditions: Conditions::default(),
+                duplicate_per_mille: 0,
+                duplicate_max_lag: Duration::ZERO,
                 stats: NetStats::default(),
             })),
         }
@@ -231,8 +249,37 @@ impl<M: Payload> Network<M> {
         self.inner.borrow().stats.clone()
     }
 
-    /// Sends `msg` from `from` to `to`; it arrives later, or never.
+    /// Duplicates `per_mille` of the messages sent from now on: beyond labrpc, which never
+    /// delivers a request twice, but what a real network with retransmitting proxies (or a
+    /// sender that retries) does. Each copy has its own fate, and the copy is held back a
+    /// further U[0, `max_lag`] — a retransmission that arrives long after the original and
+    /// after what was sent since. Counters count the copy as one more message.
+    pub fn set_duplication(&self, per_mille: u64, max_lag: Duration) {
+        let mut inner = self.inner.borrow_mut();
+        inner.duplicate_per_mille = per_mille.min(1000);
+        inner.duplicate_max_lag = max_lag;
+    }
+}
+
+impl<M: Payload + Clone> Network<M> {
+    /// Sends `msg` from `from` to `to`; it arrives later, or never (or, with duplication on,
+    /// twice).
     pub fn send(&self, from: usize, to: usize, msg: M) {
+        let (per_mille, max_lag) = {
+            let inner = self.inner.borrow();
+            (inner.duplicate_per_mille, inner.duplicate_max_lag)
+        };
+        if per_mille > 0 && with_rng(|rng| rng.below(1000) < per_mille) {
+            trace(TRACE_DUPLICATE | ((from as u64) << 40) | ((to as u64) << 32));
+            let lag = with_rng(|rng| rng.below(max_lag.as_nanos() as u64 + 1));
+            self.send_once(from, to, msg.clone(), Duration::from_nanos(lag));
+        }
+        self.send_once(from, to, msg, Duration::ZERO);
+    }
+}
+
+impl<M: Payload> Network<M> {
+    fn send_once(&self, from: usize, to: usize, msg: M, lag: Duration) {
         let size = msg.wire_size() as u64;
         let is_request = msg.is_request();
         let mut inner = self.inner.borrow_mut();
@@ -259,7 +306,7 @@ impl<M: Payload> Network<M> {
                 conditions.reply(rng)
             }
         });
-        let Fate::Arrives(delay) = fate else {
+        let Fate::Arrives(delay) = fate.map_delay(|d| d + lag) else {
             self.inner.borrow_mut().stats.dropped += 1;
             trace(TRACE_DROP | event);
             return;
@@ -314,6 +361,7 @@ mod tests {
     use super::*;
     use crate::{sync::channel, Runtime};
 
+    #[derive(Clone)]
     struct Msg(bool);
     impl Payload for Msg {
         fn wire_size(&self) -> usize {
@@ -371,6 +419,29 @@ mod tests {
                 got += 1;
             }
             assert!((8800..9200).contains(&got), "delivered {got} of 10000");
+        });
+    }
+
+    #[test]
+    fn duplication_delivers_some_messages_twice() {
+        let rt = Runtime::new(11);
+        rt.block_on(async {
+            let net = Network::<Msg>::new(2);
+            let (tx, mut rx) = channel();
+            net.attach(1, move |from, m| {
+                let _ = tx.send((from, m));
+            });
+            net.set_link(0, 1, true);
+            net.set_duplication(100, Duration::from_millis(50));
+            for _ in 0..10_000 {
+                net.send(0, 1, Msg(true));
+            }
+            crate::sleep(Duration::from_millis(50)).await;
+            let mut got = 0;
+            while rx.try_recv().is_some() {
+                got += 1;
+            }
+            assert!((10_800..11_200).contains(&got), "delivered {got} of 10000");
         });
     }
 
