@@ -40,6 +40,15 @@
 //! be linearized on either side of it. This is porcupine's rule; it errs on the side of
 //! accepting a history when a clock is too coarse to tell two events apart.
 //!
+//! The price is on the recorder: when an operation returned before another was called, the
+//! call must get the larger time, or the order is lost and the checker accepts what it should
+//! not (a client's read that misses the client's own write just before it, say). A clock that
+//! can read the same value for the two (a coarse one, or a simulator's virtual clock, which
+//! stands still while tasks run) needs its ties broken in the order the events happened;
+//! Flotilla's simulator harness (`flotilla_kv::sim`) stamps every event strictly after the
+//! one before for that reason. Ties must not be broken the other way either: two operations
+//! that overlapped must keep overlapping times.
+//!
 //! ## Operations that never returned
 //!
 //! An operation with `ret == None` (a clerk that was still waiting when the test ended) may
@@ -61,7 +70,8 @@ pub use explain::{BlockedOp, ExplainedOp, Explanation};
 /// effect at any time after `call`, or never.
 ///
 /// `call` and `ret` are instants on one clock shared by every client (any unit; the labs use
-/// nanoseconds). `output == None` means the answer was not observed — always so for an
+/// nanoseconds); an operation called after another returned must have a larger `call` than
+/// that one's `ret` (see [the tie rule](crate#real-time-order-and-its-tie-rule)). `output == None` means the answer was not observed — always so for an
 /// operation that never returned, and also usable for a call whose result is not recorded
 /// (the 2024 kvraft Append): the model then accepts any answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
