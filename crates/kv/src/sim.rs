@@ -203,17 +203,28 @@ impl KvSim {
     }
 
     /// The checker's verdict on the logged history (2024 or 2025 model, whichever the log
-    /// holds) within `budget` of wall time, and the history as records.
-    pub fn check(&self, budget: Duration) -> (lincheck::CheckResult, Vec<HistoryRecord>) {
+    /// holds) within `budget` of wall time.
+    pub fn check(&self, budget: Duration) -> lincheck::CheckResult {
         let history = &self.recorder.borrow().history;
-        if history.iter().all(|l| l.op.is_versioned()) {
+        if is_versioned_history(history) {
             let ops: Vec<_> = history.iter().map(Logged::versioned).collect();
-            let result = lincheck::check(&lincheck::models::VersionedKvModel, &ops, budget);
-            (result, ops.iter().map(HistoryRecord::from).collect())
+            lincheck::check(&lincheck::models::VersionedKvModel, &ops, budget)
         } else {
             let ops: Vec<_> = history.iter().map(Logged::plain).collect();
-            let result = lincheck::check(&lincheck::models::KvModel, &ops, budget);
-            (result, ops.iter().map(HistoryRecord::from).collect())
+            lincheck::check(&lincheck::models::KvModel, &ops, budget)
+        }
+    }
+
+    /// The logged history as the records of a history file, in the form [`KvSim::check`]
+    /// checks.
+    fn records(&self) -> Vec<HistoryRecord> {
+        let history = &self.recorder.borrow().history;
+        if is_versioned_history(history) {
+            let ops: Vec<_> = history.iter().map(Logged::versioned).collect();
+            ops.iter().map(HistoryRecord::from).collect()
+        } else {
+            let ops: Vec<_> = history.iter().map(Logged::plain).collect();
+            ops.iter().map(HistoryRecord::from).collect()
         }
     }
 
@@ -223,14 +234,14 @@ impl KvSim {
     /// verdict is not "linearizable", the history is written as JSON Lines to a temporary file
     /// (named in the message) for `flotilla check`.
     pub fn check_linearizable(&self, budget: Duration) {
-        let (result, records) = self.check(budget);
+        let result = self.check(budget);
         let save = || {
             let path = std::env::temp_dir().join(format!(
                 "flotilla-history-{:016x}.jsonl",
                 flotilla_sim::trace_hash().0
             ));
             match std::fs::File::create(&path)
-                .and_then(|f| write_history(std::io::BufWriter::new(f), &records))
+                .and_then(|f| write_history(std::io::BufWriter::new(f), &self.records()))
             {
                 Ok(()) => format!("history written to {}", path.display()),
                 Err(e) => format!("could not write the history to {}: {e}", path.display()),
@@ -240,7 +251,7 @@ impl KvSim {
             lincheck::CheckResult::Ok => {}
             lincheck::CheckResult::Unknown => println!(
                 "info: linearizability check timed out, assuming history is ok ({} operations; {})",
-                records.len(),
+                self.recorder.borrow().history.len(),
                 save()
             ),
             lincheck::CheckResult::Illegal(explanation) => {
@@ -248,6 +259,12 @@ impl KvSim {
             }
         }
     }
+}
+
+/// Whether `history` is of the 2025 API (a history of none but 2024 operations is checked
+/// against the 2024 model; an empty one either way).
+fn is_versioned_history(history: &[Logged]) -> bool {
+    history.iter().all(|logged| logged.op.is_versioned())
 }
 
 impl LoggedOp {

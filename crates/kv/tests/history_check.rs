@@ -5,10 +5,12 @@
 //! did overlap must stay concurrent in the record, so the same server is not blamed for what
 //! a correct one could have answered.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use flotilla_kv::sim::KvSim;
 use flotilla_kv::{KvError, KvServer, Reply, Request};
+use flotilla_lincheck::history::{check_records, read_history};
 use flotilla_lincheck::CheckResult;
 use flotilla_sim::{run_test, spawn};
 
@@ -24,7 +26,7 @@ fn forgets_writes(server: &mut KvServer, request: Request) -> Reply {
 
 /// The checker's explanation of `sim`'s history, which must be illegal.
 fn explanation_of_illegal(sim: &KvSim) -> String {
-    match sim.check(BUDGET).0 {
+    match sim.check(BUDGET) {
         CheckResult::Illegal(explanation) => explanation.to_string(),
         other => panic!(
             "the checker gave {other:?} for a history of a lost write: {:#?}",
@@ -50,6 +52,32 @@ fn a_clients_read_that_misses_its_own_earlier_put_is_not_linearizable() {
             history[0].ret < history[1].call,
             "the get was called after the put returned: {history:#?}"
         );
+    });
+}
+
+#[test]
+fn the_history_file_of_a_failed_check_is_rejected_by_flotilla_check_too() {
+    run_test("the_history_file_of_a_failed_check", || async {
+        let sim = KvSim::with_handler(true, forgets_writes);
+        let clerk = sim.clerk();
+        clerk.logged_put(1, "k", "v").await;
+        clerk.logged_get(1, "k").await;
+        let failure = catch_unwind(AssertUnwindSafe(|| sim.check_linearizable(BUDGET)))
+            .expect_err("check_linearizable must fail the test");
+        let message = failure
+            .downcast_ref::<String>()
+            .expect("a formatted panic message");
+        let path = message
+            .split("history written to ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_else(|| panic!("no history file named in: {message}"));
+        let file = std::fs::File::open(path).expect("the history file");
+        let records = read_history(std::io::BufReader::new(file)).expect("a readable history");
+        std::fs::remove_file(path).expect("removing the history file");
+        assert_eq!(records.len(), 2);
+        assert!(records[0].ret.expect("returned") < records[1].call);
+        assert!(check_records(&records, BUDGET).unwrap().is_illegal());
     });
 }
 
@@ -99,7 +127,7 @@ fn operations_that_overlapped_stay_concurrent_in_the_record() {
             put.await;
             assert_eq!(get.await, "");
         }
-        assert_eq!(sim.check(BUDGET).0, CheckResult::Ok);
+        assert_eq!(sim.check(BUDGET), CheckResult::Ok);
         // The rounds where the put returned first are the ones that a recorder stamping
         // calls late would have wrongly ordered; make sure there are some.
         let history = sim.history();
