@@ -1,6 +1,34 @@
 //! The KV service on the simulator: one server on a labrpc-style [`RpcNetwork`], clerks that
 //! retry until a reply arrives, and a recorder of every logged operation for the
 //! linearizability checker. This is the harness of the Lab 2 scenarios in `tests/`.
+//!
+//! ## The recorder's stamps
+//!
+//! A logged operation has a call stamp, taken when the clerk starts it (before its first
+//! request is sent), and a return stamp, taken when its answer arrives (before the clerk's
+//! caller carries on). The checker orders `a` before `b` only when `a.ret < b.call` and
+//! counts equal times as overlapping, while the simulator's virtual clock stands still as
+//! long as tasks run: a return and the call that follows it (the same client's next
+//! operation, or another client's call made on seeing the result) usually read the same
+//! nanosecond. Raw times would make them concurrent and let the checker accept, say, a
+//! client's `Get` that misses its own `Put` just before.
+//!
+//! So a stamp is not a raw time. It is the virtual time in picoseconds
+//! ([`STAMPS_PER_NANOSECOND`] per nanosecond), moved forward by the fewest picoseconds that
+//! put it strictly after the previous stamp of the same [`KvSim`]. The executor runs one task
+//! at a time, so the events of a run happen in one total order, and:
+//!
+//! - stamps strictly increase in that order, so an operation that returned before another
+//!   was called has `ret < call`: no order that happened is hidden;
+//! - `a.ret < b.call` only if `a` returned before `b` was called in the run; then `a` took
+//!   effect on the server (before its reply was sent) before `b` could (after its request was
+//!   sent): no order is invented that a correct server could break. Operations that did
+//!   overlap keep overlapping stamps;
+//! - a stamp divided by [`STAMPS_PER_NANOSECOND`] is the virtual time of the event in
+//!   nanoseconds, unless more than that many events fell within one nanosecond (then the
+//!   stamps run a little ahead of the clock, still in order).
+//!
+//! The history written for `flotilla check` carries these stamps as `call` and `return`.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -37,12 +65,18 @@ impl Payload for Reply {
     }
 }
 
-/// One completed clerk operation, as the tester logs it (times in virtual nanoseconds).
+/// Stamps per nanosecond of virtual time: a stamp is in virtual picoseconds (see the
+/// [module documentation](self)).
+pub const STAMPS_PER_NANOSECOND: u64 = 1000;
+
+/// One completed clerk operation, as the tester logs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Logged {
     pub client: i64,
     pub op: LoggedOp,
+    /// The call's stamp (see the [module documentation](self)).
     pub call: u64,
+    /// The return's stamp, after `call` and after every stamp taken before the return.
     pub ret: u64,
 }
 
@@ -75,18 +109,52 @@ pub enum LoggedOp {
     },
 }
 
-/// The server, its network and the history log.
+/// The server, its network and the recorder.
 #[derive(Clone)]
 pub struct KvSim {
     net: RpcNetwork<Request, Reply>,
     server: Rc<RefCell<KvServer>>,
-    history: Rc<RefCell<Vec<Logged>>>,
+    recorder: Rc<RefCell<Recorder>>,
+}
+
+/// The history log and the clock of its stamps.
+#[derive(Default)]
+struct Recorder {
+    history: Vec<Logged>,
+    /// The last stamp given, if any.
+    last: Option<u64>,
+}
+
+impl Recorder {
+    /// The stamp of an event happening now, at virtual time `nanos`: `nanos` counted in
+    /// stamps, or one more than the last stamp if that one is not already earlier.
+    fn stamp(&mut self, nanos: u64) -> u64 {
+        let at = nanos
+            .checked_mul(STAMPS_PER_NANOSECOND)
+            .expect("virtual time beyond what stamps can count (213 days)");
+        let stamp = match self.last {
+            None => at,
+            Some(last) => at.max(last.checked_add(1).expect("stamps ran out")),
+        };
+        self.last = Some(stamp);
+        stamp
+    }
 }
 
 impl KvSim {
     /// Starts the server (on a reliable network, then sets `reliable`). Every message takes
     /// 50–200 µs, so time moves even on a reliable network and busy clients interleave.
     pub fn new(reliable: bool) -> Self {
+        KvSim::with_handler(reliable, KvServer::handle)
+    }
+
+    /// Like [`KvSim::new`], but every request reaching the server goes through `handler`,
+    /// which is given the server: a test can make a server misbehave on purpose (forget a
+    /// write, answer stale values) to see that the recorder and the checker catch it.
+    pub fn with_handler(
+        reliable: bool,
+        handler: impl Fn(&mut KvServer, Request) -> Reply + 'static,
+    ) -> Self {
         let net = RpcNetwork::new(1);
         net.set_conditions(Conditions {
             latency: (Duration::from_micros(50), Duration::from_micros(200)),
@@ -94,12 +162,12 @@ impl KvSim {
         });
         let server = Rc::new(RefCell::new(KvServer::new()));
         let handler_server = server.clone();
-        net.attach(0, move |req| handler_server.borrow_mut().handle(req));
+        net.attach(0, move |req| handler(&mut handler_server.borrow_mut(), req));
         net.set_reliable(reliable);
         KvSim {
             net,
             server,
-            history: Rc::new(RefCell::new(Vec::new())),
+            recorder: Rc::new(RefCell::new(Recorder::default())),
         }
     }
 
@@ -122,11 +190,42 @@ impl KvSim {
     }
 
     pub fn history(&self) -> Vec<Logged> {
-        self.history.borrow().clone()
+        self.recorder.borrow().history.clone()
     }
 
     pub fn server(&self) -> std::cell::Ref<'_, KvServer> {
         self.server.borrow()
+    }
+
+    /// A stamp for an event happening now (see the [module documentation](self)).
+    fn stamp(&self) -> u64 {
+        self.recorder.borrow_mut().stamp(now().as_nanos() as u64)
+    }
+
+    /// The checker's verdict on the logged history (2024 or 2025 model, whichever the log
+    /// holds) within `budget` of wall time.
+    pub fn check(&self, budget: Duration) -> lincheck::CheckResult {
+        let history = &self.recorder.borrow().history;
+        if is_versioned_history(history) {
+            let ops: Vec<_> = history.iter().map(Logged::versioned).collect();
+            lincheck::check(&lincheck::models::VersionedKvModel, &ops, budget)
+        } else {
+            let ops: Vec<_> = history.iter().map(Logged::plain).collect();
+            lincheck::check(&lincheck::models::KvModel, &ops, budget)
+        }
+    }
+
+    /// The logged history as the records of a history file, in the form [`KvSim::check`]
+    /// checks.
+    fn records(&self) -> Vec<HistoryRecord> {
+        let history = &self.recorder.borrow().history;
+        if is_versioned_history(history) {
+            let ops: Vec<_> = history.iter().map(Logged::versioned).collect();
+            ops.iter().map(HistoryRecord::from).collect()
+        } else {
+            let ops: Vec<_> = history.iter().map(Logged::plain).collect();
+            ops.iter().map(HistoryRecord::from).collect()
+        }
     }
 
     /// Checks the logged history for linearizability (2024 or 2025 model, whichever the log
@@ -134,25 +233,15 @@ impl KvSim {
     /// it is not; a check that runs out of budget passes with a note, as in the lab. When the
     /// verdict is not "linearizable", the history is written as JSON Lines to a temporary file
     /// (named in the message) for `flotilla check`.
-    pub fn check_linearizable(&self, budget: std::time::Duration) {
-        let history = self.history.borrow();
-        let (result, records): (_, Vec<HistoryRecord>) =
-            if history.iter().all(|l| l.op.is_versioned()) {
-                let ops: Vec<_> = history.iter().map(Logged::versioned).collect();
-                let result = lincheck::check(&lincheck::models::VersionedKvModel, &ops, budget);
-                (result, ops.iter().map(HistoryRecord::from).collect())
-            } else {
-                let ops: Vec<_> = history.iter().map(Logged::plain).collect();
-                let result = lincheck::check(&lincheck::models::KvModel, &ops, budget);
-                (result, ops.iter().map(HistoryRecord::from).collect())
-            };
+    pub fn check_linearizable(&self, budget: Duration) {
+        let result = self.check(budget);
         let save = || {
             let path = std::env::temp_dir().join(format!(
                 "flotilla-history-{:016x}.jsonl",
                 flotilla_sim::trace_hash().0
             ));
             match std::fs::File::create(&path)
-                .and_then(|f| write_history(std::io::BufWriter::new(f), &records))
+                .and_then(|f| write_history(std::io::BufWriter::new(f), &self.records()))
             {
                 Ok(()) => format!("history written to {}", path.display()),
                 Err(e) => format!("could not write the history to {}: {e}", path.display()),
@@ -162,7 +251,7 @@ impl KvSim {
             lincheck::CheckResult::Ok => {}
             lincheck::CheckResult::Unknown => println!(
                 "info: linearizability check timed out, assuming history is ok ({} operations; {})",
-                history.len(),
+                self.recorder.borrow().history.len(),
                 save()
             ),
             lincheck::CheckResult::Illegal(explanation) => {
@@ -170,6 +259,12 @@ impl KvSim {
             }
         }
     }
+}
+
+/// Whether `history` is of the 2025 API (a history of none but 2024 operations is checked
+/// against the 2024 model; an empty one either way).
+fn is_versioned_history(history: &[Logged]) -> bool {
+    history.iter().all(|logged| logged.op.is_versioned())
 }
 
 impl LoggedOp {
@@ -248,10 +343,6 @@ pub struct SimClerk {
     sim: KvSim,
 }
 
-fn nanos() -> u64 {
-    now().as_nanos() as u64
-}
-
 impl SimClerk {
     async fn run(&self, mut call: Call) -> Answer {
         loop {
@@ -264,12 +355,14 @@ impl SimClerk {
         }
     }
 
+    /// Logs `op`, called at stamp `call`, as returning now.
     fn log(&self, client: i64, op: LoggedOp, call: u64) {
-        self.sim.history.borrow_mut().push(Logged {
+        let ret = self.sim.stamp();
+        self.sim.recorder.borrow_mut().history.push(Logged {
             client,
             op,
             call,
-            ret: nanos(),
+            ret,
         });
     }
 
@@ -318,7 +411,7 @@ impl SimClerk {
     // ---- logged variants, recorded for the linearizability check ----
 
     pub async fn logged_get(&self, client: i64, key: &str) -> String {
-        let t = nanos();
+        let call = self.sim.stamp();
         let output = self.get(key).await;
         self.log(
             client,
@@ -326,13 +419,13 @@ impl SimClerk {
                 key: key.into(),
                 output: output.clone(),
             },
-            t,
+            call,
         );
         output
     }
 
     pub async fn logged_put(&self, client: i64, key: &str, value: &str) {
-        let t = nanos();
+        let call = self.sim.stamp();
         self.put(key, value).await;
         self.log(
             client,
@@ -340,24 +433,24 @@ impl SimClerk {
                 key: key.into(),
                 value: value.into(),
             },
-            t,
+            call,
         );
     }
 
     pub async fn logged_append(&self, client: i64, key: &str, value: &str) -> String {
-        let t = nanos();
+        let call = self.sim.stamp();
         let output = self.append(key, value).await;
         let op = LoggedOp::Append {
             key: key.into(),
             value: value.into(),
             output: output.clone(),
         };
-        self.log(client, op, t);
+        self.log(client, op, call);
         output
     }
 
     pub async fn logged_vget(&self, client: i64, key: &str) -> Result<(String, u64), KvError> {
-        let t = nanos();
+        let call = self.sim.stamp();
         let result = self.vget(key).await;
         let (output, version) = result.clone().unwrap_or_default();
         let op = LoggedOp::VersionedGet {
@@ -366,7 +459,7 @@ impl SimClerk {
             version,
             error: result.as_ref().err().copied(),
         };
-        self.log(client, op, t);
+        self.log(client, op, call);
         result
     }
 
@@ -377,7 +470,7 @@ impl SimClerk {
         value: &str,
         version: u64,
     ) -> Result<(), KvError> {
-        let t = nanos();
+        let call = self.sim.stamp();
         let result = self.vput(key, value, version).await;
         let op = LoggedOp::VersionedPut {
             key: key.into(),
@@ -385,7 +478,7 @@ impl SimClerk {
             version,
             error: result.err(),
         };
-        self.log(client, op, t);
+        self.log(client, op, call);
         result
     }
 }
@@ -399,5 +492,28 @@ impl VersionedKv for SimClerk {
     }
     async fn pause(&self) {
         sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_virtual_picoseconds_made_strictly_increasing() {
+        let mut recorder = Recorder::default();
+        assert_eq!(recorder.stamp(5), 5_000);
+        // The same nanosecond: the next picoseconds, in order.
+        assert_eq!(recorder.stamp(5), 5_001);
+        assert_eq!(recorder.stamp(5), 5_002);
+        // A later nanosecond: its own time again.
+        assert_eq!(recorder.stamp(6), 6_000);
+        // More events in one nanosecond than it has picoseconds spill into the next one,
+        // and the stamps catch up with the clock once it moves past them.
+        let burst: Vec<u64> = (0..1_500).map(|_| recorder.stamp(7)).collect();
+        assert!(burst.windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(burst.last(), Some(&8_499));
+        assert_eq!(recorder.stamp(8), 8_500);
+        assert_eq!(recorder.stamp(9), 9_000);
     }
 }

@@ -12,7 +12,9 @@
 //!
 //! - growing appends: 60 000 operations on 5 keys, one client per key calling back to back
 //!   (each call at the instant the previous one returned, so consecutive operations overlap
-//!   by the tie rule), gets and appends whose values grow to about 20 KB;
+//!   by the tie rule: harder for the checker than the simulator's histories now are, whose
+//!   stamps put each call strictly after the return before it), gets and appends whose
+//!   values grow to about 20 KB;
 //! - racing puts: 40 000 operations on one key, 10 clients each getting the value and then
 //!   putting a new one conditional on the version they got.
 //!

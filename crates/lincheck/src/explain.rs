@@ -39,7 +39,8 @@ impl<S> Stuck<S> {
 
 /// A person-readable account of why a history is not linearizable.
 ///
-/// It covers the first partition found illegal. The search records the longest prefix of a
+/// It covers the first partition found illegal ([`crate::check`] says which that is when some
+/// partitions ran out of time). The search records the longest prefix of a
 /// linearization it could build — longest in operations that returned; among those, the one
 /// with the fewest operations that never returned. At that point every operation that could
 /// come next (called before the earliest outstanding return) was tried and none works.

@@ -22,6 +22,13 @@
 //! | `call` | when the call was made (an unsigned integer; every record on one clock) |
 //! | `return` | when it returned, not before `call`; `null` if it never did (then it may have taken effect at any time after `call`, or never) |
 //!
+//! Record `a` must take effect before record `b` exactly when `a`'s `return` is less than
+//! `b`'s `call`; equal values count as overlapping. So whoever writes a history must give a
+//! call that came after a return a larger value, breaking ties of a coarse clock in the
+//! order the events happened (and must not order operations that overlapped). The unit is
+//! free: the KV simulator's histories count virtual picoseconds made strictly increasing,
+//! `flotilla kv bench` nanoseconds since the start of the run.
+//!
 //! **Versioned operations** (the 2025 kvsrv1, conditional puts) add two fields and use only
 //! `get` and `put`:
 //!

@@ -10,7 +10,9 @@
 //!   one operation. [`models`] has the two 6.5840 key/value models.
 //! - [`check`] splits the history into independent partitions (per key for key/value models)
 //!   and searches each one for a linearization, depth first with backtracking and a memo of
-//!   (set of operations linearized, state) pairs already known to lead nowhere.
+//!   (set of operations linearized, state) pairs already known to lead nowhere. The
+//!   partitions share the time budget, so one that cannot be decided in time does not keep
+//!   the others from being checked (see [`check`]).
 //! - [`CheckResult::Illegal`] carries an [`Explanation`]: the longest linearizable prefix the
 //!   search found and, for every operation that could have come next, why it cannot.
 //! - [`history`] reads and writes histories as JSON Lines and checks them, for the
@@ -18,9 +20,10 @@
 //!
 //! What a result guarantees: [`CheckResult::Ok`] means a linearization exists (the search is
 //! exhaustive, the memo only skips states already explored); [`CheckResult::Illegal`] means
-//! none exists; [`CheckResult::Unknown`] means the time budget ran out first. Apart from
-//! where a run stops for lack of time, the result and the explanation depend only on the
-//! history and the model.
+//! none exists (some partition has none); [`CheckResult::Unknown`] means no partition was
+//! found illegal but the time budget ran out before every one was decided. Apart from where a
+//! run stops for lack of time, the result and the explanation depend only on the history and
+//! the model.
 //!
 //! The memo is exact, not probabilistic: it matches a (set, state) pair only after comparing
 //! the set and the state themselves (`Eq`), never on a hash or fingerprint alone, so no
@@ -36,6 +39,15 @@
 //! ordered before returns, so an operation called at the very tick another one returned may
 //! be linearized on either side of it. This is porcupine's rule; it errs on the side of
 //! accepting a history when a clock is too coarse to tell two events apart.
+//!
+//! The price is on the recorder: when an operation returned before another was called, the
+//! call must get the larger time, or the order is lost and the checker accepts what it should
+//! not (a client's read that misses the client's own write just before it, say). A clock that
+//! can read the same value for the two (a coarse one, or a simulator's virtual clock, which
+//! stands still while tasks run) needs its ties broken in the order the events happened;
+//! Flotilla's simulator harness (`flotilla_kv::sim`) stamps every event strictly after the
+//! one before for that reason. Ties must not be broken the other way either: two operations
+//! that overlapped must keep overlapping times.
 //!
 //! ## Operations that never returned
 //!
@@ -58,7 +70,8 @@ pub use explain::{BlockedOp, ExplainedOp, Explanation};
 /// effect at any time after `call`, or never.
 ///
 /// `call` and `ret` are instants on one clock shared by every client (any unit; the labs use
-/// nanoseconds). `output == None` means the answer was not observed — always so for an
+/// nanoseconds); an operation called after another returned must have a larger `call` than
+/// that one's `ret` (see [the tie rule](crate#real-time-order-and-its-tie-rule)). `output == None` means the answer was not observed — always so for an
 /// operation that never returned, and also usable for a call whose result is not recorded
 /// (the 2024 kvraft Append): the model then accepts any answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,7 +162,8 @@ pub enum CheckResult {
     Ok,
     /// No linearization exists; the explanation shows where every attempt got stuck.
     Illegal(Explanation),
-    /// The time budget ran out before the search finished. 6.5840 treats this as a pass.
+    /// No partition was found illegal, but the time budget ran out before every partition
+    /// was decided. 6.5840 treats this as a pass.
     Unknown,
 }
 
@@ -170,10 +184,29 @@ impl CheckResult {
 /// Checks whether `history` is linearizable with respect to `model`, giving up with
 /// [`CheckResult::Unknown`] once `budget` of wall-clock time is spent.
 ///
-/// Partitions are checked one after another in the order [`Model::partition`] gives them;
-/// the first illegal partition ends the check. The clock is read every 1024 search steps
-/// (counted over all partitions), so a check that needs fewer steps finishes even with a zero
-/// budget, and one that runs out stops within about 1024 steps of the deadline.
+/// Every partition is checked, one after another in the order [`Model::partition`] gives
+/// them, and the first one found illegal ends the check: the answer is
+/// [`CheckResult::Illegal`] as soon as any partition is, [`CheckResult::Unknown`] only when
+/// none is and some could not be decided in time, [`CheckResult::Ok`] when all were decided
+/// linearizable.
+///
+/// **How the partitions share the budget.** The check runs in rounds over the partitions
+/// still undecided, in order. Each one's turn lasts until it is decided or its share of the
+/// time left runs out: an equal share among those whose turn in the round has not come yet
+/// (itself included), so time a partition does not use goes to the ones after it, and the
+/// last one of a round may use all that is left. A partition that runs out of its share keeps
+/// its search, with everything it has explored, and carries on in the next round with the
+/// time the others left; the rounds stop when every partition is decided, one is illegal, or
+/// the budget is spent. So a partition too hard for the budget takes no more than its share
+/// in each round, and the partitions after it still get theirs: an illegal one that its share
+/// suffices for is found. Which illegal partition the explanation names depends only on the
+/// history when no partition runs out of time (the first illegal one in partition order);
+/// otherwise it is the first one found.
+///
+/// The clock is read when a turn starts and every 1024 search steps (counted over all
+/// partitions), so a check that needs fewer steps finishes even with a zero budget, and a
+/// turn that runs out stops within about 1024 steps of its end (with a zero budget, every
+/// partition still gets a turn of up to 1024 steps).
 ///
 /// # Panics
 ///

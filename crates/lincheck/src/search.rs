@@ -17,6 +17,16 @@
 //! For the explanation of a failure, the search keeps the best dead end it met: the one with
 //! the most operations that returned linearized (then the fewest that never returned).
 //!
+//! ## Sharing the budget
+//!
+//! A partition's search is a [`Search`] value that can stop at the top of its loop when its
+//! turn is over and later resume from exactly there, so a search cut into turns explores the
+//! same states in the same order as one uninterrupted run, and no work is lost between turns.
+//! [`check_with_clock`] gives the partitions turns in rounds, each an equal share of the time
+//! left ([`crate::check`] states the rule). Memory stays bounded as before: the suspended
+//! searches together hold what the steps taken so far have built, and a partition's search is
+//! dropped as soon as it is decided.
+//!
 //! ## The memo is exact, and compact
 //!
 //! The memo never prunes on a hash or fingerprint: an entry matches only the very same set of
@@ -65,6 +75,16 @@ pub(crate) fn check<M: Model>(
     history: &[Operation<M::Input, M::Output>],
     budget: Duration,
 ) -> CheckResult {
+    check_with_clock(model, history, Clock::new(budget, Instant::now))
+}
+
+/// [`check`] on the clock given: the partitions share its budget in rounds (see
+/// [`crate::check`] for the rule).
+fn check_with_clock<M: Model, N: FnMut() -> Instant>(
+    model: &M,
+    history: &[Operation<M::Input, M::Output>],
+    mut clock: Clock<N>,
+) -> CheckResult {
     for (index, op) in history.iter().enumerate() {
         if let Some(ret) = op.ret {
             assert!(
@@ -77,15 +97,32 @@ pub(crate) fn check<M: Model>(
     let groups = model.partition(history);
     assert_is_partition(&groups, history.len());
 
-    let mut clock = Clock::new(budget);
-    for (number, group) in groups.iter().enumerate() {
-        match search(model, history, group, &mut clock) {
-            Outcome::Linearizable => {}
-            Outcome::OutOfTime => return CheckResult::Unknown,
-            Outcome::Illegal(stuck) => {
-                return CheckResult::Illegal(explain(model, history, &groups, number, stuck))
+    // The partitions without a verdict, in partition order, each with its search once it has
+    // started. Every round gives each of them an equal share of the time left, and what one
+    // does not use goes to the rest; a search that runs out of its share waits, with all it
+    // has explored, for the next round. Each round but the last decides at least its last
+    // partition (whose share is all the time left), so there are at most `groups.len()`
+    // rounds.
+    let mut undecided: Vec<(usize, Option<Search<M>>)> =
+        (0..groups.len()).map(|number| (number, None)).collect();
+    while !undecided.is_empty() {
+        let sharers = undecided.len();
+        let mut out_of_time = Vec::new();
+        for (position, (number, search)) in undecided.into_iter().enumerate() {
+            clock.start_turn(sharers - position);
+            let mut search = search.unwrap_or_else(|| Search::new(model, history, &groups[number]));
+            match search.resume(&mut clock) {
+                Outcome::Linearizable => {}
+                Outcome::OutOfTime => out_of_time.push((number, Some(search))),
+                Outcome::Illegal(stuck) => {
+                    return CheckResult::Illegal(explain(model, history, &groups, number, stuck))
+                }
             }
         }
+        if !out_of_time.is_empty() && clock.expired() {
+            return CheckResult::Unknown;
+        }
+        undecided = out_of_time;
     }
     CheckResult::Ok
 }
@@ -109,30 +146,62 @@ fn assert_is_partition(groups: &[Vec<usize>], len: usize) {
     }
 }
 
-/// The wall-clock budget, read only every [`STEPS_PER_CLOCK_READ`] steps.
-struct Clock {
+/// The time budget of a check, and the turn of it that the partition being searched may
+/// use. Time is read from `now` (the wall clock, or a fake one in tests) when a turn starts
+/// and every [`STEPS_PER_CLOCK_READ`] search steps, counted over the whole check.
+struct Clock<N> {
+    now: N,
+    /// None when the budget is too large to add to the start time: no deadline.
     deadline: Option<Instant>,
+    /// When the current turn ends; never after `deadline`.
+    turn_end: Option<Instant>,
     steps: u64,
 }
 
-impl Clock {
-    fn new(budget: Duration) -> Clock {
+impl<N: FnMut() -> Instant> Clock<N> {
+    fn new(budget: Duration, mut now: N) -> Clock<N> {
         // A budget too large to add to now is as good as no deadline.
+        let deadline = now().checked_add(budget);
         Clock {
-            deadline: Instant::now().checked_add(budget),
+            now,
+            deadline,
+            turn_end: deadline,
             steps: 0,
         }
     }
 
-    fn expired(&self) -> bool {
-        self.deadline
-            .is_some_and(|deadline| Instant::now() >= deadline)
+    /// Starts a turn that ends after an equal share, among `sharers`, of the time left.
+    fn start_turn(&mut self, sharers: usize) {
+        assert!(sharers > 0, "a turn shared by no one");
+        let sharers = u32::try_from(sharers).unwrap_or(u32::MAX);
+        self.turn_end = match self.deadline {
+            None => None,
+            Some(deadline) => {
+                let now = (self.now)();
+                // At most the time left, so the turn ends by the deadline.
+                Some(now + deadline.saturating_duration_since(now) / sharers)
+            }
+        };
     }
 
-    /// Counts one step; true when the deadline has passed (checked every so many steps).
+    /// True once the whole budget is spent.
+    fn expired(&mut self) -> bool {
+        match self.deadline {
+            None => false,
+            Some(deadline) => (self.now)() >= deadline,
+        }
+    }
+
+    /// Counts one step; true when the turn has ended (checked every so many steps).
     fn step_expired(&mut self) -> bool {
         self.steps += 1;
-        self.steps.is_multiple_of(STEPS_PER_CLOCK_READ) && self.expired()
+        if !self.steps.is_multiple_of(STEPS_PER_CLOCK_READ) {
+            return false;
+        }
+        match self.turn_end {
+            None => false,
+            Some(end) => (self.now)() >= end,
+        }
     }
 }
 
@@ -517,111 +586,166 @@ fn memo_key(events: &Events, linearized: &Bitset, key: &mut Vec<u32>) {
     }
 }
 
-/// Searches for a linearization of the operations `group` (indexes into `history`).
-fn search<M: Model>(
-    model: &M,
-    history: &[Operation<M::Input, M::Output>],
-    group: &[usize],
-    clock: &mut Clock,
-) -> Outcome<M::State> {
-    let ops: Vec<&Operation<M::Input, M::Output>> =
-        group.iter().map(|&index| &history[index]).collect();
-    let times: Vec<(u64, Option<u64>)> = ops.iter().map(|op| (op.call, op.ret)).collect();
-    let mut events = Events::new(&times);
+/// The search for a linearization of one partition, resumable: [`Search::resume`] runs until
+/// it has a verdict or the clock ends its turn, and a later call carries on exactly where it
+/// stopped (the stop is at the top of the loop, where every field is consistent), so a search
+/// cut into turns explores what one uninterrupted run would, in the same order.
+struct Search<'h, M: Model> {
+    model: &'h M,
+    /// The partition's indexes into the history.
+    group: &'h [usize],
+    ops: Vec<&'h Operation<M::Input, M::Output>>,
+    events: Events,
+    returned_total: usize,
+    /// Operations that returned and are not placed yet: the search succeeds at zero.
+    returned_left: usize,
+    linearized: Bitset,
+    state: Rc<M::State>,
+    /// The operations linearized so far, each with the state before it.
+    placed: Vec<(usize, Rc<M::State>)>,
+    explored: Memo<M::State>,
+    /// Scratch space for memo keys.
+    key: Vec<u32>,
+    best_dead_end: Option<DeadEnd<M::State>>,
+    /// The best dead end's prefix, and the lowest length `placed` has had since it was last
+    /// brought up to date: below that length, `placed` still matches it.
+    best_prefix: Vec<usize>,
+    unchanged: usize,
+    /// The event the scan looks at next.
+    cursor: usize,
+    /// Set once a verdict was returned; the search must not be resumed after it.
+    decided: bool,
+}
 
-    let returned_total = ops.iter().filter(|op| op.ret.is_some()).count();
-    let mut returned_left = returned_total;
-    let mut linearized = Bitset::new(ops.len());
-    let mut state = Rc::new(model.init());
-    // The operations linearized so far, each with the state before it.
-    let mut placed: Vec<(usize, Rc<M::State>)> = Vec::new();
-    let mut explored = Memo::new();
-    let mut key = Vec::new();
-    let mut best_dead_end: Option<DeadEnd<M::State>> = None;
-    // The best dead end's prefix, and the lowest length `placed` has had since it was last
-    // brought up to date: below that length, `placed` still matches it.
-    let mut best_prefix: Vec<usize> = Vec::new();
-    let mut unchanged = 0;
-
-    let mut cursor = events.first();
-    while returned_left > 0 {
-        if clock.step_expired() {
-            return Outcome::OutOfTime;
-        }
-        // While an operation that returned is unplaced, its return event is still in the list
-        // after the cursor: the scan meets a return before it can run off the end.
-        assert_ne!(cursor, HEAD, "scan ran off the end of the event list");
-        let entry = events.entries[cursor];
-        if entry.is_call {
-            let op = ops[entry.op];
-            if let Some(next_state) = model.step(&state, &op.input, op.output.as_ref()) {
-                // A step that leaves the state as it was shares it rather than keep a copy.
-                let next_state = if next_state == *state {
-                    Rc::clone(&state)
-                } else {
-                    Rc::new(next_state)
-                };
-                linearized.set(entry.op);
-                events.lift(entry.op);
-                // Placing the last operation that returned ends the search: no need to
-                // remember the set (it cannot have been reached before, or the search would
-                // have ended then).
-                let last = op.ret.is_some() && returned_left == 1;
-                let new = last || {
-                    memo_key(&events, &linearized, &mut key);
-                    explored.insert(&key, &next_state)
-                };
-                if new {
-                    placed.push((entry.op, std::mem::replace(&mut state, next_state)));
-                    if op.ret.is_some() {
-                        returned_left -= 1;
-                    }
-                    cursor = events.first();
-                    continue;
-                }
-                events.unlift(entry.op);
-                linearized.clear(entry.op);
-            }
-            cursor = entry.next;
-        } else {
-            // Operation `entry.op` returned here and nothing before it can be placed next.
-            // The best dead end to explain has the most operations that returned placed and,
-            // of those, the fewest that never did (their effects only muddle the state).
-            let placed_returned = returned_total - returned_left;
-            let rank = (placed_returned, Reverse(placed.len() - placed_returned));
-            if best_dead_end.as_ref().is_none_or(|best| rank > best.rank) {
-                best_prefix.truncate(unchanged);
-                best_prefix.extend(placed[unchanged..].iter().map(|&(op, _)| op));
-                unchanged = placed.len();
-                best_dead_end = Some(DeadEnd {
-                    rank,
-                    state: Rc::clone(&state),
-                    candidates: events.calls_before(cursor),
-                    closing: entry.op,
-                });
-            }
-            let Some((op, previous_state)) = placed.pop() else {
-                let best = best_dead_end.expect("recorded just above");
-                let stuck = Stuck {
-                    rank: best.rank,
-                    prefix: best_prefix,
-                    state: M::State::clone(&best.state),
-                    candidates: best.candidates,
-                    closing: best.closing,
-                };
-                return Outcome::Illegal(stuck.into_history_indexes(group));
-            };
-            unchanged = unchanged.min(placed.len());
-            state = previous_state;
-            linearized.clear(op);
-            events.unlift(op);
-            if ops[op].ret.is_some() {
-                returned_left += 1;
-            }
-            cursor = events.entries[events.call_entry[op]].next;
+impl<'h, M: Model> Search<'h, M> {
+    /// A search of the operations `group` (indexes into `history`) that has not started.
+    fn new(
+        model: &'h M,
+        history: &'h [Operation<M::Input, M::Output>],
+        group: &'h [usize],
+    ) -> Self {
+        let ops: Vec<&Operation<M::Input, M::Output>> =
+            group.iter().map(|&index| &history[index]).collect();
+        let times: Vec<(u64, Option<u64>)> = ops.iter().map(|op| (op.call, op.ret)).collect();
+        let events = Events::new(&times);
+        let returned_total = ops.iter().filter(|op| op.ret.is_some()).count();
+        Search {
+            model,
+            group,
+            linearized: Bitset::new(ops.len()),
+            ops,
+            cursor: events.first(),
+            events,
+            returned_total,
+            returned_left: returned_total,
+            state: Rc::new(model.init()),
+            placed: Vec::new(),
+            explored: Memo::new(),
+            key: Vec::new(),
+            best_dead_end: None,
+            best_prefix: Vec::new(),
+            unchanged: 0,
+            decided: false,
         }
     }
-    Outcome::Linearizable
+
+    /// Searches on until there is a verdict, or [`OutOfTime`](Outcome::OutOfTime) when the
+    /// clock's turn ends first (then `resume` may be called again).
+    fn resume<N: FnMut() -> Instant>(&mut self, clock: &mut Clock<N>) -> Outcome<M::State> {
+        assert!(!self.decided, "a search was resumed after its verdict");
+        while self.returned_left > 0 {
+            if clock.step_expired() {
+                return Outcome::OutOfTime;
+            }
+            // While an operation that returned is unplaced, its return event is still in the
+            // list after the cursor: the scan meets a return before it can run off the end.
+            assert_ne!(self.cursor, HEAD, "scan ran off the end of the event list");
+            let entry = self.events.entries[self.cursor];
+            if entry.is_call {
+                let op = self.ops[entry.op];
+                if let Some(next_state) =
+                    self.model.step(&self.state, &op.input, op.output.as_ref())
+                {
+                    // A step that leaves the state as it was shares it rather than keep a copy.
+                    let next_state = if next_state == *self.state {
+                        Rc::clone(&self.state)
+                    } else {
+                        Rc::new(next_state)
+                    };
+                    self.linearized.set(entry.op);
+                    self.events.lift(entry.op);
+                    // Placing the last operation that returned ends the search: no need to
+                    // remember the set (it cannot have been reached before, or the search
+                    // would have ended then).
+                    let last = op.ret.is_some() && self.returned_left == 1;
+                    let new = last || {
+                        memo_key(&self.events, &self.linearized, &mut self.key);
+                        self.explored.insert(&self.key, &next_state)
+                    };
+                    if new {
+                        let previous_state = std::mem::replace(&mut self.state, next_state);
+                        self.placed.push((entry.op, previous_state));
+                        if op.ret.is_some() {
+                            self.returned_left -= 1;
+                        }
+                        self.cursor = self.events.first();
+                        continue;
+                    }
+                    self.events.unlift(entry.op);
+                    self.linearized.clear(entry.op);
+                }
+                self.cursor = entry.next;
+            } else {
+                // Operation `entry.op` returned here and nothing before it can be placed next.
+                // The best dead end to explain has the most operations that returned placed
+                // and, of those, the fewest that never did (their effects only muddle the
+                // state).
+                let placed_returned = self.returned_total - self.returned_left;
+                let rank = (
+                    placed_returned,
+                    Reverse(self.placed.len() - placed_returned),
+                );
+                if self
+                    .best_dead_end
+                    .as_ref()
+                    .is_none_or(|best| rank > best.rank)
+                {
+                    self.best_prefix.truncate(self.unchanged);
+                    self.best_prefix
+                        .extend(self.placed[self.unchanged..].iter().map(|&(op, _)| op));
+                    self.unchanged = self.placed.len();
+                    self.best_dead_end = Some(DeadEnd {
+                        rank,
+                        state: Rc::clone(&self.state),
+                        candidates: self.events.calls_before(self.cursor),
+                        closing: entry.op,
+                    });
+                }
+                let Some((op, previous_state)) = self.placed.pop() else {
+                    self.decided = true;
+                    let best = self.best_dead_end.take().expect("recorded just above");
+                    let stuck = Stuck {
+                        rank: best.rank,
+                        prefix: std::mem::take(&mut self.best_prefix),
+                        state: M::State::clone(&best.state),
+                        candidates: best.candidates,
+                        closing: best.closing,
+                    };
+                    return Outcome::Illegal(stuck.into_history_indexes(self.group));
+                };
+                self.unchanged = self.unchanged.min(self.placed.len());
+                self.state = previous_state;
+                self.linearized.clear(op);
+                self.events.unlift(op);
+                if self.ops[op].ret.is_some() {
+                    self.returned_left += 1;
+                }
+                self.cursor = self.events.entries[self.events.call_entry[op]].next;
+            }
+        }
+        self.decided = true;
+        Outcome::Linearizable
+    }
 }
 
 #[cfg(test)]
@@ -799,6 +923,145 @@ mod tests {
         events.lift(2);
         assert!(events.window_key(usize::MAX, &mut key));
         assert_eq!(key, [HEAD as u32], "nothing left");
+    }
+
+    use crate::models::{KvInput, KvModel, KvOutput};
+
+    type KvOp = Operation<KvInput, KvOutput>;
+
+    /// `count` concurrent puts on `key` and a read of a value never written: illegal, after
+    /// trying every subset of puts before the read.
+    fn hard_partition(key: &str, count: usize) -> Vec<KvOp> {
+        let mut history: Vec<KvOp> = (0..count)
+            .map(|i| Operation {
+                client: i as i64,
+                input: KvInput::put(key, format!("v{i}")),
+                output: Some(KvOutput::new("")),
+                call: i as u64,
+                ret: Some(1_000),
+            })
+            .collect();
+        history.push(Operation {
+            client: -1,
+            input: KvInput::get(key),
+            output: Some(KvOutput::new("never written")),
+            call: 0,
+            ret: Some(1_000),
+        });
+        history
+    }
+
+    /// A clock with no deadline.
+    fn unlimited() -> Clock<fn() -> Instant> {
+        Clock::new(Duration::MAX, Instant::now)
+    }
+
+    /// A fake clock whose every reading is one millisecond after the one before.
+    fn ticking() -> impl FnMut() -> Instant {
+        let start = Instant::now();
+        let mut readings = 0;
+        move || {
+            readings += 1;
+            start + Duration::from_millis(readings)
+        }
+    }
+
+    /// The search of all of `history` as one partition, to its verdict, in one run.
+    fn search_in_one_run(history: &[KvOp]) -> (Stuck<String>, u64) {
+        let group: Vec<usize> = (0..history.len()).collect();
+        let mut clock = unlimited();
+        match Search::new(&KvModel, history, &group).resume(&mut clock) {
+            Outcome::Illegal(stuck) => (stuck, clock.steps),
+            _ => panic!("expected an illegal history"),
+        }
+    }
+
+    #[test]
+    fn a_search_cut_into_turns_ends_as_one_run_does() {
+        let history = hard_partition("k", 11);
+        let (whole, steps) = search_in_one_run(&history);
+        let group: Vec<usize> = (0..history.len()).collect();
+        let mut search = Search::new(&KvModel, &history, &group);
+        // No budget: every turn ends at the first clock reading, after at most 1024 steps.
+        let mut clock = Clock::new(Duration::ZERO, Instant::now);
+        let mut turns = 0;
+        let in_turns = loop {
+            turns += 1;
+            clock.start_turn(1);
+            match search.resume(&mut clock) {
+                Outcome::OutOfTime => continue,
+                Outcome::Illegal(stuck) => break stuck,
+                Outcome::Linearizable => panic!("the history is illegal"),
+            }
+        };
+        assert!(turns > 10, "only {turns} turns: the test needs more");
+        // Each interrupted turn counted the step it stopped at, which the next one took.
+        assert_eq!(clock.steps, steps + (turns - 1));
+        assert_eq!(in_turns.rank, whole.rank);
+        assert_eq!(in_turns.prefix, whole.prefix);
+        assert_eq!(in_turns.state, whole.state);
+        assert_eq!(in_turns.candidates, whole.candidates);
+        assert_eq!(in_turns.closing, whole.closing);
+    }
+
+    /// Key "a" needs `readings_needed` readings of the clock; keys "b" to "j" one put each.
+    fn one_slow_partition_and_nine_quick_ones() -> (Vec<KvOp>, u64) {
+        let history = hard_partition("a", 11);
+        let (_, steps) = search_in_one_run(&history);
+        let readings_needed = steps / STEPS_PER_CLOCK_READ;
+        let mut history = history;
+        for key in ["b", "c", "d", "e", "f", "g", "h", "i", "j"] {
+            history.push(Operation {
+                client: 100,
+                input: KvInput::put(key, "x"),
+                output: Some(KvOutput::new("")),
+                call: 0,
+                ret: Some(1),
+            });
+        }
+        (history, readings_needed)
+    }
+
+    #[test]
+    fn time_that_quick_partitions_leave_goes_to_one_that_ran_out_of_its_share() {
+        let (history, readings_needed) = one_slow_partition_and_nine_quick_ones();
+        // A millisecond a reading; a budget with room for 30 more readings than the slow
+        // partition needs, but a first share (a tenth) far too small for it.
+        let budget = Duration::from_millis(readings_needed + 30);
+        assert!(
+            readings_needed > budget.as_millis() as u64 / 10 + 10,
+            "{readings_needed} readings: the test needs more"
+        );
+        let result = check_with_clock(&KvModel, &history, Clock::new(budget, ticking()));
+        let CheckResult::Illegal(explanation) = result else {
+            panic!("expected key \"a\" to be decided, got {result:?}");
+        };
+        assert_eq!(explanation.partition, 0);
+        assert_eq!(explanation.partitions, 10);
+    }
+
+    #[test]
+    fn a_partition_that_cannot_finish_leaves_the_next_one_its_share() {
+        // Key "a" cannot be decided in any budget; key "b" needs `readings_needed` readings.
+        let (_, readings_needed) = one_slow_partition_and_nine_quick_ones();
+        let mut history = hard_partition("a", 40);
+        history.extend(hard_partition("b", 11));
+        // Half the budget is enough for key "b".
+        let budget = Duration::from_millis(2 * readings_needed + 20);
+        let result = check_with_clock(&KvModel, &history, Clock::new(budget, ticking()));
+        let CheckResult::Illegal(explanation) = result else {
+            panic!("expected key \"b\" to be decided, got {result:?}");
+        };
+        assert_eq!(explanation.partition, 1);
+        assert_eq!(explanation.partition_label.as_deref(), Some("key \"b\""));
+    }
+
+    #[test]
+    fn a_budget_too_small_in_total_leaves_the_slow_partition_unknown() {
+        let (history, readings_needed) = one_slow_partition_and_nine_quick_ones();
+        let budget = Duration::from_millis(readings_needed / 2);
+        let result = check_with_clock(&KvModel, &history, Clock::new(budget, ticking()));
+        assert_eq!(result, CheckResult::Unknown);
     }
 
     #[test]

@@ -100,6 +100,57 @@ fn the_same_hard_history_small_enough_is_decided() {
     assert!(check(&KvModel, &hard_history(8), BUDGET).is_illegal());
 }
 
+/// `hard_history(40)` on key "k" (it cannot be decided in any budget) and, on key "z", a put
+/// of "x" then a read of "y" by one client: illegal, and found in a few steps.
+fn hard_partition_then_small_illegal_one() -> Vec<Operation<KvInput, KvOutput>> {
+    let mut history = hard_history(40);
+    let op = |input, output: &str, call, ret| Operation {
+        client: 7,
+        input,
+        output: Some(KvOutput::new(output)),
+        call,
+        ret: Some(ret),
+    };
+    history.push(op(KvInput::put("z", "x"), "", 0, 1));
+    history.push(op(KvInput::get("z"), "y", 2, 3));
+    history
+}
+
+#[test]
+fn an_illegal_partition_after_one_that_runs_out_of_time_is_still_found() {
+    let history = hard_partition_then_small_illegal_one();
+    // With no budget at all the hard partition stops at the first clock reading; a small
+    // budget lets it spend its share. Either way the small partition gets its turn.
+    for budget in [Duration::ZERO, Duration::from_millis(100)] {
+        let CheckResult::Illegal(explanation) = check(&KvModel, &history, budget) else {
+            panic!("budget {budget:?}: the illegal partition of key \"z\" was not found");
+        };
+        assert_eq!(explanation.partition, 1, "{explanation}");
+        assert_eq!(explanation.partitions, 2);
+        assert_eq!(explanation.partition_label.as_deref(), Some("key \"z\""));
+        assert_eq!(explanation.partition_size, 2);
+        let text = explanation.to_string();
+        assert!(
+            text.contains("key \"z\", partition 2 of 2 (2 operations"),
+            "{text}"
+        );
+        assert!(
+            text.contains("#42 client 7 [2, 3] get(\"z\") -> \"y\""),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_partition_out_of_time_beside_legal_ones_is_unknown() {
+    let mut history = hard_partition_then_small_illegal_one();
+    history.last_mut().unwrap().output = Some(KvOutput::new("x"));
+    assert_eq!(
+        check(&KvModel, &history, Duration::from_millis(20)),
+        CheckResult::Unknown
+    );
+}
+
 #[test]
 fn a_search_shorter_than_one_clock_reading_finishes_even_with_no_budget() {
     let history = [

@@ -222,6 +222,35 @@ fn check_records_finds_a_stale_read_in_the_plain_form() {
 }
 
 #[test]
+fn check_records_reports_a_small_illegal_key_beside_one_that_runs_out_of_time() {
+    // Key "a": 40 concurrent puts and a read of a value never written, more than any budget
+    // can decide. Key "b": a put then a read that missed it, decided at once.
+    let mut text = String::new();
+    for client in 0..40 {
+        text += &format!(
+            "{{\"client\":{client},\"op\":\"put\",\"key\":\"a\",\"value\":\"v{client}\",\"call\":{client},\"return\":1000}}\n"
+        );
+    }
+    text += r#"{"client":40,"op":"get","key":"a","output":"never written","call":0,"return":1000}
+{"client":41,"op":"put","key":"b","value":"x","call":1,"return":2}
+{"client":41,"op":"get","key":"b","output":"","call":3,"return":4}
+"#;
+    let records = read(&text).unwrap();
+    let CheckResult::Illegal(explanation) = check_records(&records, Duration::ZERO).unwrap() else {
+        panic!("the stale read of key \"b\" was not reported");
+    };
+    let text = explanation.to_string();
+    assert!(
+        text.starts_with("history is not linearizable: key \"b\", partition 2 of 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"get "b" returned "" but the value was "x""#),
+        "{text}"
+    );
+}
+
+#[test]
 fn check_records_rejects_mixed_forms() {
     let text = format!("{VERSIONED}{PLAIN}");
     let error = check_records(&read(&text).unwrap(), BUDGET).unwrap_err();
