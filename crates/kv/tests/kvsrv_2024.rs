@@ -80,7 +80,7 @@ async fn generic_test(nclients: usize, unreliable: bool) {
             check_appends(&value, cli, count);
         }
     }
-    sim.check_linearizable(Duration::from_secs(1));
+    sim.check_linearizable(KvSim::CHECK_BUDGET);
 }
 
 #[test]

@@ -131,6 +131,6 @@ fn unreliable_net() {
             assert_eq!(value, "0", "Wrong value");
         }
         assert!(retried, "Clerk.Put never returned ErrMaybe");
-        sim.check_linearizable(Duration::from_secs(1));
+        sim.check_linearizable(KvSim::CHECK_BUDGET);
     });
 }
