@@ -1,12 +1,21 @@
-//! The randomized fault sweep over a few seeds (CI runs 200 through `flotilla sim raft`),
-//! and the determinism property: the same seed gives the same run.
+//! The randomized fault sweep over a few seeds (CI runs thousands through `flotilla sim
+//! raft`), and the determinism property: the same seed gives the same run.
+//!
+//! `SWEEP_SEEDS=N` runs N seeds instead of 20 (the mutation-testing command in TESTING.md
+//! uses it).
 
 use flotilla_raft_sim::{lab3, sweep};
 
 #[test]
 fn sweep_seeds_hold_every_invariant() {
     let first = flotilla_sim::seed_from_env("sweep");
-    let summary = sweep::sweep(first, 10, |_, _| {});
+    let count = match std::env::var("SWEEP_SEEDS") {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("SWEEP_SEEDS={text:?} is not a number")),
+        Err(_) => 20,
+    };
+    let summary = sweep::sweep(first, count, |_, _| {});
     assert!(
         summary.failures.is_empty(),
         "failing seeds: {:?}",
