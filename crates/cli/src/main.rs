@@ -204,6 +204,9 @@ enum SimCommand {
         /// Replay just this seed, with its report.
         #[arg(long, value_parser = parse_seed, conflicts_with_all = ["seeds", "first"])]
         seed: Option<u64>,
+        /// Stop at the first failing seed.
+        #[arg(long)]
+        fail_fast: bool,
     },
     /// Run Lab 3 scenarios (all, or those whose name contains --scenario) over many seeds:
     /// a stress run like the course's dstest. Prints each failing seed.
@@ -277,7 +280,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo::run(seed);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sim(SimCommand::Raft { seeds, first, seed }) => {
+        Command::Sim(SimCommand::Raft {
+            seeds,
+            first,
+            seed,
+            fail_fast,
+        }) => {
             let (first, count) = match seed {
                 Some(s) => (s, 1),
                 None => (first, seeds),
@@ -285,11 +293,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if count == 0 {
                 bail!("--seeds must be at least 1");
             }
-            let summary = sweep::sweep(first, count, |s, result| {
+            let summary = sweep::sweep(first, count, fail_fast, |s, result| {
                 match result {
                 Ok(r) if seed.is_some() => println!(
-                    "seed {s}: ok — {} servers, {} faults, {} leaders, {} entries committed, {:.1}s virtual, {} invariant checks",
-                    r.servers, r.faults, r.leaders, r.committed, r.virtual_time.as_secs_f64(), r.invariant_checks
+                    "seed {s}: ok — {} servers, {} faults, {} leaders, {} entries committed, {:.1}s virtual, {} invariant checks\n  setup: {:?}",
+                    r.servers, r.faults, r.leaders, r.committed, r.virtual_time.as_secs_f64(), r.invariant_checks, r.setup
                 ),
                 Ok(_) => {}
                 Err(e) => println!("seed {s}: FAILED: {}", e.replace('\n', " ")),
@@ -584,7 +592,7 @@ fn bench_raft(seed: u64, sweep_seeds: u64) -> anyhow::Result<()> {
     let suite = started.elapsed().as_secs_f64();
     println!("suite: {suite:.2} s wall for {virtual_total:.0} s of virtual time");
     if sweep_seeds > 0 {
-        let summary = sweep::sweep(1, sweep_seeds, |_, _| {});
+        let summary = sweep::sweep(1, sweep_seeds, false, |_, _| {});
         let rate = summary.seeds as f64 / summary.wall.as_secs_f64() * 60.0;
         println!(
             "sweep: {} seeds in {:.2} s = {rate:.0} seeds/minute ({} failures)",

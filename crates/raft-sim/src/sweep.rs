@@ -30,6 +30,7 @@ const FAULT_PHASE: Duration = Duration::from_secs(20);
 /// What one seed's run looked like.
 #[derive(Clone, Debug, Default)]
 pub struct SeedReport {
+    pub setup: Setup,
     pub servers: usize,
     pub faults: u64,
     pub leaders: usize,
@@ -46,6 +47,7 @@ pub fn run_seed(seed: u64) -> Result<SeedReport, String> {
         let mut plan = flotilla_sim::Rng::new(seed ^ 0x5EED_5EED);
         let setup = Setup::draw(&mut plan);
         let cfg = setup.cluster_config();
+        report.borrow_mut().setup = setup;
         let (_, virtual_time) = crate::run_cluster(seed, cfg, move |c| async move {
             c.net()
                 .set_latency(Duration::ZERO, Duration::from_millis(setup.latency_ms));
@@ -69,7 +71,7 @@ pub fn run_seed(seed: u64) -> Result<SeedReport, String> {
 }
 
 /// What a seed fixes before the run: the group, its Raft settings, its disks and network.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Setup {
     pub servers: usize,
     pub snapshot_interval: Option<u64>,
@@ -261,10 +263,12 @@ pub struct SweepSummary {
     pub wall: Duration,
 }
 
-/// Runs `count` seeds starting at `first` (consecutive), calling `on_seed` after each.
+/// Runs `count` seeds starting at `first` (consecutive), calling `on_seed` after each; with
+/// `fail_fast`, stops after the first failing seed.
 pub fn sweep(
     first: u64,
     count: u64,
+    fail_fast: bool,
     mut on_seed: impl FnMut(u64, &Result<SeedReport, String>),
 ) -> SweepSummary {
     let started = std::time::Instant::now();
@@ -275,10 +279,13 @@ pub fn sweep(
     for seed in first..first + count {
         let result = run_seed(seed);
         on_seed(seed, &result);
+        summary.seeds += 1;
         if let Err(e) = result {
             summary.failures.push((seed, e));
+            if fail_fast {
+                break;
+            }
         }
-        summary.seeds += 1;
     }
     std::panic::set_hook(hook);
     summary.wall = started.elapsed();

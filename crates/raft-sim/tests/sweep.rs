@@ -15,7 +15,7 @@ fn sweep_seeds_hold_every_invariant() {
             .unwrap_or_else(|_| panic!("SWEEP_SEEDS={text:?} is not a number")),
         Err(_) => 20,
     };
-    let summary = sweep::sweep(first, count, |_, _| {});
+    let summary = sweep::sweep(first, count, false, |_, _| {});
     assert!(
         summary.failures.is_empty(),
         "failing seeds: {:?}",
