@@ -411,3 +411,76 @@ fn random_crashes_recover_a_prefix_with_every_acknowledged_batch() {
         assert!(unacknowledged_recovered > 400, "{unacknowledged_recovered}");
     });
 }
+
+/// The pattern a simulator driver follows, in the simulator: `persist`, sleep for the disk's
+/// sync latency, `complete_syncs`, and only then act on the batch (here: count it as
+/// acknowledged). Crashes abort the node's task at random virtual instants — often during
+/// that sleep — and the node restarts from `crash`'s file system. No acknowledged batch is
+/// ever lost, and unacknowledged ones are recovered whole or not at all.
+#[test]
+fn driver_pattern_in_the_simulator_loses_no_acknowledged_batch() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    let name = "driver_pattern_in_the_simulator_loses_no_acknowledged_batch";
+    flotilla_sim::run_test(name, || async {
+        // history[k]: the state after the first k batches; acked: the acknowledged prefix.
+        let history = Rc::new(RefCell::new(vec![DurableState::default()]));
+        let acked = Rc::new(RefCell::new(0usize));
+        let mut fs = SimFs::new();
+        let (mut in_flight_crashes, mut lives) = (0, 0);
+        for life in 0..150 {
+            lives += 1;
+            let mut storage = reopen(&fs, &format!("life {life}"));
+            {
+                let mut history = history.borrow_mut();
+                let from = *acked.borrow();
+                let got = storage.durable_state();
+                let j = (from..history.len())
+                    .rev()
+                    .find(|&j| &history[j] == got)
+                    .unwrap_or_else(|| {
+                        panic!("life {life}: recovered {got:?}, no prefix from {from}")
+                    });
+                history.truncate(j + 1);
+                *acked.borrow_mut() = j;
+            }
+            fs.complete_syncs();
+            let node = {
+                let (fs, history, acked) = (fs.clone(), history.clone(), acked.clone());
+                flotilla_sim::spawn(async move {
+                    loop {
+                        let raw = flotilla_sim::with_rng(random_raw_batch);
+                        let batch = legalize(history.borrow().last().unwrap(), &raw);
+                        if batch.is_empty() {
+                            flotilla_sim::sleep(Duration::from_micros(100)).await;
+                            continue;
+                        }
+                        storage.persist(&batch).expect("persist");
+                        let next = after(history.borrow().last().unwrap(), &batch);
+                        history.borrow_mut().push(next);
+                        let latency = flotilla_sim::with_rng(|rng| rng.range(50, 500));
+                        flotilla_sim::sleep(Duration::from_micros(latency)).await;
+                        fs.complete_syncs();
+                        // Only now may the node act on the batch (send, reply, apply).
+                        *acked.borrow_mut() = history.borrow().len() - 1;
+                    }
+                })
+            };
+            let uptime = flotilla_sim::with_rng(|rng| rng.range(0, 5_000));
+            flotilla_sim::sleep(Duration::from_micros(uptime)).await;
+            node.abort();
+            if *acked.borrow() + 1 < history.borrow().len() {
+                in_flight_crashes += 1; // crashed while a batch's syncs were in flight
+            }
+            let faults = flotilla_sim::with_rng(random_faults);
+            fs = flotilla_sim::with_rng(|rng| fs.crash(rng, &faults));
+        }
+        assert_eq!(lives, 150);
+        assert!(
+            in_flight_crashes > 75,
+            "{in_flight_crashes} crashes in a sync"
+        );
+    });
+}
