@@ -18,6 +18,9 @@
 //!   with labrpc's failure timing: a call to a cut-off or dead server fails after
 //!   U[0, 100) ms, or U[0, 7000) ms with long delays on.
 //! - [`disk::Disk`]: durable state plus writes that are lost unless synced before a crash.
+//! - [`fs::SimFs`]: a file system (files, directories, fsync, rename) that keeps at a crash
+//!   only what was synced — data and directory entries — and can tear, zero-fill or flip bits
+//!   in what was not, or fail any call with EIO/ENOSPC; for running real storage code.
 //! - [`Rng`]: xoshiro256** seeded through SplitMix64.
 //! - [`seed_from_env`]: the seed convention shared by all tests.
 //!
@@ -26,6 +29,7 @@
 //! twice and compare one number.
 
 pub mod disk;
+pub mod fs;
 pub mod net;
 mod rng;
 pub mod rpc;

@@ -10,8 +10,12 @@
 //! - [`MemStorage`]: the durable state in memory. The simulator wraps it in a disk model that
 //!   loses unsynced writes on a crash.
 //! - [`WalStorage`]: a directory with a write-ahead log of CRC-checked records (one fsync per
-//!   batch) and snapshots written to a temp file, fsynced and renamed into place.
+//!   batch) and snapshots written to a temp file, fsynced and renamed into place. It does its
+//!   I/O through the [`fs::FileSystem`] trait: the real file system by default, or (with the
+//!   `sim` feature) the simulator's `flotilla_sim::fs::SimFs`, whose crashes keep only what
+//!   was synced.
 
+pub mod fs;
 mod mem;
 pub mod wal;
 
@@ -28,8 +32,10 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    /// A record or file failed its checksum or could not be decoded somewhere other than at
-    /// the torn tail of the log. Nothing after it is trusted; nothing is silently applied.
+    /// A record or file failed its checksum or could not be decoded somewhere other than in
+    /// the last record of the log (which a crash during its append may damage, and which is
+    /// cut off instead: see the [`wal`] module docs). Nothing after it is trusted; nothing is
+    /// silently applied.
     #[error("corrupt {what} in {path} at byte {offset}: {detail}")]
     Corrupt {
         what: &'static str,

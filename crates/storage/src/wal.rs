@@ -9,6 +9,13 @@
 //! records through it too, so the state after `open` is, by construction, the state the
 //! acknowledged batches produce.
 //!
+//! All I/O goes through a [`FileSystem`]: `std::fs` by default ([`WalStorage::open`]), or any
+//! other one given to [`WalStorage::open_with`] — in tests and the simulator,
+//! `flotilla_sim::fs::SimFs`, whose crashes keep exactly what was synced (file data *and*
+//! directory entries) and may tear, zero-fill or flip bits in the rest. The crash-safety
+//! argument below assumes only what that model grants: a synced file's data survives, a
+//! directory entry survives once its directory is synced, a rename is atomic.
+//!
 //! # Files
 //!
 //! | name           | content                                                            |
@@ -54,7 +61,8 @@
 //!   `fdatasync` the log. The batch is durable when the sync returns. (Occasionally the log is
 //!   then compacted, see below.)
 //! - **With a snapshot that `apply` installed** — the five steps, each finished before the next:
-//!   1. write `snapshot.tmp` (header + data), `fsync` it;
+//!   1. write `snapshot.tmp` (header + data), `fsync` it, `fsync` the directory (a file's
+//!      `fsync` does not make its directory entry durable; the log is about to name it);
 //!   2. append the batch's record (naming the snapshot by `SnapRef`) to `wal`, `fdatasync` —
 //!      **the commit point**: from here on recovery yields the state after the batch;
 //!   3. rename `snapshot.tmp` to `snapshot`, `fsync` the directory;
@@ -77,18 +85,19 @@
 //! state's snapshot is the reference to the snapshot the acknowledged batches left in force.
 //! Then the reference is resolved: `snapshot` must match it exactly (index, term, length and
 //! CRC); if it does not but `snapshot.tmp` does, the crash came between steps 2 and 3 and the
-//! rename is finished now. Only after everything checked out is a torn tail cut off and
-//! `snapshot.tmp` removed.
+//! rename is finished now. Only after everything checked out is a damaged last record cut
+//! off and `snapshot.tmp` removed.
 //!
 //! The log's contents are the truth; the snapshot file is only ever the one the log names.
 //! Crash points:
 //!
-//! - *During an append* (no snapshot, or step 2): the log ends in a torn record (see below),
-//!   which is discarded: the state before the batch, which was not acknowledged.
+//! - *During an append* (no snapshot, or step 2): the log may end in a damaged record (see
+//!   below), which is cut off: the state before the batch, which was not acknowledged.
 //! - *During or after step 1, before step 2 is durable*: the log does not name the new
 //!   snapshot; `snapshot` is the old one and matches; `snapshot.tmp` is ignored and removed.
 //! - *Between steps 2 and 3*: the log names the new snapshot, `snapshot` is the old one, and
-//!   `snapshot.tmp` (synced in step 1) matches: renamed into place. The state after the batch.
+//!   `snapshot.tmp` (its data and its directory entry synced in step 1) matches: renamed into
+//!   place. The state after the batch.
 //! - *Between steps 3 and 5*: `snapshot` is the new one; `wal` is the old log, which still
 //!   holds the entries up to the snapshot index *and* the batch's record after them. Replaying
 //!   it applies the batch's snapshot after those entries, so `apply`'s snapshot rule drops
@@ -105,30 +114,46 @@
 //!
 //! # Torn tails versus corruption
 //!
-//! A crash in the middle of an append leaves the log **truncated** inside its last record: a
-//! record is appended at the end of the file by one `write_all`, and nothing after it is
-//! written until it is synced, so a crash leaves a prefix of it. The reader therefore treats
-//! as torn, discards and cuts off exactly: an incomplete record header at the end of the file,
-//! or a header whose CRC is good but whose payload runs past the end of the file. Everything
-//! else is [`StorageError::Corrupt`], detected and never applied:
+//! Every append is followed by its `fdatasync` before anything else is written to the log, so
+//! at any instant at most **one** record — the last — can be unsynced, and a crash can damage
+//! nothing else. What it can do to that record depends on the disk: leave a prefix of it
+//! (torn at a sector boundary, header included), leave its full length with zeros where the
+//! data never arrived (the size reached the disk first), or leave flipped bits in it. The
+//! reader therefore decides by *position*, not by the kind of damage. The first record that
+//! fails any check — incomplete header, header checksum mismatch, length above
+//! [`WalStorage::MAX_RECORD_LEN`], payload shorter than its length, payload checksum mismatch,
+//! a payload that does not decode (or has bytes left over), entries that cannot follow the
+//! state (a gap, non-consecutive indexes, an index at or below the snapshot) — is
 //!
-//! - a header CRC mismatch, a length above [`WalStorage::MAX_RECORD_LEN`], a payload CRC
-//!   mismatch, a payload that does not decode (or has bytes left over), a record whose entries
-//!   cannot follow the state (a gap, non-consecutive indexes, an index at or below the
-//!   snapshot) — anywhere in the log, **including the last record**. *This is a choice:* a
-//!   complete last record with a bad checksum could in principle be a torn write whose file
-//!   size grew before its data reached the disk (garbage or zeros at the end), but file
-//!   systems that write data before the size update (ext4 in its default `data=ordered` mode)
-//!   do not produce that, while a flipped bit does, and the two cannot be told apart. Refusing
-//!   to start is the answer that never applies wrong data nor silently drops an acknowledged
-//!   batch; the operator can cut such a record off by hand. A zero-filled tail is treated
-//!   the same way.
-//! - a snapshot file with a bad magic, header CRC, length or data CRC; a log that names a
-//!   snapshot no file holds; a `snapshot` file when the log names none or no `wal` at all.
+//! - **the damaged last record**, cut off at the end of the last good record (with a
+//!   `tracing` warning naming the file, the offset and the reason), if nothing follows it:
+//!   when its header is intact, no byte lies past the end that header gives; when its header
+//!   is damaged (so its length cannot be trusted), no intact record — header and payload
+//!   checksums good — starts anywhere after it. This is the mark of a crash during an append:
+//!   that batch was never acknowledged, and the recovered state is the one before it.
+//! - **corruption** otherwise ([`StorageError::Corrupt`] naming the file, the record's offset
+//!   and what is wrong): damage with an intact record (or, past an intact header's end, any
+//!   bytes) after it was not made by a crash during the last append. Nothing after it is
+//!   trusted, nothing is silently dropped; `open` refuses and leaves the files alone.
+//!
+//! *What this gives up.* A crash and bit rot cannot be told apart in the last record: if an
+//! already-synced, acknowledged final record later rots, it is cut off as if it had been torn,
+//! and that batch is lost (loudly, in the log). So is a final record written wrong by a bug
+//! but with good checksums. And a torn last record whose damaged header is followed, inside
+//! its own payload, by bytes that happen to form a complete framed record (entry data that
+//! embeds a WAL record) is taken for corruption, and `open` refuses. A later revision may
+//! narrow the first case the way etcd does (a torn write leaves zeroed sectors; a flipped bit
+//! in an otherwise complete record does not).
+//!
+//! Other files are never torn by a crash — the log is created whole via `wal.tmp`, a snapshot
+//! file is synced before anything names it — so any damage there is [`StorageError::Corrupt`]:
+//! a log with a short or bad magic; a snapshot file with a bad magic, header CRC, length or
+//! data CRC; a log that names a snapshot no file holds; a `snapshot` file when the log names
+//! none or no `wal` at all.
 //!
 //! Nothing read from disk can make `open` panic: lengths are checked against the bytes
 //! actually present (nothing is allocated on the word of a length field), decode errors and
-//! records that break the batch contract become `Corrupt`.
+//! records that break the batch contract are damage as above.
 //!
 //! # Guarantees
 //!
@@ -148,13 +173,13 @@
 //! superseded records included: it drops to about the size of the live state after every
 //! snapshot (and every compaction), which is what services watching `maxraftstate` need.
 
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use flotilla_raft::{Entry, HardState, Index, Snapshot, Term};
 use serde::{Deserialize, Serialize};
 
+use crate::fs::{EntryKind, FileSystem, StdFs, WritableFile};
 use crate::{DurableState, Persist, Storage, StorageError};
 
 /// See [`WalStorage::MAX_RECORD_LEN`].
@@ -224,7 +249,7 @@ struct RecordIn {
 /// Where a test makes `persist` stop, as if the process had died there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CrashPoint {
-    /// Step 1 done: `snapshot.tmp` written and synced.
+    /// Step 1 done: `snapshot.tmp` written and synced, its directory entry too.
     SnapshotTmpSynced,
     /// Step 2 done: the batch's record is in the log (the commit point).
     RecordAppended,
@@ -236,15 +261,19 @@ enum CrashPoint {
 
 /// Raft's durable state in a directory: a CRC-checked write-ahead log and a snapshot file.
 /// See the module docs for the format and the crash-safety argument.
+///
+/// `F` is the file system it lives on: the real one by default, or any [`FileSystem`] (the
+/// simulator's, with the `sim` feature) through [`WalStorage::open_with`].
 #[derive(Debug)]
-pub struct WalStorage {
+pub struct WalStorage<F: FileSystem = StdFs> {
+    fs: F,
     dir: PathBuf,
     state: DurableState,
     /// The reference to `state.snapshot` as the log records it; `None` while no snapshot
     /// was ever installed.
     snap_ref: Option<SnapRef>,
     /// `wal`, opened for appending.
-    wal: File,
+    wal: F::File,
     /// Length of `wal` in bytes.
     wal_len: u64,
     /// Log length at which to check next whether a compaction is worth it.
@@ -261,20 +290,28 @@ impl WalStorage {
     /// would be larger is refused by `persist`; a record header claiming more is corruption.
     pub const MAX_RECORD_LEN: usize = MAX_RECORD_LEN;
 
-    /// Opens the storage in `dir`, creating the directory and an empty log if missing, and
-    /// recovers the durable state (see the module docs). Returns [`StorageError::Corrupt`] if
-    /// anything on disk fails its checks other than a torn last record, which is discarded.
+    /// Opens the storage in `dir` on the real file system, creating the directory and an
+    /// empty log if missing, and recovers the durable state (see the module docs). Returns
+    /// [`StorageError::Corrupt`] if anything on disk fails its checks other than a damaged
+    /// last record, which is cut off.
     pub fn open(dir: impl AsRef<Path>) -> Result<WalStorage, StorageError> {
+        WalStorage::open_with(StdFs, dir)
+    }
+}
+
+impl<F: FileSystem> WalStorage<F> {
+    /// [`WalStorage::open`] on the file system `fs`.
+    pub fn open_with(fs: F, dir: impl AsRef<Path>) -> Result<WalStorage<F>, StorageError> {
         let dir = dir.as_ref().to_path_buf();
-        create_dir_durably(&dir)?;
-        remove_if_exists(&dir.join(WAL_TMP))?;
+        create_dir_durably(&fs, &dir)?;
+        remove_if_exists(&fs, &dir.join(WAL_TMP))?;
 
         let wal_path = dir.join(WAL_FILE);
-        let bytes = match fs::read(&wal_path) {
+        let bytes = match fs.read(&wal_path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let snapshot_path = dir.join(SNAPSHOT_FILE);
-                if exists(&snapshot_path)? {
+                if exists(&fs, &snapshot_path)? {
                     return Err(corrupt(
                         "directory",
                         &wal_path,
@@ -282,33 +319,42 @@ impl WalStorage {
                         "a snapshot file but no log: the hard state is lost".into(),
                     ));
                 }
-                write_file_atomically(&dir, WAL_FILE, WAL_MAGIC)?;
+                write_file_atomically(&fs, &dir, WAL_FILE, WAL_MAGIC)?;
                 WAL_MAGIC.to_vec()
             }
             Err(e) => return Err(io_err(&wal_path)(e)),
         };
 
-        let (mut state, good_len) = replay(&wal_path, &bytes)?;
-        let (snap_ref, roll_forward) = resolve_snapshot(&dir, &mut state)?;
+        let Replay {
+            mut state,
+            good_len,
+            damage,
+        } = replay(&wal_path, &bytes)?;
+        let (snap_ref, roll_forward) = resolve_snapshot(&fs, &dir, &mut state)?;
 
         // Everything checked out: now repair what the crash left behind.
         if roll_forward {
             let from = dir.join(SNAPSHOT_TMP);
-            fs::rename(&from, dir.join(SNAPSHOT_FILE)).map_err(io_err(&from))?;
-            sync_dir(&dir)?;
+            fs.rename(&from, &dir.join(SNAPSHOT_FILE))
+                .map_err(io_err(&from))?;
+            sync_dir(&fs, &dir)?;
         } else {
-            remove_if_exists(&dir.join(SNAPSHOT_TMP))?;
+            remove_if_exists(&fs, &dir.join(SNAPSHOT_TMP))?;
         }
-        let wal = OpenOptions::new()
-            .append(true)
-            .open(&wal_path)
-            .map_err(io_err(&wal_path))?;
-        if good_len < bytes.len() as u64 {
+        let mut wal = fs.open_append(&wal_path).map_err(io_err(&wal_path))?;
+        if let Some(reason) = damage {
+            tracing::warn!(
+                file = %wal_path.display(),
+                offset = good_len,
+                cut = bytes.len() as u64 - good_len,
+                "cutting off the damaged last record of the log (a crash during its append): {reason}"
+            );
             wal.set_len(good_len).map_err(io_err(&wal_path))?;
             wal.sync_all().map_err(io_err(&wal_path))?;
         }
 
         Ok(WalStorage {
+            fs,
             dir,
             state,
             snap_ref,
@@ -349,20 +395,25 @@ impl WalStorage {
         if let (true, Some(snap_ref)) = (installed, snap_ref) {
             // Step 1.
             let path = self.dir.join(SNAPSHOT_TMP);
-            let mut file = File::create(&path).map_err(io_err(&path))?;
+            let mut file = self.fs.create(&path).map_err(io_err(&path))?;
             file.write_all(&encode_snapshot_header(&snap_ref))
                 .and_then(|()| file.write_all(&self.state.snapshot.data))
                 .and_then(|()| file.sync_all())
                 .map_err(io_err(&path))?;
             drop(file);
+            // The log is about to name this file: its directory entry must be durable first,
+            // or a crash could leave a log naming a snapshot no directory holds.
+            sync_dir(&self.fs, &self.dir)?;
             self.crash_point(CrashPoint::SnapshotTmpSynced)?;
             // Step 2: the commit point.
             self.append(record)?;
             self.crash_point(CrashPoint::RecordAppended)?;
             // Step 3.
             let from = self.dir.join(SNAPSHOT_TMP);
-            fs::rename(&from, self.dir.join(SNAPSHOT_FILE)).map_err(io_err(&from))?;
-            sync_dir(&self.dir)?;
+            self.fs
+                .rename(&from, &self.dir.join(SNAPSHOT_FILE))
+                .map_err(io_err(&from))?;
+            sync_dir(&self.fs, &self.dir)?;
             self.crash_point(CrashPoint::SnapshotRenamed)?;
             // Steps 4 and 5.
             self.snap_ref = Some(snap_ref);
@@ -391,7 +442,7 @@ impl WalStorage {
     /// Rewrites the log as the shortest replay of the current state (steps 4 and 5).
     fn compact(&mut self) -> Result<(), StorageError> {
         let tmp = self.dir.join(WAL_TMP);
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let file = self.fs.create(&tmp).map_err(io_err(&tmp))?;
         let mut out = BufWriter::new(file);
         let mut len = 0u64;
         let mut write = |bytes: &[u8]| -> Result<(), StorageError> {
@@ -441,18 +492,15 @@ impl WalStorage {
                 },
             )?)?;
         }
-        let file = out.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+        let mut file = out.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
         file.sync_all().map_err(io_err(&tmp))?;
         drop(file);
         self.crash_point(CrashPoint::CompactedLogSynced)?;
 
         let wal_path = self.wal_path();
-        fs::rename(&tmp, &wal_path).map_err(io_err(&tmp))?;
-        sync_dir(&self.dir)?;
-        self.wal = OpenOptions::new()
-            .append(true)
-            .open(&wal_path)
-            .map_err(io_err(&wal_path))?;
+        self.fs.rename(&tmp, &wal_path).map_err(io_err(&tmp))?;
+        sync_dir(&self.fs, &self.dir)?;
+        self.wal = self.fs.open_append(&wal_path).map_err(io_err(&wal_path))?;
         self.wal_len = len;
         self.compact_check_at = self.min_garbage_compact_len().max(2 * len);
         Ok(())
@@ -485,7 +533,7 @@ impl WalStorage {
     }
 }
 
-impl Storage for WalStorage {
+impl<F: FileSystem> Storage for WalStorage<F> {
     fn persist(&mut self, batch: &Persist) -> Result<(), StorageError> {
         if self.poisoned {
             return Err(io_err(&self.dir)(io::Error::other(
@@ -548,9 +596,32 @@ fn frame(path: &Path, record: &RecordOut<'_>) -> Result<Vec<u8>, StorageError> {
     Ok(buf)
 }
 
-/// Replays the log in `bytes`. Returns the state (with placeholder snapshot data) and the
-/// length of the good prefix: shorter than `bytes` iff the last record is torn.
-fn replay(path: &Path, bytes: &[u8]) -> Result<(DurableState, u64), StorageError> {
+/// A replayed log.
+#[derive(Debug)]
+struct Replay {
+    /// The state the good records produce (with placeholder snapshot data).
+    state: DurableState,
+    /// Length of the good prefix: the magic and the good records.
+    good_len: u64,
+    /// Why the bytes after `good_len`, if any, are a damaged last record to cut off.
+    damage: Option<String>,
+}
+
+/// A record that failed its checks at some offset.
+struct Damage {
+    what: &'static str,
+    detail: String,
+    /// Where the record ends by its (intact) header; `None` when the header itself is
+    /// damaged or incomplete, so nobody knows.
+    end: Option<usize>,
+}
+
+/// Replays the log in `bytes`. The first record that fails any check ends the replay: if it
+/// is the last thing in the log (see the module docs: nothing follows it by its own header,
+/// or, if its header is damaged, no intact record starts anywhere after it) it is a crash
+/// during its append and is reported in `damage`, to be cut off; otherwise the log is
+/// corrupt.
+fn replay(path: &Path, bytes: &[u8]) -> Result<Replay, StorageError> {
     if bytes.len() < WAL_MAGIC.len() || &bytes[..WAL_MAGIC.len()] != WAL_MAGIC {
         // The log is always created whole (via a temp file and a rename), so a short or
         // wrong magic is damage, not a torn write.
@@ -559,73 +630,151 @@ fn replay(path: &Path, bytes: &[u8]) -> Result<(DurableState, u64), StorageError
     let mut state = DurableState::default();
     let mut offset = WAL_MAGIC.len();
     while offset < bytes.len() {
-        let rest = &bytes[offset..];
-        if rest.len() < RECORD_HEADER_LEN {
-            break; // torn header
-        }
-        let header = &rest[..RECORD_HEADER_LEN];
-        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let header_crc = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-        let at = offset as u64;
-        if crc32fast::hash(&header[0..8]) != header_crc {
-            return Err(corrupt(
-                "record header",
-                path,
-                at,
-                "header checksum mismatch".into(),
-            ));
-        }
-        if len > MAX_RECORD_LEN {
-            return Err(corrupt(
-                "record header",
-                path,
-                at,
-                format!("length {len} exceeds the maximum {MAX_RECORD_LEN}"),
-            ));
-        }
-        if rest.len() - RECORD_HEADER_LEN < len {
-            break; // torn payload
-        }
-        let payload = &rest[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
-        if crc32fast::hash(payload) != crc {
-            return Err(corrupt(
-                "record",
-                path,
-                at,
-                "payload checksum mismatch".into(),
-            ));
-        }
-        let record: RecordIn = match postcard::take_from_bytes(payload) {
-            Ok((record, [])) => record,
-            Ok((_, left)) => {
-                return Err(corrupt(
-                    "record",
-                    path,
-                    at,
-                    format!("{} bytes after the encoded record", left.len()),
-                ))
-            }
-            Err(e) => return Err(corrupt("record", path, at, format!("decode error: {e}"))),
+        let damage = match read_record(bytes, offset) {
+            Ok((record, end)) => match apply_record(&mut state, record) {
+                Ok(()) => {
+                    offset = end;
+                    continue;
+                }
+                Err(detail) => Damage {
+                    what: "record",
+                    detail,
+                    end: Some(end),
+                },
+            },
+            Err(damage) => damage,
         };
-        apply_record(&mut state, record).map_err(|detail| corrupt("record", path, at, detail))?;
-        offset += RECORD_HEADER_LEN + len;
+        let at = offset as u64;
+        let followed_by = match damage.end {
+            Some(end) if end < bytes.len() => {
+                Some(format!("{} more bytes follow it", bytes.len() - end))
+            }
+            Some(_) => None,
+            None => intact_record_after(bytes, offset)
+                .map(|next| format!("an intact record follows at byte {next}")),
+        };
+        return match followed_by {
+            Some(follows) => Err(corrupt(
+                damage.what,
+                path,
+                at,
+                format!("{}; {follows}, so this is no torn append", damage.detail),
+            )),
+            None => Ok(Replay {
+                state,
+                good_len: at,
+                damage: Some(format!("{} at byte {at}: {}", damage.what, damage.detail)),
+            }),
+        };
     }
-    Ok((state, offset as u64))
+    Ok(Replay {
+        state,
+        good_len: offset as u64,
+        damage: None,
+    })
 }
 
-/// Applies one record read from disk. The batch is split in two — its snapshot, then its
-/// entries and hard state — which is what `DurableState::apply` does in sequence anyway;
-/// in between, the entries are checked against the state so that `apply`'s contract
-/// assertions cannot fire on bad input.
-fn apply_record(state: &mut DurableState, record: RecordIn) -> Result<(), String> {
-    if let Some(snap_ref) = record.snapshot {
-        state.apply(&Persist {
-            snapshot: Some(snap_ref.placeholder()),
-            ..Persist::default()
-        });
+/// Reads and decodes the record at `offset` (which is inside `bytes`). Returns it and the
+/// offset after it.
+fn read_record(bytes: &[u8], offset: usize) -> Result<(RecordIn, usize), Damage> {
+    let rest = &bytes[offset..];
+    let unknown_end = |what, detail: &str| Damage {
+        what,
+        detail: detail.to_string(),
+        end: None,
+    };
+    if rest.len() < RECORD_HEADER_LEN {
+        return Err(unknown_end(
+            "record header",
+            &format!("only {} of its {RECORD_HEADER_LEN} bytes", rest.len()),
+        ));
     }
-    if let (Some(first), Some(last)) = (record.entries.first(), record.entries.last()) {
+    let header = &rest[..RECORD_HEADER_LEN];
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let header_crc = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    if crc32fast::hash(&header[0..8]) != header_crc {
+        return Err(unknown_end("record header", "header checksum mismatch"));
+    }
+    if len > MAX_RECORD_LEN {
+        return Err(unknown_end(
+            "record header",
+            &format!("length {len} exceeds the maximum {MAX_RECORD_LEN}"),
+        ));
+    }
+    let end = offset + RECORD_HEADER_LEN + len;
+    let damaged = |detail: String| Damage {
+        what: "record",
+        detail,
+        end: Some(end),
+    };
+    if rest.len() - RECORD_HEADER_LEN < len {
+        return Err(damaged(format!(
+            "payload of {len} bytes, only {} present",
+            rest.len() - RECORD_HEADER_LEN
+        )));
+    }
+    let payload = &rest[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
+    if crc32fast::hash(payload) != crc {
+        return Err(damaged("payload checksum mismatch".into()));
+    }
+    match postcard::take_from_bytes(payload) {
+        Ok((record, [])) => Ok((record, end)),
+        Ok((_, left)) => Err(damaged(format!(
+            "{} bytes after the encoded record",
+            left.len()
+        ))),
+        Err(e) => Err(damaged(format!("decode error: {e}"))),
+    }
+}
+
+/// The offset of the first intact record (header and payload checksums good) that starts
+/// after `offset`, if any. Only called on a damaged log, to tell a torn last record from
+/// damage in the middle.
+fn intact_record_after(bytes: &[u8], offset: usize) -> Option<usize> {
+    (offset + 1..bytes.len().saturating_sub(RECORD_HEADER_LEN - 1)).find(|&at| {
+        let header = &bytes[at..at + RECORD_HEADER_LEN];
+        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        let payload_end = at + RECORD_HEADER_LEN + len;
+        len <= MAX_RECORD_LEN
+            && payload_end <= bytes.len()
+            && crc32fast::hash(&header[0..8])
+                == u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"))
+            && crc32fast::hash(&bytes[at + RECORD_HEADER_LEN..payload_end])
+                == u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"))
+    })
+}
+
+/// Applies one record read from disk, or leaves `state` as it was and says why the record
+/// cannot follow it. The batch is split in two — its snapshot, then its entries and hard
+/// state — which is what `DurableState::apply` does in sequence anyway; in between, the
+/// entries are checked against the state so that `apply`'s contract assertions cannot fire
+/// on bad input.
+fn apply_record(state: &mut DurableState, record: RecordIn) -> Result<(), String> {
+    match record.snapshot {
+        // Rare (the first record of a compacted log, on the empty state, or the record of
+        // a batch whose compaction a crash cut short): apply it to a copy, so that a record
+        // refused below leaves the state as it was.
+        Some(snap_ref) => {
+            let mut next = state.clone();
+            next.apply(&Persist {
+                snapshot: Some(snap_ref.placeholder()),
+                ..Persist::default()
+            });
+            apply_entries_and_hard_state(&mut next, record.entries, record.hard_state)?;
+            *state = next;
+            Ok(())
+        }
+        None => apply_entries_and_hard_state(state, record.entries, record.hard_state),
+    }
+}
+
+fn apply_entries_and_hard_state(
+    state: &mut DurableState,
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+) -> Result<(), String> {
+    if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
         if first.index <= state.snapshot.index {
             return Err(format!(
                 "entry {} at or below the snapshot index {}",
@@ -639,8 +788,7 @@ fn apply_record(state: &mut DurableState, record: RecordIn) -> Result<(), String
                 state.last_index()
             ));
         }
-        if let Some(pair) = record
-            .entries
+        if let Some(pair) = entries
             .windows(2)
             .find(|pair| pair[0].index.checked_add(1) != Some(pair[1].index))
         {
@@ -654,23 +802,24 @@ fn apply_record(state: &mut DurableState, record: RecordIn) -> Result<(), String
         }
     }
     state.apply(&Persist {
-        hard_state: record.hard_state,
+        hard_state,
         snapshot: None,
-        entries: record.entries,
+        entries,
     });
     Ok(())
 }
 
 /// Replaces the placeholder in `state.snapshot` by the snapshot file it names. Returns the
 /// reference and whether `snapshot.tmp` holds it (so it must be renamed into place).
-fn resolve_snapshot(
+fn resolve_snapshot<F: FileSystem>(
+    fs: &F,
     dir: &Path,
     state: &mut DurableState,
 ) -> Result<(Option<SnapRef>, bool), StorageError> {
     let snapshot_path = dir.join(SNAPSHOT_FILE);
     if state.snapshot.data.is_empty() {
         // No record ever named a snapshot (a placeholder is never empty).
-        if exists(&snapshot_path)? {
+        if exists(fs, &snapshot_path)? {
             return Err(corrupt(
                 "snapshot",
                 &snapshot_path,
@@ -689,7 +838,7 @@ fn resolve_snapshot(
             format!("decode error: {e}"),
         )
     })?;
-    let main = match read_snapshot(&snapshot_path) {
+    let main = match read_snapshot(fs, &snapshot_path) {
         Ok(Some((found, snapshot))) if found == snap_ref => {
             state.snapshot = snapshot;
             return Ok((Some(snap_ref), false));
@@ -711,7 +860,7 @@ fn resolve_snapshot(
     };
     // A crash between the commit point and the rename leaves the named snapshot in the
     // temp file, which was synced before the commit. Anything else there is debris.
-    if let Ok(Some((found, snapshot))) = read_snapshot(&dir.join(SNAPSHOT_TMP)) {
+    if let Ok(Some((found, snapshot))) = read_snapshot(fs, &dir.join(SNAPSHOT_TMP)) {
         if found == snap_ref {
             state.snapshot = snapshot;
             return Ok((Some(snap_ref), true));
@@ -733,8 +882,11 @@ fn encode_snapshot_header(snap_ref: &SnapRef) -> [u8; SNAPSHOT_HEADER_LEN] {
 }
 
 /// Reads and checks a snapshot file; `Ok(None)` if there is none.
-fn read_snapshot(path: &Path) -> Result<Option<(SnapRef, Snapshot)>, StorageError> {
-    let mut bytes = match fs::read(path) {
+fn read_snapshot<F: FileSystem>(
+    fs: &F,
+    path: &Path,
+) -> Result<Option<(SnapRef, Snapshot)>, StorageError> {
+    let mut bytes = match fs.read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path)(e)),
@@ -787,70 +939,63 @@ fn estimated_live_len(state: &DurableState) -> u64 {
 }
 
 /// Writes `path` from scratch and syncs it.
-fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
-    let mut file = File::create(path).map_err(io_err(path))?;
+fn write_file_synced<F: FileSystem>(fs: &F, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let mut file = fs.create(path).map_err(io_err(path))?;
     file.write_all(bytes).map_err(io_err(path))?;
     file.sync_all().map_err(io_err(path))
 }
 
 /// Creates `dir/name` with `bytes` so that a crash leaves either no file or the whole one.
-fn write_file_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+fn write_file_atomically<F: FileSystem>(
+    fs: &F,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), StorageError> {
     let tmp = dir.join(format!("{name}.tmp"));
-    write_file_synced(&tmp, bytes)?;
-    fs::rename(&tmp, dir.join(name)).map_err(io_err(&tmp))?;
-    sync_dir(dir)
+    write_file_synced(fs, &tmp, bytes)?;
+    fs.rename(&tmp, &dir.join(name)).map_err(io_err(&tmp))?;
+    sync_dir(fs, dir)
 }
 
-/// Makes renames and creations in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    #[cfg(unix)]
-    {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir; // Directories cannot be opened for syncing here; renames are journaled.
-    Ok(())
+/// Makes creations, renames and removals in `dir` durable.
+fn sync_dir<F: FileSystem>(fs: &F, dir: &Path) -> Result<(), StorageError> {
+    fs.sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Creates `dir` and any missing ancestors, syncing the parent of each one created so that
 /// the directory itself survives a crash.
-fn create_dir_durably(dir: &Path) -> Result<(), StorageError> {
-    match fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => return Ok(()),
-        Ok(_) => {
+fn create_dir_durably<F: FileSystem>(fs: &F, dir: &Path) -> Result<(), StorageError> {
+    match fs.kind(dir) {
+        Ok(Some(EntryKind::Dir)) => return Ok(()),
+        Ok(Some(EntryKind::File)) => {
             return Err(io_err(dir)(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 "not a directory",
             )))
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Ok(None) => {}
         Err(e) => return Err(io_err(dir)(e)),
     }
     let parent = match dir.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    create_dir_durably(parent)?;
-    match fs::create_dir(dir) {
+    create_dir_durably(fs, parent)?;
+    match fs.create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io_err(dir)(e)),
     }
-    sync_dir(parent)
+    sync_dir(fs, parent)
 }
 
-fn exists(path: &Path) -> Result<bool, StorageError> {
-    match fs::symlink_metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_err(path)(e)),
-    }
+fn exists<F: FileSystem>(fs: &F, path: &Path) -> Result<bool, StorageError> {
+    fs.exists(path).map_err(io_err(path))
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), StorageError> {
-    match fs::remove_file(path) {
+fn remove_if_exists<F: FileSystem>(fs: &F, path: &Path) -> Result<(), StorageError> {
+    match fs.remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(path)(e)),
@@ -880,6 +1025,7 @@ mod tests {
 
     use super::*;
     use crate::MemStorage;
+    use std::fs;
 
     fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
         range
@@ -1037,13 +1183,13 @@ mod tests {
         let (dir, _, after) = crash_in(CrashPoint::SnapshotRenamed, &history, &batch);
 
         // The files really are in the state described.
-        let (snap_ref, on_disk) = read_snapshot(&dir.path().join(SNAPSHOT_FILE))
+        let (snap_ref, on_disk) = read_snapshot(&StdFs, &dir.path().join(SNAPSHOT_FILE))
             .unwrap()
             .expect("snapshot renamed into place");
         assert_eq!(on_disk, snapshot(4, 2));
         assert_eq!(snap_ref, SnapRef::of(&on_disk));
         let log = fs::read(dir.path().join(WAL_FILE)).unwrap();
-        let (replayed, _) = replay(Path::new("wal"), &log).unwrap();
+        let replayed = replay(Path::new("wal"), &log).unwrap().state;
         assert_eq!(replayed.entries, entries(5..=6, 2));
         let mut old_records = 0;
         let mut offset = WAL_MAGIC.len();
@@ -1067,7 +1213,7 @@ mod tests {
         let history = history(true);
         let batch = snapshot_batches().remove(1);
         let (dir, _, after) = crash_in(CrashPoint::RecordAppended, &history, &batch);
-        let (_, old) = read_snapshot(&dir.path().join(SNAPSHOT_FILE))
+        let (_, old) = read_snapshot(&StdFs, &dir.path().join(SNAPSHOT_FILE))
             .unwrap()
             .unwrap();
         assert_eq!(old, snapshot(2, 1));
@@ -1075,7 +1221,7 @@ mod tests {
 
         let wal = WalStorage::open(dir.path()).unwrap();
         assert_eq!(wal.durable_state(), &after);
-        let (_, now) = read_snapshot(&dir.path().join(SNAPSHOT_FILE))
+        let (_, now) = read_snapshot(&StdFs, &dir.path().join(SNAPSHOT_FILE))
             .unwrap()
             .unwrap();
         assert_eq!(now, snapshot(5, 3));
@@ -1198,73 +1344,67 @@ mod tests {
     }
 
     /// Records that pass their checksums but break the batch contract (which only a bug or
-    /// an astronomically unlucky corruption could produce) are errors, not panics.
+    /// an astronomically unlucky corruption could produce) are errors, not panics: `Corrupt`
+    /// when an intact record follows, cut off like any damaged last record otherwise.
     #[test]
-    fn contract_violations_on_disk_are_corrupt_not_panics() {
-        let bad_batches = [
-            entries(2..=3, 1), // gap after the empty log
-            vec![entries(1..=1, 1)[0].clone(), entries(3..=3, 1)[0].clone()], // not consecutive
-            entries(Index::MAX..=Index::MAX, 1), // index out of range
-        ];
-        for bad in bad_batches {
-            let mut log = WAL_MAGIC.to_vec();
-            log.extend(
-                frame(
-                    Path::new("wal"),
-                    &RecordOut {
-                        hard_state: None,
-                        snapshot: None,
-                        entries: &bad,
-                    },
-                )
-                .unwrap(),
-            );
-            assert!(
-                matches!(
-                    replay(Path::new("wal"), &log),
-                    Err(StorageError::Corrupt { .. })
-                ),
-                "{bad:?}"
-            );
-        }
-        // Entries at or below a snapshot named in the same record.
-        let mut log = WAL_MAGIC.to_vec();
-        log.extend(
+    fn contract_violations_on_disk_are_errors_not_panics() {
+        let record = |snapshot: Option<SnapRef>, entries: &[Entry]| {
             frame(
                 Path::new("wal"),
                 &RecordOut {
                     hard_state: None,
-                    snapshot: Some(SnapRef::of(&snapshot(3, 1))),
-                    entries: &entries(3..=4, 1),
+                    snapshot,
+                    entries,
                 },
             )
-            .unwrap(),
-        );
-        assert!(matches!(
-            replay(Path::new("wal"), &log),
-            Err(StorageError::Corrupt { .. })
-        ));
+            .unwrap()
+        };
         // Trailing bytes after a well-formed payload.
-        let mut record = frame(
-            Path::new("wal"),
-            &RecordOut {
-                hard_state: None,
-                snapshot: None,
-                entries: &entries(1..=1, 1),
-            },
-        )
-        .unwrap();
-        record.push(0);
-        let len = (record.len() - RECORD_HEADER_LEN) as u32;
-        let crc = crc32fast::hash(&record[RECORD_HEADER_LEN..]);
-        record[0..4].copy_from_slice(&len.to_le_bytes());
-        record[4..8].copy_from_slice(&crc.to_le_bytes());
-        let header_crc = crc32fast::hash(&record[0..8]);
-        record[8..12].copy_from_slice(&header_crc.to_le_bytes());
-        let log = [&WAL_MAGIC[..], &record].concat();
-        assert!(matches!(
-            replay(Path::new("wal"), &log),
-            Err(StorageError::Corrupt { .. })
-        ));
+        let mut trailing = record(None, &entries(1..=1, 1));
+        trailing.push(0);
+        let len = (trailing.len() - RECORD_HEADER_LEN) as u32;
+        let crc = crc32fast::hash(&trailing[RECORD_HEADER_LEN..]);
+        trailing[0..4].copy_from_slice(&len.to_le_bytes());
+        trailing[4..8].copy_from_slice(&crc.to_le_bytes());
+        let header_crc = crc32fast::hash(&trailing[0..8]);
+        trailing[8..12].copy_from_slice(&header_crc.to_le_bytes());
+
+        let good = record(None, &entries(1..=2, 1));
+        let bad_records = [
+            record(None, &entries(4..=5, 1)), // gap after the good record
+            record(
+                None,
+                &[entries(3..=3, 1)[0].clone(), entries(5..=5, 1)[0].clone()],
+            ), // not consecutive
+            record(None, &entries(Index::MAX..=Index::MAX, 1)), // index out of range
+            // Entries at or below a snapshot named in the same record.
+            record(Some(SnapRef::of(&snapshot(3, 1))), &entries(3..=4, 1)),
+            trailing,
+        ];
+        let intact_after = record(None, &entries(3..=3, 1));
+        for (i, bad) in bad_records.iter().enumerate() {
+            // Last in the log: cut off, the state is that of the good record alone.
+            let log = [&WAL_MAGIC[..], &good, bad].concat();
+            let replayed = replay(Path::new("wal"), &log).unwrap_or_else(|e| panic!("{i}: {e}"));
+            assert_eq!(
+                replayed.good_len,
+                (WAL_MAGIC.len() + good.len()) as u64,
+                "{i}"
+            );
+            assert!(replayed.damage.is_some(), "{i}");
+            assert_eq!(replayed.state.entries, entries(1..=2, 1), "{i}");
+            assert_eq!(
+                replayed.state.snapshot.index, 0,
+                "{i}: snapshot half-applied"
+            );
+            // Followed by an intact record: corrupt, naming the bad record's offset.
+            let log = [&log[..], &intact_after].concat();
+            match replay(Path::new("wal"), &log) {
+                Err(StorageError::Corrupt { offset, .. }) => {
+                    assert_eq!(offset, (WAL_MAGIC.len() + good.len()) as u64, "{i}")
+                }
+                other => panic!("{i}: expected Corrupt, got {other:?}"),
+            }
+        }
     }
 }

@@ -2,38 +2,19 @@
 //! (`wal`, `snapshot`, `wal.tmp`, `snapshot.tmp` in the storage directory).
 //!
 //! Crash points inside `persist` (between writing a snapshot and compacting the log, etc.)
-//! are tested by the unit tests in `src/wal.rs`, which can stop `persist` half-way.
+//! are tested by the unit tests in `src/wal.rs`, which can stop `persist` half-way, and, at
+//! every file-system call and with unsynced data lost or damaged, on the simulated file
+//! system by `tests/wal_crash.rs`.
 
 use std::fs;
 use std::path::Path;
 
-use flotilla_raft::{DurableState, Entry, HardState, Snapshot};
+use flotilla_raft::{DurableState, Entry, HardState};
 use flotilla_storage::{MemStorage, Persist, Storage, StorageError, WalStorage};
 use proptest::prelude::*;
 
-fn entry(index: u64, term: u64) -> Entry {
-    Entry {
-        index,
-        term,
-        data: format!("cmd-{index}-{term}").into_bytes(),
-    }
-}
-
-fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
-    range.map(|index| entry(index, term)).collect()
-}
-
-fn hard(term: u64, vote: Option<u64>) -> Option<HardState> {
-    Some(HardState { term, vote })
-}
-
-fn snapshot(index: u64, term: u64) -> Option<Snapshot> {
-    Some(Snapshot {
-        index,
-        term,
-        data: format!("state machine at {index}/{term}").into_bytes(),
-    })
-}
+mod common;
+use common::*;
 
 /// Persists `batch` in both storages and checks they agree.
 fn persist_both(wal: &mut WalStorage, mem: &mut MemStorage, batch: &Persist) {
@@ -67,57 +48,6 @@ fn copy_dir(from: &Path, to: &Path) {
         let item = item.unwrap();
         fs::copy(item.path(), to.join(item.file_name())).unwrap();
     }
-}
-
-/// The batches of the round-trip test: appends, a conflicting suffix, hard states and two
-/// snapshots (one keeping the log after it, one discarding it).
-fn script() -> Vec<Persist> {
-    vec![
-        Persist {
-            hard_state: hard(1, Some(1)),
-            entries: entries(1..=3, 1),
-            ..Default::default()
-        },
-        Persist {
-            entries: entries(4..=5, 1),
-            ..Default::default()
-        },
-        Persist {
-            hard_state: hard(2, None),
-            ..Default::default()
-        },
-        // Conflicting suffix: 3..=5 of term 1 are replaced by 3..=4 of term 2.
-        Persist {
-            hard_state: hard(2, Some(2)),
-            entries: entries(3..=4, 2),
-            ..Default::default()
-        },
-        Persist {
-            entries: entries(5..=7, 2),
-            ..Default::default()
-        },
-        // Snapshot at 4 matching the log: 5..=7 are kept.
-        Persist {
-            snapshot: snapshot(4, 2),
-            ..Default::default()
-        },
-        Persist {
-            hard_state: hard(3, Some(3)),
-            entries: entries(7..=8, 3),
-            ..Default::default()
-        },
-        // Snapshot at 8 with another term (InstallSnapshot from a new leader): the log goes.
-        Persist {
-            hard_state: hard(4, None),
-            snapshot: snapshot(8, 4),
-            entries: entries(9..=10, 4),
-        },
-        Persist {
-            entries: entries(11..=11, 4),
-            ..Default::default()
-        },
-        Persist::default(),
-    ]
 }
 
 #[test]
@@ -316,29 +246,88 @@ fn flipped_bit_in_an_earlier_record_is_corrupt() {
     check_every_bit_flip_is_corrupt(dir.path(), "wal", 0..before);
 }
 
+/// The last record is the only one a crash can leave unsynced: whatever is wrong with it, it
+/// is cut off and the state before its batch recovered (see the module docs).
 #[test]
-fn flipped_bit_in_the_last_record_is_corrupt() {
+fn flipped_bit_in_the_last_record_recovers_the_state_before_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (before, after, _, _) = dir_with_last_batch(dir.path(), &script()[..3], &script()[3]);
+    let (before, after, before_state, _) =
+        dir_with_last_batch(dir.path(), &script()[..3], &script()[3]);
     assert_eq!(after, wal_len(dir.path()));
-    check_every_bit_flip_is_corrupt(dir.path(), "wal", before..after);
+    let path = dir.path().join("wal");
+    let good = fs::read(&path).unwrap();
+    for at in before..after {
+        for bit in 0..8 {
+            let mut bad = good.clone();
+            bad[at as usize] ^= 1 << bit;
+            fs::write(&path, &bad).unwrap();
+            let context = format!("bit {bit} of byte {at} (record {before}..{after})");
+            let wal = WalStorage::open(dir.path()).unwrap_or_else(|e| panic!("{context}: {e}"));
+            assert_eq!(wal.durable_state(), &before_state, "{context}");
+            assert_eq!(wal.raft_state_size(), before, "{context}");
+            assert_eq!(
+                fs::read(&path).unwrap(),
+                good[..before as usize],
+                "{context}"
+            );
+        }
+    }
+}
+
+/// A zero-filled tail (the file's size reached the disk, its data did not) is a torn append.
+#[test]
+fn zero_filled_last_record_recovers_the_state_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, after, before_state, _) =
+        dir_with_last_batch(dir.path(), &script()[..3], &script()[3]);
+    let path = dir.path().join("wal");
+    let good = fs::read(&path).unwrap();
+    for from in before..after {
+        let mut bad = good.clone();
+        bad[from as usize..].fill(0);
+        fs::write(&path, &bad).unwrap();
+        let wal = WalStorage::open(dir.path()).unwrap_or_else(|e| panic!("zeros from {from}: {e}"));
+        assert_eq!(wal.durable_state(), &before_state, "zeros from {from}");
+        assert_eq!(wal_len(dir.path()), before, "zeros from {from}");
+    }
 }
 
 #[test]
-fn garbage_after_the_magic_or_a_bad_magic_is_corrupt() {
+fn garbage_at_the_end_is_cut_off_garbage_in_the_middle_or_a_bad_magic_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
-    drop(WalStorage::open(dir.path()).unwrap());
+    let mut wal = WalStorage::open(dir.path()).unwrap();
+    wal.persist(&script()[0]).unwrap();
+    drop(wal);
     let path = dir.path().join("wal");
-    // A full-sized header of garbage (not a truncation) is not a torn tail.
-    fs::write(
-        &path,
-        b"FLOTWAL1\xff\xff\xff\xff\x00\x00\x00\x00\x01\x02\x03\x04",
-    )
-    .unwrap();
-    assert_corrupt(WalStorage::open(dir.path()), "garbage header");
-    // A zero-filled tail is not taken for a torn write either (see the module docs).
-    fs::write(&path, [&b"FLOTWAL1"[..], &[0u8; 32]].concat()).unwrap();
-    assert_corrupt(WalStorage::open(dir.path()), "zero-filled tail");
+    let one_record = fs::read(&path).unwrap();
+    let garbage_tails: [&[u8]; 3] = [
+        b"\xff\xff\xff\xff\x00\x00\x00\x00\x01\x02\x03\x04",
+        &[0u8; 32],
+        &[0xa5; 700],
+    ];
+    for garbage in garbage_tails {
+        // At the end: nothing intact after it, so it is what a torn append left.
+        for log in [&b"FLOTWAL1"[..], &one_record] {
+            fs::write(&path, [log, garbage].concat()).unwrap();
+            let wal = WalStorage::open(dir.path()).unwrap();
+            let expected = if log.len() == 8 {
+                DurableState::default()
+            } else {
+                let mut mem = MemStorage::new();
+                mem.persist(&script()[0]).unwrap();
+                mem.durable_state().clone()
+            };
+            assert_eq!(wal.durable_state(), &expected);
+            assert_eq!(fs::read(&path).unwrap(), log, "cut off");
+        }
+        // Followed by an intact record: damage in the middle of the log.
+        fs::write(
+            &path,
+            [&b"FLOTWAL1"[..], garbage, &one_record[8..]].concat(),
+        )
+        .unwrap();
+        assert_corrupt(WalStorage::open(dir.path()), "garbage before a record");
+    }
     fs::write(&path, b"FLOT").unwrap();
     assert_corrupt(WalStorage::open(dir.path()), "short magic");
     fs::write(&path, b"").unwrap();
@@ -477,80 +466,6 @@ fn oversized_batch_is_refused_without_poisoning() {
     mem.persist(&script()[0]).unwrap();
     mem.persist(&script()[1]).unwrap();
     assert_eq!(reopen(dir.path()).durable_state(), mem.durable_state());
-}
-
-/// Random material for one batch, turned into a legal batch against the current state by
-/// [`legalize`] (so that shrinking keeps every case legal).
-#[derive(Clone, Debug)]
-struct RawBatch {
-    hard_state: Option<(u8, Option<u8>)>,
-    /// (index selector, take the log's term at that index, data seed)
-    snapshot: Option<(u16, bool, u8)>,
-    /// (first-index selector, count, term, data seed)
-    entries: Option<(u16, u8, u8, u8)>,
-    reopen: bool,
-}
-
-fn raw_batch() -> impl Strategy<Value = RawBatch> {
-    (
-        proptest::option::of((any::<u8>(), proptest::option::of(0u8..5))),
-        proptest::option::weighted(0.15, (any::<u16>(), any::<bool>(), any::<u8>())),
-        proptest::option::weighted(0.8, (any::<u16>(), 1u8..6, 0u8..6, any::<u8>())),
-        proptest::bool::weighted(0.15),
-    )
-        .prop_map(|(hard_state, snapshot, entries, reopen)| RawBatch {
-            hard_state,
-            snapshot,
-            entries,
-            reopen,
-        })
-}
-
-/// A batch that obeys the contract of `flotilla_raft::durable` when applied to `state`.
-fn legalize(state: &DurableState, raw: &RawBatch) -> Persist {
-    let mut batch = Persist {
-        hard_state: raw.hard_state.map(|(term, vote)| HardState {
-            term: u64::from(term),
-            vote: vote.map(u64::from),
-        }),
-        ..Default::default()
-    };
-    if let Some((selector, take_log_term, seed)) = raw.snapshot {
-        // Anywhere from the empty prefix to a little past the log's end.
-        let index = u64::from(selector) % (state.last_index() + 3);
-        let log_term = state
-            .entries
-            .iter()
-            .find(|e| e.index == index)
-            .map(|e| e.term);
-        let term = match (take_log_term, log_term) {
-            (true, Some(term)) => term,
-            _ => u64::from(seed % 6),
-        };
-        batch.snapshot = Some(Snapshot {
-            index,
-            term,
-            data: vec![seed; usize::from(seed % 40)],
-        });
-    }
-    if let Some((selector, count, term, seed)) = raw.entries {
-        let mut after_snapshot = state.clone();
-        after_snapshot.apply(&Persist {
-            snapshot: batch.snapshot.clone(),
-            ..Default::default()
-        });
-        let lowest = after_snapshot.snapshot.index + 1;
-        let highest = after_snapshot.last_index() + 1;
-        let first = lowest + u64::from(selector) % (highest - lowest + 1);
-        batch.entries = (0..u64::from(count))
-            .map(|k| Entry {
-                index: first + k,
-                term: u64::from(term),
-                data: vec![seed.wrapping_add(k as u8); usize::from(seed % 16)],
-            })
-            .collect();
-    }
-    batch
 }
 
 proptest! {

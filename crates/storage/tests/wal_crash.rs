@@ -1,0 +1,486 @@
+//! `WalStorage` on the simulator's file system (`flotilla_sim::fs::SimFs`), crashed at every
+//! call inside its operations and at random points of random histories.
+//!
+//! A crash keeps what was synced — file data *and* directory entries, separately — plus a
+//! random part of the rest, torn, zero-filled or with flipped bits (see `flotilla_sim::fs`).
+//! A batch counts as **acknowledged** once `persist` returned `Ok` *and* the syncs it issued
+//! were completed (`SimFs::complete_syncs`, what the simulator's driver calls after the
+//! disk's sync latency). The property, everywhere: `open` after a crash never fails, and
+//! yields the state after some prefix of the batches given that includes every
+//! acknowledged one — never anything else.
+//!
+//! Seeded tests print their seed on failure; replay with `SIM_SEED=…`.
+
+use std::path::Path;
+
+use flotilla_raft::DurableState;
+use flotilla_sim::fs::{CrashFaults, Fault, Op, SimFs};
+use flotilla_sim::Rng;
+use flotilla_storage::{MemStorage, Persist, Storage, StorageError, WalStorage};
+
+mod common;
+use common::*;
+
+const DIR: &str = "/node/raft";
+
+/// The state after `batch` is applied to `state`.
+fn after(state: &DurableState, batch: &Persist) -> DurableState {
+    let mut mem = MemStorage::from_state(state.clone());
+    mem.persist(batch).unwrap();
+    mem.durable_state().clone()
+}
+
+/// A fresh file system holding `history`, every batch acknowledged.
+fn acknowledged(history: &[Persist]) -> (SimFs, WalStorage<SimFs>) {
+    let fs = SimFs::new();
+    let mut wal = WalStorage::open_with(fs.clone(), DIR).unwrap();
+    fs.complete_syncs();
+    for batch in history {
+        wal.persist(batch).unwrap();
+        fs.complete_syncs();
+    }
+    (fs, wal)
+}
+
+/// Opens `fs` after a crash; must succeed.
+fn reopen(fs: &SimFs, context: &str) -> WalStorage<SimFs> {
+    WalStorage::open_with(fs.clone(), DIR)
+        .unwrap_or_else(|e| panic!("{context}: open after a crash failed: {e}"))
+}
+
+fn wal_file_len(fs: &SimFs) -> u64 {
+    fs.read(Path::new(DIR).join("wal")).unwrap().len() as u64
+}
+
+/// The batches the exhaustive tests crash in: `script()` (appends, a conflicting suffix,
+/// hard states, a snapshot keeping the log and one discarding it) plus a batch whose
+/// snapshot replaces an earlier one.
+fn batches() -> Vec<Persist> {
+    let mut batches = script();
+    batches.pop(); // the empty batch: no calls to crash in
+    batches.push(Persist {
+        hard_state: hard(5, Some(2)),
+        snapshot: snapshot(10, 4),
+        entries: entries(11..=13, 5),
+    });
+    batches
+}
+
+/// Crashes batch `i` of `batches()` at call `k` of its `persist` (every call from the `k`-th
+/// on fails, then the machine dies): each crash model in turn, then `open`. Returns whether
+/// `persist` got through all its calls.
+fn crash_batch_at_call(i: usize, k: u64, rng: &mut Rng) -> bool {
+    let batches = batches();
+    let before = batches[..i]
+        .iter()
+        .fold(DurableState::default(), |s, b| after(&s, b));
+    let expected_after = after(&before, &batches[i]);
+    let mut finished = false;
+    for (model, faults) in [
+        ("synced only", CrashFaults::SYNCED_ONLY),
+        ("all faults", CrashFaults::ALL),
+    ] {
+        for complete in [true, false] {
+            let (fs, mut wal) = acknowledged(&batches[..i]);
+            fs.fail_from(k, [Fault::Eio, Fault::Enospc][(k % 2) as usize]);
+            let result = wal.persist(&batches[i]);
+            finished = result.is_ok();
+            if let Err(e) = &result {
+                assert!(
+                    matches!(e, StorageError::Io { source, .. } if Fault::of(source).is_some()),
+                    "{e}"
+                );
+            }
+            drop(wal);
+            if complete {
+                // The process got past every call that returned: those syncs are done.
+                fs.complete_syncs();
+            }
+            let context = format!(
+                "batch {i}, crash at call {k} ({model}, syncs completed: {complete}): {:?}",
+                batches[i]
+            );
+            let crashed = fs.crash(rng, &faults);
+            let wal = reopen(&crashed.duplicate(), &context);
+            let got = wal.durable_state();
+            if finished && complete {
+                assert_eq!(got, &expected_after, "{context}: acknowledged batch lost");
+            } else {
+                assert!(
+                    got == &before || got == &expected_after,
+                    "{context}: recovered neither the state before nor after the batch: {got:?}"
+                );
+            }
+            // A crash at any call of that recovery (which may roll a snapshot rename forward
+            // or cut a damaged record off) changes nothing.
+            let recovered = got.clone();
+            drop(wal);
+            for r in 0.. {
+                let fs = crashed.duplicate();
+                fs.fail_from(r, Fault::Eio);
+                let opened = WalStorage::open_with(fs.clone(), DIR);
+                fs.clear_faults();
+                let done = opened.is_ok();
+                drop(opened);
+                let fs = fs.crash(rng, &faults);
+                let wal = reopen(&fs, &format!("{context}, then at call {r} of open"));
+                assert_eq!(
+                    wal.durable_state(),
+                    &recovered,
+                    "{context}: recovery changed the state"
+                );
+                if done {
+                    break;
+                }
+                assert!(r < 200, "open makes too many calls");
+            }
+        }
+    }
+    finished
+}
+
+/// Every batch, every call inside its `persist`, two crash models with and without the syncs
+/// that returned completed: a crash anywhere inside an
+/// operation recovers the state before or after the batch, after if it was acknowledged;
+/// and a crash anywhere inside the `open` that follows changes nothing.
+#[test]
+fn crash_at_every_call_of_every_batch_recovers_before_or_after_it() {
+    let name = "crash_at_every_call_of_every_batch_recovers_before_or_after_it";
+    let seed = flotilla_sim::seed_from_env(name);
+    flotilla_sim::replay_on_panic(name, seed, || {
+        let mut rng = Rng::new(seed);
+        let mut total_calls = 0;
+        for i in 0..batches().len() {
+            let mut k = 0;
+            while !crash_batch_at_call(i, k, &mut rng) {
+                k += 1;
+                assert!(k < 500, "batch {i} never finished");
+            }
+            total_calls += k;
+        }
+        // The snapshot batches alone make more than a dozen calls each.
+        assert!(total_calls > 50, "only {total_calls} calls crashed in");
+    });
+}
+
+/// The directory entry of `snapshot.tmp` must be durable before the log record naming the
+/// snapshot is: a crash after that record but before `snapshot.tmp` is renamed must find the
+/// file. (A file's `fsync` does not make its directory entry durable.)
+#[test]
+fn snapshot_named_by_the_log_is_in_the_directory_after_a_crash() {
+    let history = &script()[..5];
+    let batch = &script()[5]; // snapshot at 4
+    let expected = after(
+        &history
+            .iter()
+            .fold(DurableState::default(), |s, b| after(&s, b)),
+        batch,
+    );
+    let (fs, mut wal) = acknowledged(history);
+    // The process dies at the rename of snapshot.tmp, after the record is durable.
+    let renamed = std::rc::Rc::new(std::cell::Cell::new(false));
+    let flag = renamed.clone();
+    fs.inject(move |call| {
+        flag.set(flag.get() || call.op == Op::Rename);
+        flag.get().then_some(Fault::Eio)
+    });
+    assert!(wal.persist(batch).is_err());
+    assert!(renamed.get());
+    drop(wal);
+    fs.complete_syncs();
+    let fs = fs.crash(&mut Rng::new(1), &CrashFaults::SYNCED_ONLY);
+    let wal = reopen(&fs, "crash between the commit point and the rename");
+    assert_eq!(wal.durable_state(), &expected);
+}
+
+/// A disk that fills up in the middle of an append: `persist` fails, the storage refuses
+/// everything after (poisoned), and after a crash nothing acknowledged is lost and nothing
+/// half-written is applied.
+#[test]
+fn disk_full_during_an_append_poisons_and_loses_nothing_acknowledged() {
+    let history = &script()[..2];
+    let (fs, mut wal) = acknowledged(history);
+    let before = wal.durable_state().clone();
+    fs.inject(|call| (call.op == Op::Write).then_some(Fault::Enospc));
+    match wal.persist(&script()[2]) {
+        Err(StorageError::Io { source, .. }) => assert_eq!(Fault::of(&source), Some(Fault::Enospc)),
+        other => panic!("expected ENOSPC, got {other:?}"),
+    }
+    fs.clear_faults();
+    assert!(wal.persist(&script()[2]).is_err(), "poisoned");
+    drop(wal);
+    fs.complete_syncs();
+    let fs = fs.crash(&mut Rng::new(2), &CrashFaults::ALL);
+    let mut wal = reopen(&fs, "after ENOSPC");
+    assert_eq!(wal.durable_state(), &before);
+    wal.persist(&script()[2]).unwrap();
+    fs.complete_syncs();
+    drop(wal);
+    let fs = fs.crash(&mut Rng::new(3), &CrashFaults::SYNCED_ONLY);
+    assert_eq!(
+        reopen(&fs, "after a good append").durable_state(),
+        &after(&before, &script()[2])
+    );
+}
+
+/// An append in flight when the machine dies, on a disk that tears, zero-fills and flips bits
+/// in unsynced data: the damaged record is cut off, never applied; the file is cut back to
+/// the last good record.
+#[test]
+fn damaged_unsynced_append_is_cut_off_never_applied() {
+    let history = &script()[..4];
+    let big = Persist {
+        hard_state: hard(3, Some(1)),
+        entries: (5..=40)
+            .map(|index| flotilla_raft::Entry {
+                index,
+                term: 3,
+                data: vec![index as u8; 100],
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut rng = Rng::new(flotilla_sim::seed_from_env("damaged_unsynced_append"));
+    let (mut outcomes_before, mut outcomes_after) = (0, 0);
+    for round in 0..300 {
+        let (fs, mut wal) = acknowledged(history);
+        let before = wal.durable_state().clone();
+        let len_before = wal.raft_state_size();
+        wal.persist(&big).unwrap(); // not acknowledged: syncs in flight
+        let expected_after = wal.durable_state().clone();
+        drop(wal);
+        let fs = fs.crash(&mut rng, &CrashFaults::ALL);
+        let wal = reopen(&fs, &format!("round {round}"));
+        if wal.durable_state() == &before {
+            outcomes_before += 1;
+            assert_eq!(wal_file_len(&fs), len_before, "round {round}: tail not cut");
+        } else {
+            assert_eq!(wal.durable_state(), &expected_after, "round {round}");
+            outcomes_after += 1;
+        }
+    }
+    assert!(
+        outcomes_before > 50 && outcomes_after > 50,
+        "{outcomes_before}/{outcomes_after}"
+    );
+}
+
+/// Random material for one batch (see `common::legalize`).
+fn random_raw_batch(rng: &mut Rng) -> RawBatch {
+    RawBatch {
+        hard_state: rng.chance(0.5).then(|| {
+            (
+                rng.below(256) as u8,
+                rng.chance(0.7).then(|| rng.below(5) as u8),
+            )
+        }),
+        snapshot: rng.chance(0.15).then(|| {
+            (
+                rng.below(1 << 16) as u16,
+                rng.chance(0.5),
+                rng.below(256) as u8,
+            )
+        }),
+        entries: rng.chance(0.8).then(|| {
+            (
+                rng.below(1 << 16) as u16,
+                rng.range(1, 5) as u8,
+                rng.below(6) as u8,
+                rng.below(256) as u8,
+            )
+        }),
+        reopen: false,
+    }
+}
+
+fn random_faults(rng: &mut Rng) -> CrashFaults {
+    *rng.pick(&[
+        CrashFaults::SYNCED_ONLY,
+        CrashFaults::PREFIX,
+        CrashFaults::ALL,
+        CrashFaults {
+            torn_write: 1.0,
+            ..CrashFaults::PREFIX
+        },
+    ])
+}
+
+/// Random histories with crashes at random points — between operations, inside a `persist`
+/// (its calls made to fail from a random one on), while its syncs are in flight, and inside
+/// the `open` after a crash — under random crash models. After each crash the recovered
+/// state is the state after some prefix of the batches that includes every acknowledged
+/// one, and `open` never fails.
+#[test]
+fn random_crashes_recover_a_prefix_with_every_acknowledged_batch() {
+    let name = "random_crashes_recover_a_prefix_with_every_acknowledged_batch";
+    let seed = flotilla_sim::seed_from_env(name);
+    flotilla_sim::replay_on_panic(name, seed, || {
+        let mut rng = Rng::new(seed);
+        let (mut crashes, mut unacknowledged_recovered, mut persists) = (0, 0, 0);
+        for case in 0..2000 {
+            let mut fs = SimFs::new();
+            // history[k]: the state after the first k batches of this timeline.
+            let mut history = vec![DurableState::default()];
+            let mut acked = 0; // every batch up to here is acknowledged
+            let mut returned_ok = 0; // every batch up to here returned Ok
+            let mut wal = Some(reopen(&fs, "fresh"));
+            if rng.chance(0.5) {
+                fs.complete_syncs();
+            }
+            let steps = rng.range(1, 40);
+            for step in 0..steps {
+                let context = format!("case {case} step {step}");
+                let crash_now = match wal.as_mut() {
+                    Some(storage) if !rng.chance(0.1) => {
+                        let batch = legalize(history.last().unwrap(), &random_raw_batch(&mut rng));
+                        if batch.is_empty() {
+                            continue;
+                        }
+                        let injected = rng.chance(0.2);
+                        if injected {
+                            fs.fail_from(rng.below(20), *rng.pick(&[Fault::Eio, Fault::Enospc]));
+                        }
+                        let result = storage.persist(&batch);
+                        fs.clear_faults();
+                        history.push(after(history.last().unwrap(), &batch));
+                        persists += 1;
+                        match result {
+                            Ok(()) => {
+                                returned_ok = history.len() - 1;
+                                assert_eq!(storage.durable_state(), history.last().unwrap());
+                                assert_eq!(storage.raft_state_size(), wal_file_len(&fs));
+                                if rng.chance(0.7) {
+                                    fs.complete_syncs();
+                                    acked = returned_ok;
+                                }
+                                false
+                            }
+                            Err(e) => {
+                                assert!(injected, "{context}: persist failed: {e}");
+                                true // a failed storage stops the node
+                            }
+                        }
+                    }
+                    _ => true,
+                };
+                if !crash_now {
+                    continue;
+                }
+                crashes += 1;
+                drop(wal.take());
+                if rng.chance(0.3) {
+                    fs.complete_syncs();
+                    acked = returned_ok;
+                }
+                let faults = random_faults(&mut rng);
+                fs = fs.crash(&mut rng, &faults);
+                // Sometimes crash inside the recovery too.
+                while rng.chance(0.3) {
+                    fs.fail_from(rng.below(15), Fault::Eio);
+                    let opened = WalStorage::open_with(fs.clone(), DIR);
+                    fs.clear_faults();
+                    drop(opened);
+                    fs = fs.crash(&mut rng, &faults);
+                }
+                let storage = reopen(&fs, &format!("{context} ({faults:?})"));
+                let got = storage.durable_state();
+                let Some(j) = (acked..history.len()).rev().find(|&j| &history[j] == got) else {
+                    panic!(
+                        "{context}: recovered a state that is no prefix of the batches from \
+                         {acked} (acknowledged) to {} ({faults:?}): {got:?}",
+                        history.len() - 1
+                    );
+                };
+                if j > acked {
+                    unacknowledged_recovered += 1;
+                }
+                // The recovered state was read from a crashed disk: it is durable now.
+                history.truncate(j + 1);
+                acked = j;
+                returned_ok = j;
+                wal = Some(storage);
+                if rng.chance(0.5) {
+                    fs.complete_syncs();
+                }
+            }
+        }
+        // The run exercised what it claims to.
+        eprintln!("{persists} persists, {crashes} crashes, {unacknowledged_recovered} recovered an unacknowledged batch");
+        assert!(persists > 20_000, "{persists} persists");
+        assert!(crashes > 4_000, "{crashes} crashes");
+        assert!(unacknowledged_recovered > 400, "{unacknowledged_recovered}");
+    });
+}
+
+/// The pattern a simulator driver follows, in the simulator: `persist`, sleep for the disk's
+/// sync latency, `complete_syncs`, and only then act on the batch (here: count it as
+/// acknowledged). Crashes abort the node's task at random virtual instants — often during
+/// that sleep — and the node restarts from `crash`'s file system. No acknowledged batch is
+/// ever lost, and unacknowledged ones are recovered whole or not at all.
+#[test]
+fn driver_pattern_in_the_simulator_loses_no_acknowledged_batch() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    let name = "driver_pattern_in_the_simulator_loses_no_acknowledged_batch";
+    flotilla_sim::run_test(name, || async {
+        // history[k]: the state after the first k batches; acked: the acknowledged prefix.
+        let history = Rc::new(RefCell::new(vec![DurableState::default()]));
+        let acked = Rc::new(RefCell::new(0usize));
+        let mut fs = SimFs::new();
+        let (mut in_flight_crashes, mut lives) = (0, 0);
+        for life in 0..150 {
+            lives += 1;
+            let mut storage = reopen(&fs, &format!("life {life}"));
+            {
+                let mut history = history.borrow_mut();
+                let from = *acked.borrow();
+                let got = storage.durable_state();
+                let j = (from..history.len())
+                    .rev()
+                    .find(|&j| &history[j] == got)
+                    .unwrap_or_else(|| {
+                        panic!("life {life}: recovered {got:?}, no prefix from {from}")
+                    });
+                history.truncate(j + 1);
+                *acked.borrow_mut() = j;
+            }
+            fs.complete_syncs();
+            let node = {
+                let (fs, history, acked) = (fs.clone(), history.clone(), acked.clone());
+                flotilla_sim::spawn(async move {
+                    loop {
+                        let raw = flotilla_sim::with_rng(random_raw_batch);
+                        let batch = legalize(history.borrow().last().unwrap(), &raw);
+                        if batch.is_empty() {
+                            flotilla_sim::sleep(Duration::from_micros(100)).await;
+                            continue;
+                        }
+                        storage.persist(&batch).expect("persist");
+                        let next = after(history.borrow().last().unwrap(), &batch);
+                        history.borrow_mut().push(next);
+                        let latency = flotilla_sim::with_rng(|rng| rng.range(50, 500));
+                        flotilla_sim::sleep(Duration::from_micros(latency)).await;
+                        fs.complete_syncs();
+                        // Only now may the node act on the batch (send, reply, apply).
+                        *acked.borrow_mut() = history.borrow().len() - 1;
+                    }
+                })
+            };
+            let uptime = flotilla_sim::with_rng(|rng| rng.range(0, 5_000));
+            flotilla_sim::sleep(Duration::from_micros(uptime)).await;
+            node.abort();
+            if *acked.borrow() + 1 < history.borrow().len() {
+                in_flight_crashes += 1; // crashed while a batch's syncs were in flight
+            }
+            let faults = flotilla_sim::with_rng(random_faults);
+            fs = flotilla_sim::with_rng(|rng| fs.crash(rng, &faults));
+        }
+        assert_eq!(lives, 150);
+        assert!(
+            in_flight_crashes > 75,
+            "{in_flight_crashes} crashes in a sync"
+        );
+    });
+}
