@@ -258,14 +258,21 @@ fn parse_seed(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // In a simulation, simulated disks are torn on purpose: the WAL's notes about cutting off
+    // a torn tail are the expected course of the run, not news (RUST_LOG shows them).
+    let default_filter = match cli.command {
+        Command::Sim(_) => "info,flotilla_storage::wal=error",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .init();
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("flotilla: {e:#}");

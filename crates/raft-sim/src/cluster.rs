@@ -16,12 +16,13 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use flotilla_raft::{Config, Message, RawNode, Ready, Role};
+use flotilla_raft::{Config, DurableState, Message, Persist, RawNode, Ready, Role};
 use flotilla_sim::disk::Disk;
+use flotilla_sim::fs::{CrashFaults, SimFs};
 use flotilla_sim::net::{NetStats, Network, Payload};
 use flotilla_sim::sync::{channel, Receiver, Sender};
 use flotilla_sim::{now, sleep, spawn, timeout, with_rng, JoinHandle};
-use flotilla_storage::{MemStorage, Storage};
+use flotilla_storage::{MemStorage, Storage, WalStorage};
 
 use crate::invariants::Invariants;
 
@@ -43,10 +44,24 @@ impl Payload for Wire {
     }
 }
 
+/// Where the servers keep their Raft state.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StorageKind {
+    /// `MemStorage` behind the simulator's [`Disk`]: a crash loses the batches whose sync had
+    /// not finished, each whole.
+    Memory,
+    /// The real [`WalStorage`] on a [`SimFs`]: a crash can stop anywhere inside a batch's
+    /// writes and syncs, and damages the unsynced bytes as these faults say. A restart must
+    /// recover exactly the synced state (or that plus the batch in flight, if its syncs
+    /// happened to finish), never anything built from a damaged record.
+    Wal(CrashFaults),
+}
+
 /// Tunables of a simulated group.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     pub servers: usize,
+    pub storage: StorageKind,
     pub reliable: bool,
     /// Use the snapshot applier (3D): snapshot after each index `i` with
     /// `(i + 1) % interval == 0` (the lab uses [`SNAPSHOT_INTERVAL`]).
@@ -72,6 +87,7 @@ impl ClusterConfig {
     pub fn new(servers: usize, reliable: bool, snapshots: bool) -> Self {
         ClusterConfig {
             servers,
+            storage: StorageKind::Memory,
             reliable,
             snapshot_interval: snapshots.then_some(SNAPSHOT_INTERVAL),
             tick: Duration::from_millis(10),
@@ -131,11 +147,28 @@ struct Server {
     task: JoinHandle<()>,
 }
 
+/// A server's write-ahead log on its simulated file system (with [`StorageKind::Wal`]).
+struct WalDisk {
+    /// The server's file system; replaced by what survives at each crash.
+    fs: SimFs,
+    /// Open while the server runs.
+    wal: Option<WalStorage<SimFs>>,
+    /// The batch whose syncs have not completed yet.
+    in_flight: Option<Persist>,
+}
+
+/// Where the WAL lives on each server's file system.
+const WAL_DIR: &str = "/raft";
+
 struct Inner {
     cfg: ClusterConfig,
     net: Network<Wire>,
     servers: RefCell<Vec<Option<Server>>>,
+    /// What each server has synced, as the invariants see it. With [`StorageKind::Memory`]
+    /// this is the server's storage itself; with [`StorageKind::Wal`] it shadows the WAL, and
+    /// each restart checks the WAL against it.
     disks: Vec<Rc<RefCell<Disk<MemStorage>>>>,
+    wals: Vec<RefCell<WalDisk>>,
     records: RefCell<Vec<Record>>,
     connected: RefCell<Vec<bool>>,
     invariants: RefCell<Invariants>,
@@ -165,6 +198,15 @@ impl Cluster {
                 servers: RefCell::new((0..n).map(|_| None).collect()),
                 disks: (0..n)
                     .map(|_| Rc::new(RefCell::new(Disk::new(MemStorage::new()))))
+                    .collect(),
+                wals: (0..n)
+                    .map(|_| {
+                        RefCell::new(WalDisk {
+                            fs: SimFs::new(),
+                            wal: None,
+                            in_flight: None,
+                        })
+                    })
                     .collect(),
                 records: RefCell::new(vec![Record::default(); n]),
                 connected: RefCell::new(vec![false; n]),
@@ -198,11 +240,14 @@ impl Cluster {
     /// new server is not connected: call [`Cluster::connect`].
     pub fn start(&self, i: usize) {
         self.crash(i);
-        let durable = self.inner.disks[i]
-            .borrow()
-            .durable()
-            .durable_state()
-            .clone();
+        let durable = match self.inner.cfg.storage {
+            StorageKind::Memory => self.inner.disks[i]
+                .borrow()
+                .durable()
+                .durable_state()
+                .clone(),
+            StorageKind::Wal(_) => self.open_wal(i),
+        };
         self.inner.invariants.borrow_mut().on_restart(i, &durable);
         // The tester ingests the persisted snapshot itself, like a restarting service.
         let mut record = Record::default();
@@ -236,6 +281,41 @@ impl Cluster {
         });
     }
 
+    /// Opens server `i`'s WAL after a crash and checks what it recovered: exactly the synced
+    /// state, or that plus the batch whose syncs were in flight (a crash after its last sync).
+    fn open_wal(&self, i: usize) -> DurableState {
+        let mut disk = self.inner.wals[i].borrow_mut();
+        let wal = WalStorage::open_with(disk.fs.clone(), WAL_DIR)
+            .unwrap_or_else(|e| panic!("server {i}: the WAL does not open after a crash: {e}"));
+        disk.fs.complete_syncs();
+        let recovered = wal.durable_state().clone();
+        let mut shadow = self.inner.disks[i].borrow_mut();
+        let synced = shadow.durable().durable_state();
+        if recovered != *synced {
+            let mut with_batch = synced.clone();
+            match disk.in_flight.take() {
+                Some(batch) => with_batch.apply(&batch),
+                None => panic!(
+                    "server {i}: the WAL recovered a state other than the synced one, with no batch in flight (recovered last index {}, synced {})",
+                    recovered.last_index(),
+                    synced.last_index()
+                ),
+            }
+            assert_eq!(
+                recovered,
+                with_batch,
+                "server {i}: the WAL recovered neither the synced state nor it plus the batch in flight (recovered last index {}, synced {})",
+                recovered.last_index(),
+                synced.last_index()
+            );
+            // The batch in flight had reached the disk: it is synced now.
+            *shadow = Disk::new(MemStorage::from_state(with_batch));
+        }
+        disk.in_flight = None;
+        disk.wal = Some(wal);
+        recovered
+    }
+
     /// Prints `what` with the virtual time, if narration is on.
     pub fn narrate(&self, what: String) {
         if self.inner.cfg.narrate && !self.inner.finished.get() {
@@ -252,6 +332,11 @@ impl Cluster {
             server.task.abort();
             self.inner.net.detach(i);
             let lost = self.inner.disks[i].borrow_mut().crash();
+            if let StorageKind::Wal(faults) = self.inner.cfg.storage {
+                let mut disk = self.inner.wals[i].borrow_mut();
+                disk.wal = None;
+                disk.fs = with_rng(|rng| disk.fs.crash(rng, &faults));
+            }
             self.narrate(format!(
                 "node {i} crashes ({lost} unsynced disk writes lost)"
             ));
@@ -599,13 +684,28 @@ impl Cluster {
             };
             if !rd.persist.is_empty() {
                 let batch = rd.persist;
+                if let StorageKind::Wal(_) = self.inner.cfg.storage {
+                    let mut disk = self.inner.wals[i].borrow_mut();
+                    disk.wal
+                        .as_mut()
+                        .expect("a running server has its WAL open")
+                        .persist(&batch)
+                        .unwrap_or_else(|e| panic!("server {i}: WAL persist failed: {e}"));
+                    disk.in_flight = Some(batch.clone());
+                }
                 let disk = &self.inner.disks[i];
                 disk.borrow_mut().write(move |storage: &mut MemStorage| {
                     storage.persist(&batch).expect("memory storage cannot fail");
                 });
                 sleep(draw(self.inner.cfg.sync_latency)).await;
-                // If the server crashed during the sleep, this task was aborted: the write is lost.
+                // If the server crashed during the sleep, this task was aborted: the write is
+                // lost (the WAL's file system decides how much of it).
                 disk.borrow_mut().sync();
+                if let StorageKind::Wal(_) = self.inner.cfg.storage {
+                    let mut disk = self.inner.wals[i].borrow_mut();
+                    disk.fs.complete_syncs();
+                    disk.in_flight = None;
+                }
                 self.inner
                     .invariants
                     .borrow_mut()

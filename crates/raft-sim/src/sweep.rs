@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use flotilla_sim::{now, sleep, spawn, with_rng};
 
-use crate::cluster::{int_cmd, Cluster, ClusterConfig};
+use flotilla_sim::fs::CrashFaults;
+
+use crate::cluster::{int_cmd, Cluster, ClusterConfig, StorageKind};
 
 /// How long faults are injected, in virtual time.
 const FAULT_PHASE: Duration = Duration::from_secs(20);
@@ -87,6 +89,9 @@ pub struct Setup {
     pub check_quorum: bool,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
+    /// `Some`: the servers run the real `WalStorage` on the simulated file system, whose
+    /// crashes tear, zero or flip unsynced bytes as these faults say.
+    pub wal: Option<CrashFaults>,
 }
 
 impl Setup {
@@ -118,7 +123,13 @@ impl Setup {
             .then(|| (Duration::ZERO, Duration::from_millis(plan.range(1, 50))));
         let election_ticks = plan.range(10, 50) as u32;
         let heartbeat_ticks = plan.range(1, election_ticks as u64 / 3) as u32;
+        let wal = plan.chance(0.3).then(|| match plan.below(4) {
+            0 => CrashFaults::SYNCED_ONLY,
+            1 => CrashFaults::PREFIX,
+            _ => CrashFaults::ALL,
+        });
         Setup {
+            wal,
             servers,
             snapshot_interval,
             latency_ms,
@@ -135,6 +146,9 @@ impl Setup {
 
     fn cluster_config(&self) -> ClusterConfig {
         let mut cfg = ClusterConfig::new(self.servers, true, false);
+        if let Some(faults) = self.wal {
+            cfg.storage = StorageKind::Wal(faults);
+        }
         cfg.snapshot_interval = self.snapshot_interval;
         cfg.sync_latency = self.sync_latency;
         cfg.receive_batching = self.receive_batching;
