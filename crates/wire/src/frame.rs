@@ -625,8 +625,10 @@ mod tests {
         a.write_all(&bytes[..3]).await.unwrap();
         assert!(reader.wait_for_data(&mut b).await.unwrap());
         assert_eq!(reader.buffered(), 3);
-        // Already buffered: returns at once without reading.
-        assert!(reader.wait_for_data(&mut b).await.unwrap());
+        // Already buffered: returns at once without reading (nothing more is coming).
+        let at_once = tokio::time::timeout(Duration::from_secs(5), reader.wait_for_data(&mut b));
+        assert!(at_once.await.expect("returned at once").unwrap());
+        assert_eq!(reader.buffered(), 3);
         a.write_all(&bytes[3..]).await.unwrap();
         assert_eq!(reader.read_frame(&mut b).await.unwrap(), Some(msg(5)));
         drop(a);

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
 use crate::frame::{FrameReader, FrameWriter, DEFAULT_MAX_FRAME};
@@ -193,6 +194,15 @@ where
     Ok(())
 }
 
+/// `start + timeout`, or a time decades away if that is past what an `Instant` can hold.
+fn deadline_after(start: Instant, timeout: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    start
+        .checked_add(timeout)
+        .or_else(|| start.checked_add(FAR))
+        .unwrap_or(start)
+}
+
 /// Accept errors that concern one incoming connection, not the listener.
 fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
@@ -282,24 +292,37 @@ async fn serve_connection<Req, Resp, H>(
     debug!(%peer, %protocol, "connected");
     conn.reader.set_max_frame(config.max_frame);
     conn.writer.set_max_frame(config.max_frame);
+    let idle = tokio::time::sleep(config.idle_timeout);
+    tokio::pin!(idle);
     loop {
         // Idle until the first byte of the next request (which may be buffered already).
-        match tokio::time::timeout(
-            config.idle_timeout,
-            conn.reader.wait_for_data(&mut conn.stream),
-        )
-        .await
-        {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => {
+        // One timer serves the whole connection: it is re-armed only when it fires early,
+        // so a busy connection does not register and cancel a timer per request.
+        let idle_since = Instant::now();
+        let waited = loop {
+            tokio::select! {
+                biased;
+                waited = conn.reader.wait_for_data(&mut conn.stream) => break Some(waited),
+                () = &mut idle => {
+                    let deadline = deadline_after(idle_since, config.idle_timeout);
+                    if Instant::now() >= deadline {
+                        break None;
+                    }
+                    idle.as_mut().reset(deadline);
+                }
+            }
+        };
+        match waited {
+            Some(Ok(true)) => {}
+            Some(Ok(false)) => {
                 debug!(%peer, "client closed the connection");
                 return;
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 warn!(%peer, error = %e, "connection failed");
                 return;
             }
-            Err(_) => {
+            None => {
                 let idle = config.idle_timeout;
                 debug!(%peer, ?idle, "idle connection, closing");
                 conn.farewell::<Resp>(format!(
