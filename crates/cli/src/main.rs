@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use flotilla_kv::bench::{self, BenchConfig};
-use flotilla_kv::tcp::{self, ClerkOptions, ServeOptions, TcpClerk};
+use flotilla_kv::server::Limits;
+use flotilla_kv::tcp::{self, ClerkOptions, ServeOptions, ServerConfig, TcpClerk};
 use flotilla_kv::KvError;
 use flotilla_lincheck::{history, CheckResult};
 use flotilla_raft_sim::{demo, lab3, sweep};
@@ -146,6 +147,38 @@ enum KvCommand {
         /// Seed of the reply-dropping decisions.
         #[arg(long, value_parser = parse_seed, default_value = "1")]
         seed: u64,
+        /// Serve at most this many connections at once; the next client is refused with
+        /// "the server is at its connection limit".
+        #[arg(long, default_value_t = ServerConfig::default().max_connections,
+              value_parser = parse_positive)]
+        max_connections: usize,
+        /// Close a connection that has not completed the handshake within this many seconds.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_timeout,
+              default_value_t = ServerConfig::default().handshake_timeout.as_secs_f64())]
+        handshake_timeout: f64,
+        /// Close a connection on which no request arrives for this many seconds after the
+        /// last reply (a clerk reconnects on its next operation).
+        #[arg(long, value_name = "SECONDS", value_parser = parse_timeout,
+              default_value_t = ServerConfig::default().idle_timeout.as_secs_f64())]
+        idle_timeout: f64,
+        /// Close a connection whose started request does not arrive whole within this many
+        /// seconds.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_timeout,
+              default_value_t = ServerConfig::default().read_timeout.as_secs_f64())]
+        read_timeout: f64,
+        /// Close a connection that does not take a reply within this many seconds (a client
+        /// that stops reading).
+        #[arg(long, value_name = "SECONDS", value_parser = parse_timeout,
+              default_value_t = ServerConfig::default().write_timeout.as_secs_f64())]
+        write_timeout: f64,
+        /// Refuse writes of keys longer than this many bytes.
+        #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_key)]
+        max_key_bytes: usize,
+        /// Refuse writes that would make a value longer than this many bytes (a Put of a
+        /// longer value, an Append that would grow it past this). Key and value together
+        /// must fit in a 64 MiB frame.
+        #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_value)]
+        max_value_bytes: usize,
     },
     /// Print a key's value (and version).
     Get {
@@ -238,6 +271,22 @@ fn parse_share(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(p) if (0.0..1.0).contains(&p) => Ok(p),
         _ => Err(format!("{text:?} is not a share in [0, 1)")),
+    }
+}
+
+/// A count flag that must be at least 1.
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
+    }
+}
+
+/// A timeout flag: a positive number of seconds.
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && Duration::try_from_secs_f64(s).is_ok() => Ok(s),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
     }
 }
 
@@ -347,16 +396,35 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
             listen,
             drop_replies,
             seed,
+            max_connections,
+            handshake_timeout,
+            idle_timeout,
+            read_timeout,
+            write_timeout,
+            max_key_bytes,
+            max_value_bytes,
         } => {
+            let options = ServeOptions {
+                drop_replies,
+                seed,
+                wire: ServerConfig {
+                    max_connections,
+                    handshake_timeout: parse_seconds(handshake_timeout)?,
+                    idle_timeout: parse_seconds(idle_timeout)?,
+                    read_timeout: parse_seconds(read_timeout)?,
+                    write_timeout: parse_seconds(write_timeout)?,
+                    ..ServerConfig::default()
+                },
+                limits: Limits {
+                    max_key: max_key_bytes,
+                    max_value: max_value_bytes,
+                },
+            };
+            options.check().map_err(anyhow::Error::msg)?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             println!("flotilla kv: listening on {}", listener.local_addr()?);
-            let options = ServeOptions {
-                drop_replies,
-                seed,
-                ..ServeOptions::default()
-            };
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };

@@ -114,3 +114,149 @@ fn the_command_line_round_trip_works() {
     let (ok, _) = flotilla(&["kv", "get", "--server", &addr, "missing"]);
     assert!(!ok);
 }
+
+#[test]
+fn an_oversized_write_is_a_clear_error_and_changes_nothing() {
+    let (_server, addr) = start_server(&["--max-key-bytes", "4", "--max-value-bytes", "16"]);
+    assert!(flotilla(&["kv", "put", "--server", &addr, "k", "0123456789"]).0);
+    let (ok, out) = flotilla(&["kv", "put", "--server", &addr, "k", "0123456789abcdefg"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("nothing changed")
+            && out.contains("value of 17 bytes is over the server's limit of 16 bytes"),
+        "{out}"
+    );
+    let (ok, out) = flotilla(&["kv", "append", "--server", &addr, "k", "abcdefg"]);
+    assert!(!ok && out.contains("make the value 17 bytes long"), "{out}");
+    let (ok, out) = flotilla(&[
+        "kv",
+        "put",
+        "--server",
+        &addr,
+        "--version",
+        "1",
+        "k",
+        "0123456789abcdefg",
+    ]);
+    assert!(!ok && out.contains("limit of 16 bytes"), "{out}");
+    let (ok, out) = flotilla(&["kv", "put", "--server", &addr, "kkkkk", "v"]);
+    assert!(!ok && out.contains("key of 5 bytes"), "{out}");
+    let (ok, got) = flotilla(&["kv", "get", "--server", &addr, "k"]);
+    assert!(ok && got.starts_with("0123456789\t(version 1)"), "{got}");
+    // Up to the limit exactly is fine.
+    let (ok, old) = flotilla(&["kv", "append", "--server", &addr, "k", "abcdef"]);
+    assert!(ok && old.trim() == "0123456789", "{old}");
+}
+
+#[test]
+fn a_connection_over_the_limit_is_refused_with_a_clear_error() {
+    let (_server, addr) = start_server(&["--max-connections", "1"]);
+    // A connection that never says hello holds the only slot (until the handshake timeout).
+    let holder = std::net::TcpStream::connect(&addr).expect("connect");
+    let (ok, out) = flotilla(&["kv", "get", "--server", &addr, "k"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("connection limit (1 connections)"), "{out}");
+    drop(holder);
+    // The slot is free once the server has seen the close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out) = flotilla(&["kv", "put", "--server", &addr, "k", "v"]);
+        if ok {
+            break;
+        }
+        assert!(out.contains("connection limit"), "{out}");
+        assert!(Instant::now() < deadline, "the slot was never freed: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_timeout_flags_reach_the_server() {
+    let (_server, addr) = start_server(&["--handshake-timeout", "0.2", "--idle-timeout", "0.05"]);
+    // Silent before the handshake: closed after 0.2 s (the default would be 10 s).
+    let mut silent = std::net::TcpStream::connect(&addr).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let mut got = Vec::new();
+    let read = std::io::Read::read_to_end(&mut silent, &mut got);
+    assert!(read.is_ok() && got.is_empty(), "{read:?} {got:?}");
+
+    // Idle after a request: the server closes the clerk's connection, and the clerk
+    // reconnects on its next operation.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        use flotilla_kv::tcp::{ClerkOptions, TcpClerk};
+        let addr = addr.parse().expect("address");
+        let mut clerk = TcpClerk::connect(addr, ClerkOptions::default())
+            .await
+            .expect("connect");
+        clerk.put("k", "v").await.expect("put");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while clerk.reconnects == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the idle connection was never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(clerk.get("k").await.expect("get"), Ok(("v".into(), 1)));
+        }
+    });
+}
+
+#[test]
+fn limits_a_frame_cannot_carry_are_refused_at_start() {
+    let mut child = Command::new(FLOTILLA)
+        .args([
+            "kv",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-value-bytes",
+            "67108864",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start flotilla kv serve");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started with limits a frame cannot carry");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success());
+    assert!(text.contains("over the frame limit"), "{text}");
+}
+
+#[test]
+fn serve_help_shows_every_limit_with_its_default() {
+    let (ok, help) = flotilla(&["kv", "serve", "--help"]);
+    assert!(ok, "{help}");
+    for (flag, default) in [
+        ("--max-connections", "[default: 512]"),
+        ("--handshake-timeout", "[default: 10]"),
+        ("--idle-timeout", "[default: 300]"),
+        ("--read-timeout", "[default: 30]"),
+        ("--write-timeout", "[default: 30]"),
+        ("--max-key-bytes", "[default: 4096]"),
+        ("--max-value-bytes", "[default: 33554432]"),
+    ] {
+        let line = help
+            .lines()
+            .skip_while(|l| !l.contains(flag))
+            .take(2)
+            .collect::<String>();
+        assert!(line.contains(default), "{flag}: {line:?}");
+    }
+}

@@ -13,7 +13,7 @@
 //!
 //! One clerk has one operation in flight at a time (its sequence numbers rely on it).
 
-use crate::protocol::{Ack, ClientId, KvError, Reply, Request};
+use crate::protocol::{Ack, ClientId, KvError, Reply, Request, TooLarge};
 
 /// A clerk: identity, sequence numbers and the acknowledgement it owes the server.
 #[derive(Debug)]
@@ -55,6 +55,9 @@ pub enum Answer {
     /// `PutIfVersion`: `Ok`, `NoKey`, `Version` (first attempt), or `Maybe` (a retry saw the
     /// version changed, possibly by its own earlier attempt).
     PutIfVersion(Result<(), KvError>),
+    /// A `Put`, `Append` or `PutIfVersion` the server refused for breaking a size limit:
+    /// nothing changed, however many times it was sent.
+    TooLarge(TooLarge),
 }
 
 impl ClerkCore {
@@ -149,6 +152,10 @@ impl ClerkCore {
                 };
                 Answer::PutIfVersion(Err(error))
             }
+            (
+                Request::Put { .. } | Request::Append { .. } | Request::PutIfVersion { .. },
+                Reply::TooLarge(too_large),
+            ) => Answer::TooLarge(too_large),
             _ => return None,
         };
         Some(answer)
@@ -177,6 +184,31 @@ mod tests {
         assert_eq!(
             clerk.finish(&again, reply),
             Some(Answer::PutIfVersion(Err(KvError::Version)))
+        );
+    }
+
+    #[test]
+    fn a_refused_write_is_an_answer_and_owes_no_acknowledgement() {
+        let limits = crate::server::Limits {
+            max_key: 8,
+            max_value: 4,
+        };
+        let mut server = KvServer::with_limits(limits);
+        let mut clerk = ClerkCore::new(3);
+        let too_large = TooLarge::Appended { len: 5, max: 4 };
+        let mut call = clerk.append("k", "12345");
+        let reply = server.handle(call.request().clone());
+        assert_eq!(
+            clerk.finish(&call, reply),
+            Some(Answer::TooLarge(too_large))
+        );
+        let mut get = clerk.get("k");
+        assert!(matches!(get.request(), Request::Get { ack: None, .. }));
+        let mut call = clerk.put_if_version("k", "12345", 0);
+        let reply = server.handle(call.request().clone());
+        assert_eq!(
+            clerk.finish(&call, reply),
+            Some(Answer::TooLarge(TooLarge::Value { len: 5, max: 4 }))
         );
     }
 

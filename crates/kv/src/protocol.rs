@@ -62,7 +62,48 @@ pub enum Reply {
     /// A request older than the clerk's latest one: a delayed duplicate whose reply the clerk
     /// no longer wants. Clerks never see it for the request they are waiting on.
     Stale,
+    /// A `Put`, `Append` or `PutIfVersion` refused because it would break a size limit;
+    /// nothing changed. A retry of the same `Put` or `Append` gets the same answer.
+    TooLarge(TooLarge),
 }
+
+/// Which size limit a refused write would have broken, by how much. Nothing was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TooLarge {
+    /// The key is `len` bytes long; keys may have at most `max`.
+    Key { len: u64, max: u64 },
+    /// The value is `len` bytes long; values may have at most `max`.
+    Value { len: u64, max: u64 },
+    /// The `Append` would have made the value `len` bytes long; values may have at most `max`.
+    Appended { len: u64, max: u64 },
+}
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TooLarge::Key { len, max } => write!(
+                f,
+                "the key of {len} bytes is over the server's limit of {max} bytes"
+            ),
+            TooLarge::Value { len, max } => write!(
+                f,
+                "the value of {len} bytes is over the server's limit of {max} bytes"
+            ),
+            TooLarge::Appended { len, max } => write!(
+                f,
+                "the append would make the value {len} bytes long, over the server's limit of {max} bytes"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// The most bytes the encoding of a request or a reply, in its wire envelope, adds to the
+/// key and value it carries (every integer at its longest): a server whose frames hold
+/// `max_key + max_value + MESSAGE_OVERHEAD` bytes can receive every write it accepts and send
+/// every value it stores.
+pub const MESSAGE_OVERHEAD: usize = 64;
 
 /// Errors of the 2025 API, as its clerk reports them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -243,6 +243,23 @@ impl FrameReader {
         }
     }
 
+    /// Waits until at least one byte of the next frame is buffered (returns at once if one
+    /// already is); `Ok(false)` if the stream ends first. Lets a caller tell a peer that sends
+    /// nothing (idle) from one that is in the middle of a frame.
+    ///
+    /// Cancel-safe, like [`FrameReader::read_frame`]: the bytes it reads stay buffered for
+    /// the next call of either.
+    pub async fn wait_for_data(
+        &mut self,
+        r: &mut (impl AsyncRead + Unpin),
+    ) -> Result<bool, WireError> {
+        if self.buffered() > 0 {
+            return Ok(true);
+        }
+        self.make_room();
+        Ok(r.read_buf(&mut self.buf).await? > 0)
+    }
+
     /// The next frame if it is wholly in the buffer; checks the length as soon as it is in.
     fn next_buffered<T: DeserializeOwned>(&mut self) -> Result<Option<T>, WireError> {
         let avail = &self.buf[self.pos..];
@@ -594,6 +611,31 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got, Some(msg(77)));
+    }
+
+    #[tokio::test]
+    async fn wait_for_data_keeps_what_it_reads_for_the_frame() {
+        let bytes = frame_bytes(&msg(5));
+        let (mut a, mut b) = duplex(1024);
+        let mut reader = FrameReader::new(DEFAULT_MAX_FRAME);
+        // Nothing sent: it waits (and a cancelled wait loses nothing).
+        let waited =
+            tokio::time::timeout(Duration::from_millis(20), reader.wait_for_data(&mut b)).await;
+        assert!(waited.is_err());
+        a.write_all(&bytes[..3]).await.unwrap();
+        assert!(reader.wait_for_data(&mut b).await.unwrap());
+        assert_eq!(reader.buffered(), 3);
+        // Already buffered: returns at once without reading (nothing more is coming).
+        let at_once = tokio::time::timeout(Duration::from_secs(5), reader.wait_for_data(&mut b));
+        assert!(at_once.await.expect("returned at once").unwrap());
+        assert_eq!(reader.buffered(), 3);
+        a.write_all(&bytes[3..]).await.unwrap();
+        assert_eq!(reader.read_frame(&mut b).await.unwrap(), Some(msg(5)));
+        drop(a);
+        assert!(
+            !reader.wait_for_data(&mut b).await.unwrap(),
+            "end of stream"
+        );
     }
 
     #[tokio::test]

@@ -48,6 +48,13 @@
 //!   keeps accepting and serving.
 //! - Each connection is served by its own task; sockets use `TCP_NODELAY`; every frame goes
 //!   out in one write of one buffer, and buffers are reused from frame to frame.
+//! - Every connection is bounded ([`ServerConfig`], each limit with a default): at most
+//!   `max_connections` at once (the next client's connect fails with a
+//!   [`WireError::Handshake`] saying the server is at its connection limit); a connection is
+//!   closed when it idles past `idle_timeout` after a reply, takes longer than `read_timeout`
+//!   to finish a request it started, or longer than `write_timeout` to take a reply. A client
+//!   that misbehaves in any of these ways costs the server one task, one socket and one
+//!   frame buffer each way, for a bounded time, and delays no other client.
 //! - [`Client::call`] waits at most its timeout, and pairs every reply with its own request.
 
 pub mod client;
