@@ -10,6 +10,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_lincheck::history::{write_history, HistoryOp, HistoryRecord};
@@ -63,6 +65,36 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
+/// History times: nanoseconds since the run started, made strictly increasing across all
+/// clients in the order they are taken. Two readings of a clock can be equal; if a return and
+/// a later call (of the same client or another) tied, the checker would take them as
+/// overlapping and accept histories it must reject (lincheck's tie rule).
+struct Stamps {
+    start: Instant,
+    last: AtomicU64,
+}
+
+impl Stamps {
+    fn new(start: Instant) -> Stamps {
+        Stamps {
+            start,
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// A time after every time handed out before this call began.
+    fn next(&self) -> u64 {
+        let now = self.start.elapsed().as_nanos() as u64;
+        let previous = self
+            .last
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(now.max(last + 1))
+            })
+            .expect("the update always succeeds");
+        now.max(previous + 1)
+    }
+}
+
 struct ClientResult {
     latencies: Vec<u64>,
     failed: u64,
@@ -80,6 +112,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         clerks.push(TcpClerk::connect(config.server, config.clerk).await?);
     }
     let start = Instant::now();
+    let stamps = Arc::new(Stamps::new(start));
     let deadline = start + config.duration;
     let record = config.history.is_some();
     let tasks: Vec<_> = clerks
@@ -87,7 +120,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         .enumerate()
         .map(|(client, clerk)| {
             let config = config.clone();
-            tokio::spawn(client_loop(client, clerk, config, start, deadline, record))
+            let stamps = stamps.clone();
+            tokio::spawn(client_loop(client, clerk, config, stamps, deadline, record))
         })
         .collect();
     let mut latencies = Vec::new();
@@ -127,7 +161,7 @@ async fn client_loop(
     client: usize,
     mut clerk: TcpClerk,
     config: BenchConfig,
-    start: Instant,
+    stamps: Arc<Stamps>,
     deadline: Instant,
     record: bool,
 ) -> ClientResult {
@@ -149,7 +183,7 @@ async fn client_loop(
     while Instant::now() < deadline {
         let key = format!("k{}", next() % config.keys as u64);
         let is_get = next() % 2 == 0;
-        let call = start.elapsed().as_nanos() as u64;
+        let call = stamps.next();
         let t = Instant::now();
         let (op, value, output, ok) = if is_get {
             match clerk.get(&key).await {
@@ -180,7 +214,7 @@ async fn client_loop(
             }
         };
         let latency = t.elapsed();
-        let ret = start.elapsed().as_nanos() as u64;
+        let ret = stamps.next();
         if ok {
             result.latencies.push(latency.as_nanos() as u64);
         } else {
@@ -202,4 +236,33 @@ async fn client_loop(
     }
     result.resends = clerk.resends;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_strictly_increase_across_threads() {
+        let stamps = Arc::new(Stamps::new(Instant::now()));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let stamps = stamps.clone();
+                std::thread::spawn(move || (0..10_000).map(|_| stamps.next()).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in threads {
+            let mine = t.join().expect("thread");
+            assert!(
+                mine.windows(2).all(|w| w[0] < w[1]),
+                "one thread's stamps increase"
+            );
+            all.extend(mine);
+        }
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "no two stamps are equal");
+    }
 }
