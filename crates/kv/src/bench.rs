@@ -84,7 +84,12 @@ impl Stamps {
 
     /// A time after every time handed out before this call began.
     fn next(&self) -> u64 {
-        let now = self.start.elapsed().as_nanos() as u64;
+        self.next_at(self.start.elapsed().as_nanos() as u64)
+    }
+
+    /// The stamp for a clock reading of `now`: `now`, or one past the last stamp if that is
+    /// not smaller.
+    fn next_at(&self, now: u64) -> u64 {
         let previous = self
             .last
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
@@ -243,12 +248,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stamps_strictly_increase_across_threads() {
+    fn stamps_strictly_increase_across_threads_even_when_the_clock_stands_still() {
         let stamps = Arc::new(Stamps::new(Instant::now()));
         let threads: Vec<_> = (0..4)
-            .map(|_| {
+            .map(|t| {
                 let stamps = stamps.clone();
-                std::thread::spawn(move || (0..10_000).map(|_| stamps.next()).collect::<Vec<_>>())
+                std::thread::spawn(move || {
+                    (0..10_000u64)
+                        .map(|k| match t {
+                            // A clock that stands still, one that ticks, and the real one.
+                            0 => stamps.next_at(7),
+                            1 => stamps.next_at(k / 100),
+                            _ => stamps.next(),
+                        })
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         let mut all = Vec::new();
