@@ -633,6 +633,11 @@ impl Cluster {
         }
     }
 
+    /// Whether the test has ended (background tasks should stop acting on the group).
+    pub fn finished(&self) -> bool {
+        self.inner.finished.get()
+    }
+
     /// Highest index any server applied.
     pub fn max_index(&self) -> u64 {
         self.inner.max_index.get()

@@ -98,7 +98,11 @@ impl Setup {
     /// Draws a setup from the seed's plan generator.
     pub fn draw(plan: &mut flotilla_sim::Rng) -> Setup {
         let servers = if plan.chance(0.5) { 3 } else { 5 };
-        let snapshot_interval = plan.chance(0.6).then(|| plan.range(3, 40));
+        let snapshot_interval = match plan.below(10) {
+            0..=3 => None,
+            4..=6 => Some(plan.range(3, 12)),
+            _ => Some(plan.range(12, 40)),
+        };
         // Jitter reorders messages on a link: an append sent just before a snapshot can
         // arrive just after it.
         let latency_ms = match plan.below(10) {
@@ -119,7 +123,7 @@ impl Setup {
         };
         let duplicate_max_lag = Duration::from_millis(plan.range(1, 300));
         let receive_batching = plan
-            .chance(0.5)
+            .chance(0.7)
             .then(|| (Duration::ZERO, Duration::from_millis(plan.range(1, 50))));
         let election_ticks = plan.range(10, 50) as u32;
         let heartbeat_ticks = plan.range(1, election_ticks as u64 / 3) as u32;
@@ -207,6 +211,18 @@ async fn chaos(c: &Cluster) -> u64 {
                     }
                     sleep(Duration::from_millis(with_rng(|r| r.below(3)))).await;
                     c.crash(leader);
+                    // Often it comes back soon, its tail diverging from a log that has only
+                    // just moved on (and may just have been compacted past the divergence).
+                    if with_rng(|r| r.chance(0.5)) {
+                        let c = c.clone();
+                        let back_after = Duration::from_millis(with_rng(|r| r.range(50, 1500)));
+                        spawn(async move {
+                            sleep(back_after).await;
+                            if !c.is_alive(leader) && !c.finished() {
+                                c.restart(leader);
+                            }
+                        });
+                    }
                 }
             }
             15..=34 => {
