@@ -8,9 +8,13 @@
 //! bucket's pairs sorted by key (byte order). Pairs are buffered in memory up to
 //! [`MapTask::memory_limit`] bytes; past that the buffer is sorted and spilled to an unnamed
 //! temporary run file, and the final output is a k-way merge of the runs and what is left
-//! in memory. Runs are merged in levels of [`SPILL_FAN_IN`] as they pile up, so a map task's
-//! memory stays bounded (the limit, plus the largest single pair, plus a read buffer per run
-//! being merged) whatever its input or output size, and its open files stay few.
+//! in memory. Runs are merged in levels of [`SPILL_FAN_IN`] as they pile up, and before the
+//! final merge, so no merge reads more than [`SPILL_FAN_IN`] sources. A merge goes bucket by
+//! bucket and opens a bucket's segments only when it gets to it, so at most [`SPILL_FAN_IN`]
+//! run readers (64 KiB of buffer each) are open at once, whatever `n_reduce` is
+//! ([`MapStats::peak_spill_readers`]). A map task's memory is thus bounded — the limit, plus
+//! the largest single pair, plus 1 MiB of read buffers, plus 16 bytes of index per partition
+//! and run — whatever its input or output size, and its open files stay few.
 //!
 //! **One file, `n_reduce` names.** The names `mr-{map}-0` … `mr-{map}-{n_reduce - 1}` are
 //! hard links to **one** file holding every partition of the map task: the `n_reduce`
@@ -191,6 +195,9 @@ pub struct MapStats {
     /// Bytes of the intermediate file written: its segments, index and footer, counted once
     /// however many names it has.
     pub bytes_written: u64,
+    /// The most spill-run readers open at once (each with a 64 KiB read buffer): at most
+    /// [`SPILL_FAN_IN`], whatever `n_reduce` and the number of spills.
+    pub peak_spill_readers: usize,
 }
 
 /// What a reduce task did.
@@ -561,19 +568,28 @@ fn open_intermediate(
         });
     }
     let (offset, len) = find_segment(&file, meta.len(), reduce, &path, &label)?;
-    let reader = RecordReader::open(
-        BufReader::with_capacity(
-            buffer,
-            SegmentReader {
-                file,
-                pos: offset,
-                end: offset + len,
-            },
-        ),
-        len,
-        label,
-    )?;
+    let reader = segment_records(file, offset, len, buffer, label)?;
     Ok((reader, len))
+}
+
+/// A reader of the records in bytes `offset..offset + len` of `file`, checking the magic,
+/// with a read buffer of `max_buffer` bytes or, for a shorter segment, its length (a
+/// buffer is zeroed when first filled, so a large one for a few bytes costs time and
+/// resident memory).
+fn segment_records<F: Borrow<File>>(
+    file: F,
+    offset: u64,
+    len: u64,
+    max_buffer: usize,
+    label: String,
+) -> Result<RecordReader<BufReader<SegmentReader<F>>>, TaskError> {
+    let buffer = usize::try_from(len).map_or(max_buffer, |len| len.min(max_buffer));
+    let segment = SegmentReader {
+        file,
+        pos: offset,
+        end: offset + len,
+    };
+    RecordReader::open(BufReader::with_capacity(buffer, segment), len, label)
 }
 
 /// Checks the footer and the index of an intermediate file of `file_len` bytes; returns
@@ -960,37 +976,66 @@ struct SpillRun {
 }
 
 impl SpillRun {
-    fn segment(
-        &self,
+    /// A reader of bucket `r`'s segment (with a read buffer of up to [`MERGE_BUFFER`]), which
+    /// `gauge` counts while it lives.
+    fn segment<'a>(
+        &'a self,
         r: usize,
-    ) -> Result<RecordReader<BufReader<SegmentReader<&File>>>, TaskError> {
+        gauge: &'a ReaderGauge,
+    ) -> Result<SpillSegment<'a>, TaskError> {
         let (offset, len) = self.segments[r];
-        RecordReader::open(
-            BufReader::with_capacity(
-                MERGE_BUFFER,
-                SegmentReader {
-                    file: &self.file,
-                    pos: offset,
-                    end: offset + len,
-                },
-            ),
-            len,
-            format!("spill run {} (bucket {r})", self.number),
-        )
+        let label = format!("spill run {} (bucket {r})", self.number);
+        let reader = segment_records(&self.file, offset, len, MERGE_BUFFER, label)?;
+        Ok(SpillSegment {
+            reader,
+            _counted: gauge.open(),
+        })
     }
+}
+
+/// How many spill-run readers (each with its own [`MERGE_BUFFER`]) a map task has open at
+/// once, and the most it ever had: the bound on its merge memory.
+#[derive(Default)]
+struct ReaderGauge {
+    open: std::cell::Cell<usize>,
+    peak: std::cell::Cell<usize>,
+}
+
+impl ReaderGauge {
+    fn open(&self) -> OpenReader<'_> {
+        let open = self.open.get() + 1;
+        self.open.set(open);
+        self.peak.set(self.peak.get().max(open));
+        OpenReader(self)
+    }
+}
+
+/// One reader counted by a [`ReaderGauge`], until dropped.
+struct OpenReader<'a>(&'a ReaderGauge);
+
+impl Drop for OpenReader<'_> {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+    }
+}
+
+/// A reader of one bucket's segment of a spill run.
+struct SpillSegment<'a> {
+    reader: RecordReader<BufReader<SegmentReader<&'a File>>>,
+    _counted: OpenReader<'a>,
 }
 
 /// A source for the map side's merges.
 enum MapSource<'a> {
     Memory(MemRun<'a>),
-    Spill(RecordReader<BufReader<SegmentReader<&'a File>>>),
+    Spill(SpillSegment<'a>),
 }
 
 impl RecordSource for MapSource<'_> {
     fn next_into(&mut self, key: &mut String, value: &mut String) -> Result<bool, TaskError> {
         match self {
             MapSource::Memory(run) => run.next_into(key, value),
-            MapSource::Spill(run) => run.next_into(key, value),
+            MapSource::Spill(run) => run.reader.next_into(key, value),
         }
     }
 }
@@ -1002,6 +1047,7 @@ struct MapState<'t> {
     spills: Vec<SpillRun>,
     spills_made: u64,
     pairs: u64,
+    readers: ReaderGauge,
 }
 
 impl MapState<'_> {
@@ -1039,56 +1085,70 @@ impl MapState<'_> {
         let number = self.spills_made;
         let run = {
             let buckets = self.buffer.buckets(self.task.n_reduce);
-            let sources = buckets
-                .into_iter()
-                .map(|entries| {
-                    vec![MapSource::Memory(MemRun {
+            self.write_run(
+                |r| {
+                    Ok(vec![MapSource::Memory(MemRun {
                         buffer: &self.buffer,
-                        entries,
-                    })]
-                })
-                .collect();
-            self.write_run(sources, 0, number)?
+                        entries: buckets[r],
+                    })])
+                },
+                0,
+                number,
+            )?
         };
         self.spills.push(run);
         self.spills_made += 1;
         self.buffer.clear();
         // Merge the newest SPILL_FAN_IN runs while they are all of one level.
         while self.spills.len() >= SPILL_FAN_IN {
-            let tail = &self.spills[self.spills.len() - SPILL_FAN_IN..];
-            let level = tail[0].level;
-            if tail.iter().any(|run| run.level != level) {
+            let level = self.spills[self.spills.len() - SPILL_FAN_IN].level;
+            if self.spills[self.spills.len() - SPILL_FAN_IN..]
+                .iter()
+                .any(|run| run.level != level)
+            {
                 break;
             }
-            let merged = {
-                let mut per_bucket = Vec::with_capacity(self.task.n_reduce);
-                for r in 0..self.task.n_reduce {
-                    let mut sources = Vec::with_capacity(SPILL_FAN_IN);
-                    for run in tail {
-                        sources.push(MapSource::Spill(run.segment(r)?));
-                    }
-                    per_bucket.push(sources);
-                }
-                self.write_run(per_bucket, level + 1, self.spills_made)?
-            };
-            self.spills.truncate(self.spills.len() - SPILL_FAN_IN);
-            self.spills.push(merged);
+            self.merge_newest_runs(level + 1)?;
         }
         Ok(())
     }
 
-    /// Writes one run file from per-bucket sources.
-    fn write_run(
-        &self,
-        per_bucket: Vec<Vec<MapSource<'_>>>,
+    /// Replaces the newest [`SPILL_FAN_IN`] runs with one run (of level `level`) merged from
+    /// them.
+    fn merge_newest_runs(&mut self, level: u32) -> Result<(), TaskError> {
+        let first = self.spills.len() - SPILL_FAN_IN;
+        let merged = {
+            let tail = &self.spills[first..];
+            self.write_run(
+                |r| {
+                    tail.iter()
+                        .map(|run| Ok(MapSource::Spill(run.segment(r, &self.readers)?)))
+                        .collect()
+                },
+                level,
+                self.spills_made,
+            )?
+        };
+        self.spills.truncate(first);
+        self.spills.push(merged);
+        Ok(())
+    }
+
+    /// Writes one run file, bucket by bucket: `sources(r)` opens bucket `r`'s sorted
+    /// sources, which are merged into the run and dropped before the next bucket's are
+    /// opened (so a merge holds one bucket's readers at a time, whatever `n_reduce` is).
+    fn write_run<'s>(
+        &'s self,
+        mut sources: impl FnMut(usize) -> Result<Vec<MapSource<'s>>, TaskError>,
         level: u32,
         number: u64,
     ) -> Result<SpillRun, TaskError> {
         let file = tempfile::tempfile_in(self.task.dir).map_err(self.temp_error())?;
         let mut out = BufWriter::with_capacity(IO_BUFFER, &file);
-        let mut segments = Vec::with_capacity(per_bucket.len());
+        let mut segments = Vec::with_capacity(self.task.n_reduce);
         let mut offset = 0u64;
-        for sources in per_bucket {
+        for r in 0..self.task.n_reduce {
+            let sources = sources(r)?;
             let writer = RecordWriter::new(&mut out).map_err(self.temp_error())?;
             let (_, len) = write_sources(sources, writer).map_err(|e| match e {
                 MergeError::Read(e) => e,
@@ -1110,6 +1170,17 @@ impl MapState<'_> {
     /// Writes the map task's one intermediate file and publishes it as every `mr-{id}-{r}`
     /// (see the module documentation).
     fn finish(mut self) -> Result<MapStats, TaskError> {
+        // Runs of several levels can pile up (up to SPILL_FAN_IN - 1 per level): merge the
+        // newest, smallest ones first so that the final merge, which adds the buffer, reads
+        // at most SPILL_FAN_IN sources.
+        while self.spills.len() >= SPILL_FAN_IN {
+            let level = self.spills[self.spills.len() - SPILL_FAN_IN..]
+                .iter()
+                .map(|run| run.level)
+                .max()
+                .expect("SPILL_FAN_IN runs");
+            self.merge_newest_runs(level + 1)?;
+        }
         self.buffer.sort();
         let (dir, n_reduce) = (self.task.dir, self.task.n_reduce);
         let prefix = format!("{TEMP_PREFIX}map-{}-", self.task.id);
@@ -1128,7 +1199,7 @@ impl MapState<'_> {
                 entries,
             })];
             for run in &self.spills {
-                sources.push(MapSource::Spill(run.segment(r)?));
+                sources.push(MapSource::Spill(run.segment(r, &self.readers)?));
             }
             let write = || -> Result<u64, MergeError> {
                 Ok(write_sources(sources, RecordWriter::new(&mut out)?)?.1)
@@ -1155,11 +1226,14 @@ impl MapState<'_> {
         publish(dir, &prefix, temp, size, &paths, |from, to| {
             std::fs::hard_link(from, to)
         })?;
+        let peak_spill_readers = self.readers.peak.get();
+        debug_assert!(peak_spill_readers <= SPILL_FAN_IN, "{peak_spill_readers}");
         Ok(MapStats {
             bytes_read: 0,
             pairs: self.pairs,
             spills: self.spills_made,
             bytes_written: size,
+            peak_spill_readers,
         })
     }
 }
@@ -1376,6 +1450,7 @@ pub fn run_map(app: &dyn App, task: &MapTask<'_>) -> Result<MapStats, TaskError>
         spills: Vec::new(),
         spills_made: 0,
         pairs: 0,
+        readers: ReaderGauge::default(),
     };
     let mut failure: Option<TaskError> = None;
     let mapped = {
@@ -1548,19 +1623,8 @@ fn merge_to_run(sources: Vec<ReduceSource>, dir: &Path) -> Result<ReduceSource, 
     out.flush()
         .map_err(TaskError::io("write a merged run in", dir))?;
     drop(out);
-    let reader = RecordReader::open(
-        BufReader::with_capacity(
-            merge_buffer(REDUCE_FAN_IN),
-            SegmentReader {
-                file,
-                pos: 0,
-                end: len,
-            },
-        ),
-        len,
-        format!("a merged run of intermediate files in {}", dir.display()),
-    )?;
-    Ok(reader)
+    let label = format!("a merged run of intermediate files in {}", dir.display());
+    segment_records(file, 0, len, merge_buffer(REDUCE_FAN_IN), label)
 }
 
 /// Calls `app.reduce` once per key of `merger`, in key order, and writes each result.

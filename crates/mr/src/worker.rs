@@ -136,7 +136,16 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
                         memory_limit,
                     };
                     run_map(app.mapper(), &map)
-                        .map(|stats| stats.bytes_read)
+                        .map(|stats| {
+                            tracing::debug!(
+                                task,
+                                pairs = stats.pairs,
+                                spills = stats.spills,
+                                peak_spill_readers = stats.peak_spill_readers,
+                                "map task done"
+                            );
+                            stats.bytes_read
+                        })
                         .map_err(|e| e.to_string())
                 });
                 (TaskId::Map(task), run.await)

@@ -252,6 +252,56 @@ fn spills_under_a_small_memory_limit_keep_the_output_exact() {
 }
 
 #[test]
+fn a_spilling_map_holds_at_most_spill_fan_in_run_readers_whatever_n_reduce() {
+    // With no memory at all every pair is a spill: SPILL_FAN_IN² - 1 distinct words leave
+    // SPILL_FAN_IN - 1 merged runs and SPILL_FAN_IN - 1 single spills for the final merge,
+    // over 1000 partitions. Each open run reader holds a 64 KiB buffer; a merge that opened
+    // every partition's segments at once would hold SPILL_FAN_IN × 1000 of them, and a final
+    // merge of all those runs 2 × (SPILL_FAN_IN - 1).
+    let words = SPILL_FAN_IN * SPILL_FAN_IN - 1;
+    let text: Vec<String> = (0..words)
+        .map(|i| {
+            let (high, low) = (i / 26, i % 26);
+            [b'a' + high as u8, b'a' + low as u8, b'x']
+                .iter()
+                .map(|&b| b as char)
+                .collect()
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, text.join(" ")).unwrap();
+    let n_reduce = 1000;
+    let stats = run_map(
+        &EveryWord,
+        &MapTask {
+            id: 0,
+            input_name: "in",
+            input_path: &input,
+            n_reduce,
+            dir: dir.path(),
+            memory_limit: 0,
+        },
+    )
+    .unwrap();
+    assert_eq!(stats.spills as usize, words, "{stats:?}");
+    assert!(
+        (1..=SPILL_FAN_IN).contains(&stats.peak_spill_readers),
+        "{} run readers open at once (at most {SPILL_FAN_IN} allowed)",
+        stats.peak_spill_readers
+    );
+    let mut found = Vec::new();
+    for r in 0..n_reduce {
+        found.extend(read_intermediate(dir.path(), 0, r).unwrap());
+    }
+    found.sort();
+    let mut expected: Vec<(String, String)> =
+        text.into_iter().map(|w| (w, "1".to_string())).collect();
+    expected.sort();
+    assert_eq!(found, expected, "every pair exactly once");
+}
+
+#[test]
 fn a_zero_memory_limit_still_works() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.txt");
