@@ -1,6 +1,8 @@
 //! 6.5840 Lab 1's test-mr.sh, check by check, with real processes: `flotilla mr coordinator`
 //! and several `flotilla mr worker`s on the Project Gutenberg texts, outputs compared with
-//! `flotilla mr sequential`. Plus the bad inputs a real tool must refuse clearly.
+//! `flotilla mr sequential` and, for `wc` and `indexer`, with an independent in-memory
+//! oracle that shares no code with the workers (`crates/mr/tests/oracle/mod.rs`). Plus the
+//! bad inputs a real tool must refuse clearly.
 //!
 //! Like the script, every run happens in a scratch directory `mr-tmp` with the inputs given as
 //! `../pg-*.txt`; every process has a deadline (45 s, or 120 s in the crash test) after which
@@ -10,6 +12,9 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../../mr/tests/oracle/mod.rs"]
+mod oracle;
 
 const FLOTILLA: &str = env!("CARGO_BIN_EXE_flotilla");
 const LIMIT: Duration = Duration::from_secs(45);
@@ -71,6 +76,14 @@ impl Scratch {
             .expect("run sequential");
         assert!(status.success(), "sequential {app} failed");
         sorted_outputs(&dir)
+    }
+
+    /// The inputs as the independent oracle takes them: `(name as given, path)`.
+    fn named_inputs(&self) -> Vec<(String, PathBuf)> {
+        self.inputs
+            .iter()
+            .map(|name| (name.clone(), self.work.join(name)))
+            .collect()
     }
 
     fn coordinator(&self, extra: &[&str]) -> (Proc, String) {
@@ -185,11 +198,12 @@ fn wc() {
     let (mut coordinator, addr) = s.coordinator(&[]);
     let mut workers: Vec<_> = (0..3).map(|_| s.worker(&addr, "wc", LIMIT)).collect();
     assert!(coordinator.wait().success());
+    let lines = sorted_outputs(&s.work);
     assert_eq!(
-        sorted_outputs(&s.work),
-        expected,
+        lines, expected,
         "wc output is not the same as the sequential output"
     );
+    oracle::assert_agrees(&lines, &oracle::wc(&s.named_inputs()), "wc");
     wait_all(&mut workers); // workers exit on their own
 }
 
@@ -202,11 +216,12 @@ fn indexer() {
     let mut foreground = s.worker(&addr, "indexer", LIMIT);
     assert!(foreground.wait().success());
     // A worker's exit means every output is final.
+    let lines = sorted_outputs(&s.work);
     assert_eq!(
-        sorted_outputs(&s.work),
-        expected,
+        lines, expected,
         "indexer output is not the same as the sequential output"
     );
+    oracle::assert_agrees(&lines, &oracle::indexer(&s.named_inputs()), "indexer");
 }
 
 #[test]

@@ -15,6 +15,8 @@ use flotilla_mr::task::{
 };
 use flotilla_mr::words;
 
+mod oracle;
+
 const GUTENBERG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../../shared/data/gutenberg"
@@ -109,14 +111,17 @@ fn temp_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn check_distributed_equals_sequential(app_name: &str) {
+/// Runs `app_name` as a job of map and reduce tasks, compares the output with the
+/// sequential reference (and returns it), and checks how intermediate files are linked.
+fn check_distributed_equals_sequential(app_name: &str) -> Vec<String> {
     let app = by_name(&AppSpec::builtin(app_name)).unwrap();
     let inputs = gutenberg_inputs();
     let expected = sequential_lines(app.as_ref(), &inputs);
     assert!(!expected.is_empty());
     let dir = tempfile::tempdir().unwrap();
     run_job(app.as_ref(), &inputs, 10, dir.path(), 32 << 20);
-    assert_eq!(sorted_outputs(dir.path()), expected, "{app_name}");
+    let lines = sorted_outputs(dir.path());
+    assert_eq!(lines, expected, "{app_name}");
     assert!(temp_files(dir.path()).is_empty());
     for m in 0..8 {
         let inode = std::fs::metadata(intermediate_path(dir.path(), m, 0))
@@ -132,21 +137,24 @@ fn check_distributed_equals_sequential(app_name: &str) {
             );
         }
     }
+    lines
 }
 
 #[test]
-fn wc_distributed_equals_sequential() {
-    check_distributed_equals_sequential("wc");
+fn wc_distributed_equals_sequential_and_the_oracle() {
+    let lines = check_distributed_equals_sequential("wc");
+    oracle::assert_agrees(&lines, &oracle::wc(&gutenberg_inputs()), "wc");
 }
 
 #[test]
-fn indexer_distributed_equals_sequential() {
-    check_distributed_equals_sequential("indexer");
+fn indexer_distributed_equals_sequential_and_the_oracle() {
+    let lines = check_distributed_equals_sequential("indexer");
+    oracle::assert_agrees(&lines, &oracle::indexer(&gutenberg_inputs()), "indexer");
 }
 
 #[test]
 fn nocrash_distributed_equals_sequential() {
-    check_distributed_equals_sequential("nocrash");
+    let _ = check_distributed_equals_sequential("nocrash");
     // And the content is what the lab expects: four lines describing the eight inputs.
     let inputs = gutenberg_inputs();
     let app = by_name(&AppSpec::builtin("nocrash")).unwrap();
