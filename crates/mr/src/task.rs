@@ -4,8 +4,9 @@
 //!
 //! [`run_map`] streams its input file through [`App::map`], sends each pair to reduce task
 //! [`bucket`]`(key, n_reduce)`, and makes, for **every** `r` in `0..n_reduce`, the name
-//! `dir/mr-{map}-{r}` ([`intermediate_path`]) under which reduce task `r` finds that
-//! bucket's pairs sorted by key (byte order). Pairs are buffered in memory up to
+//! `dir/mr-{map}-{r}` ([`intermediate_path`]; `mr-{map}-{r}.{attempt}` for a later
+//! [`MapTask::attempt`], so attempts of one task never share a file) under which reduce task
+//! `r` finds that bucket's pairs sorted by key (byte order). Pairs are buffered in memory up to
 //! [`MapTask::memory_limit`] bytes; past that the buffer is sorted and spilled to an unnamed
 //! temporary run file, and the final output is a k-way merge of the runs and what is left
 //! in memory. Runs are merged in levels of [`SPILL_FAN_IN`] as they pile up, and before the
@@ -32,9 +33,10 @@
 //!
 //! # Reduce
 //!
-//! [`run_reduce`] merges segment `reduce` of `dir/mr-{m}-{reduce}` for every map task `m` in
-//! `0..n_map` (a streaming k-way merge; with more than [`REDUCE_FAN_IN`] map tasks, groups of
-//! files are first merged into temporary runs), calls [`App::reduce`] once per distinct key
+//! [`run_reduce`] merges segment `reduce` of `dir/mr-{m}-{reduce}` for every map task `m`, of
+//! the attempt [`ReduceTask::map_attempts`] names (a streaming k-way merge; with more than
+//! [`REDUCE_FAN_IN`] map tasks, groups of files are first merged into temporary runs), calls
+//! [`App::reduce`] once per distinct key
 //! in key order — the values are pulled from the merge as the application iterates — and
 //! writes `key value\n` lines to `dir/mr-out-{reduce}` ([`output_path`]). Its memory is a
 //! few MiB of read buffers plus whatever the application keeps of one key's values. An exec
@@ -56,7 +58,8 @@
 //!   with the record count and a CRC-32 of every record; lengths are checked against the
 //!   file's size before anything is allocated and keys must come in order, so a missing,
 //!   truncated, corrupt or foreign file is a [`TaskError`] naming it, never silently read
-//!   or skipped.
+//!   or skipped. A reduce's error in reading map task `m`'s file says so
+//!   ([`TaskError::unreadable_map`]), so that the coordinator can run that map task again.
 //! - **Clear errors.** An input that is missing, unreadable or a directory, an application's
 //!   error, and every I/O failure come back as a [`TaskError`] that says what and where.
 //!
@@ -125,9 +128,15 @@ const IO_BUFFER: usize = 128 * 1024;
 /// Read buffer per run during a merge.
 const MERGE_BUFFER: usize = 64 * 1024;
 
-/// `dir/mr-{map}-{reduce}`: map task `map`'s pairs for reduce task `reduce`.
-pub fn intermediate_path(dir: &Path, map: usize, reduce: usize) -> PathBuf {
-    dir.join(format!("mr-{map}-{reduce}"))
+/// Where attempt `attempt` of map task `map` puts its pairs for reduce task `reduce`:
+/// `dir/mr-{map}-{reduce}` for attempt 0 (the lab's name), `dir/mr-{map}-{reduce}.{attempt}`
+/// for later attempts, so that two attempts of a map task never write the same file.
+pub fn intermediate_path(dir: &Path, map: usize, attempt: u32, reduce: usize) -> PathBuf {
+    if attempt == 0 {
+        dir.join(format!("mr-{map}-{reduce}"))
+    } else {
+        dir.join(format!("mr-{map}-{reduce}.{attempt}"))
+    }
 }
 
 /// `dir/mr-out-{reduce}`: reduce task `reduce`'s output.
@@ -159,6 +168,9 @@ pub fn sorted_output_lines(dir: &Path) -> io::Result<Vec<String>> {
 pub struct MapTask<'a> {
     /// The map task's number (its intermediate files are `mr-{id}-*`).
     pub id: usize,
+    /// Which attempt of the task this is (0 for the first): its outputs' names depend on it
+    /// ([`intermediate_path`]).
+    pub attempt: u32,
     /// The input's name exactly as given to the coordinator; what [`App::map`] sees.
     pub input_name: &'a str,
     /// Where to read the input.
@@ -177,8 +189,9 @@ pub struct MapTask<'a> {
 pub struct ReduceTask<'a> {
     /// The reduce task's number (its inputs are `mr-*-{id}`, its output `mr-out-{id}`).
     pub id: usize,
-    /// Number of map tasks of the job.
-    pub n_map: usize,
+    /// For each map task of the job, in order, the attempt whose outputs to read (the one the
+    /// coordinator accepted); its length is the number of map tasks.
+    pub map_attempts: &'a [u32],
     /// The job's shared directory.
     pub dir: &'a Path,
 }
@@ -249,6 +262,14 @@ pub enum TaskError {
     },
     #[error("intermediate file {} is missing (map task {map} has not written it)", path.display())]
     MissingIntermediate { path: PathBuf, map: usize },
+    /// Map task `map`'s intermediate file cannot be used: `source` says why (corrupt,
+    /// truncated, not a file, a read error).
+    #[error("{source} (the output of map task {map})")]
+    UnreadableIntermediate {
+        map: usize,
+        #[source]
+        source: Box<TaskError>,
+    },
     #[error("{file} is corrupt: {reason}")]
     Corrupt { file: String, reason: String },
     #[error("cannot {action} {}: {source}", path.display())]
@@ -263,6 +284,29 @@ pub enum TaskError {
 }
 
 impl TaskError {
+    /// The map task whose output a reduce could not read, if that is why it failed: the
+    /// coordinator then runs that map task again.
+    pub fn unreadable_map(&self) -> Option<usize> {
+        match self {
+            TaskError::MissingIntermediate { map, .. }
+            | TaskError::UnreadableIntermediate { map, .. } => Some(*map),
+            _ => None,
+        }
+    }
+
+    /// `self`, marked as a failure to read map task `map`'s output.
+    fn reading_map(self, map: usize) -> TaskError {
+        match self {
+            TaskError::MissingIntermediate { .. } | TaskError::UnreadableIntermediate { .. } => {
+                self
+            }
+            other => TaskError::UnreadableIntermediate {
+                map,
+                source: Box::new(other),
+            },
+        }
+    }
+
     fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> TaskError + 'p {
         move |source| TaskError::Io {
             action,
@@ -541,15 +585,27 @@ impl<F: Borrow<File>> Read for SegmentReader<F> {
 /// A reader of one segment of an intermediate file.
 type SegmentRecords = RecordReader<BufReader<SegmentReader<File>>>;
 
-/// Opens segment `reduce` of `dir/mr-{map}-{reduce}` for reading, after checking the file's
-/// footer and index; returns its reader and the segment's length.
+/// Opens segment `reduce` of attempt `attempt`'s file of map task `map` for reading, after
+/// checking the file's footer and index; returns its reader and the segment's length. An
+/// error is one of reading map task `map`'s output ([`TaskError::unreadable_map`]).
 fn open_intermediate(
     dir: &Path,
     map: usize,
+    attempt: u32,
     reduce: usize,
     buffer: usize,
 ) -> Result<(SegmentRecords, u64), TaskError> {
-    let path = intermediate_path(dir, map, reduce);
+    open_intermediate_unmarked(dir, map, attempt, reduce, buffer).map_err(|e| e.reading_map(map))
+}
+
+fn open_intermediate_unmarked(
+    dir: &Path,
+    map: usize,
+    attempt: u32,
+    reduce: usize,
+    buffer: usize,
+) -> Result<(SegmentRecords, u64), TaskError> {
+    let path = intermediate_path(dir, map, attempt, reduce);
     let file = match File::open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -688,14 +744,15 @@ fn find_segment(
     Ok(wanted)
 }
 
-/// Reads all of segment `reduce` of `dir/mr-{map}-{reduce}` (for tests and inspection;
-/// tasks stream instead).
+/// Reads all of segment `reduce` of attempt `attempt`'s file of map task `map` (for tests
+/// and inspection; tasks stream instead).
 pub fn read_intermediate(
     dir: &Path,
     map: usize,
+    attempt: u32,
     reduce: usize,
 ) -> Result<Vec<(String, String)>, TaskError> {
-    let (mut reader, _) = open_intermediate(dir, map, reduce, MERGE_BUFFER)?;
+    let (mut reader, _) = open_intermediate(dir, map, attempt, reduce, MERGE_BUFFER)?;
     let mut pairs = Vec::new();
     let (mut key, mut value) = (String::new(), String::new());
     while reader.next_into(&mut key, &mut value)? {
@@ -1221,7 +1278,7 @@ impl MapState<'_> {
             .map_err(TaskError::io("write", temp.path()))?;
         drop(out);
         let paths: Vec<PathBuf> = (0..n_reduce)
-            .map(|r| intermediate_path(dir, self.task.id, r))
+            .map(|r| intermediate_path(dir, self.task.id, self.task.attempt, r))
             .collect();
         publish(dir, &prefix, temp, size, &paths, |from, to| {
             std::fs::hard_link(from, to)
@@ -1567,27 +1624,58 @@ fn merge_buffer(ways: usize) -> usize {
     (MERGE_MEMORY / ways.max(1)).clamp(4 * 1024, MERGE_BUFFER)
 }
 
-/// A source of a reduce task's merge: a segment of an intermediate file, or a run merged
-/// from several.
-type ReduceSource = SegmentRecords;
+/// A source of a reduce task's merge: a segment of map task `map`'s intermediate file, or
+/// (`map` = `None`) a run merged from several.
+struct ReduceSource {
+    records: SegmentRecords,
+    map: Option<usize>,
+}
+
+impl RecordSource for ReduceSource {
+    fn next_into(&mut self, key: &mut String, value: &mut String) -> Result<bool, TaskError> {
+        let next = self.records.next_into(key, value);
+        match self.map {
+            Some(map) => next.map_err(|e| e.reading_map(map)),
+            None => next,
+        }
+    }
+}
 
 /// Opens a reduce task's inputs as at most [`REDUCE_FAN_IN`] merge sources; returns them
 /// and the intermediate bytes they hold.
 fn open_reduce_sources(task: &ReduceTask<'_>) -> Result<(Vec<ReduceSource>, u64), TaskError> {
+    // A missing job directory is this worker's problem (say, an unmounted share), not a
+    // lost output of map task 0.
+    match std::fs::metadata(task.dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(TaskError::Io {
+                action: "use the job directory",
+                path: task.dir.to_path_buf(),
+                source: io::Error::other("not a directory"),
+            })
+        }
+        Err(e) => return Err(TaskError::io("open the job directory", task.dir)(e)),
+    }
+    let n_map = task.map_attempts.len();
     let mut bytes_read = 0;
-    let buffer = merge_buffer(task.n_map.min(REDUCE_FAN_IN));
+    let buffer = merge_buffer(n_map.min(REDUCE_FAN_IN));
     let mut open = |map: usize| -> Result<ReduceSource, TaskError> {
-        let (reader, len) = open_intermediate(task.dir, map, task.id, buffer)?;
+        let attempt = task.map_attempts[map];
+        let (records, len) = open_intermediate(task.dir, map, attempt, task.id, buffer)?;
         bytes_read += len;
-        Ok(reader)
+        Ok(ReduceSource {
+            records,
+            map: Some(map),
+        })
     };
-    if task.n_map <= REDUCE_FAN_IN {
-        let sources = (0..task.n_map).map(&mut open).collect::<Result<_, _>>()?;
+    if n_map <= REDUCE_FAN_IN {
+        let sources = (0..n_map).map(&mut open).collect::<Result<_, _>>()?;
         return Ok((sources, bytes_read));
     }
     let mut runs = Vec::new();
-    for first in (0..task.n_map).step_by(REDUCE_FAN_IN) {
-        let last = (first + REDUCE_FAN_IN).min(task.n_map);
+    for first in (0..n_map).step_by(REDUCE_FAN_IN) {
+        let last = (first + REDUCE_FAN_IN).min(n_map);
         let group = (first..last).map(&mut open).collect::<Result<_, _>>()?;
         runs.push(merge_to_run(group, task.dir)?);
     }
@@ -1624,7 +1712,8 @@ fn merge_to_run(sources: Vec<ReduceSource>, dir: &Path) -> Result<ReduceSource, 
         .map_err(TaskError::io("write a merged run in", dir))?;
     drop(out);
     let label = format!("a merged run of intermediate files in {}", dir.display());
-    segment_records(file, 0, len, merge_buffer(REDUCE_FAN_IN), label)
+    let records = segment_records(file, 0, len, merge_buffer(REDUCE_FAN_IN), label)?;
+    Ok(ReduceSource { records, map: None })
 }
 
 /// Calls `app.reduce` once per key of `merger`, in key order, and writes each result.
@@ -1710,7 +1799,7 @@ mod tests {
     fn publish_with(link: impl Fn(&Path, &Path) -> io::Result<()>) -> Vec<u64> {
         let dir = tempfile::tempdir().unwrap();
         let paths: Vec<PathBuf> = (0..3)
-            .map(|r| intermediate_path(dir.path(), 0, r))
+            .map(|r| intermediate_path(dir.path(), 0, 0, r))
             .collect();
         for path in &paths {
             std::fs::write(path, "an older file, to be replaced").unwrap();
@@ -1721,7 +1810,7 @@ mod tests {
         for (r, path) in paths.iter().enumerate() {
             assert_eq!(std::fs::metadata(path).unwrap().len(), size);
             assert_eq!(
-                read_intermediate(dir.path(), 0, r).unwrap(),
+                read_intermediate(dir.path(), 0, 0, r).unwrap(),
                 [(format!("k{r}"), format!("v{r}"))]
             );
         }
