@@ -95,9 +95,14 @@ enum MrCommand {
         /// Directory for intermediate files and outputs.
         #[arg(long, default_value = ".")]
         out: PathBuf,
-        /// Seconds before a task not reported done goes to another worker.
+        /// Seconds after which a task not reported done is also handed to another worker
+        /// (the first attempt to finish counts).
         #[arg(long, default_value_t = 10.0)]
         task_timeout: f64,
+        /// A task that fails on this many different workers fails the job; a worker that
+        /// fails this many tasks is dismissed.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        max_failures: u32,
         /// Keep the intermediate files mr-X-Y after the job.
         #[arg(long)]
         keep_intermediate: bool,
@@ -503,18 +508,23 @@ fn mr(command: MrCommand) -> anyhow::Result<ExitCode> {
             reduce,
             out,
             task_timeout,
+            max_failures,
             keep_intermediate,
             linger,
             progress,
             inputs,
         } => {
+            let task_timeout = parse_seconds(task_timeout)?;
+            if task_timeout.is_zero() {
+                anyhow::bail!("--task-timeout must be more than 0 seconds");
+            }
             let config = CoordinatorConfig {
                 listen,
                 inputs,
                 n_reduce: reduce as usize,
                 out_dir: out,
-                task_timeout: parse_seconds(task_timeout)?,
-                max_failures: 3,
+                task_timeout,
+                max_failures,
                 linger: parse_seconds(linger)?,
                 keep_intermediate,
                 progress: match progress.as_str() {

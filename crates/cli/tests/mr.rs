@@ -1,6 +1,8 @@
 //! 6.5840 Lab 1's test-mr.sh, check by check, with real processes: `flotilla mr coordinator`
 //! and several `flotilla mr worker`s on the Project Gutenberg texts, outputs compared with
-//! `flotilla mr sequential`. Plus the bad inputs a real tool must refuse clearly.
+//! `flotilla mr sequential` and, for `wc` and `indexer`, with an independent in-memory
+//! oracle that shares no code with the workers (`crates/mr/tests/oracle/mod.rs`). Plus the
+//! bad inputs a real tool must refuse clearly.
 //!
 //! Like the script, every run happens in a scratch directory `mr-tmp` with the inputs given as
 //! `../pg-*.txt`; every process has a deadline (45 s, or 120 s in the crash test) after which
@@ -10,6 +12,9 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../../mr/tests/oracle/mod.rs"]
+mod oracle;
 
 const FLOTILLA: &str = env!("CARGO_BIN_EXE_flotilla");
 const LIMIT: Duration = Duration::from_secs(45);
@@ -73,6 +78,14 @@ impl Scratch {
         sorted_outputs(&dir)
     }
 
+    /// The inputs as the independent oracle takes them: `(name as given, path)`.
+    fn named_inputs(&self) -> Vec<(String, PathBuf)> {
+        self.inputs
+            .iter()
+            .map(|name| (name.clone(), self.work.join(name)))
+            .collect()
+    }
+
     fn coordinator(&self, extra: &[&str]) -> (Proc, String) {
         self.coordinator_over(&self.inputs, extra)
     }
@@ -92,7 +105,7 @@ impl Scratch {
             .args(extra)
             .args(inputs)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.root.join("coordinator.err")).unwrap())
             .spawn()
             .expect("start coordinator");
         let mut line = String::new();
@@ -107,12 +120,33 @@ impl Scratch {
         (Proc::new("coordinator", child, LIMIT), addr)
     }
 
+    /// What the (last) coordinator printed on stderr.
+    fn coordinator_stderr(&self) -> String {
+        std::fs::read_to_string(self.root.join("coordinator.err")).unwrap_or_default()
+    }
+
     fn worker(&self, addr: &str, app: &str, limit: Duration) -> Proc {
+        self.worker_with(addr, &["--app", app], None, limit)
+    }
+
+    /// A worker with these arguments after `--coordinator addr`, its stderr written to the
+    /// file `root/<stderr>` if given.
+    fn worker_with(
+        &self,
+        addr: &str,
+        args: &[&str],
+        stderr: Option<&str>,
+        limit: Duration,
+    ) -> Proc {
         let child = Command::new(FLOTILLA)
             .current_dir(&self.work)
-            .args(["mr", "worker", "--coordinator", addr, "--app", app])
+            .args(["mr", "worker", "--coordinator", addr])
+            .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match stderr {
+                Some(name) => Stdio::from(std::fs::File::create(self.root.join(name)).unwrap()),
+                None => Stdio::null(),
+            })
             .spawn()
             .expect("start worker");
         Proc::new("worker", child, limit)
@@ -185,11 +219,12 @@ fn wc() {
     let (mut coordinator, addr) = s.coordinator(&[]);
     let mut workers: Vec<_> = (0..3).map(|_| s.worker(&addr, "wc", LIMIT)).collect();
     assert!(coordinator.wait().success());
+    let lines = sorted_outputs(&s.work);
     assert_eq!(
-        sorted_outputs(&s.work),
-        expected,
+        lines, expected,
         "wc output is not the same as the sequential output"
     );
+    oracle::assert_agrees(&lines, &oracle::wc(&s.named_inputs()), "wc");
     wait_all(&mut workers); // workers exit on their own
 }
 
@@ -202,11 +237,12 @@ fn indexer() {
     let mut foreground = s.worker(&addr, "indexer", LIMIT);
     assert!(foreground.wait().success());
     // A worker's exit means every output is final.
+    let lines = sorted_outputs(&s.work);
     assert_eq!(
-        sorted_outputs(&s.work),
-        expected,
+        lines, expected,
         "indexer output is not the same as the sequential output"
     );
+    oracle::assert_agrees(&lines, &oracle::indexer(&s.named_inputs()), "indexer");
 }
 
 #[test]
@@ -323,6 +359,126 @@ fn crash() {
         expected,
         "crash output is not the same as the sequential output"
     );
+}
+
+// ---- slow tasks and bad workers ---------------------------------------------------------
+
+/// Waits (polling, at most `limit`) until `path` exists.
+fn wait_for_file(path: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear within {limit:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Exec-app arguments whose map prints `name<TAB>lines of the input`, after running `before`
+/// (shell commands), and whose reduce passes the single value of each key through.
+fn line_count_app(before: &str) -> Vec<String> {
+    [
+        "--app".to_string(),
+        "exec".to_string(),
+        "--map-cmd".to_string(),
+        format!(r#"{before} printf '%s\t%s\n' "$1" "$(wc -l)""#),
+        "--reduce-cmd".to_string(),
+        "cat".to_string(),
+    ]
+    .to_vec()
+}
+
+/// The output `line_count_app` must give: `name lines` per input.
+fn line_counts(s: &Scratch, inputs: &[String]) -> Vec<String> {
+    let mut lines: Vec<String> = inputs
+        .iter()
+        .map(|name| {
+            let text = std::fs::read(s.work.join(name)).unwrap();
+            let count = text.iter().filter(|&&b| b == b'\n').count();
+            format!("{name} {count}")
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn a_task_longer_than_the_task_timeout_finishes_with_two_workers() {
+    // One map task of three seconds, re-issued after one: the second worker takes it too,
+    // and the first complete report must be accepted (formerly each report came from a
+    // worker that no longer held the task, and the two took it from each other forever).
+    let s = Scratch::new();
+    let inputs = vec![s.inputs[0].clone()];
+    let (mut coordinator, addr) = s.coordinator_over(&inputs, &["--task-timeout", "1"]);
+    let app = line_count_app("sleep 3;");
+    let app: Vec<&str> = app.iter().map(String::as_str).collect();
+    let mut workers: Vec<_> = (0..2)
+        .map(|_| s.worker_with(&addr, &app, None, LIMIT))
+        .collect();
+    assert!(coordinator.wait().success(), "{}", s.coordinator_stderr());
+    assert_eq!(sorted_outputs(&s.work), line_counts(&s, &inputs));
+    wait_all(&mut workers);
+}
+
+/// A worker whose map and reduce program does not exist: every task fails at once.
+const BROKEN_WORKER: [&str; 6] = [
+    "--app",
+    "exec",
+    "--map-cmd",
+    "no-such-program-flotilla",
+    "--reduce-cmd",
+    "no-such-program-flotilla",
+];
+
+#[test]
+fn a_worker_that_keeps_failing_is_dismissed_and_the_others_finish_the_job() {
+    let s = Scratch::new();
+    let (mut coordinator, addr) = s.coordinator(&["--task-timeout", "2"]);
+    // The healthy worker holds its first map task until the broken worker is gone, so the
+    // broken one meets the seven other map tasks first.
+    let started = s.root.join("started");
+    let go = s.root.join("go");
+    let gate = format!(
+        r#"if mkdir {gate} 2>/dev/null; then : > {started}; i=0; while [ ! -e {go} ] && [ $i -lt 900 ]; do sleep 0.05; i=$((i+1)); done; fi;"#,
+        gate = s.root.join("gate").display(),
+        started = started.display(),
+        go = go.display()
+    );
+    let app = line_count_app(&gate);
+    let app: Vec<&str> = app.iter().map(String::as_str).collect();
+    let mut healthy = s.worker_with(&addr, &app, None, LIMIT);
+    wait_for_file(&started, LIMIT);
+    // Let the healthy worker's last request age past the task timeout: only its heartbeats
+    // (every 0.5 s) show it is alive when the broken worker is dismissed; without them the
+    // coordinator would see no live worker left and fail the job.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut broken = s.worker_with(&addr, &BROKEN_WORKER, Some("broken.err"), LIMIT);
+    let status = broken.wait();
+    let said = std::fs::read_to_string(s.root.join("broken.err")).unwrap();
+    assert!(
+        !status.success() && said.contains("dismissed") && said.contains("no-such-program"),
+        "the broken worker is dismissed with the reason ({status}): {said}"
+    );
+    std::fs::write(&go, "").unwrap();
+    assert!(coordinator.wait().success(), "{}", s.coordinator_stderr());
+    assert_eq!(sorted_outputs(&s.work), line_counts(&s, &s.inputs));
+    healthy.wait();
+}
+
+#[test]
+fn a_job_whose_only_worker_keeps_failing_fails_with_the_task_and_the_error() {
+    let s = Scratch::new();
+    let (mut coordinator, addr) = s.coordinator(&[]);
+    let mut broken = s.worker_with(&addr, &BROKEN_WORKER, None, LIMIT);
+    assert_eq!(coordinator.wait().code(), Some(1));
+    let said = s.coordinator_stderr();
+    assert!(
+        said.contains("map task") && said.contains("no-such-program-flotilla"),
+        "{said}"
+    );
+    assert!(!broken.wait().success());
 }
 
 // ---- bad input ----------------------------------------------------------------------------

@@ -82,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             wc.as_ref(),
             &MapTask {
                 id: 0,
+                attempt: 0,
                 input_name: "input.txt",
                 input_path: &input,
                 n_reduce: 10,

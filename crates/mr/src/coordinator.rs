@@ -1,46 +1,129 @@
-//! The coordinator's state machine: which task goes to whom, what timed out, when the job is
-//! done. No I/O and no clock: the driver passes the time with every message.
+//! The coordinator's state machine: which task goes to whom, what timed out, which workers to
+//! stop using, when the job is done. No I/O and no clock: the driver passes the time with
+//! every message.
 //!
-//! Rules (6.5840 Lab 1):
+//! # Attempts, and why accepting the first report is safe
+//!
+//! Every hand-out of a task is an *attempt*, numbered from 0 for each task. A map attempt
+//! writes its outputs under names of its own (`mr-{map}-{r}` for attempt 0, `mr-{map}-{r}.{a}`
+//! for attempt `a`: [`crate::task::intermediate_path`]), each one complete before it is
+//! renamed into place, and reports only after all of them are in place. The coordinator
+//! accepts the **first** complete report of a task that is not yet done, whichever attempt
+//! it comes from, and remembers that attempt; every reduce is told, for each map task, which
+//! attempt's files to read (`FromCoordinator::Reduce::map_attempts`). So a reduce never
+//! mixes two executions of a map task: it reads exactly the outputs the coordinator accepted,
+//! which no other attempt writes, and every reduce reads the same ones — this holds even for
+//! a map function that is not deterministic (or whose output bytes differ between runs, as
+//! `wc`'s do: its in-mapper counts are flushed in hash order). Only if an accepted output is
+//! lost (below) and the map task runs again do later reduces read the new attempt's output;
+//! for a non-deterministic map that is the paper's weaker guarantee (each reduce sees one
+//! execution of it). A reduce attempt writes `mr-out-{r}` by one rename, so of two complete
+//! attempts of a reduce the later rename wins, and both read the same map outputs.
+//!
+//! (Lease renewal was the other way out of the livelock below; it was not chosen because a
+//! worker process that is alive but whose task hangs would then hold its task forever.)
+//!
+//! # Rules
+//!
+//! Scheduling (6.5840 Lab 1, with the paper's re-execution rules):
 //! - every map task finishes before any reduce task is handed out;
-//! - a task is handed to one worker at a time; if it is not reported done within
-//!   `task_timeout`, it is handed to the next worker that asks (the first holder may still
-//!   finish: outputs are renamed into place atomically, so a late duplicate is harmless);
-//! - a report from a worker that does not hold the task (it timed out and the task moved on,
-//!   or was already done) is ignored;
-//! - without failures each task runs exactly once (no speculative copies);
-//! - a task that fails `max_failures` times (an unreadable input, an application error) fails
-//!   the job, with the last error;
-//! - the job is done when every reduce output is in place.
+//! - a task is handed to one worker at a time; once its latest attempt is older than
+//!   `task_timeout` it may be handed out again (its worker may be dead) — but only to a
+//!   worker that finds no idle task, and earlier attempts stay valid: whichever attempt
+//!   reports first is accepted, later reports of the task are ignored. So a task longer than
+//!   the timeout finishes. (It used to be that only the latest holder's report counted: with
+//!   two workers, each report came from a worker that no longer held the task, and the two
+//!   took a long task from each other forever.)
+//! - without failures or timeouts each task runs exactly once (no speculative copies).
+//!
+//! Failures (per task and per worker, as Hadoop blacklists a node):
+//! - a failed attempt counts against its task and against its worker;
+//! - a worker asking for a task is given one it has not failed, if any is left; it retries a
+//!   task it has failed only when nothing else is;
+//! - a task that has failed on `max_failures` distinct workers fails the job, with the last
+//!   error;
+//! - a worker with `max_failures` failed attempts is **dismissed**: it gets no more tasks and
+//!   is told why (`FromCoordinator::Dismissed`); what it completed stays valid. If no other
+//!   worker is live at that moment (heard from — a request, a report or a heartbeat — within
+//!   `task_timeout`, and not dismissed) the job fails, naming the task and the last error,
+//!   rather than waiting for a worker that may never come;
+//! - a reduce that cannot read a map task's accepted output (missing, truncated, corrupt)
+//!   reports it: the map task is run again (the paper's rule), and the reduce too, once the
+//!   maps are done. The report counts against the worker that made it (a worker that cannot
+//!   see the shared directory is dismissed that way) and, towards the `max_failures`
+//!   distinct workers of the map task, against the worker that wrote the lost output. A
+//!   report about an output that is no longer the accepted one only frees the reduce;
+//! - a timeout counts against nobody.
+//!
+//! Every failure report counts against its worker, so a fixed set of workers can send only
+//! `max_failures` each before the job ends or they are all dismissed: the job always ends.
+//! It is done when every reduce output is in place.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::protocol::{FromCoordinator, TaskId, ToCoordinator, WorkerId};
+use crate::protocol::{Attempt, FromCoordinator, TaskId, ToCoordinator, WorkerId};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TaskState {
     Idle,
-    Running { worker: WorkerId, since: Duration },
-    Done,
+    /// Handed out; `attempt` (the latest) at `since`.
+    Running {
+        attempt: Attempt,
+        since: Duration,
+    },
+    /// Done: `attempt`'s outputs are the task's.
+    Done {
+        attempt: Attempt,
+    },
 }
 
 #[derive(Clone, Debug)]
 struct Task {
     state: TaskState,
-    failures: u32,
-    last_error: Option<String>,
+    /// The worker of every attempt handed out, by attempt number.
+    attempts: Vec<WorkerId>,
+    /// The distinct workers on which an attempt failed (or whose accepted output was lost).
+    failed_on: Vec<WorkerId>,
+    /// Input bytes of the accepted map attempt.
+    bytes: u64,
 }
 
 impl Task {
     fn new() -> Self {
         Task {
             state: TaskState::Idle,
-            failures: 0,
-            last_error: None,
+            attempts: Vec::new(),
+            failed_on: Vec::new(),
+            bytes: 0,
         }
     }
+
+    /// Whether `worker` was handed attempt `attempt` of this task.
+    fn made(&self, worker: WorkerId, attempt: Attempt) -> bool {
+        self.attempts.get(attempt as usize) == Some(&worker)
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.state, TaskState::Done { .. })
+    }
+
+    /// Attempt `attempt` ended without a result: if it is the latest, the task is idle again
+    /// (an earlier attempt may still finish and would be accepted).
+    fn stop(&mut self, attempt: Attempt) {
+        if matches!(self.state, TaskState::Running { attempt: latest, .. } if latest == attempt) {
+            self.state = TaskState::Idle;
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Worker {
+    last_seen: Duration,
+    failures: u32,
+    /// Why it was dismissed.
+    dismissed: Option<String>,
 }
 
 /// One input of the job.
@@ -60,6 +143,8 @@ pub struct JobSpec {
     /// Where intermediate files and outputs go (absolute).
     pub dir: PathBuf,
     pub task_timeout: Duration,
+    /// Distinct workers a task may fail on, and failed attempts a worker may have, before
+    /// the job fails or the worker is dismissed.
     pub max_failures: u32,
 }
 
@@ -73,9 +158,13 @@ pub struct Progress {
     /// Input bytes of finished map tasks.
     pub bytes_mapped: u64,
     pub bytes_total: u64,
-    /// Workers heard from within the task timeout.
+    /// Workers heard from within the task timeout and not dismissed.
     pub workers_alive: usize,
+    pub workers_dismissed: usize,
+    /// Tasks handed out again after a timeout.
     pub reissued: u64,
+    /// Map tasks run again because a reduce could not read their output.
+    pub maps_rerun: u64,
 }
 
 /// How the job ended.
@@ -89,14 +178,18 @@ pub struct Coordinator {
     spec: JobSpec,
     maps: Vec<Task>,
     reduces: Vec<Task>,
-    last_seen: HashMap<WorkerId, Duration>,
+    workers: HashMap<WorkerId, Worker>,
     bytes_mapped: u64,
     reissued: u64,
+    maps_rerun: u64,
     outcome: Option<Outcome>,
 }
 
 /// How long an idle worker waits before asking again.
 const WAIT: Duration = Duration::from_millis(10);
+
+/// Shortest heartbeat period asked of workers.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 
 impl Coordinator {
     pub fn new(spec: JobSpec) -> Self {
@@ -105,9 +198,10 @@ impl Coordinator {
         Coordinator {
             maps: vec![Task::new(); spec.inputs.len()],
             reduces: vec![Task::new(); spec.n_reduce],
-            last_seen: HashMap::new(),
+            workers: HashMap::new(),
             bytes_mapped: 0,
             reissued: 0,
+            maps_rerun: 0,
             // A job with no input has nothing to map; it still reduces (to empty outputs).
             outcome: None,
             spec,
@@ -119,62 +213,59 @@ impl Coordinator {
     }
 
     pub fn handle(&mut self, message: ToCoordinator, now: Duration) -> FromCoordinator {
+        let worker = message.worker();
+        self.workers
+            .entry(worker)
+            .or_insert(Worker {
+                last_seen: now,
+                failures: 0,
+                dismissed: None,
+            })
+            .last_seen = now;
         match message {
-            ToCoordinator::RequestTask { worker } => {
-                self.last_seen.insert(worker, now);
+            ToCoordinator::RequestTask { .. } => {
+                if self.outcome.is_some() {
+                    return FromCoordinator::Exit;
+                }
+                if let Some(reason) = &self.workers[&worker].dismissed {
+                    return FromCoordinator::Dismissed {
+                        reason: reason.clone(),
+                    };
+                }
                 self.assign(worker, now)
             }
+            ToCoordinator::Heartbeat { .. } => FromCoordinator::Noted,
             ToCoordinator::TaskDone {
-                worker,
                 task,
+                attempt,
                 bytes,
+                ..
             } => {
-                self.last_seen.insert(worker, now);
-                if self.holds(worker, task) {
-                    self.task_mut(task).state = TaskState::Done;
-                    if let TaskId::Map(_) = task {
-                        self.bytes_mapped += bytes;
-                    }
-                    if self.reduces.iter().all(|t| t.state == TaskState::Done)
-                        && self.outcome.is_none()
-                    {
-                        self.outcome = Some(Outcome::Done);
-                    }
-                }
+                self.done(worker, task, attempt, bytes);
                 FromCoordinator::Noted
             }
             ToCoordinator::TaskFailed {
-                worker,
                 task,
+                attempt,
                 error,
-            } => {
-                self.last_seen.insert(worker, now);
-                if self.holds(worker, task) {
-                    let max = self.spec.max_failures;
-                    let t = self.task_mut(task);
-                    t.state = TaskState::Idle;
-                    t.failures += 1;
-                    t.last_error = Some(error.clone());
-                    if t.failures >= max && self.outcome.is_none() {
-                        self.outcome = Some(Outcome::Failed(format!(
-                            "{task} failed {max} times; last error: {error}"
-                        )));
-                    }
-                }
-                FromCoordinator::Noted
-            }
+                ..
+            } => self.failed(worker, task, attempt, error, now),
+            ToCoordinator::MapOutputLost {
+                reduce,
+                attempt,
+                map,
+                map_attempt,
+                error,
+                ..
+            } => self.output_lost(worker, reduce, attempt, map, map_attempt, error, now),
         }
     }
 
-    fn holds(&self, worker: WorkerId, task: TaskId) -> bool {
-        let tasks = match task {
-            TaskId::Map(_) => &self.maps,
-            TaskId::Reduce(_) => &self.reduces,
-        };
-        let index = match task {
-            TaskId::Map(i) | TaskId::Reduce(i) => i,
-        };
-        matches!(tasks.get(index), Some(Task { state: TaskState::Running { worker: w, .. }, .. }) if *w == worker)
+    fn task(&self, task: TaskId) -> Option<&Task> {
+        match task {
+            TaskId::Map(i) => self.maps.get(i),
+            TaskId::Reduce(i) => self.reduces.get(i),
+        }
     }
 
     fn task_mut(&mut self, task: TaskId) -> &mut Task {
@@ -184,53 +275,206 @@ impl Coordinator {
         }
     }
 
-    /// Picks an idle task (or one whose holder timed out) of the current phase.
-    fn assign(&mut self, worker: WorkerId, now: Duration) -> FromCoordinator {
-        if self.outcome.is_some() {
-            return FromCoordinator::Exit;
+    /// Accepts the first complete report of a task not yet done, from any of its attempts.
+    fn done(&mut self, worker: WorkerId, task: TaskId, attempt: Attempt, bytes: u64) {
+        if !self
+            .task(task)
+            .is_some_and(|t| t.made(worker, attempt) && !t.is_done())
+        {
+            return; // a late duplicate, or a report of an attempt never handed out
         }
-        let timeout = self.spec.task_timeout;
-        let maps_done = self.maps.iter().all(|t| t.state == TaskState::Done);
-        let (tasks, is_map) = if maps_done {
-            (&mut self.reduces, false)
-        } else {
-            (&mut self.maps, true)
+        let t = self.task_mut(task);
+        t.state = TaskState::Done { attempt };
+        if let TaskId::Map(_) = task {
+            t.bytes = bytes;
+            self.bytes_mapped += bytes;
+        }
+        if self.outcome.is_none()
+            && self.maps.iter().all(Task::is_done)
+            && self.reduces.iter().all(Task::is_done)
+        {
+            self.outcome = Some(Outcome::Done);
+        }
+    }
+
+    fn failed(
+        &mut self,
+        worker: WorkerId,
+        task: TaskId,
+        attempt: Attempt,
+        error: String,
+        now: Duration,
+    ) -> FromCoordinator {
+        if !self
+            .task(task)
+            .is_some_and(|t| t.made(worker, attempt) && !t.is_done())
+        {
+            return FromCoordinator::Noted;
+        }
+        self.task_mut(task).stop(attempt);
+        self.fail_task_on(task, worker, &error);
+        self.count_failure(worker, &format!("{task}: {error}"), now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn output_lost(
+        &mut self,
+        worker: WorkerId,
+        reduce: usize,
+        attempt: Attempt,
+        map: usize,
+        map_attempt: Attempt,
+        error: String,
+        now: Duration,
+    ) -> FromCoordinator {
+        let reduce_task = TaskId::Reduce(reduce);
+        if !self
+            .task(reduce_task)
+            .is_some_and(|t| t.made(worker, attempt) && !t.is_done())
+        {
+            return FromCoordinator::Noted;
+        }
+        self.task_mut(reduce_task).stop(attempt);
+        let Some(m) = self.maps.get_mut(map) else {
+            return FromCoordinator::Noted;
         };
-        let pick = tasks.iter().position(|t| match t.state {
-            TaskState::Idle => true,
+        if m.state
+            != (TaskState::Done {
+                attempt: map_attempt,
+            })
+        {
+            return FromCoordinator::Noted; // already being run again
+        }
+        m.state = TaskState::Idle;
+        self.bytes_mapped -= m.bytes;
+        self.maps_rerun += 1;
+        let writer = m.attempts[map_attempt as usize];
+        let what = format!("{reduce_task} could not read the output of map task {map}: {error}");
+        self.fail_task_on(TaskId::Map(map), writer, &what);
+        self.count_failure(worker, &what, now)
+    }
+
+    /// Records that `task` failed on `worker`; fails the job once it has failed on
+    /// `max_failures` distinct workers.
+    fn fail_task_on(&mut self, task: TaskId, worker: WorkerId, error: &str) {
+        let max = self.spec.max_failures as usize;
+        let t = self.task_mut(task);
+        if !t.failed_on.contains(&worker) {
+            t.failed_on.push(worker);
+        }
+        let distinct = t.failed_on.len();
+        if distinct >= max && self.outcome.is_none() {
+            self.outcome = Some(Outcome::Failed(format!(
+                "{task} failed on {distinct} different workers; last error: {error}"
+            )));
+        }
+    }
+
+    /// Counts a failure against `worker` (`what`: the task and the error); dismisses it at
+    /// `max_failures`, and fails the job if no other worker is live then.
+    fn count_failure(&mut self, worker: WorkerId, what: &str, now: Duration) -> FromCoordinator {
+        let max = self.spec.max_failures;
+        let w = self.workers.get_mut(&worker).expect("seen in handle");
+        w.failures += 1;
+        if w.failures < max || w.dismissed.is_some() {
+            return FromCoordinator::Noted;
+        }
+        let reason = format!("after {} failed tasks; the last: {what}", w.failures);
+        w.dismissed = Some(reason.clone());
+        if self.live_workers(now) == 0 && self.outcome.is_none() {
+            self.outcome = Some(Outcome::Failed(format!(
+                "no live worker is left: worker {worker:016x} was dismissed {reason}"
+            )));
+        }
+        FromCoordinator::Dismissed { reason }
+    }
+
+    /// Workers heard from within the task timeout and not dismissed.
+    fn live_workers(&self, now: Duration) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.dismissed.is_none())
+            .filter(|w| now.saturating_sub(w.last_seen) < self.spec.task_timeout)
+            .count()
+    }
+
+    /// Hands `worker` a task of the current phase: an idle one it has not failed, else one
+    /// whose latest attempt timed out (that it has not failed), else an idle one it has
+    /// failed.
+    fn assign(&mut self, worker: WorkerId, now: Duration) -> FromCoordinator {
+        let timeout = self.spec.task_timeout;
+        let maps_done = self.maps.iter().all(Task::is_done);
+        let tasks = if maps_done {
+            &mut self.reduces
+        } else {
+            &mut self.maps
+        };
+        let failed_here = |t: &Task| t.failed_on.contains(&worker);
+        let timed_out = |t: &Task| match t.state {
             TaskState::Running { since, .. } => now.saturating_sub(since) >= timeout,
-            TaskState::Done => false,
-        });
+            _ => false,
+        };
+        let idle = |t: &Task| t.state == TaskState::Idle;
+        let pick = tasks
+            .iter()
+            .position(|t| idle(t) && !failed_here(t))
+            .or_else(|| tasks.iter().position(|t| timed_out(t) && !failed_here(t)))
+            .or_else(|| tasks.iter().position(idle));
         let Some(index) = pick else {
             return FromCoordinator::Wait {
                 millis: WAIT.as_millis() as u64,
             };
         };
-        if matches!(tasks[index].state, TaskState::Running { .. }) {
+        let task = &mut tasks[index];
+        if matches!(task.state, TaskState::Running { .. }) {
             self.reissued += 1;
         }
-        tasks[index].state = TaskState::Running { worker, since: now };
+        let attempt = Attempt::try_from(task.attempts.len()).expect("fewer than 2^32 attempts");
+        task.attempts.push(worker);
+        task.state = TaskState::Running {
+            attempt,
+            since: now,
+        };
         let dir = self.spec.dir.clone();
-        if is_map {
+        let heartbeat_millis = (timeout / 4).max(MIN_HEARTBEAT).as_millis() as u64;
+        if maps_done {
+            let map_attempts = self
+                .maps
+                .iter()
+                .map(|m| match m.state {
+                    TaskState::Done { attempt } => attempt,
+                    _ => unreachable!("every map task is done"),
+                })
+                .collect();
+            FromCoordinator::Reduce {
+                task: index,
+                attempt,
+                map_attempts,
+                dir,
+                heartbeat_millis,
+            }
+        } else {
             let input = &self.spec.inputs[index];
             FromCoordinator::Map {
                 task: index,
+                attempt,
                 input_name: input.name.clone(),
                 input_path: input.path.clone(),
                 n_reduce: self.spec.n_reduce,
                 dir,
-            }
-        } else {
-            FromCoordinator::Reduce {
-                task: index,
-                n_map: self.maps.len(),
-                dir,
+                heartbeat_millis,
             }
         }
     }
 
+    /// How many attempts of `task` were handed out (map attempt `a` < this may have written
+    /// intermediate files).
+    pub fn attempts(&self, task: TaskId) -> Attempt {
+        self.task(task).map_or(0, |t| t.attempts.len() as Attempt)
+    }
+
     pub fn progress(&self, now: Duration) -> Progress {
-        let done = |tasks: &[Task]| tasks.iter().filter(|t| t.state == TaskState::Done).count();
+        let done = |tasks: &[Task]| tasks.iter().filter(|t| t.is_done()).count();
         Progress {
             maps_done: done(&self.maps),
             maps: self.maps.len(),
@@ -238,12 +482,14 @@ impl Coordinator {
             reduces: self.reduces.len(),
             bytes_mapped: self.bytes_mapped,
             bytes_total: self.spec.inputs.iter().map(|i| i.bytes).sum(),
-            workers_alive: self
-                .last_seen
+            workers_alive: self.live_workers(now),
+            workers_dismissed: self
+                .workers
                 .values()
-                .filter(|&&seen| now.saturating_sub(seen) < self.spec.task_timeout)
+                .filter(|w| w.dismissed.is_some())
                 .count(),
             reissued: self.reissued,
+            maps_rerun: self.maps_rerun,
         }
     }
 
@@ -272,124 +518,394 @@ mod tests {
         }
     }
 
-    fn request(c: &mut Coordinator, worker: WorkerId, at: u64) -> FromCoordinator {
-        c.handle(
-            ToCoordinator::RequestTask { worker },
-            Duration::from_secs(at),
-        )
+    fn secs(at: f64) -> Duration {
+        Duration::from_secs_f64(at)
     }
 
-    fn done(c: &mut Coordinator, worker: WorkerId, task: TaskId, at: u64) {
-        c.handle(
+    fn request(c: &mut Coordinator, worker: WorkerId, at: f64) -> FromCoordinator {
+        c.handle(ToCoordinator::RequestTask { worker }, secs(at))
+    }
+
+    /// The task and attempt of a reply that hands one out.
+    fn handed(reply: &FromCoordinator) -> Option<(TaskId, Attempt)> {
+        match *reply {
+            FromCoordinator::Map { task, attempt, .. } => Some((TaskId::Map(task), attempt)),
+            FromCoordinator::Reduce { task, attempt, .. } => Some((TaskId::Reduce(task), attempt)),
+            _ => None,
+        }
+    }
+
+    /// Asks for a task, which must be `task`; returns its attempt.
+    fn take(c: &mut Coordinator, worker: WorkerId, task: TaskId, at: f64) -> Attempt {
+        let reply = request(c, worker, at);
+        match handed(&reply) {
+            Some((t, attempt)) if t == task => attempt,
+            _ => panic!("worker {worker} at {at}s wanted {task}, got {reply:?}"),
+        }
+    }
+
+    fn done(c: &mut Coordinator, worker: WorkerId, task: TaskId, attempt: Attempt, at: f64) {
+        let reply = c.handle(
             ToCoordinator::TaskDone {
                 worker,
                 task,
+                attempt,
                 bytes: 10,
             },
-            Duration::from_secs(at),
+            secs(at),
         );
+        assert_eq!(reply, FromCoordinator::Noted);
+    }
+
+    fn fail(
+        c: &mut Coordinator,
+        worker: WorkerId,
+        task: TaskId,
+        attempt: Attempt,
+        at: f64,
+    ) -> FromCoordinator {
+        c.handle(
+            ToCoordinator::TaskFailed {
+                worker,
+                task,
+                attempt,
+                error: format!("boom from {worker}"),
+            },
+            secs(at),
+        )
+    }
+
+    fn is_wait(reply: &FromCoordinator) -> bool {
+        matches!(reply, FromCoordinator::Wait { .. })
     }
 
     #[test]
     fn maps_then_reduces_then_exit() {
         let mut c = Coordinator::new(spec(2, 1));
+        assert_eq!(take(&mut c, 1, TaskId::Map(0), 0.0), 0);
+        assert_eq!(take(&mut c, 2, TaskId::Map(1), 0.0), 0);
+        assert!(is_wait(&request(&mut c, 3, 0.0)), "reduces wait for maps");
+        done(&mut c, 1, TaskId::Map(0), 0, 1.0);
+        assert!(is_wait(&request(&mut c, 1, 1.0)));
+        done(&mut c, 2, TaskId::Map(1), 0, 1.0);
         assert!(matches!(
-            request(&mut c, 1, 0),
-            FromCoordinator::Map { task: 0, .. }
-        ));
-        assert!(matches!(
-            request(&mut c, 2, 0),
-            FromCoordinator::Map { task: 1, .. }
-        ));
-        assert!(
-            matches!(request(&mut c, 3, 0), FromCoordinator::Wait { .. }),
-            "reduces wait for maps"
-        );
-        done(&mut c, 1, TaskId::Map(0), 1);
-        assert!(matches!(
-            request(&mut c, 1, 1),
-            FromCoordinator::Wait { .. }
-        ));
-        done(&mut c, 2, TaskId::Map(1), 1);
-        assert!(matches!(
-            request(&mut c, 1, 1),
-            FromCoordinator::Reduce {
-                task: 0,
-                n_map: 2,
-                ..
-            }
+            request(&mut c, 1, 1.0),
+            FromCoordinator::Reduce { task: 0, attempt: 0, ref map_attempts, .. }
+                if map_attempts == &[0, 0]
         ));
         assert_eq!(c.outcome(), None);
-        done(&mut c, 1, TaskId::Reduce(0), 2);
+        done(&mut c, 1, TaskId::Reduce(0), 0, 2.0);
         assert_eq!(c.outcome(), Some(&Outcome::Done));
-        assert_eq!(request(&mut c, 2, 2), FromCoordinator::Exit);
+        assert_eq!(request(&mut c, 2, 2.0), FromCoordinator::Exit);
     }
 
     #[test]
-    fn stalled_task_moves_on_and_the_stale_report_is_ignored() {
+    fn a_task_longer_than_the_timeout_is_done_by_its_first_finisher() {
+        let mut c = Coordinator::new(JobSpec {
+            task_timeout: secs(1.0),
+            ..spec(1, 1)
+        });
+        assert_eq!(take(&mut c, 1, TaskId::Map(0), 0.0), 0);
+        assert!(is_wait(&request(&mut c, 2, 0.9)), "not before the timeout");
+        assert_eq!(take(&mut c, 2, TaskId::Map(0), 1.0), 1, "re-issued");
+        // The first holder finishes first: its report is accepted although the task moved on.
+        done(&mut c, 1, TaskId::Map(0), 0, 2.5);
+        assert_eq!(c.progress(secs(2.5)).maps_done, 1);
+        // Reduces read the accepted attempt's outputs, and the late report changes nothing.
+        done(&mut c, 2, TaskId::Map(0), 1, 3.5);
+        match request(&mut c, 1, 3.5) {
+            FromCoordinator::Reduce { map_attempts, .. } => assert_eq!(map_attempts, [0]),
+            other => panic!("{other:?}"),
+        }
+        let p = c.progress(secs(3.5));
+        assert_eq!((p.maps_done, p.bytes_mapped, p.reissued), (1, 10, 1));
+    }
+
+    #[test]
+    fn the_later_attempt_is_accepted_when_it_finishes_first() {
         let mut c = Coordinator::new(spec(1, 1));
-        assert!(matches!(
-            request(&mut c, 1, 0),
-            FromCoordinator::Map { task: 0, .. }
-        ));
-        assert!(
-            matches!(request(&mut c, 2, 9), FromCoordinator::Wait { .. }),
-            "not before the timeout"
-        );
-        assert!(matches!(
-            request(&mut c, 2, 10),
-            FromCoordinator::Map { task: 0, .. }
-        ));
-        done(&mut c, 1, TaskId::Map(0), 11); // the first holder is late: ignored
-        assert_eq!(c.progress(Duration::from_secs(11)).maps_done, 0);
-        done(&mut c, 2, TaskId::Map(0), 12);
-        assert_eq!(c.progress(Duration::from_secs(12)).maps_done, 1);
-        assert_eq!(c.progress(Duration::from_secs(12)).reissued, 1);
+        take(&mut c, 1, TaskId::Map(0), 0.0);
+        take(&mut c, 2, TaskId::Map(0), 10.0);
+        done(&mut c, 2, TaskId::Map(0), 1, 11.0);
+        done(&mut c, 1, TaskId::Map(0), 0, 12.0);
+        match request(&mut c, 3, 12.0) {
+            FromCoordinator::Reduce { map_attempts, .. } => assert_eq!(map_attempts, [1]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn repeated_failures_fail_the_job() {
+    fn reports_of_attempts_never_handed_out_are_ignored() {
+        let mut c = Coordinator::new(spec(1, 1));
+        take(&mut c, 1, TaskId::Map(0), 0.0);
+        done(&mut c, 2, TaskId::Map(0), 0, 1.0); // not worker 2's attempt
+        done(&mut c, 1, TaskId::Map(0), 1, 1.0); // no attempt 1
+        done(&mut c, 1, TaskId::Map(7), 0, 1.0); // no such task
+        done(&mut c, 1, TaskId::Reduce(0), 0, 1.0); // not handed out
+        assert_eq!(
+            fail(&mut c, 2, TaskId::Map(0), 0, 1.0),
+            FromCoordinator::Noted
+        );
+        let p = c.progress(secs(1.0));
+        assert_eq!((p.maps_done, p.reduces_done), (0, 0));
+        done(&mut c, 1, TaskId::Map(0), 0, 2.0);
+        assert_eq!(c.progress(secs(2.0)).maps_done, 1);
+    }
+
+    /// Simulated workers whose every task takes `task_secs`; the job's timeout is
+    /// `timeout_secs`. Returns the virtual second the job was done at, or `None` if it was
+    /// not done within `limit_secs`.
+    fn simulate(
+        maps: usize,
+        workers: u64,
+        task_secs: f64,
+        timeout_secs: f64,
+        limit_secs: f64,
+    ) -> Option<f64> {
+        let mut c = Coordinator::new(JobSpec {
+            task_timeout: secs(timeout_secs),
+            ..spec(maps, 2)
+        });
+        // Per worker: the task it runs and when it finishes.
+        let mut busy: Vec<Option<(TaskId, Attempt, f64)>> = vec![None; workers as usize];
+        let step = 0.05;
+        let mut now = 0.0;
+        while now < limit_secs {
+            for (w, slot) in busy.iter_mut().enumerate() {
+                let worker = w as WorkerId + 1;
+                if let Some((task, attempt, until)) = *slot {
+                    if now < until {
+                        continue;
+                    }
+                    done(&mut c, worker, task, attempt, now);
+                    *slot = None;
+                }
+                if let Some((task, attempt)) = handed(&request(&mut c, worker, now)) {
+                    *slot = Some((task, attempt, now + task_secs));
+                }
+            }
+            if c.outcome() == Some(&Outcome::Done) {
+                return Some(now);
+            }
+            now += step;
+        }
+        None
+    }
+
+    #[test]
+    fn two_workers_finish_a_task_longer_than_the_timeout() {
+        // The measured livelock: one 2.5 s map task, a 1 s timeout, 2 workers.
+        let at = simulate(1, 2, 2.5, 1.0, 60.0).expect("the job ends");
+        assert!(at < 10.0, "done at {at}s");
+        // And more tasks than workers, each longer than the timeout.
+        assert!(simulate(5, 3, 2.5, 1.0, 120.0).is_some());
+    }
+
+    #[test]
+    fn idle_tasks_go_out_before_timed_out_ones_are_duplicated() {
+        let mut c = Coordinator::new(JobSpec {
+            task_timeout: secs(1.0),
+            ..spec(2, 1)
+        });
+        take(&mut c, 1, TaskId::Map(0), 0.0);
+        // Map 0 has timed out, but map 1 was never handed out: worker 2 gets map 1.
+        take(&mut c, 2, TaskId::Map(1), 5.0);
+        take(&mut c, 3, TaskId::Map(0), 5.0);
+    }
+
+    #[test]
+    fn a_worker_that_keeps_failing_is_dismissed_and_the_others_finish() {
+        let mut c = Coordinator::new(spec(4, 1));
+        take(&mut c, 1, TaskId::Map(0), 0.0); // the healthy worker, busy for a while
+                                              // The broken worker fails fast: it gets a different task each time, then no more.
+        for (map, at) in [(1, 0.1), (2, 0.2), (3, 0.3)] {
+            let attempt = take(&mut c, 2, TaskId::Map(map), at);
+            let reply = fail(&mut c, 2, TaskId::Map(map), attempt, at);
+            if map < 3 {
+                assert_eq!(reply, FromCoordinator::Noted);
+            } else {
+                assert!(
+                    matches!(&reply, FromCoordinator::Dismissed { reason }
+                        if reason.contains("map task 3") && reason.contains("boom from 2")),
+                    "{reply:?}"
+                );
+            }
+        }
+        assert!(matches!(
+            request(&mut c, 2, 0.4),
+            FromCoordinator::Dismissed { .. }
+        ));
+        assert_eq!(c.outcome(), None, "the healthy worker is live");
+        assert_eq!(c.progress(secs(0.4)).workers_dismissed, 1);
+        done(&mut c, 1, TaskId::Map(0), 0, 1.0);
+        for map in 1..4 {
+            let attempt = take(&mut c, 1, TaskId::Map(map), 1.0);
+            assert_eq!(attempt, 1);
+            done(&mut c, 1, TaskId::Map(map), attempt, 1.0);
+        }
+        take(&mut c, 1, TaskId::Reduce(0), 1.0);
+        done(&mut c, 1, TaskId::Reduce(0), 0, 2.0);
+        assert_eq!(c.outcome(), Some(&Outcome::Done));
+    }
+
+    #[test]
+    fn a_lone_worker_retries_a_failed_task_then_the_job_fails_naming_it() {
         let mut c = Coordinator::new(spec(1, 1));
         for attempt in 0..3 {
-            assert!(matches!(
-                request(&mut c, 1, attempt),
-                FromCoordinator::Map { .. }
-            ));
-            c.handle(
-                ToCoordinator::TaskFailed {
-                    worker: 1,
-                    task: TaskId::Map(0),
-                    error: "boom".into(),
-                },
-                Duration::from_secs(attempt),
+            assert_eq!(
+                take(&mut c, 1, TaskId::Map(0), attempt as f64),
+                attempt,
+                "nothing else to do: retried on the same worker"
             );
+            fail(&mut c, 1, TaskId::Map(0), attempt, attempt as f64);
         }
-        assert!(matches!(c.outcome(), Some(Outcome::Failed(e)) if e.contains("boom")));
-        assert_eq!(request(&mut c, 1, 5), FromCoordinator::Exit);
+        match c.outcome() {
+            Some(Outcome::Failed(e)) => assert!(
+                e.contains("no live worker") && e.contains("map task 0") && e.contains("boom"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(request(&mut c, 1, 5.0), FromCoordinator::Exit);
+    }
+
+    #[test]
+    fn dismissing_the_last_live_worker_fails_the_job_but_a_heartbeat_keeps_one_live() {
+        for heartbeat in [false, true] {
+            let mut c = Coordinator::new(spec(4, 1));
+            take(&mut c, 1, TaskId::Map(0), 0.0); // a long task
+            if heartbeat {
+                c.handle(ToCoordinator::Heartbeat { worker: 1 }, secs(15.0));
+            }
+            for (map, at) in [(1, 20.0), (2, 20.1), (3, 20.2)] {
+                let attempt = take(&mut c, 2, TaskId::Map(map), at);
+                fail(&mut c, 2, TaskId::Map(map), attempt, at);
+            }
+            // Worker 1 was last heard of 20 s ago (5 s ago with its heartbeat).
+            assert_eq!(c.outcome().is_some(), !heartbeat, "heartbeat {heartbeat}");
+        }
+    }
+
+    #[test]
+    fn a_task_that_fails_on_enough_distinct_workers_fails_the_job() {
+        let mut c = Coordinator::new(spec(1, 1));
+        for worker in 1..=3 {
+            let attempt = take(&mut c, worker, TaskId::Map(0), 0.0);
+            fail(&mut c, worker, TaskId::Map(0), attempt, 0.0);
+        }
+        match c.outcome() {
+            Some(Outcome::Failed(e)) => assert!(
+                e.contains("map task 0 failed on 3 different workers") && e.contains("boom from 3"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_worker_gets_tasks_it_has_not_failed_first() {
+        let mut c = Coordinator::new(spec(2, 1));
+        let attempt = take(&mut c, 1, TaskId::Map(0), 0.0);
+        fail(&mut c, 1, TaskId::Map(0), attempt, 0.0);
+        take(&mut c, 1, TaskId::Map(1), 0.0);
+        take(&mut c, 2, TaskId::Map(0), 0.0);
+    }
+
+    fn lost(
+        c: &mut Coordinator,
+        worker: WorkerId,
+        reduce: usize,
+        attempt: Attempt,
+        map: usize,
+        map_attempt: Attempt,
+        at: f64,
+    ) -> FromCoordinator {
+        c.handle(
+            ToCoordinator::MapOutputLost {
+                worker,
+                reduce,
+                attempt,
+                map,
+                map_attempt,
+                error: "intermediate file is missing".into(),
+            },
+            secs(at),
+        )
+    }
+
+    #[test]
+    fn a_lost_map_output_runs_the_map_again_and_the_reduce_reads_the_new_attempt() {
+        let mut c = Coordinator::new(spec(2, 2));
+        for map in 0..2 {
+            take(&mut c, 1, TaskId::Map(map), 0.0);
+            done(&mut c, 1, TaskId::Map(map), 0, 0.0);
+        }
+        take(&mut c, 1, TaskId::Reduce(0), 1.0);
+        take(&mut c, 2, TaskId::Reduce(1), 1.0);
+        assert_eq!(lost(&mut c, 1, 0, 0, 1, 0, 2.0), FromCoordinator::Noted);
+        // Reduce 1 read the same lost output: its report is stale now and only frees it.
+        assert_eq!(lost(&mut c, 2, 1, 0, 1, 0, 2.0), FromCoordinator::Noted);
+        let p = c.progress(secs(2.0));
+        assert_eq!((p.maps_done, p.maps_rerun, p.bytes_mapped), (1, 1, 10));
+        assert_eq!(take(&mut c, 2, TaskId::Map(1), 2.0), 1);
+        assert!(
+            is_wait(&request(&mut c, 1, 2.0)),
+            "reduces wait for the map"
+        );
+        done(&mut c, 2, TaskId::Map(1), 1, 3.0);
+        for (worker, reduce) in [(1, 0), (2, 1)] {
+            match request(&mut c, worker, 3.0) {
+                FromCoordinator::Reduce {
+                    task,
+                    attempt,
+                    map_attempts,
+                    ..
+                } => {
+                    assert_eq!((task, attempt), (reduce, 1));
+                    assert_eq!(map_attempts, [0, 1]);
+                }
+                other => panic!("{other:?}"),
+            }
+            done(&mut c, worker, TaskId::Reduce(reduce), 1, 4.0);
+        }
+        assert_eq!(c.outcome(), Some(&Outcome::Done));
+    }
+
+    #[test]
+    fn a_worker_that_cannot_read_any_output_is_dismissed_and_the_job_ends() {
+        // One worker whose reduces never find the map outputs: the map runs again each
+        // time, the worker is dismissed after max_failures reports, and the job fails.
+        let mut c = Coordinator::new(spec(1, 1));
+        for map_attempt in 0..3 {
+            let at = map_attempt as f64;
+            assert_eq!(take(&mut c, 1, TaskId::Map(0), at), map_attempt);
+            done(&mut c, 1, TaskId::Map(0), map_attempt, at);
+            let attempt = take(&mut c, 1, TaskId::Reduce(0), at);
+            lost(&mut c, 1, 0, attempt, 0, map_attempt, at);
+        }
+        match c.outcome() {
+            Some(Outcome::Failed(e)) => {
+                assert!(e.contains("reduce task 0") && e.contains("missing"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn each_task_runs_once_without_failures() {
         let mut c = Coordinator::new(spec(8, 10));
-        let mut handed = std::collections::HashMap::new();
-        let mut now = 0;
+        let mut handed_out = HashMap::new();
+        let mut now = 0.0;
         while c.outcome().is_none() {
-            now += 1;
+            now += 1.0;
             for worker in 1..=3 {
-                match request(&mut c, worker, now) {
-                    FromCoordinator::Map { task, .. } => {
-                        *handed.entry(TaskId::Map(task)).or_insert(0) += 1;
-                        done(&mut c, worker, TaskId::Map(task), now);
-                    }
-                    FromCoordinator::Reduce { task, .. } => {
-                        *handed.entry(TaskId::Reduce(task)).or_insert(0) += 1;
-                        done(&mut c, worker, TaskId::Reduce(task), now);
-                    }
-                    _ => {}
+                if let Some((task, attempt)) = handed(&request(&mut c, worker, now)) {
+                    *handed_out.entry(task).or_insert(0) += 1;
+                    done(&mut c, worker, task, attempt, now);
                 }
             }
         }
-        assert_eq!(handed.len(), 18);
-        assert!(handed.values().all(|&n| n == 1));
+        assert_eq!(handed_out.len(), 18);
+        assert!(handed_out.values().all(|&n| n == 1));
     }
 }

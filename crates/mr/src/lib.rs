@@ -7,7 +7,8 @@
 //!
 //! - [`app`]: the `App` trait (map and reduce); [`apps`]: the built-in applications and the
 //!   lab's test applications; [`exec`]: map and reduce as external programs.
-//! - [`coordinator`]: the sans-IO coordinator (task assignment, timeouts, completion).
+//! - [`coordinator`]: the sans-IO coordinator (task assignment, timeouts, the first report
+//!   of a task wins, failures per task and per worker, re-running lost map outputs).
 //! - [`protocol`]: worker ⇄ coordinator messages; [`server`]: the coordinator over TCP;
 //!   [`worker`]: the worker loop.
 //! - [`task`]: running one map or reduce task on the shared directory; [`partition`]: `ihash`;

@@ -81,6 +81,7 @@ pub fn sequential_with(
             map_app,
             &MapTask {
                 id,
+                attempt: 0,
                 input_name: name,
                 input_path: path,
                 n_reduce: 1,
@@ -93,7 +94,7 @@ pub fn sequential_with(
         reducer,
         &ReduceTask {
             id: 0,
-            n_map: inputs.len(),
+            map_attempts: &vec![0; inputs.len()],
             dir: scratch.path(),
         },
     )?;

@@ -5,11 +5,11 @@
 //! anything is written, so a typo fails at once with the file's name instead of as a task
 //! that fails on every worker. When the job is done the coordinator keeps answering for
 //! `linger` (workers asking in that time are told to exit), then stops listening, removes the
-//! intermediate files and returns.
+//! intermediate files (of every attempt of every map task) and returns.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::coordinator::{Coordinator, Input, JobSpec, Outcome, Progress};
-use crate::protocol::{FromCoordinator, ToCoordinator, PROTOCOL};
+use crate::protocol::{FromCoordinator, TaskId, ToCoordinator, PROTOCOL};
+use crate::task::intermediate_path;
 
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
@@ -191,7 +192,7 @@ pub async fn run_coordinator(
     match c.outcome() {
         Some(Outcome::Done) => {
             if !config.keep_intermediate {
-                remove_intermediate(&dir, n_map, config.n_reduce);
+                remove_intermediate(&c, n_map, config.n_reduce);
             }
             Ok(JobReport {
                 progress,
@@ -203,18 +204,22 @@ pub async fn run_coordinator(
     }
 }
 
-fn remove_intermediate(dir: &Path, n_map: usize, n_reduce: usize) {
+/// Removes the intermediate files of every attempt of every map task.
+fn remove_intermediate(c: &Coordinator, n_map: usize, n_reduce: usize) {
+    let dir = &c.spec().dir;
     for m in 0..n_map {
-        for r in 0..n_reduce {
-            let _ = std::fs::remove_file(dir.join(format!("mr-{m}-{r}")));
+        for attempt in 0..c.attempts(TaskId::Map(m)) {
+            for r in 0..n_reduce {
+                let _ = std::fs::remove_file(intermediate_path(dir, m, attempt, r));
+            }
         }
     }
 }
 
 fn describe(p: &Progress, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
-    format!(
-        "maps {}/{}, reduces {}/{}, {:.1} MB mapped ({:.1} MB/s), {} workers alive, {} reissued, {:.1}s",
+    let mut line = format!(
+        "maps {}/{}, reduces {}/{}, {:.1} MB mapped ({:.1} MB/s), {} workers alive, {} reissued",
         p.maps_done,
         p.maps,
         p.reduces_done,
@@ -223,8 +228,14 @@ fn describe(p: &Progress, elapsed: Duration) -> String {
         p.bytes_mapped as f64 / 1e6 / secs,
         p.workers_alive,
         p.reissued,
-        secs
-    )
+    );
+    if p.workers_dismissed > 0 {
+        line += &format!(", {} workers dismissed", p.workers_dismissed);
+    }
+    if p.maps_rerun > 0 {
+        line += &format!(", {} maps rerun (lost outputs)", p.maps_rerun);
+    }
+    line + &format!(", {secs:.1}s")
 }
 
 /// Redraws a bar (`bar`) or prints a line whenever the counts change, until aborted.
@@ -257,7 +268,12 @@ async fn show_progress(
                 describe(&p, started.elapsed())
             );
         } else {
-            let key = (p.maps_done, p.reduces_done, p.workers_alive);
+            let key = (
+                p.maps_done,
+                p.reduces_done,
+                p.workers_alive,
+                p.workers_dismissed,
+            );
             if last != Some(key) {
                 eprintln!("{}", describe(&p, started.elapsed()));
                 last = Some(key);

@@ -4,13 +4,18 @@
 //!
 //! [`run_map`] streams its input file through [`App::map`], sends each pair to reduce task
 //! [`bucket`]`(key, n_reduce)`, and makes, for **every** `r` in `0..n_reduce`, the name
-//! `dir/mr-{map}-{r}` ([`intermediate_path`]) under which reduce task `r` finds that
-//! bucket's pairs sorted by key (byte order). Pairs are buffered in memory up to
+//! `dir/mr-{map}-{r}` ([`intermediate_path`]; `mr-{map}-{r}.{attempt}` for a later
+//! [`MapTask::attempt`], so attempts of one task never share a file) under which reduce task
+//! `r` finds that bucket's pairs sorted by key (byte order). Pairs are buffered in memory up to
 //! [`MapTask::memory_limit`] bytes; past that the buffer is sorted and spilled to an unnamed
 //! temporary run file, and the final output is a k-way merge of the runs and what is left
-//! in memory. Runs are merged in levels of [`SPILL_FAN_IN`] as they pile up, so a map task's
-//! memory stays bounded (the limit, plus the largest single pair, plus a read buffer per run
-//! being merged) whatever its input or output size, and its open files stay few.
+//! in memory. Runs are merged in levels of [`SPILL_FAN_IN`] as they pile up, and before the
+//! final merge, so no merge reads more than [`SPILL_FAN_IN`] sources. A merge goes bucket by
+//! bucket and opens a bucket's segments only when it gets to it, so at most [`SPILL_FAN_IN`]
+//! run readers (64 KiB of buffer each) are open at once, whatever `n_reduce` is
+//! ([`MapStats::peak_spill_readers`]). A map task's memory is thus bounded — the limit, plus
+//! the largest single pair, plus 1 MiB of read buffers, plus 16 bytes of index per partition
+//! and run — whatever its input or output size, and its open files stay few.
 //!
 //! **One file, `n_reduce` names.** The names `mr-{map}-0` … `mr-{map}-{n_reduce - 1}` are
 //! hard links to **one** file holding every partition of the map task: the `n_reduce`
@@ -28,9 +33,10 @@
 //!
 //! # Reduce
 //!
-//! [`run_reduce`] merges segment `reduce` of `dir/mr-{m}-{reduce}` for every map task `m` in
-//! `0..n_map` (a streaming k-way merge; with more than [`REDUCE_FAN_IN`] map tasks, groups of
-//! files are first merged into temporary runs), calls [`App::reduce`] once per distinct key
+//! [`run_reduce`] merges segment `reduce` of `dir/mr-{m}-{reduce}` for every map task `m`, of
+//! the attempt [`ReduceTask::map_attempts`] names (a streaming k-way merge; with more than
+//! [`REDUCE_FAN_IN`] map tasks, groups of files are first merged into temporary runs), calls
+//! [`App::reduce`] once per distinct key
 //! in key order — the values are pulled from the merge as the application iterates — and
 //! writes `key value\n` lines to `dir/mr-out-{reduce}` ([`output_path`]). Its memory is a
 //! few MiB of read buffers plus whatever the application keeps of one key's values. An exec
@@ -52,7 +58,8 @@
 //!   with the record count and a CRC-32 of every record; lengths are checked against the
 //!   file's size before anything is allocated and keys must come in order, so a missing,
 //!   truncated, corrupt or foreign file is a [`TaskError`] naming it, never silently read
-//!   or skipped.
+//!   or skipped. A reduce's error in reading map task `m`'s file says so
+//!   ([`TaskError::unreadable_map`]), so that the coordinator can run that map task again.
 //! - **Clear errors.** An input that is missing, unreadable or a directory, an application's
 //!   error, and every I/O failure come back as a [`TaskError`] that says what and where.
 //!
@@ -121,9 +128,15 @@ const IO_BUFFER: usize = 128 * 1024;
 /// Read buffer per run during a merge.
 const MERGE_BUFFER: usize = 64 * 1024;
 
-/// `dir/mr-{map}-{reduce}`: map task `map`'s pairs for reduce task `reduce`.
-pub fn intermediate_path(dir: &Path, map: usize, reduce: usize) -> PathBuf {
-    dir.join(format!("mr-{map}-{reduce}"))
+/// Where attempt `attempt` of map task `map` puts its pairs for reduce task `reduce`:
+/// `dir/mr-{map}-{reduce}` for attempt 0 (the lab's name), `dir/mr-{map}-{reduce}.{attempt}`
+/// for later attempts, so that two attempts of a map task never write the same file.
+pub fn intermediate_path(dir: &Path, map: usize, attempt: u32, reduce: usize) -> PathBuf {
+    if attempt == 0 {
+        dir.join(format!("mr-{map}-{reduce}"))
+    } else {
+        dir.join(format!("mr-{map}-{reduce}.{attempt}"))
+    }
 }
 
 /// `dir/mr-out-{reduce}`: reduce task `reduce`'s output.
@@ -155,6 +168,9 @@ pub fn sorted_output_lines(dir: &Path) -> io::Result<Vec<String>> {
 pub struct MapTask<'a> {
     /// The map task's number (its intermediate files are `mr-{id}-*`).
     pub id: usize,
+    /// Which attempt of the task this is (0 for the first): its outputs' names depend on it
+    /// ([`intermediate_path`]).
+    pub attempt: u32,
     /// The input's name exactly as given to the coordinator; what [`App::map`] sees.
     pub input_name: &'a str,
     /// Where to read the input.
@@ -173,8 +189,9 @@ pub struct MapTask<'a> {
 pub struct ReduceTask<'a> {
     /// The reduce task's number (its inputs are `mr-*-{id}`, its output `mr-out-{id}`).
     pub id: usize,
-    /// Number of map tasks of the job.
-    pub n_map: usize,
+    /// For each map task of the job, in order, the attempt whose outputs to read (the one the
+    /// coordinator accepted); its length is the number of map tasks.
+    pub map_attempts: &'a [u32],
     /// The job's shared directory.
     pub dir: &'a Path,
 }
@@ -191,6 +208,9 @@ pub struct MapStats {
     /// Bytes of the intermediate file written: its segments, index and footer, counted once
     /// however many names it has.
     pub bytes_written: u64,
+    /// The most spill-run readers open at once (each with a 64 KiB read buffer): at most
+    /// [`SPILL_FAN_IN`], whatever `n_reduce` and the number of spills.
+    pub peak_spill_readers: usize,
 }
 
 /// What a reduce task did.
@@ -242,6 +262,14 @@ pub enum TaskError {
     },
     #[error("intermediate file {} is missing (map task {map} has not written it)", path.display())]
     MissingIntermediate { path: PathBuf, map: usize },
+    /// Map task `map`'s intermediate file cannot be used: `source` says why (corrupt,
+    /// truncated, not a file, a read error).
+    #[error("{source} (the output of map task {map})")]
+    UnreadableIntermediate {
+        map: usize,
+        #[source]
+        source: Box<TaskError>,
+    },
     #[error("{file} is corrupt: {reason}")]
     Corrupt { file: String, reason: String },
     #[error("cannot {action} {}: {source}", path.display())]
@@ -256,6 +284,29 @@ pub enum TaskError {
 }
 
 impl TaskError {
+    /// The map task whose output a reduce could not read, if that is why it failed: the
+    /// coordinator then runs that map task again.
+    pub fn unreadable_map(&self) -> Option<usize> {
+        match self {
+            TaskError::MissingIntermediate { map, .. }
+            | TaskError::UnreadableIntermediate { map, .. } => Some(*map),
+            _ => None,
+        }
+    }
+
+    /// `self`, marked as a failure to read map task `map`'s output.
+    fn reading_map(self, map: usize) -> TaskError {
+        match self {
+            TaskError::MissingIntermediate { .. } | TaskError::UnreadableIntermediate { .. } => {
+                self
+            }
+            other => TaskError::UnreadableIntermediate {
+                map,
+                source: Box::new(other),
+            },
+        }
+    }
+
     fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> TaskError + 'p {
         move |source| TaskError::Io {
             action,
@@ -534,15 +585,27 @@ impl<F: Borrow<File>> Read for SegmentReader<F> {
 /// A reader of one segment of an intermediate file.
 type SegmentRecords = RecordReader<BufReader<SegmentReader<File>>>;
 
-/// Opens segment `reduce` of `dir/mr-{map}-{reduce}` for reading, after checking the file's
-/// footer and index; returns its reader and the segment's length.
+/// Opens segment `reduce` of attempt `attempt`'s file of map task `map` for reading, after
+/// checking the file's footer and index; returns its reader and the segment's length. An
+/// error is one of reading map task `map`'s output ([`TaskError::unreadable_map`]).
 fn open_intermediate(
     dir: &Path,
     map: usize,
+    attempt: u32,
     reduce: usize,
     buffer: usize,
 ) -> Result<(SegmentRecords, u64), TaskError> {
-    let path = intermediate_path(dir, map, reduce);
+    open_intermediate_unmarked(dir, map, attempt, reduce, buffer).map_err(|e| e.reading_map(map))
+}
+
+fn open_intermediate_unmarked(
+    dir: &Path,
+    map: usize,
+    attempt: u32,
+    reduce: usize,
+    buffer: usize,
+) -> Result<(SegmentRecords, u64), TaskError> {
+    let path = intermediate_path(dir, map, attempt, reduce);
     let file = match File::open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -561,19 +624,28 @@ fn open_intermediate(
         });
     }
     let (offset, len) = find_segment(&file, meta.len(), reduce, &path, &label)?;
-    let reader = RecordReader::open(
-        BufReader::with_capacity(
-            buffer,
-            SegmentReader {
-                file,
-                pos: offset,
-                end: offset + len,
-            },
-        ),
-        len,
-        label,
-    )?;
+    let reader = segment_records(file, offset, len, buffer, label)?;
     Ok((reader, len))
+}
+
+/// A reader of the records in bytes `offset..offset + len` of `file`, checking the magic,
+/// with a read buffer of `max_buffer` bytes or, for a shorter segment, its length (a
+/// buffer is zeroed when first filled, so a large one for a few bytes costs time and
+/// resident memory).
+fn segment_records<F: Borrow<File>>(
+    file: F,
+    offset: u64,
+    len: u64,
+    max_buffer: usize,
+    label: String,
+) -> Result<RecordReader<BufReader<SegmentReader<F>>>, TaskError> {
+    let buffer = usize::try_from(len).map_or(max_buffer, |len| len.min(max_buffer));
+    let segment = SegmentReader {
+        file,
+        pos: offset,
+        end: offset + len,
+    };
+    RecordReader::open(BufReader::with_capacity(buffer, segment), len, label)
 }
 
 /// Checks the footer and the index of an intermediate file of `file_len` bytes; returns
@@ -672,14 +744,15 @@ fn find_segment(
     Ok(wanted)
 }
 
-/// Reads all of segment `reduce` of `dir/mr-{map}-{reduce}` (for tests and inspection;
-/// tasks stream instead).
+/// Reads all of segment `reduce` of attempt `attempt`'s file of map task `map` (for tests
+/// and inspection; tasks stream instead).
 pub fn read_intermediate(
     dir: &Path,
     map: usize,
+    attempt: u32,
     reduce: usize,
 ) -> Result<Vec<(String, String)>, TaskError> {
-    let (mut reader, _) = open_intermediate(dir, map, reduce, MERGE_BUFFER)?;
+    let (mut reader, _) = open_intermediate(dir, map, attempt, reduce, MERGE_BUFFER)?;
     let mut pairs = Vec::new();
     let (mut key, mut value) = (String::new(), String::new());
     while reader.next_into(&mut key, &mut value)? {
@@ -960,37 +1033,66 @@ struct SpillRun {
 }
 
 impl SpillRun {
-    fn segment(
-        &self,
+    /// A reader of bucket `r`'s segment (with a read buffer of up to [`MERGE_BUFFER`]), which
+    /// `gauge` counts while it lives.
+    fn segment<'a>(
+        &'a self,
         r: usize,
-    ) -> Result<RecordReader<BufReader<SegmentReader<&File>>>, TaskError> {
+        gauge: &'a ReaderGauge,
+    ) -> Result<SpillSegment<'a>, TaskError> {
         let (offset, len) = self.segments[r];
-        RecordReader::open(
-            BufReader::with_capacity(
-                MERGE_BUFFER,
-                SegmentReader {
-                    file: &self.file,
-                    pos: offset,
-                    end: offset + len,
-                },
-            ),
-            len,
-            format!("spill run {} (bucket {r})", self.number),
-        )
+        let label = format!("spill run {} (bucket {r})", self.number);
+        let reader = segment_records(&self.file, offset, len, MERGE_BUFFER, label)?;
+        Ok(SpillSegment {
+            reader,
+            _counted: gauge.open(),
+        })
     }
+}
+
+/// How many spill-run readers (each with its own [`MERGE_BUFFER`]) a map task has open at
+/// once, and the most it ever had: the bound on its merge memory.
+#[derive(Default)]
+struct ReaderGauge {
+    open: std::cell::Cell<usize>,
+    peak: std::cell::Cell<usize>,
+}
+
+impl ReaderGauge {
+    fn open(&self) -> OpenReader<'_> {
+        let open = self.open.get() + 1;
+        self.open.set(open);
+        self.peak.set(self.peak.get().max(open));
+        OpenReader(self)
+    }
+}
+
+/// One reader counted by a [`ReaderGauge`], until dropped.
+struct OpenReader<'a>(&'a ReaderGauge);
+
+impl Drop for OpenReader<'_> {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+    }
+}
+
+/// A reader of one bucket's segment of a spill run.
+struct SpillSegment<'a> {
+    reader: RecordReader<BufReader<SegmentReader<&'a File>>>,
+    _counted: OpenReader<'a>,
 }
 
 /// A source for the map side's merges.
 enum MapSource<'a> {
     Memory(MemRun<'a>),
-    Spill(RecordReader<BufReader<SegmentReader<&'a File>>>),
+    Spill(SpillSegment<'a>),
 }
 
 impl RecordSource for MapSource<'_> {
     fn next_into(&mut self, key: &mut String, value: &mut String) -> Result<bool, TaskError> {
         match self {
             MapSource::Memory(run) => run.next_into(key, value),
-            MapSource::Spill(run) => run.next_into(key, value),
+            MapSource::Spill(run) => run.reader.next_into(key, value),
         }
     }
 }
@@ -1002,6 +1104,7 @@ struct MapState<'t> {
     spills: Vec<SpillRun>,
     spills_made: u64,
     pairs: u64,
+    readers: ReaderGauge,
 }
 
 impl MapState<'_> {
@@ -1039,56 +1142,70 @@ impl MapState<'_> {
         let number = self.spills_made;
         let run = {
             let buckets = self.buffer.buckets(self.task.n_reduce);
-            let sources = buckets
-                .into_iter()
-                .map(|entries| {
-                    vec![MapSource::Memory(MemRun {
+            self.write_run(
+                |r| {
+                    Ok(vec![MapSource::Memory(MemRun {
                         buffer: &self.buffer,
-                        entries,
-                    })]
-                })
-                .collect();
-            self.write_run(sources, 0, number)?
+                        entries: buckets[r],
+                    })])
+                },
+                0,
+                number,
+            )?
         };
         self.spills.push(run);
         self.spills_made += 1;
         self.buffer.clear();
         // Merge the newest SPILL_FAN_IN runs while they are all of one level.
         while self.spills.len() >= SPILL_FAN_IN {
-            let tail = &self.spills[self.spills.len() - SPILL_FAN_IN..];
-            let level = tail[0].level;
-            if tail.iter().any(|run| run.level != level) {
+            let level = self.spills[self.spills.len() - SPILL_FAN_IN].level;
+            if self.spills[self.spills.len() - SPILL_FAN_IN..]
+                .iter()
+                .any(|run| run.level != level)
+            {
                 break;
             }
-            let merged = {
-                let mut per_bucket = Vec::with_capacity(self.task.n_reduce);
-                for r in 0..self.task.n_reduce {
-                    let mut sources = Vec::with_capacity(SPILL_FAN_IN);
-                    for run in tail {
-                        sources.push(MapSource::Spill(run.segment(r)?));
-                    }
-                    per_bucket.push(sources);
-                }
-                self.write_run(per_bucket, level + 1, self.spills_made)?
-            };
-            self.spills.truncate(self.spills.len() - SPILL_FAN_IN);
-            self.spills.push(merged);
+            self.merge_newest_runs(level + 1)?;
         }
         Ok(())
     }
 
-    /// Writes one run file from per-bucket sources.
-    fn write_run(
-        &self,
-        per_bucket: Vec<Vec<MapSource<'_>>>,
+    /// Replaces the newest [`SPILL_FAN_IN`] runs with one run (of level `level`) merged from
+    /// them.
+    fn merge_newest_runs(&mut self, level: u32) -> Result<(), TaskError> {
+        let first = self.spills.len() - SPILL_FAN_IN;
+        let merged = {
+            let tail = &self.spills[first..];
+            self.write_run(
+                |r| {
+                    tail.iter()
+                        .map(|run| Ok(MapSource::Spill(run.segment(r, &self.readers)?)))
+                        .collect()
+                },
+                level,
+                self.spills_made,
+            )?
+        };
+        self.spills.truncate(first);
+        self.spills.push(merged);
+        Ok(())
+    }
+
+    /// Writes one run file, bucket by bucket: `sources(r)` opens bucket `r`'s sorted
+    /// sources, which are merged into the run and dropped before the next bucket's are
+    /// opened (so a merge holds one bucket's readers at a time, whatever `n_reduce` is).
+    fn write_run<'s>(
+        &'s self,
+        mut sources: impl FnMut(usize) -> Result<Vec<MapSource<'s>>, TaskError>,
         level: u32,
         number: u64,
     ) -> Result<SpillRun, TaskError> {
         let file = tempfile::tempfile_in(self.task.dir).map_err(self.temp_error())?;
         let mut out = BufWriter::with_capacity(IO_BUFFER, &file);
-        let mut segments = Vec::with_capacity(per_bucket.len());
+        let mut segments = Vec::with_capacity(self.task.n_reduce);
         let mut offset = 0u64;
-        for sources in per_bucket {
+        for r in 0..self.task.n_reduce {
+            let sources = sources(r)?;
             let writer = RecordWriter::new(&mut out).map_err(self.temp_error())?;
             let (_, len) = write_sources(sources, writer).map_err(|e| match e {
                 MergeError::Read(e) => e,
@@ -1110,6 +1227,17 @@ impl MapState<'_> {
     /// Writes the map task's one intermediate file and publishes it as every `mr-{id}-{r}`
     /// (see the module documentation).
     fn finish(mut self) -> Result<MapStats, TaskError> {
+        // Runs of several levels can pile up (up to SPILL_FAN_IN - 1 per level): merge the
+        // newest, smallest ones first so that the final merge, which adds the buffer, reads
+        // at most SPILL_FAN_IN sources.
+        while self.spills.len() >= SPILL_FAN_IN {
+            let level = self.spills[self.spills.len() - SPILL_FAN_IN..]
+                .iter()
+                .map(|run| run.level)
+                .max()
+                .expect("SPILL_FAN_IN runs");
+            self.merge_newest_runs(level + 1)?;
+        }
         self.buffer.sort();
         let (dir, n_reduce) = (self.task.dir, self.task.n_reduce);
         let prefix = format!("{TEMP_PREFIX}map-{}-", self.task.id);
@@ -1128,7 +1256,7 @@ impl MapState<'_> {
                 entries,
             })];
             for run in &self.spills {
-                sources.push(MapSource::Spill(run.segment(r)?));
+                sources.push(MapSource::Spill(run.segment(r, &self.readers)?));
             }
             let write = || -> Result<u64, MergeError> {
                 Ok(write_sources(sources, RecordWriter::new(&mut out)?)?.1)
@@ -1150,16 +1278,19 @@ impl MapState<'_> {
             .map_err(TaskError::io("write", temp.path()))?;
         drop(out);
         let paths: Vec<PathBuf> = (0..n_reduce)
-            .map(|r| intermediate_path(dir, self.task.id, r))
+            .map(|r| intermediate_path(dir, self.task.id, self.task.attempt, r))
             .collect();
         publish(dir, &prefix, temp, size, &paths, |from, to| {
             std::fs::hard_link(from, to)
         })?;
+        let peak_spill_readers = self.readers.peak.get();
+        debug_assert!(peak_spill_readers <= SPILL_FAN_IN, "{peak_spill_readers}");
         Ok(MapStats {
             bytes_read: 0,
             pairs: self.pairs,
             spills: self.spills_made,
             bytes_written: size,
+            peak_spill_readers,
         })
     }
 }
@@ -1376,6 +1507,7 @@ pub fn run_map(app: &dyn App, task: &MapTask<'_>) -> Result<MapStats, TaskError>
         spills: Vec::new(),
         spills_made: 0,
         pairs: 0,
+        readers: ReaderGauge::default(),
     };
     let mut failure: Option<TaskError> = None;
     let mapped = {
@@ -1492,27 +1624,58 @@ fn merge_buffer(ways: usize) -> usize {
     (MERGE_MEMORY / ways.max(1)).clamp(4 * 1024, MERGE_BUFFER)
 }
 
-/// A source of a reduce task's merge: a segment of an intermediate file, or a run merged
-/// from several.
-type ReduceSource = SegmentRecords;
+/// A source of a reduce task's merge: a segment of map task `map`'s intermediate file, or
+/// (`map` = `None`) a run merged from several.
+struct ReduceSource {
+    records: SegmentRecords,
+    map: Option<usize>,
+}
+
+impl RecordSource for ReduceSource {
+    fn next_into(&mut self, key: &mut String, value: &mut String) -> Result<bool, TaskError> {
+        let next = self.records.next_into(key, value);
+        match self.map {
+            Some(map) => next.map_err(|e| e.reading_map(map)),
+            None => next,
+        }
+    }
+}
 
 /// Opens a reduce task's inputs as at most [`REDUCE_FAN_IN`] merge sources; returns them
 /// and the intermediate bytes they hold.
 fn open_reduce_sources(task: &ReduceTask<'_>) -> Result<(Vec<ReduceSource>, u64), TaskError> {
+    // A missing job directory is this worker's problem (say, an unmounted share), not a
+    // lost output of map task 0.
+    match std::fs::metadata(task.dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(TaskError::Io {
+                action: "use the job directory",
+                path: task.dir.to_path_buf(),
+                source: io::Error::other("not a directory"),
+            })
+        }
+        Err(e) => return Err(TaskError::io("open the job directory", task.dir)(e)),
+    }
+    let n_map = task.map_attempts.len();
     let mut bytes_read = 0;
-    let buffer = merge_buffer(task.n_map.min(REDUCE_FAN_IN));
+    let buffer = merge_buffer(n_map.min(REDUCE_FAN_IN));
     let mut open = |map: usize| -> Result<ReduceSource, TaskError> {
-        let (reader, len) = open_intermediate(task.dir, map, task.id, buffer)?;
+        let attempt = task.map_attempts[map];
+        let (records, len) = open_intermediate(task.dir, map, attempt, task.id, buffer)?;
         bytes_read += len;
-        Ok(reader)
+        Ok(ReduceSource {
+            records,
+            map: Some(map),
+        })
     };
-    if task.n_map <= REDUCE_FAN_IN {
-        let sources = (0..task.n_map).map(&mut open).collect::<Result<_, _>>()?;
+    if n_map <= REDUCE_FAN_IN {
+        let sources = (0..n_map).map(&mut open).collect::<Result<_, _>>()?;
         return Ok((sources, bytes_read));
     }
     let mut runs = Vec::new();
-    for first in (0..task.n_map).step_by(REDUCE_FAN_IN) {
-        let last = (first + REDUCE_FAN_IN).min(task.n_map);
+    for first in (0..n_map).step_by(REDUCE_FAN_IN) {
+        let last = (first + REDUCE_FAN_IN).min(n_map);
         let group = (first..last).map(&mut open).collect::<Result<_, _>>()?;
         runs.push(merge_to_run(group, task.dir)?);
     }
@@ -1548,19 +1711,9 @@ fn merge_to_run(sources: Vec<ReduceSource>, dir: &Path) -> Result<ReduceSource, 
     out.flush()
         .map_err(TaskError::io("write a merged run in", dir))?;
     drop(out);
-    let reader = RecordReader::open(
-        BufReader::with_capacity(
-            merge_buffer(REDUCE_FAN_IN),
-            SegmentReader {
-                file,
-                pos: 0,
-                end: len,
-            },
-        ),
-        len,
-        format!("a merged run of intermediate files in {}", dir.display()),
-    )?;
-    Ok(reader)
+    let label = format!("a merged run of intermediate files in {}", dir.display());
+    let records = segment_records(file, 0, len, merge_buffer(REDUCE_FAN_IN), label)?;
+    Ok(ReduceSource { records, map: None })
 }
 
 /// Calls `app.reduce` once per key of `merger`, in key order, and writes each result.
@@ -1646,7 +1799,7 @@ mod tests {
     fn publish_with(link: impl Fn(&Path, &Path) -> io::Result<()>) -> Vec<u64> {
         let dir = tempfile::tempdir().unwrap();
         let paths: Vec<PathBuf> = (0..3)
-            .map(|r| intermediate_path(dir.path(), 0, r))
+            .map(|r| intermediate_path(dir.path(), 0, 0, r))
             .collect();
         for path in &paths {
             std::fs::write(path, "an older file, to be replaced").unwrap();
@@ -1657,7 +1810,7 @@ mod tests {
         for (r, path) in paths.iter().enumerate() {
             assert_eq!(std::fs::metadata(path).unwrap().len(), size);
             assert_eq!(
-                read_intermediate(dir.path(), 0, r).unwrap(),
+                read_intermediate(dir.path(), 0, 0, r).unwrap(),
                 [(format!("k{r}"), format!("v{r}"))]
             );
         }

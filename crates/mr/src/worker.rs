@@ -1,6 +1,10 @@
-//! A worker: asks the coordinator for tasks, runs them, reports, until told to exit or until
-//! the coordinator is gone (a finished coordinator stops listening; a worker that cannot reach
-//! it assumes the job is over).
+//! A worker: asks the coordinator for tasks, runs them, reports, until told to exit, until
+//! dismissed (it failed too many tasks), or until the coordinator is gone (a finished
+//! coordinator stops listening; a worker that cannot reach it assumes the job is over).
+//!
+//! A reduce that cannot read a map task's output reports that (`MapOutputLost`, naming the
+//! map task and the attempt it read) rather than a plain failure, so that the coordinator
+//! runs the map task again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,6 +82,9 @@ pub enum WorkerError {
     },
     #[error("worker task panicked: {0}")]
     Panic(String),
+    /// The coordinator stopped handing this worker tasks: it failed too many.
+    #[error("the coordinator dismissed this worker {0}")]
+    Dismissed(String),
 }
 
 fn random_worker_id() -> WorkerId {
@@ -87,7 +94,12 @@ fn random_worker_id() -> WorkerId {
     h.finish()
 }
 
-/// Runs until the job is over. `Ok` covers both "told to exit" and "coordinator gone".
+/// Runs until the job is over. `Ok` covers both "told to exit" and "coordinator gone";
+/// [`WorkerError::Dismissed`] means the coordinator gave up on this worker.
+///
+/// While a task runs, the worker sends a heartbeat every `heartbeat_millis` (a quarter of
+/// the coordinator's task timeout), so that the coordinator knows it is alive — which
+/// decides whether a job whose other workers were all dismissed can still finish.
 pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerError> {
     let id = random_worker_id();
     let mut summary = WorkerSummary::default();
@@ -116,19 +128,22 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
             summary.ended = "the coordinator is gone".into();
             return Ok(summary);
         };
-        let (task, result) = match reply {
+        let (task, attempt, map_attempts, heartbeat_millis, run) = match reply {
             FromCoordinator::Map {
                 task,
+                attempt,
                 input_name,
                 input_path,
                 n_reduce,
                 dir,
+                heartbeat_millis,
             } => {
                 let app = config.app.clone();
                 let memory_limit = config.memory_limit;
                 let run = tokio::task::spawn_blocking(move || {
                     let map = MapTask {
                         id: task,
+                        attempt,
                         input_name: &input_name,
                         input_path: &input_path,
                         n_reduce,
@@ -136,24 +151,53 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
                         memory_limit,
                     };
                     run_map(app.mapper(), &map)
-                        .map(|stats| stats.bytes_read)
-                        .map_err(|e| e.to_string())
+                        .map(|stats| {
+                            tracing::debug!(
+                                task,
+                                pairs = stats.pairs,
+                                spills = stats.spills,
+                                peak_spill_readers = stats.peak_spill_readers,
+                                "map task done"
+                            );
+                            stats.bytes_read
+                        })
+                        .map_err(|e| (e.to_string(), None))
                 });
-                (TaskId::Map(task), run.await)
+                let map_attempts = Vec::new();
+                (
+                    TaskId::Map(task),
+                    attempt,
+                    map_attempts,
+                    heartbeat_millis,
+                    run,
+                )
             }
-            FromCoordinator::Reduce { task, n_map, dir } => {
+            FromCoordinator::Reduce {
+                task,
+                attempt,
+                map_attempts,
+                dir,
+                heartbeat_millis,
+            } => {
                 let app = config.app.clone();
+                let attempts = map_attempts.clone();
                 let run = tokio::task::spawn_blocking(move || {
                     let reduce = ReduceTask {
                         id: task,
-                        n_map,
+                        map_attempts: &attempts,
                         dir: &dir,
                     };
                     run_reduce_with(app.reducer(), &reduce)
                         .map(|_| 0)
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| (e.to_string(), e.unreadable_map()))
                 });
-                (TaskId::Reduce(task), run.await)
+                (
+                    TaskId::Reduce(task),
+                    attempt,
+                    map_attempts,
+                    heartbeat_millis,
+                    run,
+                )
             }
             FromCoordinator::Wait { millis } => {
                 tokio::time::sleep(Duration::from_millis(millis)).await;
@@ -163,8 +207,11 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
                 summary.ended = "the job is over".into();
                 return Ok(summary);
             }
+            FromCoordinator::Dismissed { reason } => return Err(WorkerError::Dismissed(reason)),
             FromCoordinator::Noted => continue,
         };
+        let every = Duration::from_millis(heartbeat_millis.max(1));
+        let result = with_heartbeats(&mut client, id, run, every, config.call_timeout).await;
         let result = result.map_err(|e| WorkerError::Panic(e.to_string()))?;
         let report = match result {
             Ok(bytes) => {
@@ -175,25 +222,66 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
                 ToCoordinator::TaskDone {
                     worker: id,
                     task,
+                    attempt,
                     bytes,
                 }
             }
-            Err(error) => {
+            Err((error, unreadable_map)) => {
                 summary.failed += 1;
                 tracing::warn!(%task, %error, "task failed");
-                ToCoordinator::TaskFailed {
-                    worker: id,
-                    task,
-                    error,
+                match (task, unreadable_map) {
+                    (TaskId::Reduce(reduce), Some(map)) if map < map_attempts.len() => {
+                        ToCoordinator::MapOutputLost {
+                            worker: id,
+                            reduce,
+                            attempt,
+                            map,
+                            map_attempt: map_attempts[map],
+                            error,
+                        }
+                    }
+                    _ => ToCoordinator::TaskFailed {
+                        worker: id,
+                        task,
+                        attempt,
+                        error,
+                    },
                 }
             }
         };
-        if call(&mut client, &report, config.call_timeout)
-            .await
-            .is_none()
-        {
-            summary.ended = "the coordinator is gone".into();
-            return Ok(summary);
+        match call(&mut client, &report, config.call_timeout).await {
+            None => {
+                summary.ended = "the coordinator is gone".into();
+                return Ok(summary);
+            }
+            Some(FromCoordinator::Dismissed { reason }) => {
+                return Err(WorkerError::Dismissed(reason))
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Waits for the task `run`, sending the coordinator a heartbeat every `every` meanwhile
+/// (until one goes unanswered: the coordinator is gone, which the report after the task will
+/// find out).
+async fn with_heartbeats<T>(
+    client: &mut Client<ToCoordinator, FromCoordinator>,
+    worker: WorkerId,
+    mut run: tokio::task::JoinHandle<T>,
+    every: Duration,
+    timeout: Duration,
+) -> Result<T, tokio::task::JoinError> {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beating = true;
+    loop {
+        tokio::select! {
+            result = &mut run => return result,
+            _ = ticker.tick(), if beating => {
+                let heartbeat = ToCoordinator::Heartbeat { worker };
+                beating = call(client, &heartbeat, timeout).await.is_some();
+            }
         }
     }
 }

@@ -253,6 +253,7 @@ fn exec_word_count_matches_wc() {
         for (id, (name, path)) in inputs.iter().enumerate() {
             let task = MapTask {
                 id,
+                attempt: 0,
                 input_name: name,
                 input_path: path,
                 n_reduce: 3,
@@ -265,7 +266,7 @@ fn exec_word_count_matches_wc() {
         for id in 0..3 {
             let task = ReduceTask {
                 id,
-                n_map: inputs.len(),
+                map_attempts: &vec![0; inputs.len()],
                 dir: job.path(),
             };
             let stats = if per_task {

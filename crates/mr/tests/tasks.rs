@@ -15,6 +15,8 @@ use flotilla_mr::task::{
 };
 use flotilla_mr::words;
 
+mod oracle;
+
 const GUTENBERG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../../shared/data/gutenberg"
@@ -49,6 +51,7 @@ fn run_job(
             app,
             &MapTask {
                 id,
+                attempt: 0,
                 input_name: name,
                 input_path: path,
                 n_reduce,
@@ -65,7 +68,7 @@ fn run_job(
             app,
             &ReduceTask {
                 id,
-                n_map: inputs.len(),
+                map_attempts: &vec![0; inputs.len()],
                 dir,
             },
         )
@@ -109,21 +112,24 @@ fn temp_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn check_distributed_equals_sequential(app_name: &str) {
+/// Runs `app_name` as a job of map and reduce tasks, compares the output with the
+/// sequential reference (and returns it), and checks how intermediate files are linked.
+fn check_distributed_equals_sequential(app_name: &str) -> Vec<String> {
     let app = by_name(&AppSpec::builtin(app_name)).unwrap();
     let inputs = gutenberg_inputs();
     let expected = sequential_lines(app.as_ref(), &inputs);
     assert!(!expected.is_empty());
     let dir = tempfile::tempdir().unwrap();
     run_job(app.as_ref(), &inputs, 10, dir.path(), 32 << 20);
-    assert_eq!(sorted_outputs(dir.path()), expected, "{app_name}");
+    let lines = sorted_outputs(dir.path());
+    assert_eq!(lines, expected, "{app_name}");
     assert!(temp_files(dir.path()).is_empty());
     for m in 0..8 {
-        let inode = std::fs::metadata(intermediate_path(dir.path(), m, 0))
+        let inode = std::fs::metadata(intermediate_path(dir.path(), m, 0, 0))
             .unwrap()
             .ino();
         for r in 0..10 {
-            let meta = std::fs::metadata(intermediate_path(dir.path(), m, r)).unwrap();
+            let meta = std::fs::metadata(intermediate_path(dir.path(), m, 0, r)).unwrap();
             assert!(meta.is_file());
             assert_eq!(
                 meta.ino(),
@@ -132,21 +138,24 @@ fn check_distributed_equals_sequential(app_name: &str) {
             );
         }
     }
+    lines
 }
 
 #[test]
-fn wc_distributed_equals_sequential() {
-    check_distributed_equals_sequential("wc");
+fn wc_distributed_equals_sequential_and_the_oracle() {
+    let lines = check_distributed_equals_sequential("wc");
+    oracle::assert_agrees(&lines, &oracle::wc(&gutenberg_inputs()), "wc");
 }
 
 #[test]
-fn indexer_distributed_equals_sequential() {
-    check_distributed_equals_sequential("indexer");
+fn indexer_distributed_equals_sequential_and_the_oracle() {
+    let lines = check_distributed_equals_sequential("indexer");
+    oracle::assert_agrees(&lines, &oracle::indexer(&gutenberg_inputs()), "indexer");
 }
 
 #[test]
 fn nocrash_distributed_equals_sequential() {
-    check_distributed_equals_sequential("nocrash");
+    let _ = check_distributed_equals_sequential("nocrash");
     // And the content is what the lab expects: four lines describing the eight inputs.
     let inputs = gutenberg_inputs();
     let app = by_name(&AppSpec::builtin("nocrash")).unwrap();
@@ -202,6 +211,7 @@ fn spills_under_a_small_memory_limit_keep_the_output_exact() {
         &EveryWord,
         &MapTask {
             id: 0,
+            attempt: 0,
             input_name: name,
             input_path: path,
             n_reduce: 3,
@@ -214,7 +224,7 @@ fn spills_under_a_small_memory_limit_keep_the_output_exact() {
     assert!(stats.pairs > 100_000, "{stats:?}");
     let mut pairs = 0;
     for r in 0..3 {
-        let records = read_intermediate(dir.path(), 0, r).unwrap();
+        let records = read_intermediate(dir.path(), 0, 0, r).unwrap();
         assert!(
             records.windows(2).all(|w| w[0].0 <= w[1].0),
             "bucket {r} sorted"
@@ -252,6 +262,57 @@ fn spills_under_a_small_memory_limit_keep_the_output_exact() {
 }
 
 #[test]
+fn a_spilling_map_holds_at_most_spill_fan_in_run_readers_whatever_n_reduce() {
+    // With no memory at all every pair is a spill: SPILL_FAN_IN² - 1 distinct words leave
+    // SPILL_FAN_IN - 1 merged runs and SPILL_FAN_IN - 1 single spills for the final merge,
+    // over 1000 partitions. Each open run reader holds a 64 KiB buffer; a merge that opened
+    // every partition's segments at once would hold SPILL_FAN_IN × 1000 of them, and a final
+    // merge of all those runs 2 × (SPILL_FAN_IN - 1).
+    let words = SPILL_FAN_IN * SPILL_FAN_IN - 1;
+    let text: Vec<String> = (0..words)
+        .map(|i| {
+            let (high, low) = (i / 26, i % 26);
+            [b'a' + high as u8, b'a' + low as u8, b'x']
+                .iter()
+                .map(|&b| b as char)
+                .collect()
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, text.join(" ")).unwrap();
+    let n_reduce = 1000;
+    let stats = run_map(
+        &EveryWord,
+        &MapTask {
+            id: 0,
+            attempt: 0,
+            input_name: "in",
+            input_path: &input,
+            n_reduce,
+            dir: dir.path(),
+            memory_limit: 0,
+        },
+    )
+    .unwrap();
+    assert_eq!(stats.spills as usize, words, "{stats:?}");
+    assert!(
+        (1..=SPILL_FAN_IN).contains(&stats.peak_spill_readers),
+        "{} run readers open at once (at most {SPILL_FAN_IN} allowed)",
+        stats.peak_spill_readers
+    );
+    let mut found = Vec::new();
+    for r in 0..n_reduce {
+        found.extend(read_intermediate(dir.path(), 0, 0, r).unwrap());
+    }
+    found.sort();
+    let mut expected: Vec<(String, String)> =
+        text.into_iter().map(|w| (w, "1".to_string())).collect();
+    expected.sort();
+    assert_eq!(found, expected, "every pair exactly once");
+}
+
+#[test]
 fn a_zero_memory_limit_still_works() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.txt");
@@ -260,6 +321,7 @@ fn a_zero_memory_limit_still_works() {
         &EveryWord,
         &MapTask {
             id: 0,
+            attempt: 0,
             input_name: "in",
             input_path: &input,
             n_reduce: 2,
@@ -273,7 +335,7 @@ fn a_zero_memory_limit_still_works() {
         &EveryWord,
         &ReduceTask {
             id: 0,
-            n_map: 1,
+            map_attempts: &[0],
             dir: dir.path(),
         },
     )
@@ -282,7 +344,7 @@ fn a_zero_memory_limit_still_works() {
         &EveryWord,
         &ReduceTask {
             id: 1,
-            n_map: 1,
+            map_attempts: &[0],
             dir: dir.path(),
         },
     )
@@ -307,6 +369,7 @@ fn small_job() -> tempfile::TempDir {
             wc.as_ref(),
             &MapTask {
                 id,
+                attempt: 0,
                 input_name: "x",
                 input_path: &input,
                 n_reduce: 2,
@@ -321,7 +384,15 @@ fn small_job() -> tempfile::TempDir {
 
 fn reduce_small_job(dir: &Path, id: usize) -> Result<(), TaskError> {
     let wc = by_name(&AppSpec::builtin("wc")).unwrap();
-    run_reduce(wc.as_ref(), &ReduceTask { id, n_map: 2, dir }).map(|_| ())
+    run_reduce(
+        wc.as_ref(),
+        &ReduceTask {
+            id,
+            map_attempts: &[0, 0],
+            dir,
+        },
+    )
+    .map(|_| ())
 }
 
 /// The reduce task fails, says `expect`, and leaves neither output nor temporary files.
@@ -330,9 +401,19 @@ fn assert_reduce_fails(dir: &Path, id: usize, expect: &[&str]) {
     assert_reduce_fails_with(wc.as_ref(), dir, id, expect);
 }
 
-/// [`assert_reduce_fails`] with another application's reduce.
+/// [`assert_reduce_fails`] with another application's reduce. The failure must also be
+/// marked as a lost output of the map task whose file it names, which the coordinator runs
+/// again.
 fn assert_reduce_fails_with(app: &dyn App, dir: &Path, id: usize, expect: &[&str]) {
-    let err = run_reduce(app, &ReduceTask { id, n_map: 2, dir }).unwrap_err();
+    let err = run_reduce(
+        app,
+        &ReduceTask {
+            id,
+            map_attempts: &[0, 0],
+            dir,
+        },
+    )
+    .unwrap_err();
     let message = err.to_string();
     for part in expect {
         assert!(
@@ -340,6 +421,13 @@ fn assert_reduce_fails_with(app: &dyn App, dir: &Path, id: usize, expect: &[&str
             "{message:?} should mention {part:?}"
         );
     }
+    let map = err.unreadable_map().unwrap_or_else(|| {
+        panic!("{message:?} should be marked as a map task's unreadable output")
+    });
+    assert!(
+        message.contains(&format!("mr-{map}-")),
+        "{message:?} is about the file of map task {map}"
+    );
     assert!(!output_path(dir, id).exists(), "no output after a failure");
     assert!(
         temp_files(dir).is_empty(),
@@ -361,7 +449,7 @@ fn intact_intermediate_files_reduce_fine() {
 #[test]
 fn a_missing_intermediate_file_is_an_error() {
     let dir = small_job();
-    let path = intermediate_path(dir.path(), 1, 0);
+    let path = intermediate_path(dir.path(), 1, 0, 0);
     std::fs::remove_file(&path).unwrap();
     assert_reduce_fails(dir.path(), 0, &["missing", "mr-1-0", "map task 1"]);
 }
@@ -431,7 +519,7 @@ fn every_name_of_a_map_task_is_one_file() {
     let dir = small_job();
     for m in 0..2 {
         let names: Vec<_> = (0..2)
-            .map(|r| intermediate_path(dir.path(), m, r))
+            .map(|r| intermediate_path(dir.path(), m, 0, r))
             .collect();
         let metas: Vec<_> = names
             .iter()
@@ -449,7 +537,7 @@ fn every_name_of_a_map_task_is_one_file() {
     assert!(temp_files(dir.path()).is_empty());
     // Rebuilding the file from its own segments gives it back byte for byte: nothing in it
     // but the segments, the index and the footer.
-    let bytes = std::fs::read(intermediate_path(dir.path(), 0, 0)).unwrap();
+    let bytes = std::fs::read(intermediate_path(dir.path(), 0, 0, 0)).unwrap();
     let ranges = segments_of(&bytes);
     assert_eq!(
         container_of(&[&bytes[ranges[0].clone()], &bytes[ranges[1].clone()]]),
@@ -460,7 +548,7 @@ fn every_name_of_a_map_task_is_one_file() {
 #[test]
 fn a_truncated_intermediate_file_is_corrupt() {
     let dir = small_job();
-    let path = intermediate_path(dir.path(), 0, 1);
+    let path = intermediate_path(dir.path(), 0, 0, 1);
     let bytes = std::fs::read(&path).unwrap();
     let ranges = segments_of(&bytes);
     let (zero, one) = (ranges[0].clone(), ranges[1].clone());
@@ -498,7 +586,7 @@ fn a_truncated_intermediate_file_is_corrupt() {
 #[test]
 fn a_flipped_byte_is_caught() {
     let dir = small_job();
-    let path = intermediate_path(dir.path(), 0, 1);
+    let path = intermediate_path(dir.path(), 0, 0, 1);
     let bytes = std::fs::read(&path).unwrap();
     let ranges = segments_of(&bytes);
     // Every byte of the file belongs to a segment (read by its reduce task only) or to the
@@ -605,6 +693,7 @@ fn map_one(
         app,
         &MapTask {
             id: 0,
+            attempt: 0,
             input_name: "input",
             input_path: input,
             n_reduce: 4,
@@ -626,7 +715,7 @@ fn a_missing_input_is_a_clear_error() {
         message.contains("no-such-file.txt") && message.contains("cannot open input"),
         "{message}"
     );
-    assert!(!intermediate_path(dir.path(), 0, 0).exists());
+    assert!(!intermediate_path(dir.path(), 0, 0, 0).exists());
 }
 
 #[test]
@@ -662,7 +751,7 @@ fn binary_input_does_not_panic() {
                 app.as_ref(),
                 &ReduceTask {
                     id: r,
-                    n_map: 1,
+                    map_attempts: &[0],
                     dir: dir.path(),
                 },
             )
@@ -686,12 +775,12 @@ fn an_empty_input_writes_every_bucket() {
     let stats = map_one(wc.as_ref(), &input, dir.path()).unwrap();
     assert_eq!((stats.pairs, stats.bytes_read), (0, 0));
     for r in 0..4 {
-        assert!(read_intermediate(dir.path(), 0, r).unwrap().is_empty());
+        assert!(read_intermediate(dir.path(), 0, 0, r).unwrap().is_empty());
         run_reduce(
             wc.as_ref(),
             &ReduceTask {
                 id: r,
-                n_map: 1,
+                map_attempts: &[0],
                 dir: dir.path(),
             },
         )
@@ -708,11 +797,11 @@ fn a_rerun_map_task_replaces_its_files_harmlessly() {
     let wc = by_name(&AppSpec::builtin("wc")).unwrap();
     map_one(wc.as_ref(), &input, dir.path()).unwrap();
     let first: Vec<_> = (0..4)
-        .map(|r| read_intermediate(dir.path(), 0, r).unwrap())
+        .map(|r| read_intermediate(dir.path(), 0, 0, r).unwrap())
         .collect();
     map_one(wc.as_ref(), &input, dir.path()).unwrap();
     let second: Vec<_> = (0..4)
-        .map(|r| read_intermediate(dir.path(), 0, r).unwrap())
+        .map(|r| read_intermediate(dir.path(), 0, 0, r).unwrap())
         .collect();
     assert_eq!(first, second);
     assert!(temp_files(dir.path()).is_empty());
@@ -728,7 +817,15 @@ fn map_text(dir: &Path, text: &str) {
 /// Every reduce task's output of a job whose only map task is map task 0.
 fn reduce_all(dir: &Path) -> Vec<String> {
     for id in 0..4 {
-        run_reduce(&EveryWord, &ReduceTask { id, n_map: 1, dir }).unwrap();
+        run_reduce(
+            &EveryWord,
+            &ReduceTask {
+                id,
+                map_attempts: &[0],
+                dir,
+            },
+        )
+        .unwrap();
     }
     sorted_outputs(dir)
 }
@@ -739,16 +836,16 @@ fn a_rerun_map_task_replaces_every_name_at_once() {
     let first = "alpha beta beta gamma delta epsilon zeta eta theta iota kappa";
     let second = "lambda mu mu nu xi omicron pi rho sigma tau upsilon alpha";
     map_text(dir.path(), first);
-    let old_inode = std::fs::metadata(intermediate_path(dir.path(), 0, 0))
+    let old_inode = std::fs::metadata(intermediate_path(dir.path(), 0, 0, 0))
         .unwrap()
         .ino();
-    let old_bytes = std::fs::read(intermediate_path(dir.path(), 0, 2)).unwrap();
-    let mut old_handle = std::fs::File::open(intermediate_path(dir.path(), 0, 2)).unwrap();
+    let old_bytes = std::fs::read(intermediate_path(dir.path(), 0, 0, 2)).unwrap();
+    let mut old_handle = std::fs::File::open(intermediate_path(dir.path(), 0, 0, 2)).unwrap();
 
     map_text(dir.path(), second);
     let inodes: Vec<u64> = (0..4)
         .map(|r| {
-            std::fs::metadata(intermediate_path(dir.path(), 0, r))
+            std::fs::metadata(intermediate_path(dir.path(), 0, 0, r))
                 .unwrap()
                 .ino()
         })
@@ -778,7 +875,7 @@ fn a_rerun_map_task_replaces_every_name_at_once() {
     ];
     assert_eq!(reduce_all(dir.path()), wanted);
     let pairs: usize = (0..4)
-        .map(|r| read_intermediate(dir.path(), 0, r).unwrap().len())
+        .map(|r| read_intermediate(dir.path(), 0, 0, r).unwrap().len())
         .sum();
     assert_eq!(pairs, 12);
     assert!(temp_files(dir.path()).is_empty());
@@ -791,7 +888,7 @@ fn readers_never_see_a_missing_or_partial_intermediate_file() {
     let mut versions = texts.iter().map(|text| {
         map_text(dir.path(), text);
         (0..4)
-            .map(|r| read_intermediate(dir.path(), 0, r).unwrap())
+            .map(|r| read_intermediate(dir.path(), 0, 0, r).unwrap())
             .collect::<Vec<_>>()
     });
     let (first, second) = (versions.next().unwrap(), versions.next().unwrap());
@@ -808,7 +905,7 @@ fn readers_never_see_a_missing_or_partial_intermediate_file() {
         while !done.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
             for (r, (a, b)) in first.iter().zip(&second).enumerate() {
                 // Never missing, never corrupt, never a mixture: one version or the other.
-                let pairs = read_intermediate(dir.path(), 0, r).unwrap();
+                let pairs = read_intermediate(dir.path(), 0, 0, r).unwrap();
                 assert!(pairs == *a || pairs == *b, "mr-0-{r}: {pairs:?}");
                 reads += 1;
             }
@@ -827,6 +924,7 @@ fn zero_reduce_tasks_is_invalid() {
         wc.as_ref(),
         &MapTask {
             id: 0,
+            attempt: 0,
             input_name: "in",
             input_path: &input,
             n_reduce: 0,
@@ -872,7 +970,7 @@ fn application_errors_fail_the_task_and_name_it() {
         err.to_string().contains("failing") && err.to_string().contains("map says no"),
         "{err}"
     );
-    assert!(!intermediate_path(dir.path(), 0, 0).exists());
+    assert!(!intermediate_path(dir.path(), 0, 0, 0).exists());
 
     map_one(&Failing { in_map: false }, &input, dir.path()).unwrap();
     let r = flotilla_mr::partition::bucket("k", 4);
@@ -880,12 +978,17 @@ fn application_errors_fail_the_task_and_name_it() {
         &Failing { in_map: false },
         &ReduceTask {
             id: r,
-            n_map: 1,
+            map_attempts: &[0],
             dir: dir.path(),
         },
     )
     .unwrap_err();
     assert!(matches!(err, TaskError::Reduce { .. }), "{err:?}");
+    assert_eq!(
+        err.unreadable_map(),
+        None,
+        "the application failed, not an input"
+    );
     assert!(err.to_string().contains("reduce says no to k"), "{err}");
     assert!(!output_path(dir.path(), r).exists());
     assert!(temp_files(dir.path()).is_empty());
@@ -922,6 +1025,7 @@ fn a_reduce_over_more_map_tasks_than_its_fan_in() {
             &EveryWord,
             &MapTask {
                 id,
+                attempt: 0,
                 input_name: "in",
                 input_path: &input,
                 n_reduce: 2,
@@ -937,7 +1041,7 @@ fn a_reduce_over_more_map_tasks_than_its_fan_in() {
             &EveryWord,
             &ReduceTask {
                 id,
-                n_map,
+                map_attempts: &vec![0; n_map],
                 dir: dir.path(),
             },
         )
@@ -951,7 +1055,7 @@ fn a_reduce_over_more_map_tasks_than_its_fan_in() {
     assert!(temp_files(dir.path()).is_empty());
 
     // A damaged file in the second group is still named in the error.
-    let damaged = intermediate_path(dir.path(), REDUCE_FAN_IN + 5, 1);
+    let damaged = intermediate_path(dir.path(), REDUCE_FAN_IN + 5, 0, 1);
     let mut bytes = std::fs::read(&damaged).unwrap();
     let last = segments_of(&bytes)[1].end - 1;
     bytes[last] ^= 1;
@@ -960,7 +1064,7 @@ fn a_reduce_over_more_map_tasks_than_its_fan_in() {
         &EveryWord,
         &ReduceTask {
             id: 1,
-            n_map,
+            map_attempts: &vec![0; n_map],
             dir: dir.path(),
         },
     )
@@ -970,4 +1074,75 @@ fn a_reduce_over_more_map_tasks_than_its_fan_in() {
             .contains(&format!("mr-{}-1", REDUCE_FAN_IN + 5)),
         "{err}"
     );
+    assert_eq!(err.unreadable_map(), Some(REDUCE_FAN_IN + 5), "{err}");
+}
+
+#[test]
+fn a_reduce_reads_the_attempt_of_each_map_task_it_is_told_to() {
+    // Two attempts of map task 0 that produced different pairs (a map function that is not
+    // deterministic): each keeps its own files, and a reduce reads the one it names.
+    let dir = tempfile::tempdir().unwrap();
+    for (attempt, text) in [(0, "apple"), (1, "banana"), (2, "cherry")] {
+        let input = dir.path().join(format!("input-{attempt}"));
+        std::fs::write(&input, text).unwrap();
+        run_map(
+            &EveryWord,
+            &MapTask {
+                id: 0,
+                attempt,
+                input_name: "in",
+                input_path: &input,
+                n_reduce: 1,
+                dir: dir.path(),
+                memory_limit: 1 << 20,
+            },
+        )
+        .unwrap();
+    }
+    assert!(dir.path().join("mr-0-0").is_file());
+    assert!(dir.path().join("mr-0-0.1").is_file());
+    assert_eq!(
+        intermediate_path(dir.path(), 0, 2, 0),
+        dir.path().join("mr-0-0.2")
+    );
+    for (attempt, expected) in [(1, "banana 1"), (0, "apple 1"), (2, "cherry 1")] {
+        run_reduce(
+            &EveryWord,
+            &ReduceTask {
+                id: 0,
+                map_attempts: &[attempt],
+                dir: dir.path(),
+            },
+        )
+        .unwrap();
+        assert_eq!(sorted_outputs(dir.path()), [expected]);
+    }
+    // An attempt that wrote nothing is a lost output of that map task.
+    let err = run_reduce(
+        &EveryWord,
+        &ReduceTask {
+            id: 0,
+            map_attempts: &[3],
+            dir: dir.path(),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.unreadable_map(), Some(0), "{err}");
+}
+
+#[test]
+fn a_missing_job_directory_is_the_workers_problem_not_a_lost_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("not-mounted");
+    let err = run_reduce(
+        &EveryWord,
+        &ReduceTask {
+            id: 0,
+            map_attempts: &[0, 0],
+            dir: &gone,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.unreadable_map(), None, "{err}");
+    assert!(err.to_string().contains("not-mounted"), "{err}");
 }
