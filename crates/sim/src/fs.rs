@@ -984,8 +984,6 @@ impl Drop for SimFile {
 
 #[cfg(test)]
 mod tests {
-    // `u64::is_multiple_of` needs Rust 1.87; the workspace's rust-version is 1.80.
-    #![allow(clippy::manual_is_multiple_of)]
 
     use super::*;
     use std::io::Write;
@@ -1146,7 +1144,10 @@ mod tests {
             let (tail, unsynced) = crash_after_unsynced_write(&mut rng, &faults);
             assert_eq!(tail, unsynced[..tail.len()], "not a prefix");
             let end = 1000 + tail.len() as u64;
-            assert!(tail.is_empty() || end % SECTOR == 0, "torn at {end}");
+            assert!(
+                tail.is_empty() || end.is_multiple_of(SECTOR),
+                "torn at {end}"
+            );
             lengths.insert(tail.len());
         }
         // Nothing, or up to each of the sector boundaries 1024 .. 3584.
