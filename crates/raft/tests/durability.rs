@@ -44,24 +44,12 @@ impl Harness {
     }
 }
 
-/// The term the durable state knows at `index` (the snapshot's own index included).
-fn durable_term(durable: &DurableState, index: u64) -> Option<u64> {
-    if index == durable.snapshot.index {
-        return Some(durable.snapshot.term);
-    }
-    let first = durable.snapshot.index + 1;
-    (index >= first)
-        .then(|| durable.entries.get((index - first) as usize))
-        .flatten()
-        .map(|e| e.term)
-}
-
 fn check_backed(durable: &DurableState, m: &Message) {
     match &m.body {
         MessageBody::AppendEntriesResponse(AppendOutcome::Accepted { match_index }) => {
             assert!(
                 *match_index <= durable.snapshot.index
-                    || durable_term(durable, *match_index).is_some(),
+                    || durable.term_at(*match_index).is_some(),
                 "node {} acknowledges index {match_index} but storage holds only up to {} \
                  (snapshot {}): {m:?}",
                 m.from,
