@@ -307,3 +307,223 @@ impl Invariants {
         &self.leaders
     }
 }
+
+/// Each check against the smallest violation of it (the sweep shows they fire in real runs;
+/// these show each fires for its own reason, and stays quiet where it must).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_raft::{Config, Entry, HardState, Persist, Snapshot};
+
+    fn entries(terms: &[u64]) -> Vec<Entry> {
+        terms
+            .iter()
+            .enumerate()
+            .map(|(k, &term)| Entry {
+                index: k as u64 + 1,
+                term,
+                data: vec![k as u8],
+            })
+            .collect()
+    }
+
+    fn state(term: u64, vote: Option<u64>, log: &[u64]) -> DurableState {
+        DurableState {
+            hard_state: HardState { term, vote },
+            snapshot: Snapshot::default(),
+            entries: entries(log),
+        }
+    }
+
+    /// Node 0 of {0, 1, 2} restarted from `durable`.
+    fn node(durable: &DurableState) -> RawNode {
+        RawNode::new(Config::new(0, vec![0, 1, 2]), durable.clone())
+    }
+
+    /// A one-server group's node, leader of its term, with entries 1..=3 synced.
+    fn leader() -> (RawNode, DurableState) {
+        let mut synced = state(1, Some(0), &[1, 1, 1]);
+        let mut node = RawNode::new(Config::new(0, vec![0]), synced.clone());
+        for _ in 0..200 {
+            node.tick();
+            if node.is_leader() {
+                break;
+            }
+        }
+        assert!(node.is_leader());
+        let rd = node.ready();
+        synced.apply(&rd.persist);
+        node.advance();
+        (node, synced)
+    }
+
+    fn send(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
+        Message {
+            from,
+            to,
+            term,
+            body,
+        }
+    }
+
+    fn accepted(match_index: u64) -> MessageBody {
+        MessageBody::AppendEntriesResponse(AppendOutcome::Accepted { match_index })
+    }
+
+    #[test]
+    #[should_panic(expected = "leader append-only")]
+    fn a_leader_rewriting_its_synced_log_is_caught() {
+        let (node, synced) = leader();
+        let term = node.status().hard.term;
+        let rd = Ready {
+            persist: Persist {
+                entries: vec![Entry {
+                    index: 2,
+                    term,
+                    data: vec![9],
+                }],
+                ..Persist::default()
+            },
+            ..Ready::default()
+        };
+        Invariants::default().on_ready(0, &node, &rd, &synced);
+    }
+
+    #[test]
+    fn a_leader_appending_after_its_synced_log_is_fine() {
+        let (node, synced) = leader();
+        let term = node.status().hard.term;
+        let rd = Ready {
+            persist: Persist {
+                entries: vec![Entry {
+                    index: synced.last_index() + 1,
+                    term,
+                    data: vec![9],
+                }],
+                ..Persist::default()
+            },
+            ..Ready::default()
+        };
+        Invariants::default().on_ready(0, &node, &rd, &synced);
+    }
+
+    #[test]
+    #[should_panic(expected = "election safety: 1 and 0 both send appends in term 4")]
+    fn two_servers_sending_appends_in_one_term_are_caught() {
+        let synced = state(4, None, &[1]);
+        let mut inv = Invariants::default();
+        let append = MessageBody::AppendEntries {
+            prev_log_index: 1,
+            prev_log_term: 1,
+            entries: vec![],
+            leader_commit: 0,
+        };
+        inv.on_send(0, &node(&synced), &send(0, 2, 4, append.clone()), &synced);
+        inv.on_send(0, &node(&synced), &send(0, 2, 5, append.clone()), &synced);
+        inv.on_send(1, &node(&synced), &send(1, 2, 4, append), &synced);
+    }
+
+    #[test]
+    #[should_panic(expected = "acks backed by disk")]
+    fn an_ack_beyond_the_synced_log_is_caught() {
+        let synced = state(2, None, &[1, 1]);
+        let in_memory = node(&state(2, None, &[1, 1, 2]));
+        Invariants::default().on_send(0, &in_memory, &send(0, 1, 2, accepted(3)), &synced);
+    }
+
+    #[test]
+    fn acks_covered_by_the_disk_or_from_an_older_term_are_fine() {
+        let synced = state(3, None, &[1, 1]);
+        let n = node(&synced);
+        let mut inv = Invariants::default();
+        inv.on_send(0, &n, &send(0, 1, 3, accepted(2)), &synced);
+        // Made in term 2, before this server moved to term 3 in the same Ready.
+        inv.on_send(0, &n, &send(0, 1, 2, accepted(7)), &synced);
+    }
+
+    #[test]
+    #[should_panic(expected = "acks backed by disk")]
+    fn an_ack_whose_term_the_disk_does_not_know_is_caught() {
+        let synced = state(2, None, &[1, 1]);
+        Invariants::default().on_send(0, &node(&synced), &send(0, 1, 3, accepted(1)), &synced);
+    }
+
+    #[test]
+    #[should_panic(expected = "votes backed by disk")]
+    fn a_vote_the_disk_does_not_record_is_caught() {
+        let synced = state(3, None, &[]);
+        let grant = MessageBody::RequestVoteResponse { granted: true };
+        Invariants::default().on_send(0, &node(&synced), &send(0, 2, 3, grant), &synced);
+    }
+
+    #[test]
+    #[should_panic(expected = "one vote per term: server 0 votes for 1 and 2 in term 3")]
+    fn two_votes_in_one_term_are_caught_per_message() {
+        let mut inv = Invariants::default();
+        let grant = MessageBody::RequestVoteResponse { granted: true };
+        let for_1 = state(3, Some(1), &[]);
+        inv.on_send(0, &node(&for_1), &send(0, 1, 3, grant.clone()), &for_1);
+        // Older than the synced term: exempt from the disk check, not from this one.
+        let later = state(4, None, &[]);
+        inv.on_send(0, &node(&later), &send(0, 2, 3, grant), &later);
+    }
+
+    #[test]
+    #[should_panic(expected = "durable term decreased")]
+    fn a_synced_term_going_back_is_caught() {
+        let mut inv = Invariants::default();
+        inv.on_sync(0, &state(5, None, &[]));
+        inv.on_sync(0, &state(4, None, &[]));
+    }
+
+    #[test]
+    #[should_panic(expected = "one vote per term")]
+    fn a_synced_vote_that_changes_within_its_term_is_caught() {
+        let mut inv = Invariants::default();
+        inv.on_sync(0, &state(5, Some(1), &[]));
+        inv.on_sync(0, &state(5, Some(2), &[]));
+    }
+
+    #[test]
+    #[should_panic(expected = "restarts in term 5 without its vote for 1")]
+    fn a_restart_that_forgets_its_vote_is_caught() {
+        let mut inv = Invariants::default();
+        inv.on_sync(0, &state(5, Some(1), &[]));
+        inv.on_restart(0, &state(5, None, &[]));
+    }
+
+    #[test]
+    #[should_panic(expected = "durable term decreased: server 0 restarts in term 3")]
+    fn a_restart_in_an_older_term_is_caught() {
+        let mut inv = Invariants::default();
+        inv.on_sync(0, &state(5, None, &[]));
+        inv.on_restart(0, &state(3, None, &[]));
+    }
+
+    #[test]
+    #[should_panic(expected = "committed but not durable on a majority")]
+    fn applying_what_a_minority_holds_is_caught() {
+        Invariants::default().on_apply(0, 1, 1, || 2, 5);
+    }
+
+    #[test]
+    fn applying_what_a_majority_holds_is_fine_and_counted_once() {
+        let mut inv = Invariants::default();
+        inv.on_apply(0, 1, 1, || 3, 5);
+        inv.on_apply(
+            1,
+            1,
+            1,
+            || unreachable!("counted at the first apply only"),
+            5,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "state machine safety")]
+    fn two_terms_applied_at_one_index_are_caught() {
+        let mut inv = Invariants::default();
+        inv.on_apply(0, 1, 1, || 3, 5);
+        inv.on_apply(1, 1, 2, || 3, 5);
+    }
+}

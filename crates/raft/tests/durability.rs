@@ -48,8 +48,7 @@ fn check_backed(durable: &DurableState, m: &Message) {
     match &m.body {
         MessageBody::AppendEntriesResponse(AppendOutcome::Accepted { match_index }) => {
             assert!(
-                *match_index <= durable.snapshot.index
-                    || durable.term_at(*match_index).is_some(),
+                *match_index <= durable.snapshot.index || durable.term_at(*match_index).is_some(),
                 "node {} acknowledges index {match_index} but storage holds only up to {} \
                  (snapshot {}): {m:?}",
                 m.from,
