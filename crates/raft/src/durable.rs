@@ -66,9 +66,11 @@ impl DurableState {
         self.entries.get((index - first) as usize).map(|e| e.term)
     }
 
-    /// Whether this state holds the entry (`index`, `term`) or a snapshot that covers it.
+    /// Whether this state holds the entry (`index`, `term`) or a snapshot that covers it. A
+    /// snapshot covers every index below its own (their terms are gone; a snapshot holds only
+    /// committed entries) and, at its own index, only its own term.
     pub fn covers(&self, index: Index, term: crate::Term) -> bool {
-        index <= self.snapshot.index || self.term_at(index) == Some(term)
+        index < self.snapshot.index || self.term_at(index) == Some(term)
     }
 
     /// Applies one batch by the rules in the module docs.

@@ -1,0 +1,419 @@
+//! Behaviour the safety checks cannot see but users rely on: leases and check-quorum, timer
+//! resets, pre-vote refusals, what a `Ready` carries after a restart, probing, and the reference
+//! storage rules. Each test pins one rule that a plausible slip would break without any
+//! safety property noticing (found by mutation testing; see TESTING.md).
+
+use flotilla_raft::{
+    Config, DurableState, Entry, HardState, Message, MessageBody, Persist, RawNode, Role, Snapshot,
+};
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        data: vec![index as u8],
+    }
+}
+
+fn state(term: u64, vote: Option<u64>, terms: &[u64]) -> DurableState {
+    DurableState {
+        hard_state: HardState { term, vote },
+        snapshot: Snapshot::default(),
+        entries: terms
+            .iter()
+            .enumerate()
+            .map(|(k, &t)| entry(k as u64 + 1, t))
+            .collect(),
+    }
+}
+
+fn node(id: u64, durable: DurableState) -> RawNode {
+    RawNode::new(Config::new(id, vec![0, 1, 2]), durable)
+}
+
+/// Takes every pending `Ready`, returning the messages.
+fn drain(node: &mut RawNode) -> Vec<Message> {
+    let mut out = Vec::new();
+    while node.has_ready() {
+        let rd = node.ready();
+        out.extend(rd.messages);
+        node.advance();
+    }
+    out
+}
+
+/// Three nodes and a link filter: messages between `a` and `b` for which `cut(a, b)` holds are
+/// dropped.
+struct Net {
+    nodes: Vec<RawNode>,
+}
+
+impl Net {
+    fn new() -> Net {
+        Net {
+            nodes: (0..3).map(|i| node(i, DurableState::default())).collect(),
+        }
+    }
+
+    /// One tick for everyone, then messages delivered until the network is quiet.
+    fn tick(&mut self, cut: impl Fn(u64, u64) -> bool) {
+        for n in self.nodes.iter_mut() {
+            n.tick();
+        }
+        let mut in_flight: Vec<Message> = self.nodes.iter_mut().flat_map(drain).collect();
+        while !in_flight.is_empty() {
+            for m in std::mem::take(&mut in_flight) {
+                if !cut(m.from, m.to) {
+                    let to = m.to as usize;
+                    self.nodes[to].step(m).expect("a valid message");
+                }
+            }
+            in_flight = self.nodes.iter_mut().flat_map(drain).collect();
+        }
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| n.is_leader())
+    }
+
+    fn elect_someone(&mut self) -> usize {
+        for _ in 0..300 {
+            self.tick(|_, _| false);
+            if let Some(l) = self.leader() {
+                return l;
+            }
+        }
+        panic!("no leader");
+    }
+}
+
+/// Check-quorum's lease: a follower that lost only its link to the leader cannot win the
+/// others' (pre-)votes while they still hear the leader, so the leader is not unseated.
+#[test]
+fn a_follower_cut_off_from_the_leader_alone_does_not_unseat_it() {
+    let mut net = Net::new();
+    let leader = net.elect_someone() as u64;
+    let term = net.nodes[leader as usize].status().hard.term;
+    let lonely = (leader + 1) % 3;
+    let cut = |a: u64, b: u64| (a == leader && b == lonely) || (a == lonely && b == leader);
+    for _ in 0..600 {
+        net.tick(cut);
+    }
+    assert_eq!(
+        net.leader(),
+        Some(leader as usize),
+        "the leader was unseated"
+    );
+    assert_eq!(net.nodes[leader as usize].status().hard.term, term);
+}
+
+/// Check-quorum: a leader that hears from no majority for an election timeout steps down, so
+/// it stops taking proposals that cannot commit.
+#[test]
+fn a_leader_cut_off_from_everyone_steps_down_within_two_election_timeouts() {
+    let mut net = Net::new();
+    let leader = net.elect_someone() as u64;
+    let election_ticks = Config::new(0, vec![0]).election_ticks;
+    let alone = |a: u64, b: u64| a == leader || b == leader;
+    for _ in 0..2 * election_ticks {
+        net.tick(alone);
+    }
+    assert!(
+        !net.nodes[leader as usize].is_leader(),
+        "the isolated leader still leads"
+    );
+    assert!(net.nodes[leader as usize].propose(b"x".to_vec()).is_err());
+}
+
+/// Ticks until `n` sends something (it campaigns or pre-campaigns); at most `limit`.
+fn ticks_until_it_speaks(n: &mut RawNode, limit: u32) -> Option<u32> {
+    drain(n);
+    (1..=limit).find(|_| {
+        n.tick();
+        !drain(n).is_empty()
+    })
+}
+
+/// A higher term alone — here a candidate whose stale log it refuses — does not reset a
+/// follower's election timer (Figure 2 resets it only on hearing a leader or granting a vote):
+/// the follower, which could win, times out exactly when its twin that heard nothing does.
+#[test]
+fn a_refused_stale_candidate_does_not_delay_the_followers_election() {
+    let mut listener = node(1, state(2, None, &[1, 2, 2]));
+    let mut twin = node(1, state(2, None, &[1, 2, 2]));
+    for _ in 0..25 {
+        listener.tick();
+        twin.tick();
+    }
+    listener
+        .step(Message {
+            from: 2,
+            to: 1,
+            term: 5,
+            body: MessageBody::RequestVote {
+                last_log_index: 1,
+                last_log_term: 1,
+            },
+        })
+        .expect("valid");
+    let refused = drain(&mut listener);
+    assert!(refused
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::RequestVoteResponse { granted: false })));
+    assert_eq!(listener.status().hard.term, 5);
+    let a = ticks_until_it_speaks(&mut listener, 200);
+    let b = ticks_until_it_speaks(&mut twin, 200);
+    assert!(a.is_some());
+    assert_eq!(a, b, "the refused request moved the election timer");
+}
+
+/// A candidate that learns of a higher term steps down and starts its election timer afresh:
+/// it waits at least a full election timeout before it campaigns again.
+#[test]
+fn a_candidate_stepping_down_waits_a_full_election_timeout() {
+    let mut cfg = Config::new(1, vec![0, 1, 2]);
+    cfg.pre_vote = false;
+    let election_ticks = cfg.election_ticks;
+    let mut n = RawNode::new(cfg, DurableState::default());
+    assert!(ticks_until_it_speaks(&mut n, 200).is_some());
+    assert_eq!(n.status().soft.role, Role::Candidate);
+    // Most of a timeout later, a refusal from a higher term arrives.
+    for _ in 0..election_ticks - 2 {
+        n.tick();
+    }
+    n.step(Message {
+        from: 0,
+        to: 1,
+        term: 9,
+        body: MessageBody::RequestVoteResponse { granted: false },
+    })
+    .expect("valid");
+    drain(&mut n);
+    assert_eq!(n.status().soft.role, Role::Follower);
+    let waited = ticks_until_it_speaks(&mut n, 200).expect("campaigns again");
+    assert!(
+        waited >= election_ticks,
+        "campaigned again after {waited} ticks"
+    );
+}
+
+fn pre_vote(from: u64, term: u64, last: (u64, u64)) -> Message {
+    Message {
+        from,
+        to: 1,
+        term,
+        body: MessageBody::PreVote {
+            last_log_index: last.0,
+            last_log_term: last.1,
+        },
+    }
+}
+
+fn pre_vote_answer(n: &mut RawNode) -> bool {
+    drain(n)
+        .iter()
+        .find_map(|m| match m.body {
+            MessageBody::PreVoteResponse { granted } => Some(granted),
+            _ => None,
+        })
+        .expect("an answer")
+}
+
+/// Pre-votes for the node's own term are given as real votes would be: only to the candidate
+/// it voted for, and never while it knows a leader; a higher term is free.
+#[test]
+fn pre_votes_in_the_current_term_follow_the_vote() {
+    let voted_for_0 = || node(1, state(4, Some(0), &[1]));
+    let mut n = voted_for_0();
+    n.step(pre_vote(2, 4, (1, 1))).expect("valid");
+    assert!(!pre_vote_answer(&mut n), "granted to a second candidate");
+    let mut n = voted_for_0();
+    n.step(pre_vote(0, 4, (1, 1))).expect("valid");
+    assert!(
+        pre_vote_answer(&mut n),
+        "refused to the candidate it voted for"
+    );
+    let mut n = voted_for_0();
+    n.step(pre_vote(2, 5, (1, 1))).expect("valid");
+    assert!(pre_vote_answer(&mut n), "a higher term is free");
+    // Knowing a leader in the term: refused even to the candidate voted for.
+    let mut n = voted_for_0();
+    n.step(Message {
+        from: 2,
+        to: 1,
+        term: 4,
+        body: MessageBody::AppendEntries {
+            prev_log_index: 1,
+            prev_log_term: 1,
+            entries: vec![],
+            leader_commit: 0,
+        },
+    })
+    .expect("valid");
+    drain(&mut n);
+    // Past the lease, so only the leader rule can refuse.
+    for _ in 0..Config::new(0, vec![0]).election_ticks {
+        n.tick();
+        if n.has_ready() {
+            break;
+        }
+    }
+    let mut n2 = n;
+    n2.step(pre_vote(0, 4, (1, 1))).expect("valid");
+    let answers = drain(&mut n2);
+    assert!(answers
+        .iter()
+        .all(|m| !matches!(m.body, MessageBody::PreVoteResponse { granted: true })));
+}
+
+/// A restarted node hands storage nothing it already has: its first `Ready` persists no
+/// entries and no hard state.
+#[test]
+fn a_restarted_node_persists_nothing_it_recovered() {
+    let mut n = node(1, state(3, Some(2), &[1, 2, 3]));
+    n.tick();
+    n.step(Message {
+        from: 2,
+        to: 1,
+        term: 3,
+        body: MessageBody::AppendEntries {
+            prev_log_index: 3,
+            prev_log_term: 3,
+            entries: vec![],
+            leader_commit: 3,
+        },
+    })
+    .expect("valid");
+    let rd = n.ready();
+    assert_eq!(
+        rd.persist,
+        Persist::default(),
+        "re-persisted recovered state"
+    );
+    assert_eq!(rd.committed_entries.len(), 3);
+    n.advance();
+}
+
+/// A new leader probes each follower with an empty append at the end of its log (the
+/// follower's answer tells where to start), and a follower in probe gets one append at a time:
+/// new proposals wait for its answer.
+#[test]
+fn a_new_leader_probes_with_empty_appends_and_waits_for_answers() {
+    let mut cfg = Config::new(0, vec![0, 1, 2]);
+    cfg.pre_vote = false;
+    let mut n = RawNode::new(cfg, state(1, None, &[1, 1]));
+    assert!(ticks_until_it_speaks(&mut n, 200).is_some());
+    let term = n.status().hard.term;
+    for from in [1, 2] {
+        n.step(Message {
+            from,
+            to: 0,
+            term,
+            body: MessageBody::RequestVoteResponse { granted: true },
+        })
+        .expect("valid");
+    }
+    assert!(n.is_leader());
+    let probes = drain(&mut n);
+    for m in &probes {
+        match &m.body {
+            MessageBody::AppendEntries {
+                prev_log_index,
+                entries,
+                ..
+            } => {
+                assert_eq!(*prev_log_index, 2, "probe at the end of the log");
+                assert!(entries.is_empty(), "a probe carries no entries");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(probes.len(), 2);
+    n.propose(b"new".to_vec()).expect("leader");
+    let after = drain(&mut n);
+    assert!(
+        after
+            .iter()
+            .all(|m| !matches!(m.body, MessageBody::AppendEntries { .. })),
+        "appends sent to followers still being probed: {after:?}"
+    );
+}
+
+/// After compaction the log reports where it now starts.
+#[test]
+fn status_reports_the_first_index_after_compaction() {
+    let mut cfg = Config::new(0, vec![0]);
+    cfg.pre_vote = false;
+    let mut n = RawNode::new(cfg, DurableState::default());
+    for _ in 0..200 {
+        if n.is_leader() {
+            break;
+        }
+        n.tick();
+        drain(&mut n);
+    }
+    assert!(n.is_leader(), "a group of one elects itself");
+    for k in 0..6u8 {
+        n.propose(vec![k]).expect("leader");
+    }
+    drain(&mut n);
+    assert_eq!(n.status().first_index, 1);
+    n.compact(4, b"state@4".to_vec()).expect("applied");
+    drain(&mut n);
+    let status = n.status();
+    assert_eq!((status.first_index, status.snapshot_index), (5, 4));
+    assert_eq!(status.last_index, 6);
+}
+
+/// `Persist::is_empty` and `DurableState::covers`, the reference storage's small rules.
+#[test]
+fn reference_storage_rules() {
+    assert!(Persist::default().is_empty());
+    let with_vote = Persist {
+        hard_state: Some(HardState {
+            term: 1,
+            vote: Some(1),
+        }),
+        ..Persist::default()
+    };
+    assert!(!with_vote.is_empty());
+    let mut s = state(2, None, &[1, 1, 2, 2]);
+    s.apply(&Persist {
+        snapshot: Some(Snapshot {
+            index: 2,
+            term: 1,
+            data: b"two".to_vec(),
+        }),
+        ..Persist::default()
+    });
+    assert!(
+        s.covers(1, 7),
+        "an index under the snapshot is covered, whatever the term"
+    );
+    assert!(
+        s.covers(2, 1) && !s.covers(2, 2),
+        "the snapshot's own index has its term"
+    );
+    assert!(s.covers(4, 2) && !s.covers(4, 1) && !s.covers(5, 2));
+    // An older snapshot changes nothing; one at the same index replaces the data.
+    let before = s.clone();
+    s.apply(&Persist {
+        snapshot: Some(Snapshot {
+            index: 1,
+            term: 1,
+            data: b"one".to_vec(),
+        }),
+        ..Persist::default()
+    });
+    assert_eq!(s, before);
+    s.apply(&Persist {
+        snapshot: Some(Snapshot {
+            index: 2,
+            term: 1,
+            data: b"two again".to_vec(),
+        }),
+        ..Persist::default()
+    });
+    assert_eq!(s.snapshot.data, b"two again");
+    assert_eq!(s.entries, before.entries);
+}
