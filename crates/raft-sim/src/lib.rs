@@ -1,9 +1,11 @@
 //! # flotilla-raft-sim: Raft groups on the deterministic simulator
 //!
 //! - [`cluster`]: the tester harness (the lab's `config.go`): servers as simulated tasks
-//!   driving [`flotilla_raft::RawNode`], crash/restart with a disk that loses unsynced writes,
+//!   driving [`flotilla_raft::RawNode`], crash/restart with a disk that loses unsynced writes
+//!   (in memory, or the real write-ahead log on the simulated file system),
 //!   partitions, the applier's checks, `one()`, `check_one_leader()` and friends.
-//! - [`invariants`]: Raft's safety properties, checked on every `Ready`.
+//! - [`invariants`]: Raft's safety properties, checked as events happen: each `Ready`, each
+//!   message sent, each sync, each restart, each applied entry.
 //! - [`lab3`]: the 28 scenarios of 6.5840 Lab 3 (3A–3D).
 //! - [`sweep`]: random fault schedules over many seeds (`flotilla sim raft`).
 //! - [`demo`]: the narrated five-server run of `flotilla demo`.

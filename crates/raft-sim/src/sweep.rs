@@ -1,19 +1,33 @@
 //! Randomized fault sweep: many seeds, each a random schedule of faults against a Raft group.
 //!
-//! For one seed the schedule is drawn from the seed alone: a group of 3 or 5 servers, a
-//! snapshot interval (or none), network latency, then about 20 s of virtual time in which
-//! every 10–500 ms one fault is injected — crash (often of the leader right after it took a command, as in Figure 8), restart, disconnect, reconnect, a random
-//! partition, healing everything, switching the network between reliable and lossy, long
-//! reordering on or off, clients falling quiet or resuming — while clients propose commands
-//! to whoever claims to lead, sometimes in bursts. Throughout, the harness checks on every `Ready` of every server: at most one
-//! leader per term, log matching, leader completeness, and that no two servers apply
-//! different commands at one index ([`crate::invariants`], [`crate::cluster`]).
+//! For one seed everything is drawn from the seed alone. First a [`Setup`]: 3 or 5 servers;
+//! a snapshot interval (or none); network jitter from none to 50 ms; disk syncs of 50–500 µs,
+//! of 1–50 ms (slow fsyncs) or anything up to 20 ms; message duplication, with the copy
+//! arriving up to 300 ms late; receive batching (a server waits up to 50 ms after a message
+//! before taking its next `Ready`, so several messages land between two `Ready`s); pre-vote
+//! and check-quorum on or off; election and heartbeat timeouts; and, for 30% of seeds, the
+//! real `WalStorage` on the simulated file system instead of memory, whose crashes stop
+//! anywhere inside a batch and tear, zero-fill or flip the unsynced bytes.
+//!
+//! Then about 20 s of virtual time in which every 10–500 ms one fault is injected — crash,
+//! crash of the leader right after it took a burst of commands (as in Figure 8, often followed
+//! by a quick restart), restart, disconnect, reconnect, a random partition, healing
+//! everything, switching the network between reliable and lossy, long reordering on or off,
+//! clients falling quiet or resuming — while clients propose commands to whoever claims to
+//! lead, sometimes in bursts. Throughout, the harness checks every property of
+//! [`crate::invariants`] as events happen (election safety per role change and per message,
+//! leader append-only, log matching, acks and votes backed by the synced disk, one vote per
+//! term and no term going back across restarts, committed ⇒ durable on a majority, leader
+//! completeness), the applier's checks of [`crate::cluster`] (no two servers apply different
+//! commands at one index, in order, no gaps), that no server refuses a message from its
+//! correct peers, and on WAL seeds that every restart recovers exactly the synced state.
 //!
 //! Then every fault is healed and the sweep demands liveness: a new command must be applied by
 //! every server within the tester's `one()` bound (10 s of virtual time, or it fails), and
 //! every index up to it must be applied everywhere.
 //!
-//! A failing seed is reported with the first violated property; `--seed S` replays it.
+//! A failing seed is reported with the first violated property; `--seed S` replays it and
+//! prints its setup.
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};

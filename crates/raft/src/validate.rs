@@ -2,12 +2,13 @@
 //!
 //! Messages come from outside the process: a buggy or hostile peer, a corrupted frame that
 //! still decoded, a node of another group. Before a message can change anything,
-//! [`check_message`] checks what can be checked without state — the entries of an
+//! `check_message` checks what can be checked without state — the entries of an
 //! `AppendEntries` are consecutive from `prev_log_index + 1`, their terms never decrease, start
 //! at or above `prev_log_term` and never exceed the sender's term; no index or term is so
-//! large that the next one would overflow — and the role functions check the rest as they go
-//! (a second leader in our term, an entry that would overwrite a committed one, a rejection
-//! naming an index the leader never sent). A refused message changes nothing and comes back
+//! large that the next one would overflow — and then `Raft::check_against_state` checks, also
+//! before anything changes, what needs the node's state (a second leader in our term, an
+//! entry that would overwrite a committed one, an answer naming an index the leader never
+//! sent). A refused message changes nothing and comes back
 //! to the driver as a [`StepError`]: in a correct group none ever occurs, so the simulator
 //! treats one as a failure, while a real server logs it and carries on.
 
