@@ -417,3 +417,304 @@ fn reference_storage_rules() {
     assert_eq!(s.snapshot.data, b"two again");
     assert_eq!(s.entries, before.entries);
 }
+
+fn from(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body,
+    }
+}
+
+/// A pre-candidate that a majority refuses goes back to being a follower at once, without
+/// campaigning; late pre-vote grants never make a candidate campaign again.
+#[test]
+fn pre_vote_refusals_and_late_grants() {
+    let mut n = node(1, state(3, None, &[1]));
+    assert!(ticks_until_it_speaks(&mut n, 200).is_some());
+    assert_eq!(n.status().soft.role, Role::PreCandidate);
+    for peer in [0, 2] {
+        n.step(from(
+            peer,
+            1,
+            3,
+            MessageBody::PreVoteResponse { granted: false },
+        ))
+        .expect("valid");
+    }
+    assert_eq!(
+        n.status().soft.role,
+        Role::Follower,
+        "refused by a majority"
+    );
+    assert_eq!(n.status().hard.term, 3, "no campaign");
+    // Now campaign for real (pre-votes granted), then late grants arrive.
+    assert!(ticks_until_it_speaks(&mut n, 200).is_some());
+    n.step(from(
+        0,
+        1,
+        4,
+        MessageBody::PreVoteResponse { granted: true },
+    ))
+    .expect("valid");
+    drain(&mut n);
+    assert_eq!(n.status().soft.role, Role::Candidate);
+    assert_eq!(n.status().hard.term, 4);
+    n.step(from(
+        2,
+        1,
+        4,
+        MessageBody::PreVoteResponse { granted: true },
+    ))
+    .expect("valid");
+    n.step(from(
+        0,
+        1,
+        5,
+        MessageBody::PreVoteResponse { granted: true },
+    ))
+    .expect("valid");
+    drain(&mut n);
+    assert_eq!(
+        (n.status().soft.role, n.status().hard.term),
+        (Role::Candidate, 4),
+        "a late pre-vote grant started another election"
+    );
+}
+
+/// After a rejection naming a term the leader also has, the leader resends from just after its
+/// own last entry of that term (the fast backup), not from further back.
+#[test]
+fn a_rejection_with_a_known_term_backs_up_to_the_leaders_last_entry_of_it() {
+    let mut cfg = Config::new(0, vec![0, 1, 2]);
+    cfg.pre_vote = false;
+    let mut leader = RawNode::new(cfg, state(4, None, &[1, 1, 2, 2, 4]));
+    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
+    let term = leader.status().hard.term;
+    for peer in [1, 2] {
+        leader
+            .step(from(
+                peer,
+                0,
+                term,
+                MessageBody::RequestVoteResponse { granted: true },
+            ))
+            .expect("valid");
+    }
+    drain(&mut leader);
+    // Follower 1 has 1,1,2,2,2,2,3: at index 5 it holds term 2, whose run starts at 3.
+    leader
+        .step(from(
+            1,
+            0,
+            term,
+            MessageBody::AppendEntriesResponse(flotilla_raft::AppendOutcome::Rejected {
+                prev_log_index: 5,
+                hint: flotilla_raft::ConflictHint {
+                    index: 3,
+                    term: Some(2),
+                },
+            }),
+        ))
+        .expect("valid");
+    let resent = drain(&mut leader);
+    let prev = resent.iter().find_map(|m| match &m.body {
+        MessageBody::AppendEntries { prev_log_index, .. } if m.to == 1 => Some(*prev_log_index),
+        _ => None,
+    });
+    assert_eq!(
+        prev,
+        Some(4),
+        "resend after the leader's last entry of term 2"
+    );
+}
+
+/// A follower that never answers gets the leader's snapshot once per `snapshot_resend_ticks`,
+/// not on every heartbeat.
+#[test]
+fn an_unanswered_snapshot_is_resent_once_per_resend_interval() {
+    let mut cfg = Config::new(0, vec![0, 1, 2]);
+    cfg.pre_vote = false;
+    cfg.check_quorum = false;
+    let resend = cfg.snapshot_resend_ticks;
+    let mut leader = RawNode::new(cfg, DurableState::default());
+    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
+    let term = leader.status().hard.term;
+    for peer in [1, 2] {
+        leader
+            .step(from(
+                peer,
+                0,
+                term,
+                MessageBody::RequestVoteResponse { granted: true },
+            ))
+            .expect("valid");
+    }
+    drain(&mut leader);
+    for k in 0..5u8 {
+        leader.propose(vec![k]).expect("leader");
+    }
+    // Follower 2 acknowledges everything, so entries commit; follower 1 stays silent.
+    let last = leader.status().last_index;
+    leader
+        .step(from(
+            2,
+            0,
+            term,
+            MessageBody::AppendEntriesResponse(flotilla_raft::AppendOutcome::Accepted {
+                match_index: last,
+            }),
+        ))
+        .expect("valid");
+    drain(&mut leader);
+    leader.compact(last, b"all".to_vec()).expect("applied");
+    drain(&mut leader);
+    let mut snapshots = 0;
+    let ticks = 10 * resend;
+    for _ in 0..ticks {
+        leader.tick();
+        snapshots += drain(&mut leader)
+            .iter()
+            .filter(|m| m.to == 1 && matches!(m.body, MessageBody::InstallSnapshot { .. }))
+            .count() as u32;
+    }
+    assert!(
+        (ticks / resend - 1..=ticks / resend + 1).contains(&snapshots),
+        "{snapshots} snapshots in {ticks} ticks (resend every {resend})"
+    );
+}
+
+/// `has_ready` sees a change of term alone (a refusal from a higher term: nothing to send) and
+/// a change of role alone (a leader stepping down by check-quorum).
+#[test]
+fn has_ready_sees_a_new_term_or_role_alone() {
+    let mut n = node(1, state(3, None, &[1]));
+    assert!(ticks_until_it_speaks(&mut n, 200).is_some());
+    n.step(from(
+        0,
+        1,
+        7,
+        MessageBody::PreVoteResponse { granted: false },
+    ))
+    .expect("valid");
+    assert!(n.has_ready(), "a new term to persist");
+    let rd = n.ready();
+    assert!(rd.messages.is_empty());
+    assert_eq!(rd.persist.hard_state.map(|h| h.term), Some(7));
+    n.advance();
+
+    let mut net = Net::new();
+    let leader = net.elect_someone();
+    drain(&mut net.nodes[leader]);
+    for _ in 0..Config::new(0, vec![0]).election_ticks * 2 {
+        net.nodes[leader].tick();
+        if !net.nodes[leader].is_leader() {
+            break;
+        }
+        // Its heartbeats go nowhere.
+        let rd = net.nodes[leader].ready();
+        net.nodes[leader].advance();
+        drop(rd);
+    }
+    assert!(!net.nodes[leader].is_leader());
+    assert!(net.nodes[leader].has_ready(), "the role change is news");
+    let rd = net.nodes[leader].ready();
+    assert_eq!(rd.soft_state.map(|s| s.role), Some(Role::Follower));
+}
+
+/// A snapshot the service took itself is persisted but not handed back to apply: the service
+/// already has that state.
+#[test]
+fn a_snapshot_the_service_took_is_not_handed_back_to_apply() {
+    let mut cfg = Config::new(0, vec![0]);
+    cfg.pre_vote = false;
+    let mut n = RawNode::new(cfg, DurableState::default());
+    for _ in 0..200 {
+        if n.is_leader() {
+            break;
+        }
+        n.tick();
+        drain(&mut n);
+    }
+    for k in 0..3u8 {
+        n.propose(vec![k]).expect("leader");
+    }
+    drain(&mut n);
+    n.compact(3, b"state@3".to_vec()).expect("applied");
+    let rd = n.ready();
+    assert_eq!(rd.persist.snapshot.as_ref().map(|s| s.index), Some(3));
+    assert!(rd.snapshot_to_apply.is_none());
+    assert_eq!(n.entry(2), None, "compacted away");
+    n.advance();
+    n.propose(b"four".to_vec()).expect("leader");
+    assert_eq!(n.entry(4).map(|e| e.data.clone()), Some(b"four".to_vec()));
+}
+
+/// The error texts name what went wrong.
+#[test]
+fn errors_say_what_went_wrong() {
+    let not_leader = flotilla_raft::NotLeader { hint: Some(2) };
+    assert_eq!(not_leader.to_string(), "not the leader; try node 2");
+    assert_eq!(
+        flotilla_raft::NotLeader { hint: None }.to_string(),
+        "not the leader; leader unknown"
+    );
+    let err = flotilla_raft::CompactError::NotApplied {
+        index: 9,
+        applied: 4,
+    };
+    assert!(err.to_string().contains("9") && err.to_string().contains("4"));
+}
+
+/// Requests are what labrpc counts as RPCs; responses travel back on them.
+#[test]
+fn requests_and_responses() {
+    let requests = [
+        MessageBody::RequestVote {
+            last_log_index: 0,
+            last_log_term: 0,
+        },
+        MessageBody::PreVote {
+            last_log_index: 0,
+            last_log_term: 0,
+        },
+        MessageBody::AppendEntries {
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries: vec![],
+            leader_commit: 0,
+        },
+        MessageBody::InstallSnapshot {
+            snapshot: Snapshot::default(),
+        },
+    ];
+    assert!(requests.iter().all(MessageBody::is_request));
+    let responses = [
+        MessageBody::RequestVoteResponse { granted: true },
+        MessageBody::PreVoteResponse { granted: false },
+        MessageBody::AppendEntriesResponse(flotilla_raft::AppendOutcome::Accepted {
+            match_index: 0,
+        }),
+    ];
+    assert!(!responses.iter().any(MessageBody::is_request));
+}
+
+/// Election timeouts are spread over `[election_ticks, 2 × election_ticks)` across seeds, so
+/// servers rarely time out together (split votes).
+#[test]
+fn election_timeouts_spread_over_their_whole_range() {
+    let base = Config::new(0, vec![0]).election_ticks;
+    let mut seen = std::collections::BTreeMap::new();
+    for seed in 0..600u64 {
+        let mut cfg = Config::new(1, vec![0, 1, 2]);
+        cfg.seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut n = RawNode::new(cfg, DurableState::default());
+        let at = ticks_until_it_speaks(&mut n, 3 * base).expect("times out");
+        assert!((base..2 * base).contains(&at), "timeout {at}");
+        *seen.entry(at).or_insert(0u32) += 1;
+    }
+    assert_eq!(seen.len() as u32, base, "every timeout in the range occurs");
+    let most = seen.values().max().copied().unwrap_or(0);
+    assert!(most < 60, "one timeout drawn {most} of 600 times");
+}

@@ -290,3 +290,33 @@ fn answers_about_indexes_the_leader_never_sent_are_refused() {
         |e| matches!(e, StepError::BeyondLog { .. }),
     );
 }
+
+#[test]
+fn each_field_that_could_overflow_is_checked() {
+    let out_of_range = |e: &StepError| matches!(e, StepError::OutOfRange { .. });
+    for (last_log_index, last_log_term) in [(u64::MAX, 1), (1, u64::MAX)] {
+        refused(
+            follower(),
+            Message {
+                from: 2,
+                to: 1,
+                term: 3,
+                body: MessageBody::RequestVote {
+                    last_log_index,
+                    last_log_term,
+                },
+            },
+            out_of_range,
+        );
+    }
+    refused(
+        follower(),
+        append(0, 2, u64::MAX, 1, vec![], 4),
+        out_of_range,
+    );
+    refused(
+        follower(),
+        append(0, 2, 4, 1, vec![], u64::MAX),
+        out_of_range,
+    );
+}
