@@ -280,6 +280,36 @@ mod tests {
     }
 
     #[test]
+    fn slice_stops_at_the_count_or_byte_limit_but_returns_at_least_one_entry() {
+        let mut log = log_with_terms(&[1, 1, 1, 1, 1]);
+        for (k, e) in log.entries.iter_mut().enumerate() {
+            e.data = vec![k as u8; 10];
+        }
+        let indexes = |v: Vec<Entry>| v.iter().map(|e| e.index).collect::<Vec<_>>();
+        assert_eq!(indexes(log.slice(1, 5, 3, usize::MAX)), vec![1, 2, 3]);
+        assert_eq!(indexes(log.slice(2, 5, usize::MAX, 20)), vec![2, 3]);
+        assert_eq!(indexes(log.slice(2, 5, usize::MAX, 29)), vec![2, 3]);
+        assert_eq!(indexes(log.slice(2, 5, usize::MAX, 30)), vec![2, 3, 4]);
+        assert_eq!(
+            indexes(log.slice(2, 5, usize::MAX, 1)),
+            vec![2],
+            "one even if too big"
+        );
+        assert_eq!(indexes(log.slice(4, 9, usize::MAX, usize::MAX)), vec![4, 5]);
+        assert!(log.slice(5, 4, 10, 10).is_empty());
+    }
+
+    #[test]
+    fn conflict_hint_stops_at_the_first_index_after_a_snapshot() {
+        let mut log = log_with_terms(&[1, 2, 2, 2, 2]);
+        log.commit_to(2);
+        log.compact(2, vec![]);
+        // The run of term 2 continues into the snapshot, but the hint cannot name an index
+        // the log no longer has.
+        assert_eq!(log.conflict_hint(5), (3, Some(2)));
+    }
+
+    #[test]
     fn merge_ignores_stale_matching_entries() {
         let mut log = log_with_terms(&[1, 1, 1]);
         let stale = vec![Entry {
