@@ -718,3 +718,149 @@ fn election_timeouts_spread_over_their_whole_range() {
     let most = seen.values().max().copied().unwrap_or(0);
     assert!(most < 60, "one timeout drawn {most} of 600 times");
 }
+
+/// Requests from a stale term are answered with this node's term, so their sender learns it
+/// and steps down: a refused vote or pre-vote, and for a stale snapshot a rejection naming
+/// where this node's log ends.
+#[test]
+fn stale_requests_are_answered_with_the_current_term() {
+    let requests = [
+        MessageBody::RequestVote {
+            last_log_index: 9,
+            last_log_term: 2,
+        },
+        MessageBody::PreVote {
+            last_log_index: 9,
+            last_log_term: 2,
+        },
+        MessageBody::InstallSnapshot {
+            snapshot: Snapshot {
+                index: 2,
+                term: 2,
+                data: vec![],
+            },
+        },
+    ];
+    for body in requests {
+        let mut n = node(1, state(5, None, &[1, 1, 1]));
+        n.step(from(0, 1, 2, body.clone())).expect("valid");
+        let answers = drain(&mut n);
+        assert_eq!(answers.len(), 1, "one answer to {body:?}");
+        let answer = &answers[0];
+        assert_eq!((answer.to, answer.term), (0, 5));
+        match (&body, &answer.body) {
+            (MessageBody::RequestVote { .. }, MessageBody::RequestVoteResponse { granted }) => {
+                assert!(!granted)
+            }
+            (MessageBody::PreVote { .. }, MessageBody::PreVoteResponse { granted }) => {
+                assert!(!granted)
+            }
+            (
+                MessageBody::InstallSnapshot { .. },
+                MessageBody::AppendEntriesResponse(flotilla_raft::AppendOutcome::Rejected {
+                    hint,
+                    ..
+                }),
+            ) => assert_eq!(hint.index, 4, "the log ends at 3"),
+            other => panic!("unexpected answer {other:?}"),
+        }
+        assert_eq!(n.status().hard.term, 5);
+    }
+}
+
+/// A leader streaming to a follower in replicate state sends each new entry once: the next
+/// append starts after what the previous one carried, before any answer arrives.
+#[test]
+fn a_replicating_follower_gets_each_new_entry_once() {
+    let mut cfg = Config::new(0, vec![0, 1, 2]);
+    cfg.pre_vote = false;
+    let mut leader = RawNode::new(cfg, DurableState::default());
+    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
+    let term = leader.status().hard.term;
+    for peer in [1, 2] {
+        leader
+            .step(from(
+                peer,
+                0,
+                term,
+                MessageBody::RequestVoteResponse { granted: true },
+            ))
+            .expect("valid");
+    }
+    drain(&mut leader);
+    // Follower 1 answers the probe: it matches at 0, so it replicates from now on.
+    leader
+        .step(from(
+            1,
+            0,
+            term,
+            MessageBody::AppendEntriesResponse(flotilla_raft::AppendOutcome::Accepted {
+                match_index: 0,
+            }),
+        ))
+        .expect("valid");
+    drain(&mut leader);
+    let mut carried = Vec::new();
+    for k in 0..3u8 {
+        leader.propose(vec![k]).expect("leader");
+        for m in drain(&mut leader) {
+            if let (1, MessageBody::AppendEntries { entries, .. }) = (m.to, &m.body) {
+                carried.extend(entries.iter().map(|e| e.index));
+            }
+        }
+    }
+    assert_eq!(carried, vec![1, 2, 3], "each entry sent once, in order");
+}
+
+/// While a snapshot is on its way, an answer about an older index (a stale ack) does not end
+/// the wait, so the snapshot is not sent again before its resend interval.
+#[test]
+fn a_stale_answer_does_not_resend_a_pending_snapshot() {
+    let mut cfg = Config::new(0, vec![0, 1, 2]);
+    cfg.pre_vote = false;
+    cfg.check_quorum = false;
+    let mut leader = RawNode::new(cfg, DurableState::default());
+    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
+    let term = leader.status().hard.term;
+    for peer in [1, 2] {
+        leader
+            .step(from(
+                peer,
+                0,
+                term,
+                MessageBody::RequestVoteResponse { granted: true },
+            ))
+            .expect("valid");
+    }
+    drain(&mut leader);
+    for k in 0..5u8 {
+        leader.propose(vec![k]).expect("leader");
+    }
+    let last = leader.status().last_index;
+    let ack = |match_index| {
+        MessageBody::AppendEntriesResponse(flotilla_raft::AppendOutcome::Accepted { match_index })
+    };
+    leader.step(from(2, 0, term, ack(last))).expect("valid");
+    drain(&mut leader);
+    leader.compact(last, b"all".to_vec()).expect("applied");
+    drain(&mut leader);
+    // A heartbeat finds follower 1 behind the snapshot: the snapshot goes out.
+    let mut sent = 0;
+    for _ in 0..Config::new(0, vec![0]).heartbeat_ticks {
+        leader.tick();
+        sent += drain(&mut leader)
+            .iter()
+            .filter(|m| m.to == 1 && matches!(m.body, MessageBody::InstallSnapshot { .. }))
+            .count();
+    }
+    assert_eq!(sent, 1);
+    leader.step(from(1, 0, term, ack(0))).expect("valid");
+    let again = drain(&mut leader)
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::InstallSnapshot { .. }))
+        .count();
+    assert_eq!(
+        again, 0,
+        "the stale answer made the leader resend its snapshot"
+    );
+}
