@@ -864,3 +864,50 @@ fn a_stale_answer_does_not_resend_a_pending_snapshot() {
         "the stale answer made the leader resend its snapshot"
     );
 }
+
+/// Pre-votes are not votes: a pre-candidate that holds pre-vote grants and then receives a late
+/// real vote from its earlier candidacy in the same term must not add them up to a majority.
+#[test]
+fn pre_vote_grants_and_a_late_real_vote_do_not_make_a_leader() {
+    let peers: Vec<u64> = (0..5).collect();
+    // A candidacy in term 1 (pre-votes granted by 1 and 2) that gets no real votes in time.
+    let mut n = RawNode::new(Config::new(0, peers), DurableState::default());
+    assert!(ticks_until_it_speaks(&mut n, 200).is_some());
+    for peer in [1, 2] {
+        n.step(from(
+            peer,
+            0,
+            1,
+            MessageBody::PreVoteResponse { granted: true },
+        ))
+        .expect("valid");
+    }
+    drain(&mut n);
+    assert_eq!(
+        (n.status().soft.role, n.status().hard.term),
+        (Role::Candidate, 1)
+    );
+    // Its election times out: a new pre-candidacy, still in term 1, and one pre-vote grant.
+    assert!(ticks_until_it_speaks(&mut n, 200).is_some());
+    assert_eq!(n.status().soft.role, Role::PreCandidate);
+    n.step(from(
+        3,
+        0,
+        2,
+        MessageBody::PreVoteResponse { granted: true },
+    ))
+    .expect("valid");
+    // Node 1's real vote for term 1 arrives late.
+    n.step(from(
+        1,
+        0,
+        1,
+        MessageBody::RequestVoteResponse { granted: true },
+    ))
+    .expect("valid");
+    drain(&mut n);
+    assert!(
+        !n.is_leader(),
+        "leader of term 1 on one pre-vote, its own vote and one late real vote"
+    );
+}
