@@ -126,6 +126,10 @@ enum MrCommand {
         /// MiB of intermediate pairs a map task buffers before spilling to disk.
         #[arg(long, default_value_t = 32)]
         memory_limit_mb: usize,
+        /// Where this machine sees the job's shared directory, if not at the coordinator's
+        /// path for it (the share is mounted elsewhere here).
+        #[arg(long, value_name = "DIR")]
+        job_dir: Option<PathBuf>,
     },
     /// The one-process reference: writes mr-out-0 with every key in order.
     Sequential {
@@ -549,12 +553,14 @@ fn mr(command: MrCommand) -> anyhow::Result<ExitCode> {
             coordinator,
             app,
             memory_limit_mb,
+            job_dir,
         } => {
             let config = flotilla_mr::worker::WorkerConfig {
                 coordinator,
                 app: app.load()?,
                 memory_limit: memory_limit_mb.max(1) << 20,
                 call_timeout: Duration::from_secs(5),
+                job_dir,
             };
             let summary = tokio_runtime()?.block_on(flotilla_mr::worker::run_worker(config))?;
             tracing::info!(

@@ -468,6 +468,55 @@ fn a_worker_that_keeps_failing_is_dismissed_and_the_others_finish_the_job() {
 }
 
 #[test]
+fn a_worker_that_cannot_see_the_shared_directory_is_dismissed_and_no_one_else_is_blamed() {
+    // The blind worker's share is not mounted (its --job-dir is an empty directory): what it
+    // writes no one else finds, and it finds nothing the others wrote. While the healthy
+    // worker holds map task 0, the blind one runs the other maps, reads its own outputs and
+    // reports reduces whose outputs the coordinator cannot put in place; later the healthy
+    // worker finds the blind one's map outputs lost. Every one of these must count against
+    // the blind worker alone: it is dismissed, and the healthy worker finishes the job with
+    // every output in place.
+    let s = Scratch::new();
+    let (mut coordinator, addr) = s.coordinator(&["--task-timeout", "2"]);
+    let started = s.root.join("started");
+    let go = s.root.join("go");
+    let gate = format!(
+        r#"if mkdir {gate} 2>/dev/null; then : > {started}; i=0; while [ ! -e {go} ] && [ $i -lt 900 ]; do sleep 0.05; i=$((i+1)); done; fi;"#,
+        gate = s.root.join("gate").display(),
+        started = started.display(),
+        go = go.display()
+    );
+    let app = line_count_app(&gate);
+    let app: Vec<&str> = app.iter().map(String::as_str).collect();
+    let mut healthy = s.worker_with(&addr, &app, None, LIMIT);
+    wait_for_file(&started, LIMIT);
+    let unmounted = s.root.join("unmounted");
+    std::fs::create_dir(&unmounted).unwrap();
+    let mut blind_args = app.clone();
+    blind_args.extend(["--job-dir", unmounted.to_str().unwrap()]);
+    let mut blind = s.worker_with(&addr, &blind_args, Some("blind.err"), LIMIT);
+    let status = blind.wait();
+    let said = std::fs::read_to_string(s.root.join("blind.err")).unwrap();
+    assert!(
+        !status.success() && said.contains("dismissed"),
+        "the blind worker is dismissed ({status}): {said}"
+    );
+    std::fs::write(&go, "").unwrap();
+    assert!(coordinator.wait().success(), "{}", s.coordinator_stderr());
+    assert_eq!(sorted_outputs(&s.work), line_counts(&s, &s.inputs));
+    assert!(
+        healthy.wait().success(),
+        "the healthy worker was not dismissed"
+    );
+    let left: Vec<_> = std::fs::read_dir(&s.work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("mr-") && !n.starts_with("mr-out-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
 fn a_job_whose_only_worker_keeps_failing_fails_with_the_task_and_the_error() {
     let s = Scratch::new();
     let (mut coordinator, addr) = s.coordinator(&[]);

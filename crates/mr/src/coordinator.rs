@@ -17,8 +17,14 @@
 //! `wc`'s do: its in-mapper counts are flushed in hash order). Only if an accepted output is
 //! lost (below) and the map task runs again do later reduces read the new attempt's output;
 //! for a non-deterministic map that is the paper's weaker guarantee (each reduce sees one
-//! execution of it). A reduce attempt writes `mr-out-{r}` by one rename, so of two complete
-//! attempts of a reduce the later rename wins, and both read the same map outputs.
+//! execution of it). A reduce attempt writes an output of its own (`mr-reduce-{r}.{a}`,
+//! [`crate::task::reduce_attempt_path`]); the coordinator renames the accepted one to
+//! `mr-out-{r}` ([`JobDir::publish_reduce_output`]) before it answers the report, so no late
+//! or duplicate attempt ever replaces an accepted output, during the job or after it.
+//!
+//! Each attempt reports once: a second report of the same attempt (a call the worker
+//! retried after a lost answer) changes nothing, so nothing is counted twice and an output
+//! found lost is never accepted again.
 //!
 //! (Lease renewal was the other way out of the livelock below; it was not chosen because a
 //! worker process that is alive but whose task hangs would then hold its task forever.)
@@ -48,15 +54,24 @@
 //!   `task_timeout`, and not dismissed) the job fails, naming the task and the last error,
 //!   rather than waiting for a worker that may never come;
 //! - a reduce that cannot read a map task's accepted output (missing, truncated, corrupt)
-//!   reports it: the map task is run again (the paper's rule), and the reduce too, once the
-//!   maps are done. The report counts against the worker that made it (a worker that cannot
-//!   see the shared directory is dismissed that way) and, towards the `max_failures`
-//!   distinct workers of the map task, against the worker that wrote the lost output. A
-//!   report about an output that is no longer the accepted one only frees the reduce;
+//!   reports it, and the coordinator reads that output itself ([`JobDir::check_map_output`])
+//!   to decide whose fault it is. If the output is intact, the reader failed: the report
+//!   counts against the reduce and the reader, like any failed attempt (so a worker that
+//!   cannot see the shared directory is dismissed, and the map outputs it could not read
+//!   are not re-run, nor is anyone else blamed). If it is lost, the map task is run again
+//!   (the paper's rule), and the reduce too once the maps are done, and the loss counts
+//!   against the map task and the worker that *wrote* it, not the reader (so healthy readers
+//!   of a bad writer's outputs are never dismissed). A report about an output that is no
+//!   longer the accepted one only frees the reduce;
+//! - an accepted reduce attempt whose output cannot be put in place (the worker wrote it
+//!   where the coordinator cannot see it) failed, and counts as such;
 //! - a timeout counts against nobody.
 //!
-//! Every failure report counts against its worker, so a fixed set of workers can send only
-//! `max_failures` each before the job ends or they are all dismissed: the job always ends.
+//! Every failure (a failed attempt, a lost output, an output that cannot be put in place)
+//! counts against one worker, once per attempt, and the reports that count against no one
+//! (outputs no longer accepted) each end an attempt handed out before a counted failure: a
+//! fixed set of workers can fail only `max_failures` times each before the job ends or they
+//! are all dismissed, so the job always ends.
 //! It is done when every reduce output is in place.
 
 use std::collections::HashMap;
@@ -79,11 +94,20 @@ enum TaskState {
     },
 }
 
+/// One hand-out of a task.
+#[derive(Clone, Debug)]
+struct AttemptRecord {
+    worker: WorkerId,
+    /// It reported (done, failed, or an output it could not read): any later report of it is
+    /// a duplicate (a retried call) and changes nothing.
+    reported: bool,
+}
+
 #[derive(Clone, Debug)]
 struct Task {
     state: TaskState,
-    /// The worker of every attempt handed out, by attempt number.
-    attempts: Vec<WorkerId>,
+    /// Every attempt handed out, by attempt number.
+    attempts: Vec<AttemptRecord>,
     /// The distinct workers on which an attempt failed (or whose accepted output was lost).
     failed_on: Vec<WorkerId>,
     /// Input bytes of the accepted map attempt.
@@ -100,9 +124,16 @@ impl Task {
         }
     }
 
-    /// Whether `worker` was handed attempt `attempt` of this task.
-    fn made(&self, worker: WorkerId, attempt: Attempt) -> bool {
-        self.attempts.get(attempt as usize) == Some(&worker)
+    /// Takes the first report of attempt `attempt` by `worker`: false if that attempt was
+    /// not handed to `worker` or has reported already.
+    fn take_report(&mut self, worker: WorkerId, attempt: Attempt) -> bool {
+        match self.attempts.get_mut(attempt as usize) {
+            Some(a) if a.worker == worker && !a.reported => {
+                a.reported = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn is_done(&self) -> bool {
@@ -185,6 +216,41 @@ pub struct Coordinator {
     outcome: Option<Outcome>,
 }
 
+/// The file work the coordinator's decisions need on the job's shared directory, done by
+/// its driver: the coordinator process sees that directory (it creates it). Kept behind a
+/// trait so that the state machine itself does no I/O and tests can play any disk.
+pub trait JobDir {
+    /// Whether segment `reduce` of attempt `attempt` of map task `map`'s output can be read
+    /// whole and intact; if not, why.
+    fn check_map_output(
+        &mut self,
+        map: usize,
+        attempt: Attempt,
+        reduce: usize,
+    ) -> Result<(), String>;
+    /// Makes attempt `attempt` of reduce task `reduce`'s output the task's output (renames
+    /// [`crate::task::reduce_attempt_path`] to [`crate::task::output_path`]); if it cannot,
+    /// why.
+    fn publish_reduce_output(&mut self, reduce: usize, attempt: Attempt) -> Result<(), String>;
+}
+
+/// A `MapOutputLost` report.
+struct LostOutput {
+    reduce: usize,
+    attempt: Attempt,
+    map: usize,
+    map_attempt: Attempt,
+    error: String,
+}
+
+/// The reply to a worker whose failure was just counted: dismissed, if that dismissed it.
+fn reply_to_failure(dismissed: Option<String>) -> FromCoordinator {
+    match dismissed {
+        Some(reason) => FromCoordinator::Dismissed { reason },
+        None => FromCoordinator::Noted,
+    }
+}
+
 /// How long an idle worker waits before asking again.
 const WAIT: Duration = Duration::from_millis(10);
 
@@ -212,7 +278,14 @@ impl Coordinator {
         self.outcome.as_ref()
     }
 
-    pub fn handle(&mut self, message: ToCoordinator, now: Duration) -> FromCoordinator {
+    /// Handles one message of a worker at time `now` (since the job started); `dir` does the
+    /// file work some decisions need (see [`JobDir`]).
+    pub fn handle(
+        &mut self,
+        message: ToCoordinator,
+        now: Duration,
+        dir: &mut dyn JobDir,
+    ) -> FromCoordinator {
         let worker = message.worker();
         self.workers
             .entry(worker)
@@ -240,10 +313,7 @@ impl Coordinator {
                 attempt,
                 bytes,
                 ..
-            } => {
-                self.done(worker, task, attempt, bytes);
-                FromCoordinator::Noted
-            }
+            } => self.done(worker, task, attempt, bytes, now, dir),
             ToCoordinator::TaskFailed {
                 task,
                 attempt,
@@ -257,7 +327,16 @@ impl Coordinator {
                 map_attempt,
                 error,
                 ..
-            } => self.output_lost(worker, reduce, attempt, map, map_attempt, error, now),
+            } => {
+                let lost = LostOutput {
+                    reduce,
+                    attempt,
+                    map,
+                    map_attempt,
+                    error,
+                };
+                self.output_lost(worker, lost, now, dir)
+            }
         }
     }
 
@@ -268,22 +347,43 @@ impl Coordinator {
         }
     }
 
-    fn task_mut(&mut self, task: TaskId) -> &mut Task {
+    fn task_mut(&mut self, task: TaskId) -> Option<&mut Task> {
         match task {
-            TaskId::Map(i) => &mut self.maps[i],
-            TaskId::Reduce(i) => &mut self.reduces[i],
+            TaskId::Map(i) => self.maps.get_mut(i),
+            TaskId::Reduce(i) => self.reduces.get_mut(i),
         }
     }
 
+    /// Takes the first report of `worker`'s attempt `attempt` of `task`: false for a report
+    /// of an attempt never handed to it, of a task that does not exist, or a duplicate.
+    fn take_report(&mut self, worker: WorkerId, task: TaskId, attempt: Attempt) -> bool {
+        self.task_mut(task)
+            .is_some_and(|t| t.take_report(worker, attempt))
+    }
+
     /// Accepts the first complete report of a task not yet done, from any of its attempts.
-    fn done(&mut self, worker: WorkerId, task: TaskId, attempt: Attempt, bytes: u64) {
-        if !self
-            .task(task)
-            .is_some_and(|t| t.made(worker, attempt) && !t.is_done())
-        {
-            return; // a late duplicate, or a report of an attempt never handed out
+    /// A reduce's output is put in place first; if that fails, the attempt failed.
+    fn done(
+        &mut self,
+        worker: WorkerId,
+        task: TaskId,
+        attempt: Attempt,
+        bytes: u64,
+        now: Duration,
+        dir: &mut dyn JobDir,
+    ) -> FromCoordinator {
+        if !self.take_report(worker, task, attempt) || self.task(task).is_some_and(Task::is_done) {
+            // A duplicate, a report of an attempt never handed out, or a late attempt (the
+            // worker removes a late reduce attempt's file itself).
+            return FromCoordinator::Noted;
         }
-        let t = self.task_mut(task);
+        if let TaskId::Reduce(reduce) = task {
+            if let Err(why) = dir.publish_reduce_output(reduce, attempt) {
+                let error = format!("its output could not be put in place: {why}");
+                return self.attempt_failed(worker, task, attempt, &error, now);
+            }
+        }
+        let t = self.task_mut(task).expect("take_report found it");
         t.state = TaskState::Done { attempt };
         if let TaskId::Map(_) = task {
             t.bytes = bytes;
@@ -295,6 +395,7 @@ impl Coordinator {
         {
             self.outcome = Some(Outcome::Done);
         }
+        FromCoordinator::Noted
     }
 
     fn failed(
@@ -305,60 +406,103 @@ impl Coordinator {
         error: String,
         now: Duration,
     ) -> FromCoordinator {
-        if !self
-            .task(task)
-            .is_some_and(|t| t.made(worker, attempt) && !t.is_done())
-        {
+        if !self.take_report(worker, task, attempt) || self.task(task).is_some_and(Task::is_done) {
             return FromCoordinator::Noted;
         }
-        self.task_mut(task).stop(attempt);
-        self.fail_task_on(task, worker, &error);
-        self.count_failure(worker, &format!("{task}: {error}"), now)
+        self.attempt_failed(worker, task, attempt, &error, now)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn output_lost(
+    /// Attempt `attempt` of `task` (not done), made by `worker`, failed with `error`: the task
+    /// is idle again if that was its latest attempt, and the failure counts against the task
+    /// and the worker.
+    fn attempt_failed(
         &mut self,
         worker: WorkerId,
-        reduce: usize,
+        task: TaskId,
         attempt: Attempt,
-        map: usize,
-        map_attempt: Attempt,
-        error: String,
+        error: &str,
         now: Duration,
     ) -> FromCoordinator {
-        let reduce_task = TaskId::Reduce(reduce);
-        if !self
-            .task(reduce_task)
-            .is_some_and(|t| t.made(worker, attempt) && !t.is_done())
+        if let Some(t) = self.task_mut(task) {
+            t.stop(attempt);
+        }
+        self.fail_task_on(task, worker, error);
+        let what = format!("{task}: {error}");
+        reply_to_failure(self.count_failure(worker, &what, now))
+    }
+
+    /// A reduce attempt could not read a map task's accepted output: the coordinator reads it
+    /// itself ([`JobDir::check_map_output`]) to decide whose fault it is.
+    fn output_lost(
+        &mut self,
+        reader: WorkerId,
+        lost: LostOutput,
+        now: Duration,
+        dir: &mut dyn JobDir,
+    ) -> FromCoordinator {
+        let reduce_task = TaskId::Reduce(lost.reduce);
+        if !self.take_report(reader, reduce_task, lost.attempt)
+            || self.task(reduce_task).is_some_and(Task::is_done)
         {
             return FromCoordinator::Noted;
         }
-        self.task_mut(reduce_task).stop(attempt);
-        let Some(m) = self.maps.get_mut(map) else {
-            return FromCoordinator::Noted;
+        let accepted = TaskState::Done {
+            attempt: lost.map_attempt,
         };
-        if m.state
-            != (TaskState::Done {
-                attempt: map_attempt,
-            })
-        {
-            return FromCoordinator::Noted; // already being run again
+        if self.maps.get(lost.map).map(|m| m.state) != Some(accepted) {
+            // Not the accepted output (any more): the map task is being run again, and
+            // this reduce attempt simply ends; the reduce goes out again once maps are done.
+            self.reduces[lost.reduce].stop(lost.attempt);
+            return FromCoordinator::Noted;
         }
-        m.state = TaskState::Idle;
-        self.bytes_mapped -= m.bytes;
-        self.maps_rerun += 1;
-        let writer = m.attempts[map_attempt as usize];
-        let what = format!("{reduce_task} could not read the output of map task {map}: {error}");
-        self.fail_task_on(TaskId::Map(map), writer, &what);
-        self.count_failure(worker, &what, now)
+        let LostOutput {
+            reduce,
+            attempt,
+            map,
+            map_attempt,
+            error,
+        } = lost;
+        match dir.check_map_output(map, map_attempt, reduce) {
+            Ok(()) => {
+                // The coordinator reads what the reader could not: the reader cannot see the
+                // job's directory (an unmounted share, say), or its disk failed it.
+                let error = format!(
+                    "could not read the output of map task {map}, which the coordinator reads \
+                     intact: {error}"
+                );
+                self.attempt_failed(reader, reduce_task, attempt, &error, now)
+            }
+            Err(why) => {
+                // The output is lost: run the map task again, and count it against the
+                // worker that wrote it, not against the reader that found it missing.
+                self.reduces[reduce].stop(attempt);
+                let m = &mut self.maps[map];
+                m.state = TaskState::Idle;
+                self.bytes_mapped -= m.bytes;
+                self.maps_rerun += 1;
+                let writer = m.attempts[map_attempt as usize].worker;
+                let what = format!(
+                    "map task {map}: its output for {reduce_task} is lost ({why}; the reader \
+                     said: {error})"
+                );
+                self.fail_task_on(TaskId::Map(map), writer, &what);
+                let dismissed = self.count_failure(writer, &what, now);
+                if writer == reader {
+                    reply_to_failure(dismissed)
+                } else {
+                    FromCoordinator::Noted
+                }
+            }
+        }
     }
 
     /// Records that `task` failed on `worker`; fails the job once it has failed on
     /// `max_failures` distinct workers.
     fn fail_task_on(&mut self, task: TaskId, worker: WorkerId, error: &str) {
         let max = self.spec.max_failures as usize;
-        let t = self.task_mut(task);
+        let Some(t) = self.task_mut(task) else {
+            return;
+        };
         if !t.failed_on.contains(&worker) {
             t.failed_on.push(worker);
         }
@@ -370,14 +514,15 @@ impl Coordinator {
         }
     }
 
-    /// Counts a failure against `worker` (`what`: the task and the error); dismisses it at
-    /// `max_failures`, and fails the job if no other worker is live then.
-    fn count_failure(&mut self, worker: WorkerId, what: &str, now: Duration) -> FromCoordinator {
+    /// Counts a failure against `worker` (`what`: the task and the error). At `max_failures`
+    /// it dismisses the worker, returning why, and fails the job if no other worker is live
+    /// then.
+    fn count_failure(&mut self, worker: WorkerId, what: &str, now: Duration) -> Option<String> {
         let max = self.spec.max_failures;
-        let w = self.workers.get_mut(&worker).expect("seen in handle");
+        let w = self.workers.get_mut(&worker)?;
         w.failures += 1;
         if w.failures < max || w.dismissed.is_some() {
-            return FromCoordinator::Noted;
+            return None;
         }
         let reason = format!("after {} failed tasks; the last: {what}", w.failures);
         w.dismissed = Some(reason.clone());
@@ -386,7 +531,7 @@ impl Coordinator {
                 "no live worker is left: worker {worker:016x} was dismissed {reason}"
             )));
         }
-        FromCoordinator::Dismissed { reason }
+        Some(reason)
     }
 
     /// Workers heard from within the task timeout and not dismissed.
@@ -430,7 +575,10 @@ impl Coordinator {
             self.reissued += 1;
         }
         let attempt = Attempt::try_from(task.attempts.len()).expect("fewer than 2^32 attempts");
-        task.attempts.push(worker);
+        task.attempts.push(AttemptRecord {
+            worker,
+            reported: false,
+        });
         task.state = TaskState::Running {
             attempt,
             since: now,
@@ -501,6 +649,67 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
+    /// A job directory in memory: which map outputs the coordinator finds lost, which reduce
+    /// outputs it cannot put in place, and what it put in place.
+    #[derive(Default)]
+    struct FakeDir {
+        lost: HashSet<(usize, Attempt)>,
+        unpublishable: HashSet<(usize, Attempt)>,
+        checked: Vec<(usize, Attempt, usize)>,
+        published: Vec<(usize, Attempt)>,
+    }
+
+    impl JobDir for FakeDir {
+        fn check_map_output(
+            &mut self,
+            map: usize,
+            attempt: Attempt,
+            reduce: usize,
+        ) -> Result<(), String> {
+            self.checked.push((map, attempt, reduce));
+            if self.lost.contains(&(map, attempt)) {
+                Err("gone".into())
+            } else {
+                Ok(())
+            }
+        }
+
+        fn publish_reduce_output(&mut self, reduce: usize, attempt: Attempt) -> Result<(), String> {
+            if self.unpublishable.contains(&(reduce, attempt)) {
+                return Err("no such file".into());
+            }
+            self.published.push((reduce, attempt));
+            Ok(())
+        }
+    }
+
+    /// A coordinator and its directory.
+    struct Job {
+        c: Coordinator,
+        dir: FakeDir,
+    }
+
+    impl Job {
+        fn new(spec: JobSpec) -> Self {
+            Job {
+                c: Coordinator::new(spec),
+                dir: FakeDir::default(),
+            }
+        }
+
+        fn handle(&mut self, message: ToCoordinator, now: Duration) -> FromCoordinator {
+            self.c.handle(message, now, &mut self.dir)
+        }
+    }
+
+    impl std::ops::Deref for Job {
+        type Target = Coordinator;
+        fn deref(&self) -> &Coordinator {
+            &self.c
+        }
+    }
 
     fn spec(maps: usize, reduces: usize) -> JobSpec {
         JobSpec {
@@ -522,7 +731,7 @@ mod tests {
         Duration::from_secs_f64(at)
     }
 
-    fn request(c: &mut Coordinator, worker: WorkerId, at: f64) -> FromCoordinator {
+    fn request(c: &mut Job, worker: WorkerId, at: f64) -> FromCoordinator {
         c.handle(ToCoordinator::RequestTask { worker }, secs(at))
     }
 
@@ -536,7 +745,7 @@ mod tests {
     }
 
     /// Asks for a task, which must be `task`; returns its attempt.
-    fn take(c: &mut Coordinator, worker: WorkerId, task: TaskId, at: f64) -> Attempt {
+    fn take(c: &mut Job, worker: WorkerId, task: TaskId, at: f64) -> Attempt {
         let reply = request(c, worker, at);
         match handed(&reply) {
             Some((t, attempt)) if t == task => attempt,
@@ -544,7 +753,7 @@ mod tests {
         }
     }
 
-    fn done(c: &mut Coordinator, worker: WorkerId, task: TaskId, attempt: Attempt, at: f64) {
+    fn done(c: &mut Job, worker: WorkerId, task: TaskId, attempt: Attempt, at: f64) {
         let reply = c.handle(
             ToCoordinator::TaskDone {
                 worker,
@@ -558,7 +767,7 @@ mod tests {
     }
 
     fn fail(
-        c: &mut Coordinator,
+        c: &mut Job,
         worker: WorkerId,
         task: TaskId,
         attempt: Attempt,
@@ -581,7 +790,7 @@ mod tests {
 
     #[test]
     fn maps_then_reduces_then_exit() {
-        let mut c = Coordinator::new(spec(2, 1));
+        let mut c = Job::new(spec(2, 1));
         assert_eq!(take(&mut c, 1, TaskId::Map(0), 0.0), 0);
         assert_eq!(take(&mut c, 2, TaskId::Map(1), 0.0), 0);
         assert!(is_wait(&request(&mut c, 3, 0.0)), "reduces wait for maps");
@@ -601,7 +810,7 @@ mod tests {
 
     #[test]
     fn a_task_longer_than_the_timeout_is_done_by_its_first_finisher() {
-        let mut c = Coordinator::new(JobSpec {
+        let mut c = Job::new(JobSpec {
             task_timeout: secs(1.0),
             ..spec(1, 1)
         });
@@ -623,7 +832,7 @@ mod tests {
 
     #[test]
     fn the_later_attempt_is_accepted_when_it_finishes_first() {
-        let mut c = Coordinator::new(spec(1, 1));
+        let mut c = Job::new(spec(1, 1));
         take(&mut c, 1, TaskId::Map(0), 0.0);
         take(&mut c, 2, TaskId::Map(0), 10.0);
         done(&mut c, 2, TaskId::Map(0), 1, 11.0);
@@ -636,7 +845,7 @@ mod tests {
 
     #[test]
     fn reports_of_attempts_never_handed_out_are_ignored() {
-        let mut c = Coordinator::new(spec(1, 1));
+        let mut c = Job::new(spec(1, 1));
         take(&mut c, 1, TaskId::Map(0), 0.0);
         done(&mut c, 2, TaskId::Map(0), 0, 1.0); // not worker 2's attempt
         done(&mut c, 1, TaskId::Map(0), 1, 1.0); // no attempt 1
@@ -662,7 +871,7 @@ mod tests {
         timeout_secs: f64,
         limit_secs: f64,
     ) -> Option<f64> {
-        let mut c = Coordinator::new(JobSpec {
+        let mut c = Job::new(JobSpec {
             task_timeout: secs(timeout_secs),
             ..spec(maps, 2)
         });
@@ -703,7 +912,7 @@ mod tests {
 
     #[test]
     fn idle_tasks_go_out_before_timed_out_ones_are_duplicated() {
-        let mut c = Coordinator::new(JobSpec {
+        let mut c = Job::new(JobSpec {
             task_timeout: secs(1.0),
             ..spec(2, 1)
         });
@@ -715,7 +924,7 @@ mod tests {
 
     #[test]
     fn a_worker_that_keeps_failing_is_dismissed_and_the_others_finish() {
-        let mut c = Coordinator::new(spec(4, 1));
+        let mut c = Job::new(spec(4, 1));
         take(&mut c, 1, TaskId::Map(0), 0.0); // the healthy worker, busy for a while
                                               // The broken worker fails fast: it gets a different task each time, then no more.
         for (map, at) in [(1, 0.1), (2, 0.2), (3, 0.3)] {
@@ -750,7 +959,7 @@ mod tests {
 
     #[test]
     fn a_lone_worker_retries_a_failed_task_then_the_job_fails_naming_it() {
-        let mut c = Coordinator::new(spec(1, 1));
+        let mut c = Job::new(spec(1, 1));
         for attempt in 0..3 {
             assert_eq!(
                 take(&mut c, 1, TaskId::Map(0), attempt as f64),
@@ -772,7 +981,7 @@ mod tests {
     #[test]
     fn dismissing_the_last_live_worker_fails_the_job_but_a_heartbeat_keeps_one_live() {
         for heartbeat in [false, true] {
-            let mut c = Coordinator::new(spec(4, 1));
+            let mut c = Job::new(spec(4, 1));
             take(&mut c, 1, TaskId::Map(0), 0.0); // a long task
             if heartbeat {
                 c.handle(ToCoordinator::Heartbeat { worker: 1 }, secs(15.0));
@@ -788,7 +997,7 @@ mod tests {
 
     #[test]
     fn a_task_that_fails_on_enough_distinct_workers_fails_the_job() {
-        let mut c = Coordinator::new(spec(1, 1));
+        let mut c = Job::new(spec(1, 1));
         for worker in 1..=3 {
             let attempt = take(&mut c, worker, TaskId::Map(0), 0.0);
             fail(&mut c, worker, TaskId::Map(0), attempt, 0.0);
@@ -804,7 +1013,7 @@ mod tests {
 
     #[test]
     fn a_worker_gets_tasks_it_has_not_failed_first() {
-        let mut c = Coordinator::new(spec(2, 1));
+        let mut c = Job::new(spec(2, 1));
         let attempt = take(&mut c, 1, TaskId::Map(0), 0.0);
         fail(&mut c, 1, TaskId::Map(0), attempt, 0.0);
         take(&mut c, 1, TaskId::Map(1), 0.0);
@@ -812,7 +1021,7 @@ mod tests {
     }
 
     fn lost(
-        c: &mut Coordinator,
+        c: &mut Job,
         worker: WorkerId,
         reduce: usize,
         attempt: Attempt,
@@ -835,7 +1044,8 @@ mod tests {
 
     #[test]
     fn a_lost_map_output_runs_the_map_again_and_the_reduce_reads_the_new_attempt() {
-        let mut c = Coordinator::new(spec(2, 2));
+        let mut c = Job::new(spec(2, 2));
+        c.dir.lost.insert((1, 0));
         for map in 0..2 {
             take(&mut c, 1, TaskId::Map(map), 0.0);
             done(&mut c, 1, TaskId::Map(map), 0, 0.0);
@@ -872,28 +1082,171 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_that_cannot_read_any_output_is_dismissed_and_the_job_ends() {
-        // One worker whose reduces never find the map outputs: the map runs again each
-        // time, the worker is dismissed after max_failures reports, and the job fails.
-        let mut c = Coordinator::new(spec(1, 1));
+    fn a_lone_worker_whose_outputs_vanish_is_dismissed_and_the_job_ends() {
+        // One worker whose map outputs are gone by the time its reduce reads them (it
+        // writes where no one, not even the coordinator, finds them): each loss runs the map
+        // again and counts against it as the writer, until it is dismissed.
+        let mut c = Job::new(spec(1, 1));
         for map_attempt in 0..3 {
+            c.dir.lost.insert((0, map_attempt));
             let at = map_attempt as f64;
             assert_eq!(take(&mut c, 1, TaskId::Map(0), at), map_attempt);
             done(&mut c, 1, TaskId::Map(0), map_attempt, at);
             let attempt = take(&mut c, 1, TaskId::Reduce(0), at);
-            lost(&mut c, 1, 0, attempt, 0, map_attempt, at);
+            let reply = lost(&mut c, 1, 0, attempt, 0, map_attempt, at);
+            assert_eq!(
+                matches!(reply, FromCoordinator::Dismissed { .. }),
+                map_attempt == 2
+            );
         }
         match c.outcome() {
             Some(Outcome::Failed(e)) => {
-                assert!(e.contains("reduce task 0") && e.contains("missing"), "{e}")
+                assert!(e.contains("map task 0") && e.contains("missing"), "{e}")
             }
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
+    fn a_reader_that_cannot_see_intact_outputs_is_dismissed_and_no_map_runs_again() {
+        // Worker 1's share is not mounted: every output it reads is missing there, while the
+        // coordinator reads them intact. Only worker 1 is blamed; no map task runs again, no
+        // writer is blamed, and the healthy workers finish the job.
+        let mut c = Job::new(spec(3, 3));
+        for (worker, map) in [(2, 0), (3, 1), (4, 2)] {
+            take(&mut c, worker, TaskId::Map(map), 0.0);
+            done(&mut c, worker, TaskId::Map(map), 0, 0.0);
+        }
+        for reduce in 0..3 {
+            let attempt = take(&mut c, 1, TaskId::Reduce(reduce), 1.0);
+            let reply = lost(&mut c, 1, reduce, attempt, reduce, 0, 1.0);
+            assert_eq!(
+                matches!(reply, FromCoordinator::Dismissed { .. }),
+                reduce == 2
+            );
+        }
+        assert_eq!(c.dir.checked, [(0, 0, 0), (1, 0, 1), (2, 0, 2)]);
+        let p = c.progress(secs(1.0));
+        assert_eq!((p.maps_done, p.maps_rerun, p.workers_dismissed), (3, 0, 1));
+        assert_eq!(c.outcome(), None);
+        for (worker, reduce) in [(2, 0), (3, 1), (4, 2)] {
+            let attempt = take(&mut c, worker, TaskId::Reduce(reduce), 2.0);
+            done(&mut c, worker, TaskId::Reduce(reduce), attempt, 2.0);
+        }
+        assert_eq!(c.outcome(), Some(&Outcome::Done));
+    }
+
+    #[test]
+    fn a_writer_whose_outputs_are_lost_is_dismissed_and_its_readers_are_not() {
+        // Worker 1 writes every map output where no one finds it. Its readers report the
+        // losses; each counts against worker 1, never against a reader.
+        let mut c = Job::new(spec(3, 2));
+        for map in 0..3 {
+            c.dir.lost.insert((map, 0));
+            take(&mut c, 1, TaskId::Map(map), 0.0);
+            done(&mut c, 1, TaskId::Map(map), 0, 0.0);
+        }
+        let r0 = take(&mut c, 2, TaskId::Reduce(0), 1.0);
+        let r1 = take(&mut c, 3, TaskId::Reduce(1), 1.0);
+        assert_eq!(lost(&mut c, 2, 0, r0, 0, 0, 1.0), FromCoordinator::Noted);
+        assert_eq!(lost(&mut c, 3, 1, r1, 1, 0, 1.0), FromCoordinator::Noted);
+        // The readers run the lost maps again (worker 1 is avoided for them).
+        for (worker, map) in [(2, 0), (3, 1)] {
+            let attempt = take(&mut c, worker, TaskId::Map(map), 2.0);
+            done(&mut c, worker, TaskId::Map(map), attempt, 2.0);
+        }
+        let r0 = take(&mut c, 2, TaskId::Reduce(0), 3.0);
+        assert_eq!(lost(&mut c, 2, 0, r0, 2, 0, 3.0), FromCoordinator::Noted);
+        assert!(
+            matches!(request(&mut c, 1, 3.0), FromCoordinator::Dismissed { reason }
+            if reason.contains("map task 2: its output for reduce task 0 is lost"))
+        );
+        let attempt = take(&mut c, 3, TaskId::Map(2), 3.0);
+        done(&mut c, 3, TaskId::Map(2), attempt, 3.0);
+        for (worker, reduce) in [(2, 0), (3, 1)] {
+            let attempt = take(&mut c, worker, TaskId::Reduce(reduce), 4.0);
+            done(&mut c, worker, TaskId::Reduce(reduce), attempt, 4.0);
+        }
+        assert_eq!(c.outcome(), Some(&Outcome::Done));
+        let p = c.progress(secs(4.0));
+        assert_eq!((p.maps_rerun, p.workers_dismissed), (3, 1));
+    }
+
+    #[test]
+    fn a_repeated_report_counts_once() {
+        // A failure report sent again (the worker retried a call whose answer was lost) is
+        // not a second failure: three copies do not dismiss the worker.
+        let mut c = Job::new(spec(2, 1));
+        let attempt = take(&mut c, 1, TaskId::Map(0), 0.0);
+        for _ in 0..3 {
+            assert_eq!(
+                fail(&mut c, 1, TaskId::Map(0), attempt, 0.0),
+                FromCoordinator::Noted
+            );
+        }
+        assert_eq!(c.progress(secs(0.0)).workers_dismissed, 0);
+        assert!(handed(&request(&mut c, 1, 0.0)).is_some());
+        // A map output found lost is not accepted again by a repeated report of its attempt.
+        let mut c = Job::new(spec(1, 1));
+        c.dir.lost.insert((0, 0));
+        take(&mut c, 1, TaskId::Map(0), 0.0);
+        done(&mut c, 1, TaskId::Map(0), 0, 0.0);
+        let reduce = take(&mut c, 2, TaskId::Reduce(0), 1.0);
+        lost(&mut c, 2, 0, reduce, 0, 0, 1.0);
+        done(&mut c, 1, TaskId::Map(0), 0, 1.5);
+        assert_eq!(c.progress(secs(1.5)).maps_done, 0);
+        assert_eq!(take(&mut c, 2, TaskId::Map(0), 2.0), 1);
+        // And a repeated loss report is not a second loss.
+        let mut c = Job::new(spec(1, 1));
+        c.dir.lost.insert((0, 0));
+        take(&mut c, 1, TaskId::Map(0), 0.0);
+        done(&mut c, 1, TaskId::Map(0), 0, 0.0);
+        let reduce = take(&mut c, 2, TaskId::Reduce(0), 1.0);
+        for _ in 0..3 {
+            lost(&mut c, 2, 0, reduce, 0, 0, 1.0);
+        }
+        assert_eq!(c.dir.checked.len(), 1);
+        assert_eq!(c.progress(secs(1.0)).maps_rerun, 1);
+    }
+
+    #[test]
+    fn only_the_accepted_reduce_attempt_is_put_in_place() {
+        let mut c = Job::new(JobSpec {
+            task_timeout: secs(1.0),
+            ..spec(1, 1)
+        });
+        take(&mut c, 1, TaskId::Map(0), 0.0);
+        done(&mut c, 1, TaskId::Map(0), 0, 0.0);
+        take(&mut c, 1, TaskId::Reduce(0), 0.0);
+        assert_eq!(take(&mut c, 2, TaskId::Reduce(0), 2.0), 1);
+        done(&mut c, 2, TaskId::Reduce(0), 1, 3.0);
+        done(&mut c, 2, TaskId::Reduce(0), 1, 3.0); // repeated
+        done(&mut c, 1, TaskId::Reduce(0), 0, 4.0); // late
+        assert_eq!(c.dir.published, [(0, 1)]);
+        assert_eq!(c.outcome(), Some(&Outcome::Done));
+    }
+
+    #[test]
+    fn a_reduce_output_that_cannot_be_put_in_place_is_a_failed_attempt() {
+        // Worker 1 wrote its reduce output where the coordinator does not find it.
+        let mut c = Job::new(spec(1, 1));
+        c.dir.unpublishable.insert((0, 0));
+        take(&mut c, 2, TaskId::Map(0), 0.0);
+        done(&mut c, 2, TaskId::Map(0), 0, 0.0);
+        take(&mut c, 1, TaskId::Reduce(0), 1.0);
+        done(&mut c, 1, TaskId::Reduce(0), 0, 2.0);
+        assert_eq!(c.outcome(), None);
+        assert_eq!(c.progress(secs(2.0)).reduces_done, 0);
+        // Worker 1 failed it: worker 2 gets it first.
+        let attempt = take(&mut c, 2, TaskId::Reduce(0), 2.0);
+        done(&mut c, 2, TaskId::Reduce(0), attempt, 3.0);
+        assert_eq!(c.dir.published, [(0, 1)]);
+        assert_eq!(c.outcome(), Some(&Outcome::Done));
+    }
+
+    #[test]
     fn each_task_runs_once_without_failures() {
-        let mut c = Coordinator::new(spec(8, 10));
+        let mut c = Job::new(spec(8, 10));
         let mut handed_out = HashMap::new();
         let mut now = 0.0;
         while c.outcome().is_none() {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The MapReduce wire protocol. Bump `version` whenever a message below changes.
 pub const PROTOCOL: Protocol = Protocol {
     service: "flotilla-mr",
-    version: 2,
+    version: 3,
 };
 
 /// A worker's identity: random, chosen by the worker process at start.

@@ -73,6 +73,7 @@ pub fn run(app: Arc<dyn App>, job: Job) -> Result<JobReport, CoordinatorError> {
                     app: WorkerApp::Rust(app.clone()),
                     memory_limit: job.memory_limit,
                     call_timeout: Duration::from_secs(5),
+                    job_dir: None,
                 }))
             })
             .collect();

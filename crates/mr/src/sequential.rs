@@ -96,6 +96,7 @@ pub fn sequential_with(
             id: 0,
             map_attempts: &vec![0; inputs.len()],
             dir: scratch.path(),
+            output: &output_path(scratch.path(), 0),
         },
     )?;
     let done = output_path(scratch.path(), 0);

@@ -5,7 +5,13 @@
 //! anything is written, so a typo fails at once with the file's name instead of as a task
 //! that fails on every worker. When the job is done the coordinator keeps answering for
 //! `linger` (workers asking in that time are told to exit), then stops listening, removes the
-//! intermediate files (of every attempt of every map task) and returns.
+//! intermediate files (of every attempt of every map task) and what unaccepted reduce
+//! attempts left, and returns.
+//!
+//! The coordinator process must see the job's directory (it creates it): it reads an output
+//! a reduce reported lost, to judge whether the writer or the reader is at fault, and it
+//! puts each accepted reduce attempt's output in place (`mr-reduce-R.A` → `mr-out-R`) before
+//! answering that attempt's report (see [`crate::coordinator`]).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -17,9 +23,9 @@ use flotilla_wire::{ServerConfig, DEFAULT_MAX_FRAME};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::coordinator::{Coordinator, Input, JobSpec, Outcome, Progress};
-use crate::protocol::{FromCoordinator, TaskId, ToCoordinator, PROTOCOL};
-use crate::task::intermediate_path;
+use crate::coordinator::{Coordinator, Input, JobDir, JobSpec, Outcome, Progress};
+use crate::protocol::{Attempt, FromCoordinator, TaskId, ToCoordinator, PROTOCOL};
+use crate::task::{check_intermediate, intermediate_path, output_path, reduce_attempt_path};
 
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
@@ -136,6 +142,7 @@ pub async fn run_coordinator(
                 source,
             })?;
     let n_map = inputs.len();
+    let handler_dir = dir.clone();
     let coordinator = Arc::new(Mutex::new(Coordinator::new(JobSpec {
         inputs,
         n_reduce: config.n_reduce,
@@ -150,9 +157,10 @@ pub async fn run_coordinator(
     let handler = {
         let coordinator = coordinator.clone();
         let finished = finished.clone();
+        let dir = handler_dir;
         move |message: ToCoordinator| -> Option<FromCoordinator> {
             let mut c = coordinator.lock().unwrap_or_else(|e| e.into_inner());
-            let reply = c.handle(message, started.elapsed());
+            let reply = c.handle(message, started.elapsed(), &mut SharedDir(&dir));
             if c.outcome().is_some() {
                 finished.notify_one();
             }
@@ -194,6 +202,7 @@ pub async fn run_coordinator(
             if !config.keep_intermediate {
                 remove_intermediate(&c, n_map, config.n_reduce);
             }
+            remove_unaccepted_reduce_outputs(&c, config.n_reduce);
             Ok(JobReport {
                 progress,
                 elapsed: started.elapsed(),
@@ -201,6 +210,34 @@ pub async fn run_coordinator(
         }
         Some(Outcome::Failed(why)) => Err(CoordinatorError::JobFailed(why.clone())),
         None => unreachable!("the server stops only once the job has an outcome"),
+    }
+}
+
+/// The job's directory as the coordinator process sees it.
+struct SharedDir<'a>(&'a std::path::Path);
+
+impl JobDir for SharedDir<'_> {
+    fn check_map_output(
+        &mut self,
+        map: usize,
+        attempt: Attempt,
+        reduce: usize,
+    ) -> Result<(), String> {
+        check_intermediate(self.0, map, attempt, reduce)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn publish_reduce_output(&mut self, reduce: usize, attempt: Attempt) -> Result<(), String> {
+        let from = reduce_attempt_path(self.0, reduce, attempt);
+        let to = output_path(self.0, reduce);
+        match std::fs::symlink_metadata(&from) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Err(format!("{} is not a regular file", from.display())),
+            Err(e) => return Err(format!("{}: {e}", from.display())),
+        }
+        std::fs::rename(&from, &to)
+            .map_err(|e| format!("cannot rename {} to {}: {e}", from.display(), to.display()))
     }
 }
 
@@ -212,6 +249,17 @@ fn remove_intermediate(c: &Coordinator, n_map: usize, n_reduce: usize) {
             for r in 0..n_reduce {
                 let _ = std::fs::remove_file(intermediate_path(dir, m, attempt, r));
             }
+        }
+    }
+}
+
+/// Removes what reduce attempts that were not accepted left behind (a worker removes its own
+/// unless it crashed first).
+fn remove_unaccepted_reduce_outputs(c: &Coordinator, n_reduce: usize) {
+    let dir = &c.spec().dir;
+    for r in 0..n_reduce {
+        for attempt in 0..c.attempts(TaskId::Reduce(r)) {
+            let _ = std::fs::remove_file(reduce_attempt_path(dir, r, attempt));
         }
     }
 }

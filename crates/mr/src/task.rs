@@ -38,7 +38,9 @@
 //! [`REDUCE_FAN_IN`] map tasks, groups of files are first merged into temporary runs), calls
 //! [`App::reduce`] once per distinct key
 //! in key order — the values are pulled from the merge as the application iterates — and
-//! writes `key value\n` lines to `dir/mr-out-{reduce}` ([`output_path`]). Its memory is a
+//! writes `key value\n` lines to [`ReduceTask::output`] — in a job, the attempt's own
+//! [`reduce_attempt_path`], which the coordinator renames to `mr-out-{reduce}`
+//! ([`output_path`]) when it accepts that attempt. Its memory is a
 //! few MiB of read buffers plus whatever the application keeps of one key's values. An exec
 //! app's reduce program runs once per task instead: [`run_reduce_exec`] (see
 //! [`crate::exec`]).
@@ -144,6 +146,14 @@ pub fn output_path(dir: &Path, reduce: usize) -> PathBuf {
     dir.join(format!("mr-out-{reduce}"))
 }
 
+/// Where attempt `attempt` of reduce task `reduce` writes its output:
+/// `dir/mr-reduce-{reduce}.{attempt}`. Only the coordinator names an output `mr-out-{reduce}`,
+/// by renaming the attempt it accepts, so a late or duplicate attempt never replaces an
+/// accepted output (and never one read after the job).
+pub fn reduce_attempt_path(dir: &Path, reduce: usize, attempt: u32) -> PathBuf {
+    dir.join(format!("mr-reduce-{reduce}.{attempt}"))
+}
+
 /// The job's output as 6.5840's test script compares it (`sort mr-out* | grep .`): every
 /// non-empty line of every file in `dir` whose name starts with `mr-out`, sorted.
 pub fn sorted_output_lines(dir: &Path) -> io::Result<Vec<String>> {
@@ -194,6 +204,10 @@ pub struct ReduceTask<'a> {
     pub map_attempts: &'a [u32],
     /// The job's shared directory.
     pub dir: &'a Path,
+    /// Where the output goes, complete or not at all: in a job, this attempt's own
+    /// [`reduce_attempt_path`], which the coordinator renames to [`output_path`] when it
+    /// accepts the attempt.
+    pub output: &'a Path,
 }
 
 /// What a map task did.
@@ -742,6 +756,24 @@ fn find_segment(
         return Err(corrupt(problem));
     }
     Ok(wanted)
+}
+
+/// Reads segment `reduce` of attempt `attempt`'s file of map task `map` to its end without
+/// keeping it, with every check a reduce makes (the coordinator's check of an output a reduce
+/// reported lost); returns how many records it holds.
+pub fn check_intermediate(
+    dir: &Path,
+    map: usize,
+    attempt: u32,
+    reduce: usize,
+) -> Result<u64, TaskError> {
+    let (mut reader, _) = open_intermediate(dir, map, attempt, reduce, MERGE_BUFFER)?;
+    let (mut key, mut value) = (String::new(), String::new());
+    let mut records = 0;
+    while reader.next_into(&mut key, &mut value)? {
+        records += 1;
+    }
+    Ok(records)
 }
 
 /// Reads all of segment `reduce` of attempt `attempt`'s file of map task `map` (for tests
@@ -1578,7 +1610,7 @@ pub fn run_reduce_with(
 ) -> Result<ReduceStats, TaskError> {
     let (sources, bytes_read) = open_reduce_sources(task)?;
     let mut merger = Merger::new(sources);
-    let path = output_path(task.dir, task.id);
+    let path = task.output;
     let prefix = format!("{TEMP_PREFIX}reduce-{}-", task.id);
     let mut keys = 0u64;
     let bytes_written = write_atomically(task.dir, &prefix, &path, |out, temp| {

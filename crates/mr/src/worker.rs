@@ -7,6 +7,7 @@
 //! runs the map task again.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::app::App;
 use crate::apps::{by_name, exec_app, AppSpec, UnknownApp};
 use crate::exec::{self, ExecApp};
 use crate::protocol::{FromCoordinator, TaskId, ToCoordinator, WorkerId, PROTOCOL};
-use crate::task::{run_map, run_reduce_with, MapTask, ReduceTask, Reducer};
+use crate::task::{reduce_attempt_path, run_map, run_reduce_with, MapTask, ReduceTask, Reducer};
 
 /// The application a worker runs: a Rust [`App`], or the exec app, whose reduce program runs
 /// once per reduce task rather than once per key.
@@ -59,6 +60,9 @@ pub struct WorkerConfig {
     pub memory_limit: usize,
     /// How long to wait for one answer from the coordinator before asking again.
     pub call_timeout: Duration,
+    /// Where this worker sees the job's shared directory, if not at the path the coordinator
+    /// gives (the share is mounted elsewhere here).
+    pub job_dir: Option<PathBuf>,
 }
 
 /// What a worker did.
@@ -128,7 +132,7 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
             summary.ended = "the coordinator is gone".into();
             return Ok(summary);
         };
-        let (task, attempt, map_attempts, heartbeat_millis, run) = match reply {
+        let (task, attempt, map_attempts, heartbeat_millis, run, attempt_output) = match reply {
             FromCoordinator::Map {
                 task,
                 attempt,
@@ -138,6 +142,7 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
                 dir,
                 heartbeat_millis,
             } => {
+                let dir = config.job_dir.clone().unwrap_or(dir);
                 let app = config.app.clone();
                 let memory_limit = config.memory_limit;
                 let run = tokio::task::spawn_blocking(move || {
@@ -170,6 +175,7 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
                     map_attempts,
                     heartbeat_millis,
                     run,
+                    None,
                 )
             }
             FromCoordinator::Reduce {
@@ -179,13 +185,17 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
                 dir,
                 heartbeat_millis,
             } => {
+                let dir = config.job_dir.clone().unwrap_or(dir);
                 let app = config.app.clone();
                 let attempts = map_attempts.clone();
+                let output = reduce_attempt_path(&dir, task, attempt);
+                let attempt_output = Some(output.clone());
                 let run = tokio::task::spawn_blocking(move || {
                     let reduce = ReduceTask {
                         id: task,
                         map_attempts: &attempts,
                         dir: &dir,
+                        output: &output,
                     };
                     run_reduce_with(app.reducer(), &reduce)
                         .map(|_| 0)
@@ -197,6 +207,7 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
                     map_attempts,
                     heartbeat_millis,
                     run,
+                    attempt_output,
                 )
             }
             FromCoordinator::Wait { millis } => {
@@ -249,7 +260,14 @@ pub async fn run_worker(config: WorkerConfig) -> Result<WorkerSummary, WorkerErr
                 }
             }
         };
-        match call(&mut client, &report, config.call_timeout).await {
+        let answer = call(&mut client, &report, config.call_timeout).await;
+        if let Some(output) = attempt_output {
+            // Had the coordinator accepted this reduce attempt, it would have renamed the
+            // output to mr-out-R before answering: a file still here was not accepted (or
+            // the coordinator is gone) and is never needed.
+            let _ = std::fs::remove_file(output);
+        }
+        match answer {
             None => {
                 summary.ended = "the coordinator is gone".into();
                 return Ok(summary);

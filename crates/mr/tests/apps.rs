@@ -268,6 +268,7 @@ fn exec_word_count_matches_wc() {
                 id,
                 map_attempts: &vec![0; inputs.len()],
                 dir: job.path(),
+                output: &output_path(job.path(), id),
             };
             let stats = if per_task {
                 run_reduce_exec(&awk_wc(), &task).unwrap()

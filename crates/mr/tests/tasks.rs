@@ -70,6 +70,7 @@ fn run_job(
                 id,
                 map_attempts: &vec![0; inputs.len()],
                 dir,
+                output: &output_path(dir, id),
             },
         )
         .unwrap();
@@ -337,6 +338,7 @@ fn a_zero_memory_limit_still_works() {
             id: 0,
             map_attempts: &[0],
             dir: dir.path(),
+            output: &output_path(dir.path(), 0),
         },
     )
     .unwrap();
@@ -346,6 +348,7 @@ fn a_zero_memory_limit_still_works() {
             id: 1,
             map_attempts: &[0],
             dir: dir.path(),
+            output: &output_path(dir.path(), 1),
         },
     )
     .unwrap();
@@ -390,6 +393,7 @@ fn reduce_small_job(dir: &Path, id: usize) -> Result<(), TaskError> {
             id,
             map_attempts: &[0, 0],
             dir,
+            output: &output_path(dir, id),
         },
     )
     .map(|_| ())
@@ -411,6 +415,7 @@ fn assert_reduce_fails_with(app: &dyn App, dir: &Path, id: usize, expect: &[&str
             id,
             map_attempts: &[0, 0],
             dir,
+            output: &output_path(dir, id),
         },
     )
     .unwrap_err();
@@ -753,6 +758,7 @@ fn binary_input_does_not_panic() {
                     id: r,
                     map_attempts: &[0],
                     dir: dir.path(),
+                    output: &output_path(dir.path(), r),
                 },
             )
             .unwrap();
@@ -782,6 +788,7 @@ fn an_empty_input_writes_every_bucket() {
                 id: r,
                 map_attempts: &[0],
                 dir: dir.path(),
+                output: &output_path(dir.path(), r),
             },
         )
         .unwrap();
@@ -823,6 +830,7 @@ fn reduce_all(dir: &Path) -> Vec<String> {
                 id,
                 map_attempts: &[0],
                 dir,
+                output: &output_path(dir, id),
             },
         )
         .unwrap();
@@ -980,6 +988,7 @@ fn application_errors_fail_the_task_and_name_it() {
             id: r,
             map_attempts: &[0],
             dir: dir.path(),
+            output: &output_path(dir.path(), r),
         },
     )
     .unwrap_err();
@@ -1043,6 +1052,7 @@ fn a_reduce_over_more_map_tasks_than_its_fan_in() {
                 id,
                 map_attempts: &vec![0; n_map],
                 dir: dir.path(),
+                output: &output_path(dir.path(), id),
             },
         )
         .unwrap();
@@ -1066,6 +1076,7 @@ fn a_reduce_over_more_map_tasks_than_its_fan_in() {
             id: 1,
             map_attempts: &vec![0; n_map],
             dir: dir.path(),
+            output: &output_path(dir.path(), 1),
         },
     )
     .unwrap_err();
@@ -1112,6 +1123,7 @@ fn a_reduce_reads_the_attempt_of_each_map_task_it_is_told_to() {
                 id: 0,
                 map_attempts: &[attempt],
                 dir: dir.path(),
+                output: &output_path(dir.path(), 0),
             },
         )
         .unwrap();
@@ -1124,6 +1136,7 @@ fn a_reduce_reads_the_attempt_of_each_map_task_it_is_told_to() {
             id: 0,
             map_attempts: &[3],
             dir: dir.path(),
+            output: &output_path(dir.path(), 0),
         },
     )
     .unwrap_err();
@@ -1140,6 +1153,7 @@ fn a_missing_job_directory_is_the_workers_problem_not_a_lost_output() {
             id: 0,
             map_attempts: &[0, 0],
             dir: &gone,
+            output: &output_path(&gone, 0),
         },
     )
     .unwrap_err();
