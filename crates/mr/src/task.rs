@@ -1613,7 +1613,7 @@ pub fn run_reduce_with(
     let path = task.output;
     let prefix = format!("{TEMP_PREFIX}reduce-{}-", task.id);
     let mut keys = 0u64;
-    let bytes_written = write_atomically(task.dir, &prefix, &path, |out, temp| {
+    let bytes_written = write_atomically(task.dir, &prefix, path, |out, temp| {
         let mut written = 0u64;
         let mut write_line = |key: &str, result: &str| -> Result<(), TaskError> {
             let mut write = || -> io::Result<()> {
