@@ -404,6 +404,21 @@ fn line_counts(s: &Scratch, inputs: &[String]) -> Vec<String> {
     lines
 }
 
+/// The line-count app whose first map task (of any worker) holds until the file `go` exists
+/// (at most 45 s), after creating the file `started`: returns the app's arguments and the
+/// two paths.
+fn gated_line_count_app(s: &Scratch) -> (Vec<String>, PathBuf, PathBuf) {
+    let started = s.root.join("started");
+    let go = s.root.join("go");
+    let gate = format!(
+        r#"if mkdir {gate} 2>/dev/null; then : > {started}; i=0; while [ ! -e {go} ] && [ $i -lt 900 ]; do sleep 0.05; i=$((i+1)); done; fi;"#,
+        gate = s.root.join("gate").display(),
+        started = started.display(),
+        go = go.display()
+    );
+    (line_count_app(&gate), started, go)
+}
+
 #[test]
 fn a_task_longer_than_the_task_timeout_finishes_with_two_workers() {
     // One map task of three seconds, re-issued after one: the second worker takes it too,
@@ -438,15 +453,7 @@ fn a_worker_that_keeps_failing_is_dismissed_and_the_others_finish_the_job() {
     let (mut coordinator, addr) = s.coordinator(&["--task-timeout", "2"]);
     // The healthy worker holds its first map task until the broken worker is gone, so the
     // broken one meets the seven other map tasks first.
-    let started = s.root.join("started");
-    let go = s.root.join("go");
-    let gate = format!(
-        r#"if mkdir {gate} 2>/dev/null; then : > {started}; i=0; while [ ! -e {go} ] && [ $i -lt 900 ]; do sleep 0.05; i=$((i+1)); done; fi;"#,
-        gate = s.root.join("gate").display(),
-        started = started.display(),
-        go = go.display()
-    );
-    let app = line_count_app(&gate);
+    let (app, started, go) = gated_line_count_app(&s);
     let app: Vec<&str> = app.iter().map(String::as_str).collect();
     let mut healthy = s.worker_with(&addr, &app, None, LIMIT);
     wait_for_file(&started, LIMIT);
@@ -478,15 +485,7 @@ fn a_worker_that_cannot_see_the_shared_directory_is_dismissed_and_no_one_else_is
     // every output in place.
     let s = Scratch::new();
     let (mut coordinator, addr) = s.coordinator(&["--task-timeout", "2"]);
-    let started = s.root.join("started");
-    let go = s.root.join("go");
-    let gate = format!(
-        r#"if mkdir {gate} 2>/dev/null; then : > {started}; i=0; while [ ! -e {go} ] && [ $i -lt 900 ]; do sleep 0.05; i=$((i+1)); done; fi;"#,
-        gate = s.root.join("gate").display(),
-        started = started.display(),
-        go = go.display()
-    );
-    let app = line_count_app(&gate);
+    let (app, started, go) = gated_line_count_app(&s);
     let app: Vec<&str> = app.iter().map(String::as_str).collect();
     let mut healthy = s.worker_with(&addr, &app, None, LIMIT);
     wait_for_file(&started, LIMIT);
