@@ -311,7 +311,7 @@ class Result:
         if self.outcome == "failed":
             return str(self.seed)
         if self.outcome == "survived":
-            return f"survived {self.seeds} seeds"
+            return f"{'passed' if self.bug == BASELINE else 'survived'} {self.seeds} seeds"
         if self.outcome == "timeout":
             return "timeout"
         return self.outcome
