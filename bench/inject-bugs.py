@@ -9,7 +9,7 @@ CARGO_TARGET_DIR (so each rebuild is incremental), run
 
     <target>/<profile>/flotilla sim raft --seeds N --fail-fast
 
-under a wall timeout, and record the first failing seed and the first line of its failure
+under a wall timeout and an address-space limit, and record the first failing seed and the first line of its failure
 message (the check that fired). A bug that passes all N seeds is reported as "survived N
 seeds": that is a finding about the sweep, not an error of this script.
 
@@ -19,8 +19,8 @@ seeds": that is a finding about the sweep, not an error of this script.
     bench/inject-bugs.py --baseline [NAME ...]                 # baseline rows, then the bugs
 
 Python 3.11, standard library only. Runs one cargo build at a time. Exit status: 0 when
-every run finished (failures found, survivals and timeouts are results), 1 when a build
-failed or the simulator died without reporting, 2 on a usage or drift error.
+every run finished (failures found, survivals, timeouts and memory limits are results), 1
+when a build failed or the simulator died without reporting, 2 on a usage or drift error.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import datetime
 import fcntl
 import os
 import re
+import resource
 import shlex
 import signal
 import subprocess
@@ -103,8 +104,19 @@ BUGS: list[Bug] = [
     ),
     bug(
         "double-vote",
-        "Raft::handle_request_vote: the recorded vote of the term is not consulted "
-        "(can_vote = no known leader); a candidate, whose recorded vote is itself, grants too",
+        "Raft::handle_request_vote: a follower grants whatever its recorded vote in the term "
+        "(the vote check is skipped when role == Follower; candidates still refuse)",
+        (
+            RAFT,
+            "        let can_vote = self.vote.is_none_or(|v| v == candidate) && self.leader.is_none();\n",
+            "        let can_vote = (self.role == Role::Follower || self.vote.is_none_or(|v| v == candidate))\n"
+            "            && self.leader.is_none();\n",
+        ),
+    ),
+    bug(
+        "double-vote-any-role",
+        "Raft::handle_request_vote: the recorded vote is not consulted at all (can_vote = no "
+        "known leader), so a candidate, whose vote is itself, grants another candidate too",
         (
             RAFT,
             "        let can_vote = self.vote.is_none_or(|v| v == candidate) && self.leader.is_none();\n",
@@ -298,7 +310,7 @@ def sync_scratch(scratch: Path, files: list[str], overrides: dict[str, bytes]) -
 class Result:
     bug: str
     profile: str
-    outcome: str  # "failed", "survived", "timeout", "build failed", "error"
+    outcome: str  # "failed", "survived", "timeout", "memory limit", "build failed", "error"
     seed: int | None = None
     check: str = ""
     message: str = ""
@@ -314,6 +326,8 @@ class Result:
             return f"{'passed' if self.bug == BASELINE else 'survived'} {self.seeds} seeds"
         if self.outcome == "timeout":
             return "timeout"
+        if self.outcome == "memory limit":
+            return "memory limit"
         return self.outcome
 
     def check_cell(self) -> str:
@@ -325,17 +339,24 @@ class Result:
 
 
 def run_group(
-    cmd: list[str], env: dict, timeout: float, log_path: Path, cwd: Path | None = None
+    cmd: list[str], env: dict, timeout: float, log_path: Path, cwd: Path | None = None,
+    mem_limit: int | None = None,
 ) -> tuple[int | None, str, float]:
     """Runs `cmd` in its own process group, output to `log_path`; kills that group on
-    timeout. Returns (exit code or None on timeout, stdout+stderr text, wall seconds)."""
+    timeout. `mem_limit` caps the child's address space (bytes). Returns (exit code or None
+    on timeout, stdout+stderr text, wall seconds)."""
+
+    def limit() -> None:
+        if mem_limit:
+            resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
+
     start = time.monotonic()
     with open(log_path, "w") as out:
         out.write("$ " + shlex.join(cmd) + (f"   (in {cwd})" if cwd else "") + "\n")
         out.flush()
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=limit,
         )
         try:
             code = proc.wait(timeout=timeout)
@@ -392,9 +413,12 @@ def first_line(message: str) -> str:
     return re.split(r"\s{2,}left: ", message, maxsplit=1)[0].strip()
 
 
-def sweep(bin_path: Path, seeds: int, timeout: float, log_path: Path) -> tuple[str, dict]:
+def sweep(
+    bin_path: Path, seeds: int, timeout: float, mem_gib: float, log_path: Path
+) -> tuple[str, dict]:
     cmd = [str(bin_path), "sim", "raft", "--seeds", str(seeds), "--fail-fast"]
-    code, text, wall = run_group(cmd, dict(os.environ), timeout, log_path)
+    code, text, wall = run_group(cmd, dict(os.environ), timeout, log_path,
+                                 mem_limit=int(mem_gib * 2**30))
     info: dict = {"wall": wall}
     failed = summary = None
     for line in text.splitlines():
@@ -409,12 +433,22 @@ def sweep(bin_path: Path, seeds: int, timeout: float, log_path: Path) -> tuple[s
         return "failed", info | {"seed": int(failed.group(1)), "message": msg, "check": first_line(msg)}
     if code == 0 and summary and int(summary.group(2)) == 0:
         return "survived", info
+    if re.search(r"memory allocation of \d+ bytes failed", text):
+        # The CLI names seeds only when they fail, so the runaway seed is not known here.
+        return "memory limit", info | {
+            "message": f"address space limit of {mem_gib:g} GiB hit; seed not reported "
+            f"(the CLI prints only failed seeds) (log {log_path})"}
     tail = [l for l in text.splitlines() if l.strip()][-1:] or ["no output"]
     how = f"signal {-code}" if code < 0 else f"exit {code}"
     return "error", info | {"message": f"simulator died ({how}) without a report: {tail[0]}"}
 
 
 # ---- report -----------------------------------------------------------------------------------
+
+
+def clip(text: str, limit: int = 400) -> str:
+    """Long messages (an assert_eq! of two whole logs) are cut; the sweep log has them."""
+    return text if len(text) <= limit else text[:limit] + f" … ({len(text)} chars in all)"
 
 
 def md_cell(text: str) -> str:
@@ -442,7 +476,10 @@ def document(results: list[Result], args, started: str, tree: str, versions: str
         f"- command: `{cmd.strip()}`",
         f"- toolchain: {versions}",
         f"- each run: `flotilla sim raft --seeds {args.seeds} --fail-fast`, wall timeout "
-        f"{args.timeout:.0f}s; baseline runs: {args.baseline_seeds} seeds",
+        f"{args.timeout:.0f}s, address space limit {args.mem_limit:g} GiB; baseline runs: "
+        f"{args.baseline_seeds} seeds",
+        "- a replay needs the bug's build: `bench/inject-bugs.py NAME` leaves it in "
+        "`<target-dir>/<profile>/flotilla`, then `flotilla sim raft --seed S`",
         "",
         table(results),
         "",
@@ -459,7 +496,7 @@ def document(results: list[Result], args, started: str, tree: str, versions: str
         what = kind(r.message) if r.outcome == "failed" else ""
         out.append(
             f"| {md_cell(r.bug)} | {r.profile} | {seeds_run} | {r.wall:.1f} | {replay} | "
-            f"{what} | {md_cell(r.message)} |"
+            f"{what} | {md_cell(clip(r.message))} |"
         )
     out += ["", "## The injected bugs", ""]
     names = {r.bug for r in results}
@@ -490,6 +527,9 @@ def main() -> int:
                    help="seeds for baseline runs (default: 200 with --baseline, --seeds with "
                    "--baseline-only)")
     p.add_argument("--timeout", type=float, default=900, help="wall timeout per sweep, s (900)")
+    p.add_argument("--mem-limit", type=float, default=4, metavar="GIB",
+                   help="address-space limit per sweep, GiB (4): a runaway seed aborts "
+                   "instead of eating the machine")
     p.add_argument("--build-timeout", type=float, default=3600, help="per build, s (3600)")
     p.add_argument("--target-dir", type=Path,
                    default=Path(os.environ.get("INJECT_TARGET_DIR", REPO / "target-inject")),
@@ -559,7 +599,8 @@ def main() -> int:
             status = 1
             continue
         bin_path = args.target_dir / profile / "flotilla"
-        outcome, info = sweep(bin_path, seeds, args.timeout, logs / f"{tag}.sweep.log")
+        outcome, info = sweep(bin_path, seeds, args.timeout, args.mem_limit,
+                              logs / f"{tag}.sweep.log")
         r = Result(name, profile, outcome, seeds=seeds, seeds_run=info.get("seeds_run"),
                    wall=info["wall"], seed=info.get("seed"), check=info.get("check", ""),
                    message=info.get("message", ""))
