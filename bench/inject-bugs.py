@@ -323,7 +323,8 @@ class Result:
         if self.outcome == "failed":
             return str(self.seed)
         if self.outcome == "survived":
-            return f"{'passed' if self.bug == BASELINE else 'survived'} {self.seeds} seeds"
+            verb = "passed" if self.bug == BASELINE else "survived"
+            return f"{verb} {self.seeds} seed{'s' if self.seeds != 1 else ''}"
         if self.outcome == "timeout":
             return "timeout"
         if self.outcome == "memory limit":
