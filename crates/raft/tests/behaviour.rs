@@ -911,3 +911,130 @@ fn pre_vote_grants_and_a_late_real_vote_do_not_make_a_leader() {
         "leader of term 1 on one pre-vote, its own vote and one late real vote"
     );
 }
+
+/// An acknowledgement that makes an entry committed is answered at once: the new commit index
+/// goes to both followers (to the lagging one with the entry) and the entry to the service,
+/// in the same `Ready`; no one waits for the next heartbeat.
+#[test]
+fn a_new_commit_index_is_applied_and_broadcast_at_once() {
+    let mut cfg = Config::new(0, vec![0, 1, 2]);
+    cfg.pre_vote = false;
+    let mut leader = RawNode::new(cfg, DurableState::default());
+    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
+    let term = leader.status().hard.term;
+    for peer in [1, 2] {
+        leader
+            .step(from(
+                peer,
+                0,
+                term,
+                MessageBody::RequestVoteResponse { granted: true },
+            ))
+            .expect("valid");
+    }
+    drain(&mut leader);
+    let accepted = |match_index| {
+        MessageBody::AppendEntriesResponse(flotilla_raft::AppendOutcome::Accepted { match_index })
+    };
+    leader.step(from(1, 0, term, accepted(0))).expect("valid");
+    leader.propose(vec![7]).expect("leader");
+    drain(&mut leader);
+    assert!(!leader.has_ready());
+    // Follower 1's ack makes entry 1 committed (leader and follower 1: a majority).
+    leader.step(from(1, 0, term, accepted(1))).expect("valid");
+    assert!(leader.has_ready());
+    let rd = leader.ready();
+    let commits: Vec<(u64, u64)> = rd
+        .messages
+        .iter()
+        .filter_map(|m| match m.body {
+            MessageBody::AppendEntries { leader_commit, .. } => Some((m.to, leader_commit)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(commits, [(1, 1), (2, 1)], "{:?}", rd.messages);
+    assert_eq!(
+        rd.committed_entries
+            .iter()
+            .map(|e| e.index)
+            .collect::<Vec<_>>(),
+        [1]
+    );
+    leader.advance();
+}
+
+/// Check-quorum's lease ends after exactly `election_ticks` ticks without hearing from the
+/// leader: a vote request then is answered (one tick earlier it is ignored), so a group whose
+/// leader died elects a new one without waiting a tick longer than the rule says.
+#[test]
+fn the_lease_ends_after_exactly_one_minimum_election_timeout() {
+    let heartbeat = |n: &mut RawNode| {
+        n.step(from(
+            1,
+            0,
+            1,
+            MessageBody::AppendEntries {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: Vec::new(),
+                leader_commit: 0,
+            },
+        ))
+        .expect("valid");
+        drain(n);
+    };
+    let vote_request = from(
+        2,
+        0,
+        2,
+        MessageBody::RequestVote {
+            last_log_index: 0,
+            last_log_term: 0,
+        },
+    );
+    // A seed whose election timeout is longer than the minimum, so the follower is still
+    // waiting (not campaigning) when the lease ends.
+    let mut tested = 0;
+    for seed in 0..50u64 {
+        let mut cfg = Config::new(0, vec![0, 1, 2]);
+        cfg.pre_vote = false;
+        cfg.seed = seed;
+        let ticks = cfg.election_ticks;
+        let mut n = RawNode::new(cfg.clone(), DurableState::default());
+        heartbeat(&mut n);
+        let mut spoke = false;
+        for _ in 0..ticks {
+            n.tick();
+            spoke |= !drain(&mut n).is_empty();
+        }
+        if spoke {
+            continue; // this seed's timeout is the minimum: it campaigned
+        }
+        // One tick before the end of the lease the request is ignored...
+        let mut early = RawNode::new(cfg, DurableState::default());
+        heartbeat(&mut early);
+        for _ in 0..ticks - 1 {
+            early.tick();
+            drain(&mut early);
+        }
+        early.step(vote_request.clone()).expect("valid");
+        assert!(
+            drain(&mut early).is_empty(),
+            "seed {seed}: ignored in the lease"
+        );
+        // ...and at its end it is granted.
+        n.step(vote_request.clone()).expect("valid");
+        let answers = drain(&mut n);
+        assert!(
+            answers
+                .iter()
+                .any(|m| m.to == 2 && m.body == MessageBody::RequestVoteResponse { granted: true }),
+            "seed {seed}: granted after the lease: {answers:?}"
+        );
+        tested += 1;
+    }
+    assert!(
+        tested > 10,
+        "only {tested} seeds with a long enough timeout"
+    );
+}
