@@ -317,10 +317,11 @@ fn parse_seed(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // In a simulation, simulated disks are torn on purpose: the WAL's notes about cutting off
-    // a torn tail are the expected course of the run, not news (RUST_LOG shows them).
+    // In a simulation (and in the benchmarks, which run simulations), simulated disks are torn
+    // on purpose: the WAL's notes about cutting off a torn tail are the expected course of the
+    // run, not news (RUST_LOG shows them).
     let default_filter = match cli.command {
-        Command::Sim(_) => "info,flotilla_storage::wal=error",
+        Command::Sim(_) | Command::Bench(_) => "info,flotilla_storage::wal=error",
         _ => "info",
     };
     tracing_subscriber::fmt()
