@@ -31,6 +31,7 @@ pub mod types;
 pub mod validate;
 
 pub use durable::{DurableState, Persist};
+pub use progress::{FollowerProgress, ProgressState};
 pub use rawnode::{CompactError, NotLeader, RawNode, Ready, Status};
 pub use types::*;
 pub use validate::StepError;

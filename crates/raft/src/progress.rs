@@ -21,6 +21,21 @@ pub enum ProgressState {
     Snapshot,
 }
 
+/// What [`crate::Status`] shows of one follower, on the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowerProgress {
+    pub id: crate::types::NodeId,
+    /// Highest index known to match the leader's log.
+    pub matched: Index,
+    /// Next index the leader will send.
+    pub next: Index,
+    pub state: ProgressState,
+    /// Probe only: a message is outstanding and the leader waits for its answer.
+    pub paused: bool,
+    /// Heard from since the last check-quorum check.
+    pub recent_active: bool,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Progress {
     /// Highest index known to match the leader's log.
@@ -48,6 +63,18 @@ impl Progress {
             pending_snapshot: 0,
             ticks_since_send: 0,
             recent_active: false,
+        }
+    }
+
+    /// The public view of this progress, for follower `id`.
+    pub fn view(&self, id: crate::types::NodeId) -> FollowerProgress {
+        FollowerProgress {
+            id,
+            matched: self.matched,
+            next: self.next,
+            state: self.state,
+            paused: self.paused,
+            recent_active: self.recent_active,
         }
     }
 

@@ -6,7 +6,7 @@
 //! takes them with `RawNode::ready`.
 
 use crate::log::RaftLog;
-use crate::progress::{Progress, ProgressState};
+use crate::progress::{FollowerProgress, Progress, ProgressState};
 use crate::rng::SplitMix64;
 use crate::types::*;
 use crate::validate::{check_message, StepError};
@@ -203,6 +203,14 @@ impl Raft {
         for peer in self.other_peers() {
             self.send_append(peer, true);
         }
+    }
+
+    /// Each follower's progress, in `peers` order; empty unless leader.
+    pub fn follower_progress(&self) -> Vec<FollowerProgress> {
+        if self.role != Role::Leader {
+            return Vec::new();
+        }
+        self.progress.iter().map(|(id, pr)| pr.view(*id)).collect()
     }
 
     fn other_peers(&self) -> Vec<NodeId> {

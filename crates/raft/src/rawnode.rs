@@ -19,6 +19,7 @@
 
 use crate::durable::{DurableState, Persist};
 use crate::log::RaftLog;
+use crate::progress::FollowerProgress;
 use crate::raft::Raft;
 use crate::types::*;
 use crate::validate::StepError;
@@ -102,6 +103,9 @@ pub struct Status {
     pub last_index: Index,
     pub last_term: Term,
     pub snapshot_index: Index,
+    /// On a leader, each follower's progress (match, next, state), in `peers` order; empty
+    /// on any other role.
+    pub progress: Vec<FollowerProgress>,
 }
 
 pub struct RawNode {
@@ -242,6 +246,7 @@ impl RawNode {
             last_index: log.last_index(),
             last_term: log.last_term(),
             snapshot_index: log.snapshot().index,
+            progress: self.raft.follower_progress(),
         }
     }
 

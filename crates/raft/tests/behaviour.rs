@@ -4,7 +4,8 @@
 //! safety property noticing (found by mutation testing; see TESTING.md).
 
 use flotilla_raft::{
-    Config, DurableState, Entry, HardState, Message, MessageBody, Persist, RawNode, Role, Snapshot,
+    Config, DurableState, Entry, FollowerProgress, HardState, Message, MessageBody, Persist,
+    ProgressState, RawNode, Role, Snapshot,
 };
 
 fn entry(index: u64, term: u64) -> Entry {
@@ -1037,4 +1038,66 @@ fn the_lease_ends_after_exactly_one_minimum_election_timeout() {
         tested > 10,
         "only {tested} seeds with a long enough timeout"
     );
+}
+
+/// A leader's `Status` shows each follower's match, next and state as they change; any other
+/// role shows none.
+#[test]
+fn status_shows_each_followers_progress_on_the_leader() {
+    let mut cfg = Config::new(0, vec![0, 1, 2]);
+    cfg.pre_vote = false;
+    let mut leader = RawNode::new(cfg, DurableState::default());
+    assert!(leader.status().progress.is_empty(), "a follower shows none");
+    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
+    assert!(
+        leader.status().progress.is_empty(),
+        "a candidate shows none"
+    );
+    let term = leader.status().hard.term;
+    for peer in [1, 2] {
+        leader
+            .step(from(
+                peer,
+                0,
+                term,
+                MessageBody::RequestVoteResponse { granted: true },
+            ))
+            .expect("valid");
+    }
+    drain(&mut leader);
+    // Follower 1's vote made it leader; follower 2's, arriving after, shows it active.
+    let probe = |id, recent_active| FollowerProgress {
+        id,
+        matched: 0,
+        next: 1,
+        state: ProgressState::Probe,
+        paused: true,
+        recent_active,
+    };
+    assert_eq!(leader.status().progress, [probe(1, false), probe(2, true)]);
+    leader
+        .step(from(
+            1,
+            0,
+            term,
+            MessageBody::AppendEntriesResponse(flotilla_raft::AppendOutcome::Accepted {
+                match_index: 0,
+            }),
+        ))
+        .expect("valid");
+    leader.propose(vec![1]).expect("leader");
+    drain(&mut leader);
+    let status = leader.status();
+    assert_eq!(
+        status.progress[0],
+        FollowerProgress {
+            id: 1,
+            matched: 0,
+            next: 2,
+            state: ProgressState::Replicate,
+            paused: false,
+            recent_active: true,
+        }
+    );
+    assert_eq!(status.progress[1].state, ProgressState::Probe);
 }
