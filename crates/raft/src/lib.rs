@@ -58,6 +58,11 @@ pub struct Config {
     /// Ask for pre-votes before campaigning (and, with `check_quorum`, ignore vote requests
     /// while a leader is known to be alive), so a server that cannot win does not disrupt.
     pub pre_vote: bool,
+    /// A new leader appends a no-op entry (empty `data`) of its term at once, so entries of
+    /// earlier terms commit — and reads can be served — without waiting for a client's write
+    /// (Raft §8). Off by default because it shifts the index of every later command, which
+    /// the Lab 3 tests count exactly.
+    pub leader_noop: bool,
 }
 
 impl Config {
@@ -73,6 +78,7 @@ impl Config {
             snapshot_resend_ticks: 30,
             check_quorum: true,
             pre_vote: true,
+            leader_noop: false,
         }
     }
 }

@@ -199,7 +199,12 @@ impl Raft {
             .into_iter()
             .map(|p| (p, Progress::new(next)))
             .collect();
-        // Assert leadership at once: an empty append to everyone (it also probes their logs).
+        if self.cfg.leader_noop {
+            // Probes start at `next`, so the first message to each follower carries it.
+            self.log.append(self.term, Vec::new());
+            self.maybe_commit();
+        }
+        // Assert leadership at once: an append to everyone (it also probes their logs).
         for peer in self.other_peers() {
             self.send_append(peer, true);
         }
@@ -272,6 +277,10 @@ impl Raft {
         if self.role != Role::Leader {
             return Err(crate::NotLeader { hint: self.leader });
         }
+        assert!(
+            !(self.cfg.leader_noop && data.is_empty()),
+            "with leader_noop, empty data marks a leader's no-op: propose a non-empty command"
+        );
         let index = self.log.append(self.term, data);
         self.pending_broadcast = true;
         self.maybe_commit();

@@ -14,7 +14,9 @@ pub type Term = u64;
 /// prefix (and the index of the empty snapshot).
 pub type Index = u64;
 
-/// One replicated log entry. `data` is opaque to Raft: the service's command.
+/// One replicated log entry. `data` is opaque to Raft: the service's command. With
+/// [`crate::Config::leader_noop`], an entry with empty `data` is a new leader's no-op, which
+/// the service skips when applying (and a service then never proposes empty data).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub term: Term,

@@ -1101,3 +1101,74 @@ fn status_shows_each_followers_progress_on_the_leader() {
     );
     assert_eq!(status.progress[1].state, ProgressState::Probe);
 }
+
+/// Three servers holding two uncommitted entries of term 1 elect a leader. Without the no-op
+/// nothing commits until a client writes (a leader may not count replicas of an earlier
+/// term's entries, §5.4.2); with `leader_noop` the leader's no-op commits, and the earlier
+/// entries with it, with no proposal at all.
+#[test]
+fn a_leaders_noop_commits_earlier_terms_entries_without_a_client_write() {
+    for noop in [false, true] {
+        let mut net = Net {
+            nodes: (0..3)
+                .map(|i| {
+                    let mut cfg = Config::new(i, vec![0, 1, 2]);
+                    cfg.leader_noop = noop;
+                    RawNode::new(cfg, state(1, None, &[1, 1]))
+                })
+                .collect(),
+        };
+        let l = net.elect_someone();
+        for _ in 0..20 {
+            net.tick(|_, _| false);
+        }
+        let status = net.nodes[l].status();
+        assert!(status.hard.term > 1);
+        if noop {
+            assert_eq!(status.last_index, 3, "the no-op follows the old entries");
+            assert_eq!(
+                net.nodes[l].entry(3).map(|e| e.data.clone()),
+                Some(Vec::new())
+            );
+            assert_eq!(
+                net.nodes[l].entry(3).map(|e| e.term),
+                Some(status.hard.term)
+            );
+            for n in &net.nodes {
+                assert_eq!(n.status().commit, 3, "committed everywhere");
+            }
+        } else {
+            assert_eq!((status.last_index, status.commit), (2, 0));
+        }
+    }
+}
+
+/// A single server's no-op commits at once.
+#[test]
+fn a_lone_leaders_noop_commits_at_once() {
+    let mut cfg = Config::new(0, vec![0]);
+    cfg.leader_noop = true;
+    let mut n = RawNode::new(cfg, state(1, None, &[1]));
+    for _ in 0..100 {
+        n.tick();
+        drain(&mut n);
+        if n.is_leader() {
+            break;
+        }
+    }
+    assert!(n.is_leader());
+    assert_eq!((n.status().last_index, n.status().commit), (2, 2));
+}
+
+#[test]
+#[should_panic(expected = "empty data marks a leader's no-op")]
+fn with_leader_noop_an_empty_proposal_is_refused() {
+    let mut cfg = Config::new(0, vec![0]);
+    cfg.leader_noop = true;
+    let mut n = RawNode::new(cfg, DurableState::default());
+    while !n.is_leader() {
+        n.tick();
+        drain(&mut n);
+    }
+    let _ = n.propose(Vec::new());
+}
