@@ -101,6 +101,8 @@ pub struct Setup {
     pub receive_batching: Option<(Duration, Duration)>,
     pub pre_vote: bool,
     pub check_quorum: bool,
+    /// New leaders append a no-op (`Config::leader_noop`).
+    pub leader_noop: bool,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
     /// `Some`: the servers run the real `WalStorage` on the simulated file system, whose
@@ -159,6 +161,8 @@ impl Setup {
             check_quorum: plan.chance(0.7),
             election_ticks,
             heartbeat_ticks,
+            // Drawn last (fields are evaluated in order), so the draws before keep their values.
+            leader_noop: plan.chance(0.3),
         }
     }
 
@@ -172,6 +176,7 @@ impl Setup {
         cfg.receive_batching = self.receive_batching;
         cfg.raft.pre_vote = self.pre_vote;
         cfg.raft.check_quorum = self.check_quorum;
+        cfg.raft.leader_noop = self.leader_noop;
         cfg.raft.election_ticks = self.election_ticks;
         cfg.raft.heartbeat_ticks = self.heartbeat_ticks;
         cfg
