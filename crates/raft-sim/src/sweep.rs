@@ -103,6 +103,9 @@ pub struct Setup {
     pub check_quorum: bool,
     /// New leaders append a no-op (`Config::leader_noop`).
     pub leader_noop: bool,
+    /// `Config::max_committed_bytes_per_ready`: small on some seeds, so committed entries
+    /// reach the service over several `Ready`s.
+    pub max_committed_bytes_per_ready: usize,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
     /// `Some`: the servers run the real `WalStorage` on the simulated file system, whose
@@ -163,6 +166,11 @@ impl Setup {
             heartbeat_ticks,
             // Drawn last (fields are evaluated in order), so the draws before keep their values.
             leader_noop: plan.chance(0.3),
+            max_committed_bytes_per_ready: if plan.chance(0.3) {
+                plan.range(1, 64) as usize
+            } else {
+                flotilla_raft::Config::new(0, vec![0]).max_committed_bytes_per_ready
+            },
         }
     }
 
@@ -177,6 +185,7 @@ impl Setup {
         cfg.raft.pre_vote = self.pre_vote;
         cfg.raft.check_quorum = self.check_quorum;
         cfg.raft.leader_noop = self.leader_noop;
+        cfg.raft.max_committed_bytes_per_ready = self.max_committed_bytes_per_ready;
         cfg.raft.election_ticks = self.election_ticks;
         cfg.raft.heartbeat_ticks = self.heartbeat_ticks;
         cfg

@@ -30,7 +30,7 @@ pub(crate) struct Raft {
     heartbeat_elapsed: u32,
     randomized_election_timeout: u32,
     rng: SplitMix64,
-    cfg: Config,
+    pub(crate) cfg: Config,
 
     /// Messages produced since the last `Ready`.
     pub msgs: Vec<Message>,

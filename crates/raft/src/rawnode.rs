@@ -205,6 +205,7 @@ impl RawNode {
             rd.persist.hard_state = Some(hard);
             self.prev_hard_state = hard;
         }
+        let max_bytes = self.raft.cfg.max_committed_bytes_per_ready;
         let log = &mut self.raft.log;
         if std::mem::take(&mut log.snapshot_unpersisted) {
             rd.persist.snapshot = Some(log.snapshot().clone());
@@ -216,12 +217,21 @@ impl RawNode {
         }
         if log.committed > self.handed_out {
             rd.committed_entries =
-                log.slice(self.handed_out + 1, log.committed, usize::MAX, usize::MAX);
-            debug_assert_eq!(
-                rd.committed_entries.len() as u64,
-                log.committed - self.handed_out
+                log.slice(self.handed_out + 1, log.committed, usize::MAX, max_bytes);
+            let first = self.handed_out + 1;
+            for (k, e) in rd.committed_entries.iter().enumerate() {
+                assert_eq!(
+                    e.index,
+                    first + k as u64,
+                    "committed entries in order, none missing"
+                );
+            }
+            self.handed_out += rd.committed_entries.len() as u64;
+            assert!(
+                !rd.committed_entries.is_empty() && self.handed_out <= log.committed,
+                "committed entries from {first} to {} must be in the log",
+                log.committed
             );
-            self.handed_out = log.committed;
         }
         rd.messages = std::mem::take(&mut self.raft.msgs);
         rd

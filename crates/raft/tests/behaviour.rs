@@ -1172,3 +1172,50 @@ fn with_leader_noop_an_empty_proposal_is_refused() {
     }
     let _ = n.propose(Vec::new());
 }
+
+/// Committed entries are handed out at most `max_committed_bytes_per_ready` of payload per
+/// `Ready` (at least one entry, even a larger one), in order, with `has_ready` true until
+/// every committed entry is out.
+#[test]
+fn committed_entries_come_in_bounded_batches() {
+    let mut cfg = Config::new(0, vec![0, 1, 2]);
+    cfg.max_committed_bytes_per_ready = 250;
+    let mut n = RawNode::new(cfg, DurableState::default());
+    let sizes = [100, 100, 100, 100, 400, 10, 10];
+    let entries: Vec<Entry> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &len)| Entry {
+            index: k as u64 + 1,
+            term: 1,
+            data: vec![k as u8; len],
+        })
+        .collect();
+    n.step(from(
+        1,
+        0,
+        1,
+        MessageBody::AppendEntries {
+            prev_log_index: 0,
+            prev_log_term: 0,
+            entries,
+            leader_commit: sizes.len() as u64,
+        },
+    ))
+    .expect("valid");
+    let mut batches = Vec::new();
+    while n.has_ready() {
+        let rd = n.ready();
+        if !rd.committed_entries.is_empty() {
+            batches.push(
+                rd.committed_entries
+                    .iter()
+                    .map(|e| e.index)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        n.advance();
+    }
+    assert_eq!(batches, vec![vec![1, 2], vec![3, 4], vec![5], vec![6, 7]]);
+    assert_eq!(n.status().applied, 7);
+}
