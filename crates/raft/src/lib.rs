@@ -18,6 +18,13 @@
 //! - restart from persisted term, vote, log and snapshot;
 //! - snapshots taken by the service at an index it chooses ([`RawNode::compact`]), sent to
 //!   followers that fell behind the compacted prefix (InstallSnapshot).
+//! - optionally a no-op entry from each new leader ([`Config::leader_noop`]), so earlier
+//!   terms' entries commit without a client write;
+//! - ReadIndex reads ([`RawNode::read_index`], Raft thesis §6.4): linearizable reads
+//!   confirmed by a round of `ReadProbe`s to a majority, with nothing written to the log;
+//! - a bound on the committed entries one `Ready` hands out
+//!   ([`Config::max_committed_bytes_per_ready`]), and each follower's progress in
+//!   [`Status`] on the leader.
 //!
 //! The persistence contract is in [`durable`]; the driver contract in [`rawnode`].
 

@@ -36,6 +36,24 @@ pub(crate) struct Raft {
     pub msgs: Vec<Message>,
     /// Followers in `Replicate` state need the entries proposed since the last `Ready`.
     pending_broadcast: bool,
+
+    /// The last ReadIndex round this node started (as leader, in any term).
+    read_seq: u64,
+    /// Rounds waiting for a quorum's answer, oldest first (leader only).
+    pending_reads: Vec<PendingRead>,
+    /// Reads asked before this leader committed an entry of its term (leader only).
+    reads_before_commit: Vec<Vec<u8>>,
+    /// Confirmed reads, for the next `Ready`.
+    pub read_states: Vec<ReadState>,
+}
+
+/// One ReadIndex round: the reads it confirms, at the commit index when it started, and who
+/// has answered it (or a later round).
+struct PendingRead {
+    seq: u64,
+    index: Index,
+    ctxs: Vec<Vec<u8>>,
+    acks: Vec<NodeId>,
 }
 
 impl Raft {
@@ -59,6 +77,10 @@ impl Raft {
             cfg,
             msgs: Vec::new(),
             pending_broadcast: false,
+            read_seq: 0,
+            pending_reads: Vec::new(),
+            reads_before_commit: Vec::new(),
+            read_states: Vec::new(),
         };
         raft.reset_election_timer();
         raft
@@ -123,6 +145,10 @@ impl Raft {
         self.progress.clear();
         self.votes.clear();
         self.pending_broadcast = false;
+        // Reads not yet confirmed are dropped: the service times them out and asks the new
+        // leader.
+        self.pending_reads.clear();
+        self.reads_before_commit.clear();
         // Figure 2 resets the election timer only on hearing from a leader or granting a
         // vote. A mere higher term (say, a candidate with a stale log) must not silence a
         // follower that could win; a leader or candidate stepping down starts afresh.
@@ -287,6 +313,64 @@ impl Raft {
         Ok((index, self.term))
     }
 
+    /// ReadIndex (Raft thesis §6.4): confirms that this node is still the leader, then hands
+    /// back `ctx` with the commit index of the moment it was asked ([`ReadState`]). Until this
+    /// leader has committed an entry of its own term its commit index may be behind, so the
+    /// read waits for that first (with `Config::leader_noop` it comes at once).
+    pub fn read_index(&mut self, ctx: Vec<u8>) -> Result<(), crate::NotLeader> {
+        if self.role != Role::Leader {
+            return Err(crate::NotLeader { hint: self.leader });
+        }
+        if self.log.term(self.log.committed) == Some(self.term) {
+            self.start_read_round(vec![ctx]);
+        } else {
+            self.reads_before_commit.push(ctx);
+        }
+        Ok(())
+    }
+
+    /// Starts a round confirming `ctxs` at the current commit index.
+    fn start_read_round(&mut self, ctxs: Vec<Vec<u8>>) {
+        let index = self.log.committed;
+        if self.quorum() == 1 {
+            self.read_states
+                .extend(ctxs.into_iter().map(|ctx| ReadState { index, ctx }));
+            return;
+        }
+        self.read_seq += 1;
+        let seq = self.read_seq;
+        self.pending_reads.push(PendingRead {
+            seq,
+            index,
+            ctxs,
+            acks: Vec::new(),
+        });
+        for peer in self.other_peers() {
+            self.send(peer, MessageBody::ReadProbe { seq });
+        }
+    }
+
+    /// `from` answered round `seq`, which also vouches for every earlier round: each round a
+    /// quorum (this leader included) has answered is confirmed, in order.
+    fn confirm_reads(&mut self, from: NodeId, seq: u64) {
+        for round in self.pending_reads.iter_mut().filter(|r| r.seq <= seq) {
+            if !round.acks.contains(&from) {
+                round.acks.push(from);
+            }
+        }
+        let quorum = self.quorum();
+        let confirmed = self
+            .pending_reads
+            .iter()
+            .take_while(|r| r.acks.len() + 1 >= quorum)
+            .count();
+        for round in self.pending_reads.drain(..confirmed) {
+            let index = round.index;
+            self.read_states
+                .extend(round.ctxs.into_iter().map(|ctx| ReadState { index, ctx }));
+        }
+    }
+
     /// Sends new entries to followers that are in `Replicate` state. Called when a `Ready` is
     /// assembled, so a burst of proposals travels in one message per follower.
     pub fn flush_broadcast(&mut self) {
@@ -319,9 +403,9 @@ impl Raft {
                 // A pre-vote changes nothing in the receiver; a granted pre-vote carries the
                 // term we would campaign in, which we take only when we campaign.
                 MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { granted: true } => {}
-                MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
-                    self.become_follower(m.term, Some(m.from))
-                }
+                MessageBody::AppendEntries { .. }
+                | MessageBody::InstallSnapshot { .. }
+                | MessageBody::ReadProbe { .. } => self.become_follower(m.term, Some(m.from)),
                 _ => self.become_follower(m.term, None),
             }
         } else if m.term < self.term {
@@ -356,6 +440,10 @@ impl Raft {
                 }
                 MessageBody::PreVote { .. } => {
                     self.send(m.from, MessageBody::PreVoteResponse { granted: false });
+                }
+                MessageBody::ReadProbe { seq } => {
+                    // In our newer term: the stale leader steps down and confirms nothing.
+                    self.send(m.from, MessageBody::ReadProbeResponse { seq });
                 }
                 _ => {}
             }
@@ -392,7 +480,9 @@ impl Raft {
             return Ok(()); // stale: answered with our term, never acted upon
         }
         match &m.body {
-            MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. }
+            MessageBody::AppendEntries { .. }
+            | MessageBody::InstallSnapshot { .. }
+            | MessageBody::ReadProbe { .. }
                 if m.term == self.term && self.role == Role::Leader =>
             {
                 Err(StepError::TwoLeaders {
@@ -414,6 +504,17 @@ impl Raft {
                     }),
                     None => Ok(()),
                 }
+            }
+            MessageBody::ReadProbeResponse { seq }
+                if m.term == self.term && self.role == Role::Leader && *seq > self.read_seq =>
+            {
+                Err(StepError::Malformed {
+                    from: m.from,
+                    detail: format!(
+                        "answer to read round {seq}, never started (last {})",
+                        self.read_seq
+                    ),
+                })
             }
             MessageBody::AppendEntriesResponse(outcome)
                 if m.term == self.term && self.role == Role::Leader =>
@@ -495,13 +596,20 @@ impl Raft {
                 self.reset_election_timer();
                 self.handle_snapshot(m.from, snapshot);
             }
+            MessageBody::ReadProbe { seq } => {
+                self.leader = Some(m.from);
+                self.reset_election_timer();
+                self.send(m.from, MessageBody::ReadProbeResponse { seq });
+            }
             _ => {} // stale responses from an earlier role
         }
     }
 
     fn step_candidate(&mut self, m: Message) {
         match m.body {
-            MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
+            MessageBody::AppendEntries { .. }
+            | MessageBody::InstallSnapshot { .. }
+            | MessageBody::ReadProbe { .. } => {
                 // Someone won this term: follow them.
                 let term = self.term;
                 self.become_follower(term, Some(m.from));
@@ -541,7 +649,13 @@ impl Raft {
                 self.progress_mut(m.from).recent_active = true;
                 self.handle_append_response(m.from, outcome);
             }
-            MessageBody::AppendEntries { .. } | MessageBody::InstallSnapshot { .. } => {
+            MessageBody::ReadProbeResponse { seq } => {
+                self.progress_mut(m.from).recent_active = true;
+                self.confirm_reads(m.from, seq);
+            }
+            MessageBody::AppendEntries { .. }
+            | MessageBody::InstallSnapshot { .. }
+            | MessageBody::ReadProbe { .. } => {
                 unreachable!("refused by check_against_state: two leaders in one term")
             }
             _ => {
@@ -654,9 +768,15 @@ impl Raft {
         matched.push(self.log.last_index());
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let quorum_index = matched[self.quorum() - 1];
-        quorum_index > self.log.committed
+        let advanced = quorum_index > self.log.committed
             && self.log.term(quorum_index) == Some(self.term)
-            && self.log.commit_to(quorum_index)
+            && self.log.commit_to(quorum_index);
+        if advanced && !self.reads_before_commit.is_empty() {
+            // The first commit of this term: the reads that waited for it can be confirmed.
+            let ctxs = std::mem::take(&mut self.reads_before_commit);
+            self.start_read_round(ctxs);
+        }
+        advanced
     }
 
     /// Sends `peer` what it needs next: entries from its `next` index, or the snapshot when

@@ -89,6 +89,9 @@ pub struct Ready {
     pub snapshot_to_apply: Option<Snapshot>,
     /// …and apply these, in order.
     pub committed_entries: Vec<Entry>,
+    /// Reads confirmed by [`RawNode::read_index`]: answer each once the state machine has
+    /// applied through its index (after this `Ready`'s `committed_entries`).
+    pub read_states: Vec<ReadState>,
 }
 
 /// A read-only view of a node's state, for status displays and tests.
@@ -155,6 +158,15 @@ impl RawNode {
         self.raft.propose(data)
     }
 
+    /// Asks to serve a read linearizably without writing to the log (ReadIndex, Raft thesis
+    /// §6.4). On a leader, a later `Ready` carries `ctx` back in `read_states` with the
+    /// commit index to wait for, once a majority has confirmed that this node was still the
+    /// leader after the call. A read asked of a leader that then loses leadership is never
+    /// confirmed: the service times it out and asks again.
+    pub fn read_index(&mut self, ctx: Vec<u8>) -> Result<(), NotLeader> {
+        self.raft.read_index(ctx)
+    }
+
     /// The service has a snapshot of its state through `index` (inclusive): drop the log up to
     /// there. The snapshot is handed back in the next `Ready`'s `persist.snapshot` and is what
     /// lagging followers will receive.
@@ -184,6 +196,7 @@ impl RawNode {
             || log.snapshot_unpersisted
             || log.has_unstable()
             || log.committed > self.handed_out
+            || !self.raft.read_states.is_empty()
     }
 
     /// Takes everything pending. Must be followed by [`RawNode::advance`] before the next call.
@@ -234,6 +247,7 @@ impl RawNode {
             );
         }
         rd.messages = std::mem::take(&mut self.raft.msgs);
+        rd.read_states = std::mem::take(&mut self.raft.read_states);
         rd
     }
 

@@ -87,6 +87,26 @@ pub enum MessageBody {
     InstallSnapshot {
         snapshot: Snapshot,
     },
+    /// "Am I still your leader?" — a leader's round of confirmation for ReadIndex (Raft
+    /// thesis §6.4). `seq` numbers the leader's rounds (increasing, never reused by it); a
+    /// follower in the same term answers with the same `seq`, and counts it as hearing from
+    /// its leader.
+    ReadProbe {
+        seq: u64,
+    },
+    ReadProbeResponse {
+        seq: u64,
+    },
+}
+
+/// A read confirmed by ReadIndex: the leader was still the leader, with commit index
+/// `index`, after the read was asked. Once the service has applied through `index`, it may
+/// answer the read `ctx` from its state machine, linearizably.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub index: Index,
+    /// What the service passed to `read_index`, to find its waiting read.
+    pub ctx: Vec<u8>,
 }
 
 /// How a follower answered an `AppendEntries` or `InstallSnapshot`.
@@ -120,6 +140,7 @@ impl MessageBody {
                 | MessageBody::PreVote { .. }
                 | MessageBody::AppendEntries { .. }
                 | MessageBody::InstallSnapshot { .. }
+                | MessageBody::ReadProbe { .. }
         )
     }
 }

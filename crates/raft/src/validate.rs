@@ -176,7 +176,10 @@ pub(crate) fn check_message(m: &Message, id: NodeId, peers: &[NodeId]) -> Result
                 return Err(out_of_range("index"));
             }
         }
-        MessageBody::RequestVoteResponse { .. } | MessageBody::PreVoteResponse { .. } => {}
+        MessageBody::RequestVoteResponse { .. }
+        | MessageBody::PreVoteResponse { .. }
+        | MessageBody::ReadProbe { .. }
+        | MessageBody::ReadProbeResponse { .. } => {}
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use flotilla_raft::{
     Config, DurableState, Entry, FollowerProgress, HardState, Message, MessageBody, Persist,
-    ProgressState, RawNode, Role, Snapshot,
+    ProgressState, RawNode, ReadState, Role, Snapshot,
 };
 
 fn entry(index: u64, term: u64) -> Entry {
@@ -1218,4 +1218,193 @@ fn committed_entries_come_in_bounded_batches() {
     }
     assert_eq!(batches, vec![vec![1, 2], vec![3, 4], vec![5], vec![6, 7]]);
     assert_eq!(n.status().applied, 7);
+}
+
+/// A leader of a 3-group elected in term `term` with pre-vote off, probes answered: follower
+/// 1 matches everything the leader has (it replicates), follower 2 is left probing.
+fn leader_of_three(noop: bool) -> (RawNode, u64) {
+    let mut cfg = Config::new(0, vec![0, 1, 2]);
+    cfg.pre_vote = false;
+    cfg.leader_noop = noop;
+    let mut leader = RawNode::new(cfg, DurableState::default());
+    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
+    let term = leader.status().hard.term;
+    leader
+        .step(from(
+            1,
+            0,
+            term,
+            MessageBody::RequestVoteResponse { granted: true },
+        ))
+        .expect("valid");
+    assert!(leader.is_leader());
+    drain(&mut leader);
+    (leader, term)
+}
+
+fn accepted(match_index: u64) -> MessageBody {
+    MessageBody::AppendEntriesResponse(flotilla_raft::AppendOutcome::Accepted { match_index })
+}
+
+/// Takes every pending `Ready`, returning the messages and the confirmed reads.
+fn drain_reads(node: &mut RawNode) -> (Vec<Message>, Vec<ReadState>) {
+    let (mut messages, mut reads) = (Vec::new(), Vec::new());
+    while node.has_ready() {
+        let rd = node.ready();
+        messages.extend(rd.messages);
+        reads.extend(rd.read_states);
+        node.advance();
+    }
+    (messages, reads)
+}
+
+fn read(index: u64, ctx: &[u8]) -> ReadState {
+    ReadState {
+        index,
+        ctx: ctx.to_vec(),
+    }
+}
+
+/// ReadIndex: a read is confirmed by a majority's answer to a round started after it was
+/// asked, with the commit index of that moment; it appends nothing to the log; an answer to
+/// an earlier round confirms only earlier reads.
+#[test]
+fn read_index_is_confirmed_by_a_quorum_and_appends_nothing() {
+    let (mut leader, term) = leader_of_three(true);
+    leader.step(from(1, 0, term, accepted(1))).expect("valid");
+    drain(&mut leader);
+    assert_eq!(leader.status().commit, 1, "the no-op is committed");
+    leader.read_index(b"a".to_vec()).expect("leader");
+    let (sent, reads) = drain_reads(&mut leader);
+    assert!(reads.is_empty(), "not before a quorum answers");
+    let probes: Vec<_> = sent
+        .iter()
+        .map(|m| (m.to, m.body.clone()))
+        .filter(|(_, b)| matches!(b, MessageBody::ReadProbe { .. }))
+        .collect();
+    assert_eq!(
+        probes,
+        [
+            (1, MessageBody::ReadProbe { seq: 1 }),
+            (2, MessageBody::ReadProbe { seq: 1 })
+        ]
+    );
+    leader.read_index(b"b".to_vec()).expect("leader");
+    drain(&mut leader);
+    // An answer to round 1 confirms "a" (leader + 1 = a majority), not "b" (round 2).
+    leader
+        .step(from(2, 0, term, MessageBody::ReadProbeResponse { seq: 1 }))
+        .expect("valid");
+    assert_eq!(drain_reads(&mut leader).1, [read(1, b"a")]);
+    leader
+        .step(from(1, 0, term, MessageBody::ReadProbeResponse { seq: 2 }))
+        .expect("valid");
+    assert_eq!(drain_reads(&mut leader).1, [read(1, b"b")]);
+    assert_eq!(leader.status().last_index, 1, "reads append nothing");
+    // An answer to a round never started is refused.
+    assert!(leader
+        .step(from(1, 0, term, MessageBody::ReadProbeResponse { seq: 9 }))
+        .is_err());
+}
+
+/// Before a new leader has committed an entry of its term, its commit index may lag the
+/// group's: a read waits for that first commit (without a no-op, a client's write).
+#[test]
+fn a_read_waits_for_the_leaders_first_commit_in_its_term() {
+    let (mut leader, term) = leader_of_three(false);
+    leader.read_index(b"r".to_vec()).expect("leader");
+    let (sent, reads) = drain_reads(&mut leader);
+    assert!(reads.is_empty());
+    assert!(!sent
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::ReadProbe { .. })));
+    leader.step(from(1, 0, term, accepted(0))).expect("valid");
+    leader.propose(vec![1]).expect("leader");
+    drain(&mut leader);
+    leader.step(from(1, 0, term, accepted(1))).expect("valid");
+    let (sent, reads) = drain_reads(&mut leader);
+    assert!(reads.is_empty());
+    assert!(sent
+        .iter()
+        .any(|m| m.body == MessageBody::ReadProbe { seq: 1 }));
+    leader
+        .step(from(1, 0, term, MessageBody::ReadProbeResponse { seq: 1 }))
+        .expect("valid");
+    assert_eq!(drain_reads(&mut leader).1, [read(1, b"r")]);
+}
+
+/// A leader that learns of a newer term from a read round steps down and confirms nothing;
+/// a follower answers a round with its seq and takes it as word from its leader; a lone
+/// server confirms at once; a follower refuses to read.
+#[test]
+fn read_rounds_step_down_answer_and_refuse() {
+    let (mut leader, term) = leader_of_three(true);
+    leader.step(from(1, 0, term, accepted(1))).expect("valid");
+    drain(&mut leader);
+    leader.read_index(b"x".to_vec()).expect("leader");
+    drain(&mut leader);
+    leader
+        .step(from(
+            2,
+            0,
+            term + 1,
+            MessageBody::ReadProbeResponse { seq: 1 },
+        ))
+        .expect("valid");
+    assert!(!leader.is_leader());
+    assert!(drain_reads(&mut leader).1.is_empty());
+    assert!(leader.read_index(b"y".to_vec()).is_err());
+    // Elected again later, it never confirms the read of its old term: that read's index may
+    // miss writes committed in between.
+    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
+    let new_term = leader.status().hard.term;
+    leader
+        .step(from(
+            1,
+            0,
+            new_term,
+            MessageBody::RequestVoteResponse { granted: true },
+        ))
+        .expect("valid");
+    assert!(leader.is_leader());
+    drain(&mut leader);
+    leader
+        .step(from(1, 0, new_term, accepted(2)))
+        .expect("valid");
+    drain(&mut leader);
+    leader.read_index(b"new".to_vec()).expect("leader");
+    drain(&mut leader);
+    leader
+        .step(from(
+            1,
+            0,
+            new_term,
+            MessageBody::ReadProbeResponse { seq: 2 },
+        ))
+        .expect("valid");
+    assert_eq!(drain_reads(&mut leader).1, [read(2, b"new")]);
+
+    let mut follower = node(1, DurableState::default());
+    follower
+        .step(from(0, 1, 3, MessageBody::ReadProbe { seq: 7 }))
+        .expect("valid");
+    let answers = drain(&mut follower);
+    assert_eq!(
+        answers
+            .iter()
+            .map(|m| (m.to, m.term, m.body.clone()))
+            .collect::<Vec<_>>(),
+        [(0, 3, MessageBody::ReadProbeResponse { seq: 7 })]
+    );
+    assert_eq!(follower.status().soft.leader, Some(0));
+
+    let mut cfg = Config::new(0, vec![0]);
+    cfg.leader_noop = true;
+    let mut lone = RawNode::new(cfg, DurableState::default());
+    while !lone.is_leader() {
+        lone.tick();
+        drain(&mut lone);
+    }
+    lone.read_index(b"z".to_vec()).expect("leader");
+    assert_eq!(drain_reads(&mut lone).1, [read(1, b"z")]);
 }
