@@ -362,8 +362,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let summary = sweep::sweep(first, count, fail_fast, |s, result| {
                 match result {
                 Ok(r) if seed.is_some() => println!(
-                    "seed {s}: ok — {} servers, {} faults, {} leaders, {} entries committed, {:.1}s virtual, {} invariant checks\n  setup: {:?}",
-                    r.servers, r.faults, r.leaders, r.committed, r.virtual_time.as_secs_f64(), r.invariant_checks, r.setup
+                    "seed {s}: ok — {} servers, {} faults, {} leaders, {} entries committed, {} reads confirmed, {:.1}s virtual, {} invariant checks\n  setup: {:?}",
+                    r.servers, r.faults, r.leaders, r.committed, r.reads_confirmed, r.virtual_time.as_secs_f64(), r.invariant_checks, r.setup
                 ),
                 Ok(_) => {}
                 Err(e) => println!("seed {s}: FAILED: {}", e.replace('\n', " ")),

@@ -414,6 +414,24 @@ impl Cluster {
         result
     }
 
+    /// A ReadIndex read `ctx` (unique) on server `i`: true if it is alive and believes it
+    /// leads. Its confirmation is checked by the invariants.
+    pub fn read_index(&self, i: usize, ctx: &[u8]) -> bool {
+        let servers = self.inner.servers.borrow();
+        let Some(server) = servers[i].as_ref() else {
+            return false;
+        };
+        let asked = server.node.borrow_mut().read_index(ctx.to_vec()).is_ok();
+        if asked {
+            self.inner
+                .invariants
+                .borrow_mut()
+                .on_read_asked(ctx, self.inner.max_index.get());
+            let _ = server.inbox.send(Input::Poke);
+        }
+        asked
+    }
+
     /// `GetState()` of server `i`: `(term, believes it is leader)`, if alive.
     pub fn get_state(&self, i: usize) -> Option<(u64, bool)> {
         let servers = self.inner.servers.borrow();
@@ -750,6 +768,12 @@ impl Cluster {
                     self.n(),
                 );
                 self.apply(i, node, entry.index, entry.data);
+            }
+            for read in &rd.read_states {
+                self.inner
+                    .invariants
+                    .borrow_mut()
+                    .on_read_confirmed(i, read);
             }
             node.borrow_mut().advance();
         }

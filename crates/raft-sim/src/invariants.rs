@@ -41,7 +41,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use flotilla_raft::{AppendOutcome, DurableState, Message, MessageBody, RawNode, Ready, Role};
+use flotilla_raft::{
+    AppendOutcome, DurableState, Message, MessageBody, RawNode, ReadState, Ready, Role,
+};
 
 #[derive(Default)]
 pub struct Invariants {
@@ -58,6 +60,10 @@ pub struct Invariants {
     entries: HashMap<(u64, u64), (u64, Option<u64>)>,
     /// index → (term of the entry applied there, upper bound of the term it was committed in).
     applied: BTreeMap<u64, (u64, u64)>,
+    /// ReadIndex reads asked (by context): the highest index applied anywhere when asked.
+    reads_asked: HashMap<Vec<u8>, u64>,
+    /// Reads confirmed so far.
+    pub reads_confirmed: u64,
     pub checks: u64,
 }
 
@@ -255,6 +261,33 @@ impl Invariants {
             );
         }
         self.on_sync(server, recovered);
+    }
+
+    /// A ReadIndex read `ctx` was asked while `applied_anywhere` was the highest index any
+    /// server had applied.
+    pub fn on_read_asked(&mut self, ctx: &[u8], applied_anywhere: u64) {
+        let earlier = self.reads_asked.insert(ctx.to_vec(), applied_anywhere);
+        assert!(earlier.is_none(), "read contexts are unique");
+    }
+
+    /// *Read safety*: a confirmed read must see every write applied anywhere before it was
+    /// asked, so its index is at least the highest index applied when it was asked.
+    pub fn on_read_confirmed(&mut self, server: usize, read: &ReadState) {
+        self.checks += 1;
+        self.reads_confirmed += 1;
+        let floor = *self.reads_asked.get(&read.ctx).unwrap_or_else(|| {
+            panic!(
+                "read safety: server {server} confirms a read never asked: {:?}",
+                read.ctx
+            )
+        });
+        assert!(
+            read.index >= floor,
+            "read safety: server {server} confirms read {:?} at index {}, but index {floor} was \
+             applied before it was asked",
+            read.ctx,
+            read.index
+        );
     }
 
     /// Called when `server` applies entry (`index`, `term`); `holders` counts the servers
@@ -525,5 +558,46 @@ mod tests {
         let mut inv = Invariants::default();
         inv.on_apply(0, 1, 1, || 3, 5);
         inv.on_apply(1, 1, 2, || 3, 5);
+    }
+
+    #[test]
+    #[should_panic(expected = "read safety: server 1 confirms read [7] at index 4, but index 5")]
+    fn a_read_missing_an_earlier_write_is_caught() {
+        let mut inv = Invariants::default();
+        inv.on_read_asked(&[6], 5);
+        inv.on_read_confirmed(
+            0,
+            &flotilla_raft::ReadState {
+                index: 5,
+                ctx: vec![6],
+            },
+        );
+        inv.on_read_confirmed(
+            0,
+            &flotilla_raft::ReadState {
+                index: 9,
+                ctx: vec![6],
+            },
+        );
+        inv.on_read_asked(&[7], 5);
+        inv.on_read_confirmed(
+            1,
+            &flotilla_raft::ReadState {
+                index: 4,
+                ctx: vec![7],
+            },
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "confirms a read never asked")]
+    fn a_read_never_asked_is_caught() {
+        Invariants::default().on_read_confirmed(
+            0,
+            &flotilla_raft::ReadState {
+                index: 1,
+                ctx: vec![1],
+            },
+        );
     }
 }
