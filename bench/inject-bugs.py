@@ -188,6 +188,35 @@ BUGS: list[Bug] = [
         ),
     ),
     bug(
+        "read-kept-across-terms",
+        "Raft::become_follower: ReadIndex rounds are not dropped on stepping down, so a "
+        "leader elected again later confirms a read of its old term (whose index may miss "
+        "writes committed in between)",
+        (RAFT, "        self.pending_reads.clear();\n", ""),
+    ),
+    bug(
+        "read-before-first-commit",
+        "Raft::read_index: a read is confirmed at the commit index before the leader has "
+        "committed an entry of its own term (that index may lag the group's)",
+        (
+            RAFT,
+            "        if self.log.term(self.log.committed) == Some(self.term) {\n"
+            "            self.start_read_round(vec![ctx]);",
+            "        if true {\n"
+            "            self.start_read_round(vec![ctx]);",
+        ),
+    ),
+    bug(
+        "read-without-quorum",
+        "Raft::confirm_reads: every pending read is confirmed at the first answer, without "
+        "waiting for a quorum",
+        (
+            RAFT,
+            "            .take_while(|r| r.acks.len() + 1 >= quorum)\n",
+            "            .take_while(|_| true)\n",
+        ),
+    ),
+    bug(
         "wal-no-fdatasync",
         "WalStorage::append: the record is written but not fdatasync'ed (a batch is "
         "reported durable while it may still be lost)",
