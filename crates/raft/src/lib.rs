@@ -22,6 +22,8 @@
 //!   terms' entries commit without a client write;
 //! - ReadIndex reads ([`RawNode::read_index`], Raft thesis §6.4): linearizable reads
 //!   confirmed by a round of `ReadProbe`s to a majority, with nothing written to the log;
+//! - leadership transfer ([`RawNode::transfer_leader`], thesis §3.10): the target is brought
+//!   up to date and told to campaign at once (`TimeoutNow`), its votes granted past leases;
 //! - a bound on the committed entries one `Ready` hands out
 //!   ([`Config::max_committed_bytes_per_ready`]), and each follower's progress in
 //!   [`Status`] on the leader.
@@ -39,7 +41,7 @@ pub mod validate;
 
 pub use durable::{DurableState, Persist};
 pub use progress::{FollowerProgress, ProgressState};
-pub use rawnode::{CompactError, NotLeader, RawNode, Ready, Status};
+pub use rawnode::{CompactError, NotLeader, RawNode, Ready, Status, TransferError};
 pub use types::*;
 pub use validate::StepError;
 

@@ -45,6 +45,8 @@ pub(crate) struct Raft {
     reads_before_commit: Vec<Vec<u8>>,
     /// Confirmed reads, for the next `Ready`.
     pub read_states: Vec<ReadState>,
+    /// A leadership transfer in progress (leader only): the target, and ticks since it began.
+    transfer: Option<(NodeId, u32)>,
 }
 
 /// One ReadIndex round: the reads it confirms, at the commit index when it started, and who
@@ -81,6 +83,7 @@ impl Raft {
             pending_reads: Vec::new(),
             reads_before_commit: Vec::new(),
             read_states: Vec::new(),
+            transfer: None,
         };
         raft.reset_election_timer();
         raft
@@ -149,6 +152,7 @@ impl Raft {
         // leader.
         self.pending_reads.clear();
         self.reads_before_commit.clear();
+        self.transfer = None;
         // Figure 2 resets the election timer only on hearing from a leader or granting a
         // vote. A mere higher term (say, a candidate with a stale log) must not silence a
         // follower that could win; a leader or candidate stepping down starts afresh.
@@ -190,6 +194,11 @@ impl Raft {
     }
 
     fn campaign(&mut self) {
+        self.campaign_for(false);
+    }
+
+    /// A real election in the next term; `transfer`: asked for by the leader (`TimeoutNow`).
+    fn campaign_for(&mut self, transfer: bool) {
         self.term += 1;
         self.vote = Some(self.id);
         self.role = Role::Candidate;
@@ -207,6 +216,7 @@ impl Raft {
                 MessageBody::RequestVote {
                     last_log_index,
                     last_log_term,
+                    transfer,
                 },
             );
         }
@@ -266,6 +276,13 @@ impl Raft {
                 for (_, pr) in self.progress.iter_mut() {
                     pr.ticks_since_send = pr.ticks_since_send.saturating_add(1);
                 }
+                if let Some((_, ticks)) = &mut self.transfer {
+                    *ticks += 1;
+                    if *ticks >= self.cfg.election_ticks {
+                        // The target did not take over within an election timeout: lead on.
+                        self.transfer = None;
+                    }
+                }
                 self.election_elapsed += 1;
                 if self.election_elapsed >= self.cfg.election_ticks {
                     self.election_elapsed = 0;
@@ -303,6 +320,10 @@ impl Raft {
         if self.role != Role::Leader {
             return Err(crate::NotLeader { hint: self.leader });
         }
+        if let Some((target, _)) = self.transfer {
+            // Leadership is on its way to `target`: a new entry would only delay it.
+            return Err(crate::NotLeader { hint: Some(target) });
+        }
         assert!(
             !(self.cfg.leader_noop && data.is_empty()),
             "with leader_noop, empty data marks a leader's no-op: propose a non-empty command"
@@ -311,6 +332,30 @@ impl Raft {
         self.pending_broadcast = true;
         self.maybe_commit();
         Ok((index, self.term))
+    }
+
+    /// Leadership transfer (Raft thesis §3.10): brings `to`'s log up to date, then tells it
+    /// to campaign at once (`TimeoutNow`). Meanwhile proposals are refused (hinting at `to`);
+    /// the transfer is abandoned if `to` has not taken over within an election timeout.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), crate::TransferError> {
+        if self.role != Role::Leader {
+            return Err(crate::TransferError::NotLeader(crate::NotLeader {
+                hint: self.leader,
+            }));
+        }
+        if to == self.id {
+            return Ok(());
+        }
+        if !self.peers.contains(&to) {
+            return Err(crate::TransferError::UnknownPeer(to));
+        }
+        self.transfer = Some((to, 0));
+        if self.progress_mut(to).matched == self.log.last_index() {
+            self.send(to, MessageBody::TimeoutNow);
+        } else {
+            self.send_append(to, true);
+        }
+        Ok(())
     }
 
     /// ReadIndex (Raft thesis §6.4): confirms that this node is still the leader, then hands
@@ -392,7 +437,10 @@ impl Raft {
         if m.term > self.term {
             let asks_for_vote = matches!(
                 m.body,
-                MessageBody::RequestVote { .. } | MessageBody::PreVote { .. }
+                MessageBody::RequestVote {
+                    transfer: false,
+                    ..
+                } | MessageBody::PreVote { .. }
             );
             if asks_for_vote && self.in_lease() {
                 // Our leader is alive: whoever asks has just lost touch with it. Ignoring
@@ -460,6 +508,7 @@ impl Raft {
         if let MessageBody::RequestVote {
             last_log_index,
             last_log_term,
+            ..
         } = m.body
         {
             self.handle_request_vote(m.from, last_log_index, last_log_term);
@@ -483,6 +532,7 @@ impl Raft {
             MessageBody::AppendEntries { .. }
             | MessageBody::InstallSnapshot { .. }
             | MessageBody::ReadProbe { .. }
+            | MessageBody::TimeoutNow
                 if m.term == self.term && self.role == Role::Leader =>
             {
                 Err(StepError::TwoLeaders {
@@ -601,6 +651,11 @@ impl Raft {
                 self.reset_election_timer();
                 self.send(m.from, MessageBody::ReadProbeResponse { seq });
             }
+            MessageBody::TimeoutNow => {
+                // Our leader hands over: campaign now, without a pre-vote (the leader vouches
+                // that our log is up to date) and past the others' leases.
+                self.campaign_for(true);
+            }
             _ => {} // stale responses from an earlier role
         }
     }
@@ -655,7 +710,8 @@ impl Raft {
             }
             MessageBody::AppendEntries { .. }
             | MessageBody::InstallSnapshot { .. }
-            | MessageBody::ReadProbe { .. } => {
+            | MessageBody::ReadProbe { .. }
+            | MessageBody::TimeoutNow => {
                 unreachable!("refused by check_against_state: two leaders in one term")
             }
             _ => {
@@ -734,6 +790,10 @@ impl Raft {
             AppendOutcome::Accepted { match_index } => {
                 let pr = self.progress_mut(from);
                 let advanced = pr.acknowledge(match_index);
+                let caught_up = pr.matched == last_index;
+                if caught_up && self.transfer.is_some_and(|(target, _)| target == from) {
+                    self.send(from, MessageBody::TimeoutNow);
+                }
                 if advanced && self.maybe_commit() {
                     // Tell everyone about the new commit index without waiting a heartbeat.
                     for peer in self.other_peers() {

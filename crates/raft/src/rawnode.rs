@@ -32,6 +32,25 @@ pub struct NotLeader {
     pub hint: Option<NodeId>,
 }
 
+/// Why a leadership transfer could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferError {
+    NotLeader(NotLeader),
+    /// The target is not a member of the group.
+    UnknownPeer(NodeId),
+}
+
+impl std::fmt::Display for TransferError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransferError::NotLeader(e) => e.fmt(f),
+            TransferError::UnknownPeer(id) => write!(f, "node {id} is not a member of the group"),
+        }
+    }
+}
+
+impl std::error::Error for TransferError {}
+
 impl std::fmt::Display for NotLeader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.hint {
@@ -156,6 +175,13 @@ impl RawNode {
     /// (no promise that it does).
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(Index, Term), NotLeader> {
         self.raft.propose(data)
+    }
+
+    /// Hands leadership to `to` (Raft thesis §3.10): see [`TransferError`] for refusals. The
+    /// leader brings `to` up to date and tells it to campaign; proposals are refused until
+    /// then, and the transfer is dropped after an election timeout without a new leader.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), TransferError> {
+        self.raft.transfer_leader(to)
     }
 
     /// Asks to serve a read linearizably without writing to the log (ReadIndex, Raft thesis

@@ -58,6 +58,9 @@ pub enum MessageBody {
     RequestVote {
         last_log_index: Index,
         last_log_term: Term,
+        /// Sent by a leadership transfer's target (after `TimeoutNow`): granted even by a
+        /// server that still hears the old leader (check-quorum's lease), which asked for it.
+        transfer: bool,
     },
     RequestVoteResponse {
         granted: bool,
@@ -97,6 +100,9 @@ pub enum MessageBody {
     ReadProbeResponse {
         seq: u64,
     },
+    /// A leader transferring its leadership (Raft thesis §3.10) tells the target, whose log
+    /// it has brought up to date, to start an election at once.
+    TimeoutNow,
 }
 
 /// A read confirmed by ReadIndex: the leader was still the leader, with commit index

@@ -101,6 +101,7 @@ pub(crate) fn check_message(m: &Message, id: NodeId, peers: &[NodeId]) -> Result
         MessageBody::RequestVote {
             last_log_index,
             last_log_term,
+            ..
         }
         | MessageBody::PreVote {
             last_log_index,
@@ -179,7 +180,8 @@ pub(crate) fn check_message(m: &Message, id: NodeId, peers: &[NodeId]) -> Result
         MessageBody::RequestVoteResponse { .. }
         | MessageBody::PreVoteResponse { .. }
         | MessageBody::ReadProbe { .. }
-        | MessageBody::ReadProbeResponse { .. } => {}
+        | MessageBody::ReadProbeResponse { .. }
+        | MessageBody::TimeoutNow => {}
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use flotilla_raft::{
     Config, DurableState, Entry, FollowerProgress, HardState, Message, MessageBody, Persist,
-    ProgressState, RawNode, ReadState, Role, Snapshot,
+    ProgressState, RawNode, ReadState, Role, Snapshot, TransferError,
 };
 
 fn entry(index: u64, term: u64) -> Entry {
@@ -152,6 +152,7 @@ fn a_refused_stale_candidate_does_not_delay_the_followers_election() {
             to: 1,
             term: 5,
             body: MessageBody::RequestVote {
+                transfer: false,
                 last_log_index: 1,
                 last_log_term: 1,
             },
@@ -673,6 +674,7 @@ fn errors_say_what_went_wrong() {
 fn requests_and_responses() {
     let requests = [
         MessageBody::RequestVote {
+            transfer: false,
             last_log_index: 0,
             last_log_term: 0,
         },
@@ -727,6 +729,7 @@ fn election_timeouts_spread_over_their_whole_range() {
 fn stale_requests_are_answered_with_the_current_term() {
     let requests = [
         MessageBody::RequestVote {
+            transfer: false,
             last_log_index: 9,
             last_log_term: 2,
         },
@@ -989,6 +992,7 @@ fn the_lease_ends_after_exactly_one_minimum_election_timeout() {
         0,
         2,
         MessageBody::RequestVote {
+            transfer: false,
             last_log_index: 0,
             last_log_term: 0,
         },
@@ -1407,4 +1411,91 @@ fn read_rounds_step_down_answer_and_refuse() {
     }
     lone.read_index(b"z".to_vec()).expect("leader");
     assert_eq!(drain_reads(&mut lone).1, [read(1, b"z")]);
+}
+
+/// Leadership transfer: the leader brings a lagging target up to date, tells it to campaign,
+/// and the target wins the next term at once — past check-quorum's leases, which would make
+/// the other servers ignore an ordinary candidate while their leader is alive.
+#[test]
+fn leadership_moves_to_the_target_within_a_few_ticks() {
+    let mut net = Net::new();
+    let old = net.elect_someone();
+    let target = (old + 1) % 3;
+    let term = net.nodes[old].status().hard.term;
+    // The target misses five entries.
+    for k in 0..5u8 {
+        net.nodes[old].propose(vec![k]).expect("leader");
+    }
+    net.tick(|a, b| a == target as u64 || b == target as u64);
+    let last = net.nodes[old].status().last_index;
+    assert!(net.nodes[target].status().last_index < last);
+    net.nodes[old]
+        .transfer_leader(target as u64)
+        .expect("leader");
+    for _ in 0..5 {
+        net.tick(|_, _| false);
+    }
+    assert_eq!(net.leader(), Some(target), "the target leads");
+    let status = net.nodes[target].status();
+    assert_eq!(status.hard.term, term + 1, "in the very next term");
+    assert!(
+        status.last_index >= last,
+        "with every entry of the old leader"
+    );
+    assert!(!net.nodes[old].is_leader());
+}
+
+/// While a transfer is pending proposals are refused, naming the target; a transfer that
+/// cannot complete is abandoned after an election timeout and the leader leads on.
+#[test]
+fn a_stuck_transfer_refuses_proposals_then_is_abandoned() {
+    let mut net = Net::new();
+    let l = net.elect_someone();
+    let target = (l + 1) % 3;
+    let cut = |a: u64, b: u64| a == target as u64 || b == target as u64;
+    net.nodes[l].transfer_leader(target as u64).expect("leader");
+    assert_eq!(
+        net.nodes[l].propose(vec![1]),
+        Err(flotilla_raft::NotLeader {
+            hint: Some(target as u64)
+        })
+    );
+    let election_ticks = Config::new(0, vec![0]).election_ticks;
+    for _ in 0..election_ticks {
+        net.tick(cut);
+    }
+    assert_eq!(net.leader(), Some(l), "still the leader");
+    assert!(net.nodes[l].propose(vec![2]).is_ok(), "transfer abandoned");
+}
+
+#[test]
+fn transfer_refusals() {
+    let mut net = Net::new();
+    let l = net.elect_someone();
+    let follower = (l + 1) % 3;
+    assert_eq!(
+        net.nodes[follower].transfer_leader(l as u64),
+        Err(TransferError::NotLeader(flotilla_raft::NotLeader {
+            hint: Some(l as u64)
+        }))
+    );
+    assert_eq!(
+        net.nodes[l].transfer_leader(9),
+        Err(TransferError::UnknownPeer(9))
+    );
+    assert_eq!(net.nodes[l].transfer_leader(l as u64), Ok(()));
+    // Only a leader sends TimeoutNow: one sent to the leader of its own term is refused.
+    let term = net.nodes[l].status().hard.term;
+    assert!(net.nodes[l]
+        .step(from(
+            follower as u64,
+            l as u64,
+            term,
+            MessageBody::TimeoutNow
+        ))
+        .is_err());
+    assert!(
+        net.nodes[l].propose(vec![1]).is_ok(),
+        "to itself: nothing to do"
+    );
 }

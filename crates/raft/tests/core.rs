@@ -153,6 +153,7 @@ fn vote_is_persisted_in_the_ready_that_sends_it() {
             to: 1,
             term: 5,
             body: MessageBody::RequestVote {
+                transfer: false,
                 last_log_index: 0,
                 last_log_term: 0,
             },

@@ -230,6 +230,7 @@ impl History {
                 let base = &self.logs[term as usize - 1];
                 let len = g.range(0, base.len() as u64);
                 MessageBody::RequestVote {
+                    transfer: false,
                     last_log_index: len,
                     last_log_term: if len == 0 {
                         0

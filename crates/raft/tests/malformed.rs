@@ -302,6 +302,7 @@ fn each_field_that_could_overflow_is_checked() {
                 to: 1,
                 term: 3,
                 body: MessageBody::RequestVote {
+                    transfer: false,
                     last_log_index,
                     last_log_term,
                 },
