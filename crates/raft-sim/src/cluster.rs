@@ -432,6 +432,20 @@ impl Cluster {
         asked
     }
 
+    /// Asks server `i` to hand its leadership to `to`: true if it is alive, leads and
+    /// started the transfer.
+    pub fn transfer_leader(&self, i: usize, to: usize) -> bool {
+        let servers = self.inner.servers.borrow();
+        let Some(server) = servers[i].as_ref() else {
+            return false;
+        };
+        let started = server.node.borrow_mut().transfer_leader(to as u64).is_ok();
+        if started {
+            let _ = server.inbox.send(Input::Poke);
+        }
+        started
+    }
+
     /// `GetState()` of server `i`: `(term, believes it is leader)`, if alive.
     pub fn get_state(&self, i: usize) -> Option<(u64, bool)> {
         let servers = self.inner.servers.borrow();

@@ -248,6 +248,13 @@ async fn chaos(c: &Cluster) -> u64 {
         sleep(Duration::from_millis(with_rng(|r| r.range(10, 500)))).await;
         faults += 1;
         let target = with_rng(|r| r.below(n as u64) as usize);
+        if faults % 8 == 0 {
+            // Every eighth fault also moves leadership to the fault's target (no draw of its
+            // own, so the rest of the schedule is as it was).
+            if let Some((leader, _)) = c.current_leader() {
+                c.transfer_leader(leader, target);
+            }
+        }
         match with_rng(|r| r.below(100)) {
             0..=7 => c.crash(target),
             8..=14 => {

@@ -569,9 +569,13 @@ impl Raft {
             MessageBody::AppendEntriesResponse(outcome)
                 if m.term == self.term && self.role == Role::Leader =>
             {
-                let index = match outcome {
-                    AppendOutcome::Accepted { match_index } => *match_index,
-                    AppendOutcome::Rejected { prev_log_index, .. } => *prev_log_index,
+                // Only an acceptance beyond the log is impossible: `Accepted` answers an append
+                // of the responder's own term, which this leader sent. A rejection beyond it
+                // can be a correct peer's answer to an append of an earlier term (when this
+                // node led with a longer log), stamped with the peer's newer term, which is
+                // this leader's: it is ignored in `handle_append_response`.
+                let AppendOutcome::Accepted { match_index: index } = *outcome else {
+                    return Ok(());
                 };
                 let last = self.log.last_index();
                 if index > last {
@@ -804,6 +808,9 @@ impl Raft {
                 if self.progress_mut(from).next <= last_index {
                     self.send_append(from, false);
                 }
+            }
+            AppendOutcome::Rejected { prev_log_index, .. } if prev_log_index > last_index => {
+                // An answer to an append of an earlier term (see `check_against_state`).
             }
             AppendOutcome::Rejected {
                 prev_log_index,
