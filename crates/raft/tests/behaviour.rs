@@ -43,6 +43,25 @@ fn drain(node: &mut RawNode) -> Vec<Message> {
     out
 }
 
+/// Node 0 of {0, 1, 2} (pre-vote off) campaigns and gets both votes: returns its term.
+fn win_election(leader: &mut RawNode) -> u64 {
+    assert!(ticks_until_it_speaks(leader, 200).is_some());
+    let term = leader.status().hard.term;
+    for peer in [1, 2] {
+        leader
+            .step(from(
+                peer,
+                0,
+                term,
+                MessageBody::RequestVoteResponse { granted: true },
+            ))
+            .expect("valid");
+    }
+    assert!(leader.is_leader());
+    drain(leader);
+    term
+}
+
 /// Three nodes and a link filter: messages between `a` and `b` for which `cut(a, b)` holds are
 /// dropped.
 struct Net {
@@ -492,19 +511,7 @@ fn a_rejection_with_a_known_term_backs_up_to_the_leaders_last_entry_of_it() {
     let mut cfg = Config::new(0, vec![0, 1, 2]);
     cfg.pre_vote = false;
     let mut leader = RawNode::new(cfg, state(4, None, &[1, 1, 2, 2, 4]));
-    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
-    let term = leader.status().hard.term;
-    for peer in [1, 2] {
-        leader
-            .step(from(
-                peer,
-                0,
-                term,
-                MessageBody::RequestVoteResponse { granted: true },
-            ))
-            .expect("valid");
-    }
-    drain(&mut leader);
+    let term = win_election(&mut leader);
     // Follower 1 has 1,1,2,2,2,2,3: at index 5 it holds term 2, whose run starts at 3.
     leader
         .step(from(
@@ -541,19 +548,7 @@ fn an_unanswered_snapshot_is_resent_once_per_resend_interval() {
     cfg.check_quorum = false;
     let resend = cfg.snapshot_resend_ticks;
     let mut leader = RawNode::new(cfg, DurableState::default());
-    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
-    let term = leader.status().hard.term;
-    for peer in [1, 2] {
-        leader
-            .step(from(
-                peer,
-                0,
-                term,
-                MessageBody::RequestVoteResponse { granted: true },
-            ))
-            .expect("valid");
-    }
-    drain(&mut leader);
+    let term = win_election(&mut leader);
     for k in 0..5u8 {
         leader.propose(vec![k]).expect("leader");
     }
@@ -779,19 +774,7 @@ fn a_replicating_follower_gets_each_new_entry_once() {
     let mut cfg = Config::new(0, vec![0, 1, 2]);
     cfg.pre_vote = false;
     let mut leader = RawNode::new(cfg, DurableState::default());
-    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
-    let term = leader.status().hard.term;
-    for peer in [1, 2] {
-        leader
-            .step(from(
-                peer,
-                0,
-                term,
-                MessageBody::RequestVoteResponse { granted: true },
-            ))
-            .expect("valid");
-    }
-    drain(&mut leader);
+    let term = win_election(&mut leader);
     // Follower 1 answers the probe: it matches at 0, so it replicates from now on.
     leader
         .step(from(
@@ -824,19 +807,7 @@ fn a_stale_answer_does_not_resend_a_pending_snapshot() {
     cfg.pre_vote = false;
     cfg.check_quorum = false;
     let mut leader = RawNode::new(cfg, DurableState::default());
-    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
-    let term = leader.status().hard.term;
-    for peer in [1, 2] {
-        leader
-            .step(from(
-                peer,
-                0,
-                term,
-                MessageBody::RequestVoteResponse { granted: true },
-            ))
-            .expect("valid");
-    }
-    drain(&mut leader);
+    let term = win_election(&mut leader);
     for k in 0..5u8 {
         leader.propose(vec![k]).expect("leader");
     }
@@ -924,19 +895,7 @@ fn a_new_commit_index_is_applied_and_broadcast_at_once() {
     let mut cfg = Config::new(0, vec![0, 1, 2]);
     cfg.pre_vote = false;
     let mut leader = RawNode::new(cfg, DurableState::default());
-    assert!(ticks_until_it_speaks(&mut leader, 200).is_some());
-    let term = leader.status().hard.term;
-    for peer in [1, 2] {
-        leader
-            .step(from(
-                peer,
-                0,
-                term,
-                MessageBody::RequestVoteResponse { granted: true },
-            ))
-            .expect("valid");
-    }
-    drain(&mut leader);
+    let term = win_election(&mut leader);
     let accepted = |match_index| {
         MessageBody::AppendEntriesResponse(flotilla_raft::AppendOutcome::Accepted { match_index })
     };
