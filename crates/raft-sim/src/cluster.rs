@@ -16,15 +16,18 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use flotilla_raft::{Config, DurableState, Message, Persist, RawNode, Ready, Role};
+use flotilla_node::{App, Input};
+use flotilla_raft::{Config, DurableState, Message, Persist, RawNode, Role};
 use flotilla_sim::disk::Disk;
 use flotilla_sim::fs::{CrashFaults, SimFs};
 use flotilla_sim::net::{NetStats, Network, Payload};
-use flotilla_sim::sync::{channel, Receiver, Sender};
-use flotilla_sim::{now, sleep, spawn, timeout, with_rng, JoinHandle};
+use flotilla_sim::sync::{channel, Sender};
+use flotilla_sim::{now, sleep, spawn, with_rng, JoinHandle};
 use flotilla_storage::{MemStorage, Storage, WalStorage};
 
 use crate::invariants::Invariants;
+use crate::server::SimHost;
+use crate::tester::{Record, TesterApp};
 
 /// 6.5840's `RaftElectionTimeout`: the allowance the tests give for an election.
 pub const ELECTION_TIMEOUT: Duration = Duration::from_secs(1);
@@ -100,46 +103,9 @@ impl ClusterConfig {
     }
 }
 
-/// What one server has applied, as the tester records it.
-#[derive(Clone, Debug, Default)]
-struct Record {
-    /// `applied[i]` is the command applied at index `i` (slot 0 unused).
-    applied: Vec<Option<Vec<u8>>>,
-    last_applied: u64,
-}
-
-impl Record {
-    fn get(&self, index: u64) -> Option<&Vec<u8>> {
-        self.applied.get(index as usize).and_then(|c| c.as_ref())
-    }
-
-    fn set(&mut self, index: u64, cmd: Vec<u8>) {
-        let i = index as usize;
-        if self.applied.len() <= i {
-            self.applied.resize(i + 1, None);
-        }
-        self.applied[i] = Some(cmd);
-    }
-}
-
-/// The tester's snapshot: the index and every command up to it (slot 0 unused).
-type TesterSnapshot = (u64, Vec<Option<Vec<u8>>>);
-
-/// The tester's snapshot format: the index and every command up to it.
-fn encode_snapshot(index: u64, record: &Record) -> Vec<u8> {
-    let upto: Vec<Option<Vec<u8>>> = (0..=index).map(|i| record.get(i).cloned()).collect();
-    postcard::to_allocvec(&(index, upto)).expect("encode snapshot")
-}
-
-fn decode_snapshot(data: &[u8]) -> Result<TesterSnapshot, String> {
-    postcard::from_bytes(data).map_err(|e| format!("snapshot decode error: {e}"))
-}
-
-enum Input {
-    Message(Message),
-    /// Something was proposed directly on the node: look for a `Ready`.
-    Poke,
-}
+/// Builds the application server `i` replicates, each time it starts, from what its disk
+/// kept. The default is the Lab 3 tester's applier.
+pub type AppFactory = Rc<dyn Fn(&Cluster, usize, &DurableState) -> Box<dyn App>>;
 
 struct Server {
     node: Rc<RefCell<RawNode>>,
@@ -148,30 +114,31 @@ struct Server {
 }
 
 /// A server's write-ahead log on its simulated file system (with [`StorageKind::Wal`]).
-struct WalDisk {
+pub(crate) struct WalDisk {
     /// The server's file system; replaced by what survives at each crash.
-    fs: SimFs,
+    pub(crate) fs: SimFs,
     /// Open while the server runs.
-    wal: Option<WalStorage<SimFs>>,
+    pub(crate) wal: Option<WalStorage<SimFs>>,
     /// The batch whose syncs have not completed yet.
-    in_flight: Option<Persist>,
+    pub(crate) in_flight: Option<Persist>,
 }
 
 /// Where the WAL lives on each server's file system.
 const WAL_DIR: &str = "/raft";
 
-struct Inner {
+pub(crate) struct Inner {
     cfg: ClusterConfig,
-    net: Network<Wire>,
+    app: Option<AppFactory>,
+    pub(crate) net: Network<Wire>,
     servers: RefCell<Vec<Option<Server>>>,
     /// What each server has synced, as the invariants see it. With [`StorageKind::Memory`]
     /// this is the server's storage itself; with [`StorageKind::Wal`] it shadows the WAL, and
     /// each restart checks the WAL against it.
-    disks: Vec<Rc<RefCell<Disk<MemStorage>>>>,
-    wals: Vec<RefCell<WalDisk>>,
+    pub(crate) disks: Vec<Rc<RefCell<Disk<MemStorage>>>>,
+    pub(crate) wals: Vec<RefCell<WalDisk>>,
     records: RefCell<Vec<Record>>,
     connected: RefCell<Vec<bool>>,
-    invariants: RefCell<Invariants>,
+    pub(crate) invariants: RefCell<Invariants>,
     finished: Cell<bool>,
     max_index: Cell<u64>,
     /// Baselines of `begin`.
@@ -190,6 +157,16 @@ impl Cluster {
     /// them all, then sets the network's reliability (so servers start on a reliable net, as
     /// the Go tester does).
     pub fn new(cfg: ClusterConfig) -> Self {
+        Self::build(cfg, None)
+    }
+
+    /// A group whose servers replicate the application `app` builds (instead of the Lab 3
+    /// tester's applier: the tester's records stay empty).
+    pub fn with_app(cfg: ClusterConfig, app: AppFactory) -> Self {
+        Self::build(cfg, Some(app))
+    }
+
+    fn build(cfg: ClusterConfig, app: Option<AppFactory>) -> Self {
         let n = cfg.servers;
         let net = Network::new(n);
         let cluster = Cluster {
@@ -216,6 +193,7 @@ impl Cluster {
                 begin: Cell::new((Duration::ZERO, 0, 0, 0)),
                 started_at: now(),
                 cfg,
+                app,
             }),
         };
         for i in 0..n {
@@ -249,19 +227,18 @@ impl Cluster {
             StorageKind::Wal(_) => self.open_wal(i),
         };
         self.inner.invariants.borrow_mut().on_restart(i, &durable);
-        // The tester ingests the persisted snapshot itself, like a restarting service.
-        let mut record = Record::default();
-        if durable.snapshot.index > 0 {
-            let (index, upto) = decode_snapshot(&durable.snapshot.data)
-                .unwrap_or_else(|e| panic!("server {i}: {e}"));
-            assert_eq!(
-                index, durable.snapshot.index,
-                "server {i}: snapshot doesn't match its index"
-            );
-            record.applied = upto;
-            record.last_applied = index;
-        }
-        self.inner.records.borrow_mut()[i] = record;
+        let app: Box<dyn App> = match &self.inner.app {
+            Some(factory) => factory(self, i, &durable),
+            None => {
+                // The tester ingests the persisted snapshot itself, like a restarting service.
+                self.inner.records.borrow_mut()[i] = Record::restored(i, &durable);
+                Box::new(TesterApp::new(
+                    self.clone(),
+                    i,
+                    self.inner.cfg.snapshot_interval,
+                ))
+            }
+        };
         let n = self.n() as u64;
         let mut config = self.inner.cfg.raft.clone();
         config.id = i as u64;
@@ -273,7 +250,8 @@ impl Cluster {
         self.inner.net.attach(i, move |_from, Wire(m)| {
             let _ = net_tx.send(Input::Message(m));
         });
-        let task = spawn(run_server(self.clone(), i, node.clone(), rx));
+        let host = SimHost::new(self.clone(), i, rx);
+        let task = spawn(run_server(node.clone(), host, app));
         self.inner.servers.borrow_mut()[i] = Some(Server {
             node,
             inbox: tx,
@@ -688,205 +666,63 @@ impl Cluster {
         self.inner.invariants.borrow()
     }
 
-    // ---- the server driver ------------------------------------------------------------------
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
 
-    /// Handles every pending `Ready` of server `i`: persist (and wait for the sync), send,
-    /// apply, advance.
-    async fn handle_ready(&self, i: usize, node: &Rc<RefCell<RawNode>>) {
-        loop {
-            let rd: Ready = {
-                let mut node = node.borrow_mut();
-                if !node.has_ready() {
-                    return;
-                }
-                let rd = node.ready();
-                self.inner.invariants.borrow_mut().on_ready(
-                    i,
-                    &node,
-                    &rd,
-                    self.inner.disks[i].borrow().durable().durable_state(),
-                );
-                if let Some(soft) = rd.soft_state {
-                    match soft.role {
-                        Role::Leader => {
-                            self.narrate(format!("node {i} is leader of term {}", soft.term))
-                        }
-                        Role::Candidate => {
-                            self.narrate(format!("node {i} campaigns in term {}", soft.term))
-                        }
-                        Role::Follower | Role::PreCandidate => {}
-                    }
-                }
-                rd
-            };
-            if !rd.persist.is_empty() {
-                let batch = rd.persist;
-                if let StorageKind::Wal(_) = self.inner.cfg.storage {
-                    let mut disk = self.inner.wals[i].borrow_mut();
-                    disk.wal
-                        .as_mut()
-                        .expect("a running server has its WAL open")
-                        .persist(&batch)
-                        .unwrap_or_else(|e| panic!("server {i}: WAL persist failed: {e}"));
-                    disk.in_flight = Some(batch.clone());
-                }
-                let disk = &self.inner.disks[i];
-                disk.borrow_mut().write(move |storage: &mut MemStorage| {
-                    storage.persist(&batch).expect("memory storage cannot fail");
-                });
-                sleep(draw(self.inner.cfg.sync_latency)).await;
-                // If the server crashed during the sleep, this task was aborted: the write is
-                // lost (the WAL's file system decides how much of it).
-                disk.borrow_mut().sync();
-                if let StorageKind::Wal(_) = self.inner.cfg.storage {
-                    let mut disk = self.inner.wals[i].borrow_mut();
-                    disk.fs.complete_syncs();
-                    disk.in_flight = None;
-                }
-                self.inner
-                    .invariants
-                    .borrow_mut()
-                    .on_sync(i, disk.borrow().durable().durable_state());
-            }
-            for m in rd.messages {
-                self.inner.invariants.borrow_mut().on_send(
-                    i,
-                    &node.borrow(),
-                    &m,
-                    self.inner.disks[i].borrow().durable().durable_state(),
-                );
-                let to = m.to as usize;
-                self.inner.net.send(i, to, Wire(m));
-            }
-            if let Some(snapshot) = rd.snapshot_to_apply {
-                self.ingest_snapshot(i, snapshot.index, &snapshot.data);
-            }
-            for entry in rd.committed_entries {
-                let holders = || {
-                    self.inner
-                        .disks
-                        .iter()
-                        .filter(|d| {
-                            d.borrow()
-                                .durable()
-                                .durable_state()
-                                .covers(entry.index, entry.term)
-                        })
-                        .count()
-                };
-                self.inner.invariants.borrow_mut().on_apply(
-                    i,
-                    entry.index,
-                    entry.term,
-                    holders,
-                    self.n(),
-                );
-                self.apply(i, node, entry.index, entry.data);
-            }
-            for read in &rd.read_states {
-                self.inner
-                    .invariants
-                    .borrow_mut()
-                    .on_read_confirmed(i, read);
-            }
-            node.borrow_mut().advance();
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.cfg
+    }
+
+    /// Runs `f` on the tester's records (one per server).
+    pub(crate) fn with_records<R>(&self, f: impl FnOnce(&mut Vec<Record>) -> R) -> R {
+        f(&mut self.inner.records.borrow_mut())
+    }
+
+    /// Server `i` applied `index` (for [`Cluster::max_index`] and the trace).
+    pub(crate) fn note_applied(&self, i: usize, index: u64) {
+        self.inner
+            .max_index
+            .set(self.inner.max_index.get().max(index));
+        flotilla_sim::trace(((i as u64) << 48) | index);
+    }
+
+    /// Server `i`'s Raft node, if it is running (for applications that propose to it).
+    pub fn node(&self, i: usize) -> Option<Rc<RefCell<RawNode>>> {
+        self.inner.servers.borrow()[i]
+            .as_ref()
+            .map(|s| s.node.clone())
+    }
+
+    /// Wakes server `i`'s loop after something was proposed or asked directly on its node.
+    pub fn poke(&self, i: usize) {
+        if let Some(server) = self.inner.servers.borrow()[i].as_ref() {
+            let _ = server.inbox.send(Input::Poke);
         }
     }
 
-    fn ingest_snapshot(&self, i: usize, index: u64, data: &[u8]) {
-        let (snap_index, upto) =
-            decode_snapshot(data).unwrap_or_else(|e| panic!("apply error: server {i}: {e}"));
-        assert_eq!(
-            snap_index, index,
-            "apply error: server {i} snapshot doesn't match m.SnapshotIndex"
-        );
-        let mut records = self.inner.records.borrow_mut();
-        records[i].applied = upto;
-        records[i].last_applied = index;
-        flotilla_sim::trace(0x5A90_0000_0000 | index);
-    }
-
-    fn apply(&self, i: usize, node: &Rc<RefCell<RawNode>>, index: u64, cmd: Vec<u8>) {
-        let snapshot_cmd = {
-            let mut records = self.inner.records.borrow_mut();
-            let expected = records[i].last_applied + 1;
-            assert_eq!(
-                index, expected,
-                "apply error: server {i} apply out of order, expected index {expected}, got {index}"
-            );
-            for (j, record) in records.iter().enumerate() {
-                if let Some(old) = record.get(index) {
-                    assert_eq!(
-                        old,
-                        &cmd,
-                        "apply error: commit index={index} server={i} {} != server={j} {}",
-                        show(&cmd),
-                        show(old)
-                    );
-                }
-            }
-            assert!(
-                index == 1 || records[i].get(index - 1).is_some(),
-                "apply error: server {i} apply out of order {index}"
-            );
-            records[i].set(index, cmd);
-            records[i].last_applied = index;
-            self.inner
-                .max_index
-                .set(self.inner.max_index.get().max(index));
-            flotilla_sim::trace(((i as u64) << 48) | index);
-            let interval = self.inner.cfg.snapshot_interval;
-            interval
-                .is_some_and(|k| (index + 1).is_multiple_of(k))
-                .then(|| encode_snapshot(index, &records[i]))
-        };
-        if let Some(data) = snapshot_cmd {
-            node.borrow_mut()
-                .compact(index, data)
-                .expect("snapshot at an applied index");
-        }
+    /// Largest snapshot any server has persisted, in bytes (6.5840's `SnapshotSize`).
+    pub fn snapshot_size(&self) -> u64 {
+        self.inner
+            .disks
+            .iter()
+            .map(|d| d.borrow().durable().durable_state().snapshot.data.len() as u64)
+            .max()
+            .unwrap_or(0)
     }
 }
 
-/// The server task: ticks, messages and pokes in; `Ready`s handled.
-async fn run_server(
-    cluster: Cluster,
-    i: usize,
-    node: Rc<RefCell<RawNode>>,
-    mut inbox: Receiver<Input>,
-) {
-    let tick = cluster.inner.cfg.tick;
-    let mut next_tick = now() + tick;
-    loop {
-        let wait = next_tick.saturating_sub(now());
-        match timeout(wait, inbox.recv()).await {
-            Ok(Some(input)) => {
-                if let Some(window) = cluster.inner.cfg.receive_batching {
-                    sleep(draw(window)).await;
-                }
-                let mut n = node.borrow_mut();
-                let mut input = Some(input);
-                while let Some(x) = input.take().or_else(|| inbox.try_recv()) {
-                    if let Input::Message(m) = x {
-                        // Every peer here is correct: a refused message is a bug in the core.
-                        if let Err(e) = n.step(m) {
-                            panic!("server {i} refused a message from a correct peer: {e}");
-                        }
-                    }
-                }
-            }
-            Ok(None) => return,
-            Err(_) => {
-                node.borrow_mut().tick();
-                next_tick += tick;
-            }
-        }
-        cluster.handle_ready(i, &node).await;
+/// A server's task: the node loop on the simulator's host, until the server crashes (the
+/// task is aborted) or the group shuts down.
+async fn run_server(node: Rc<RefCell<RawNode>>, mut host: SimHost, mut app: Box<dyn App>) {
+    match flotilla_node::run(node, &mut host, &mut app).await {
+        Ok(()) => {}
+        Err(never) => match never {},
     }
 }
 
 /// A duration drawn uniformly from `[lo, hi]` with the simulation's RNG.
-fn draw((lo, hi): (Duration, Duration)) -> Duration {
+pub(crate) fn draw((lo, hi): (Duration, Duration)) -> Duration {
     lo + Duration::from_nanos(with_rng(|r| r.below((hi - lo).as_nanos() as u64 + 1)))
 }
 

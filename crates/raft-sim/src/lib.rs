@@ -1,7 +1,8 @@
 //! # flotilla-raft-sim: Raft groups on the deterministic simulator
 //!
 //! - [`cluster`]: the tester harness (the lab's `config.go`): servers as simulated tasks
-//!   driving [`flotilla_raft::RawNode`], crash/restart with a disk that loses unsynced writes
+//!   running the shared node loop ([`flotilla_node::run`]) on a simulator host, with the
+//!   Lab 3 tester's applier or any other [`flotilla_node::App`], crash/restart with a disk that loses unsynced writes
 //!   (in memory, or the real write-ahead log on the simulated file system),
 //!   partitions, the applier's checks, `one()`, `check_one_leader()` and friends.
 //! - [`invariants`]: Raft's safety properties, checked as events happen: each `Ready`, each
@@ -17,7 +18,9 @@ pub mod cluster;
 pub mod demo;
 pub mod invariants;
 pub mod lab3;
+mod server;
 pub mod sweep;
+mod tester;
 
 use std::future::Future;
 use std::time::Duration;
