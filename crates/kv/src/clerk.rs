@@ -29,6 +29,8 @@ pub struct ClerkCore {
 pub struct Call {
     request: Request,
     attempts: u32,
+    /// Attempts known not to have taken effect (see [`Call::refused`]).
+    refused: u32,
 }
 
 impl Call {
@@ -41,6 +43,22 @@ impl Call {
     /// How many times it has been sent.
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// The last attempt was turned away before it could take effect (a replica that does
+    /// not lead refused it without proposing it). Such attempts do not make a later
+    /// `VersionMismatch` ambiguous.
+    pub fn refused(&mut self) {
+        debug_assert!(
+            self.refused < self.attempts,
+            "refused an attempt never sent"
+        );
+        self.refused = (self.refused + 1).min(self.attempts);
+    }
+
+    /// Attempts that may have taken effect.
+    fn effective_attempts(&self) -> u32 {
+        self.attempts - self.refused
     }
 }
 
@@ -77,6 +95,7 @@ impl ClerkCore {
         Call {
             request,
             attempts: 0,
+            refused: 0,
         }
     }
 
@@ -145,7 +164,7 @@ impl ClerkCore {
                 Answer::PutIfVersion(Err(KvError::NoKey))
             }
             (Request::PutIfVersion { .. }, Reply::VersionMismatch { .. }) => {
-                let error = if call.attempts <= 1 {
+                let error = if call.effective_attempts() <= 1 {
                     KvError::Version
                 } else {
                     KvError::Maybe
@@ -184,6 +203,38 @@ mod tests {
         assert_eq!(
             clerk.finish(&again, reply),
             Some(Answer::PutIfVersion(Err(KvError::Version)))
+        );
+    }
+
+    #[test]
+    fn attempts_a_non_leader_refused_do_not_make_a_mismatch_maybe() {
+        let mut server = KvServer::new();
+        server.handle(Request::PutIfVersion {
+            key: "k".into(),
+            value: "other".into(),
+            version: 0,
+        });
+        let mut clerk = ClerkCore::new(1);
+        let mut call = clerk.put_if_version("k", "v", 0);
+        // Two servers that do not lead turn it away; the leader finds the version moved.
+        call.request();
+        call.refused();
+        call.request();
+        call.refused();
+        let reply = server.handle(call.request().clone());
+        assert_eq!(
+            clerk.finish(&call, reply),
+            Some(Answer::PutIfVersion(Err(KvError::Version)))
+        );
+        // One attempt whose fate is unknown (a lost reply) makes it ambiguous again.
+        let mut call = clerk.put_if_version("k", "v", 0);
+        call.request();
+        call.request();
+        call.refused();
+        let reply = server.handle(call.request().clone());
+        assert_eq!(
+            clerk.finish(&call, reply),
+            Some(Answer::PutIfVersion(Err(KvError::Maybe)))
         );
     }
 

@@ -9,6 +9,7 @@
 //!   per writing clerk.
 //! - [`clerk`]: the clerk's logic (sans-IO): requests to send, replies interpreted, `ErrMaybe`.
 //! - [`lock`]: a distributed lock on the versioned API.
+//! - [`history`]: the log of a test's operations and its linearizability check.
 //! - [`sim`]: the service on the deterministic simulator (the tests' harness).
 //! - [`tcp`]: the service over TCP (tokio): the real server and clerk.
 //! - [`bench`]: bounded load against a real server, with an optional history file.
@@ -18,6 +19,7 @@
 
 pub mod bench;
 pub mod clerk;
+pub mod history;
 pub mod lock;
 pub mod protocol;
 pub mod server;

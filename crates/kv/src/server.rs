@@ -28,6 +28,8 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::protocol::{Ack, ClientId, Reply, Request, TooLarge};
 
 /// The largest key stored by default: 4 KiB.
@@ -81,7 +83,7 @@ impl Limits {
 }
 
 /// A stored key.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Entry {
     value: String,
     /// Counts the writes; 0 for a key not yet written (none is stored so).
@@ -98,7 +100,7 @@ struct Entry {
 }
 
 /// The longest owed prefix of a value that a `Put` replaced.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Retired {
     generation: u64,
     prefix: String,
@@ -178,13 +180,13 @@ impl Entry {
 }
 
 /// What the server remembers about a clerk's latest write.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Session {
     seq: u64,
     outcome: Outcome,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 enum Outcome {
     /// A `Put` took effect, or an `Append` whose reply was acknowledged (its duplicate cannot
     /// be the request its clerk waits for).
@@ -237,13 +239,7 @@ impl KvServer {
                 if let Some(ack) = ack {
                     self.acknowledge(ack);
                 }
-                match self.data.get(&key) {
-                    Some(entry) => Reply::Value {
-                        value: entry.value.clone(),
-                        version: entry.version,
-                    },
-                    None => Reply::NoKey,
-                }
+                self.read(&key)
             }
             Request::Put {
                 key,
@@ -370,6 +366,39 @@ impl KvServer {
             let acknowledged = std::mem::replace(&mut session.outcome, Outcome::Done);
             self.release(acknowledged);
         }
+    }
+
+    /// A `Get` that changes nothing (no acknowledgement is taken): what a replica serves
+    /// for a read that does not go through the log.
+    pub fn read(&self, key: &str) -> Reply {
+        match self.data.get(key) {
+            Some(entry) => Reply::Value {
+                value: entry.value.clone(),
+                version: entry.version,
+            },
+            None => Reply::NoKey,
+        }
+    }
+
+    /// The whole state — keys, values, versions and the duplicate-detection sessions — as
+    /// bytes [`KvServer::restore`] reads back. Keys and sessions are sorted, so equal states
+    /// give equal bytes on every replica.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut data: Vec<(&String, &Entry)> = self.data.iter().collect();
+        data.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut sessions: Vec<(&ClientId, &Session)> = self.sessions.iter().collect();
+        sessions.sort_unstable_by_key(|s| *s.0);
+        postcard::to_allocvec(&(data, sessions)).expect("a KV state always encodes")
+    }
+
+    /// Replaces the state by a [`KvServer::snapshot`]'s (the limits stay this server's).
+    /// A snapshot that does not decode changes nothing and is reported.
+    pub fn restore(&mut self, snapshot: &[u8]) -> Result<(), postcard::Error> {
+        type Decoded = (Vec<(String, Entry)>, Vec<(ClientId, Session)>);
+        let (data, sessions): Decoded = postcard::from_bytes(snapshot)?;
+        self.data = data.into_iter().collect();
+        self.sessions = sessions.into_iter().collect();
+        Ok(())
     }
 
     /// Number of clerks with remembered writes (for tests and status output).

@@ -127,10 +127,11 @@ pub trait App {
     /// The node's role, leader or term changed.
     fn on_soft_state(&mut self, _soft: &SoftState) {}
 
-    /// `batch` is durable (it was persisted before this `Ready`'s messages went out). An app
-    /// that waits for its own proposals learns here when another leader's entries replaced
-    /// them.
-    fn on_persisted(&mut self, _batch: &Persist) {}
+    /// `batch` is durable (it was persisted before this `Ready`'s messages went out); `node`
+    /// is the node's state now. An app that waits for its own proposals learns here when
+    /// another leader's entries replaced them (`node.term_at(index)` differs, or the log
+    /// no longer reaches the index).
+    fn on_persisted(&mut self, _node: &RawNode, _batch: &Persist) {}
 
     /// One tick of the node's clock passed (the app's own timeouts count these).
     fn on_tick(&mut self) {}
@@ -155,8 +156,8 @@ impl<A: App + ?Sized> App for Box<A> {
     fn on_soft_state(&mut self, soft: &SoftState) {
         (**self).on_soft_state(soft)
     }
-    fn on_persisted(&mut self, batch: &Persist) {
-        (**self).on_persisted(batch)
+    fn on_persisted(&mut self, node: &RawNode, batch: &Persist) {
+        (**self).on_persisted(node, batch)
     }
     fn on_tick(&mut self) {
         (**self).on_tick()
@@ -229,7 +230,7 @@ where
         }
         if !ready.persist.is_empty() {
             host.persist(&ready.persist).await?;
-            app.on_persisted(&ready.persist);
+            node.with(|n| app.on_persisted(n, &ready.persist));
         }
         let messages = std::mem::take(&mut ready.messages);
         node.with(|n| {

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use flotilla_node::{App, Input};
-use flotilla_raft::{Config, DurableState, Message, Persist, RawNode, Role};
+use flotilla_raft::{Config, DurableState, Message, Persist, RawNode, Role, Snapshot};
 use flotilla_sim::disk::Disk;
 use flotilla_sim::fs::{CrashFaults, SimFs};
 use flotilla_sim::net::{NetStats, Network, Payload};
@@ -103,9 +103,9 @@ impl ClusterConfig {
     }
 }
 
-/// Builds the application server `i` replicates, each time it starts, from what its disk
-/// kept. The default is the Lab 3 tester's applier.
-pub type AppFactory = Rc<dyn Fn(&Cluster, usize, &DurableState) -> Box<dyn App>>;
+/// Builds the application server `i` replicates each time it starts, from the snapshot its
+/// disk kept, with its new node (to propose to). The default is the Lab 3 tester's applier.
+pub type AppFactory = Rc<dyn Fn(&Cluster, usize, &Snapshot, &Rc<RefCell<RawNode>>) -> Box<dyn App>>;
 
 struct Server {
     node: Rc<RefCell<RawNode>>,
@@ -227,11 +227,18 @@ impl Cluster {
             StorageKind::Wal(_) => self.open_wal(i),
         };
         self.inner.invariants.borrow_mut().on_restart(i, &durable);
+        let snapshot = durable.snapshot.clone();
+        let n = self.n() as u64;
+        let mut config = self.inner.cfg.raft.clone();
+        config.id = i as u64;
+        config.peers = (0..n).collect();
+        config.seed = with_rng(|r| r.next_u64());
+        let node = Rc::new(RefCell::new(RawNode::new(config, durable)));
         let app: Box<dyn App> = match &self.inner.app {
-            Some(factory) => factory(self, i, &durable),
+            Some(factory) => factory(self, i, &snapshot, &node),
             None => {
                 // The tester ingests the persisted snapshot itself, like a restarting service.
-                self.inner.records.borrow_mut()[i] = Record::restored(i, &durable);
+                self.inner.records.borrow_mut()[i] = Record::restored(i, &snapshot);
                 Box::new(TesterApp::new(
                     self.clone(),
                     i,
@@ -239,12 +246,6 @@ impl Cluster {
                 ))
             }
         };
-        let n = self.n() as u64;
-        let mut config = self.inner.cfg.raft.clone();
-        config.id = i as u64;
-        config.peers = (0..n).collect();
-        config.seed = with_rng(|r| r.next_u64());
-        let node = Rc::new(RefCell::new(RawNode::new(config, durable)));
         let (tx, rx) = channel();
         let net_tx = tx.clone();
         self.inner.net.attach(i, move |_from, Wire(m)| {

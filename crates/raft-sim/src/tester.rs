@@ -8,7 +8,7 @@
 //! tester's format: the index and every command up to it.
 
 use flotilla_node::App;
-use flotilla_raft::{DurableState, Entry, Snapshot};
+use flotilla_raft::{Entry, Snapshot};
 
 use crate::cluster::{show, Cluster};
 
@@ -35,10 +35,10 @@ impl Record {
 
     /// The record a server starts from: what its persisted snapshot holds (a restarting
     /// service ingests it itself).
-    pub(crate) fn restored(i: usize, durable: &DurableState) -> Record {
+    pub(crate) fn restored(i: usize, snapshot: &Snapshot) -> Record {
         let mut record = Record::default();
-        if durable.snapshot.index > 0 {
-            record.ingest(i, durable.snapshot.index, &durable.snapshot.data);
+        if snapshot.index > 0 {
+            record.ingest(i, snapshot.index, &snapshot.data);
         }
         record
     }

@@ -1,6 +1,7 @@
 //! Request/response calls over the simulated network, as labrpc's `Call` behaves.
 //!
-//! Servers attach a handler (`Fn(Request) -> Response`, run when a request arrives); clients
+//! Servers attach a handler (`Fn(Request) -> Response`, run when a request arrives, or one
+//! that returns a future of the response); clients
 //! are ends created with [`RpcNetwork::add_client`], each with an enable flag per server.
 //! [`RpcNetwork::call`] returns `Some(reply)` or `None`, and `None` never says whether the
 //! handler ran — exactly the uncertainty an exactly-once service must handle:
@@ -16,6 +17,8 @@
 //! when a reply is delivered.
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use crate::net::{Conditions, Fate, NetStats, Payload};
@@ -25,9 +28,12 @@ use crate::{sleep, trace, with_rng};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientId(usize);
 
+/// A server's request handler: the reply comes when the future resolves.
+type Handler<Req, Resp> = Rc<dyn Fn(Req) -> Pin<Box<dyn Future<Output = Resp>>>>;
+
 struct Server<Req, Resp> {
     incarnation: u64,
-    handler: Rc<dyn Fn(Req) -> Resp>,
+    handler: Handler<Req, Resp>,
     rpc_count: u64,
 }
 
@@ -85,12 +91,23 @@ impl<Req: Payload, Resp: Payload> RpcNetwork<Req, Resp> {
     /// A (re)started server. Its RPC count starts from zero; replies to requests that reached
     /// an earlier incarnation are suppressed.
     pub fn attach(&self, server: usize, handler: impl Fn(Req) -> Resp + 'static) {
+        self.attach_async(server, move |req| std::future::ready(handler(req)));
+    }
+
+    /// Like [`RpcNetwork::attach`], for a handler that takes time (a replicated server waits
+    /// for its log to commit). The reply leaves when the handler's future resolves, and is
+    /// suppressed if the server died or the end was cut meanwhile.
+    pub fn attach_async<F>(&self, server: usize, handler: impl Fn(Req) -> F + 'static)
+    where
+        F: Future<Output = Resp> + 'static,
+    {
+        let handler: Handler<Req, Resp> = Rc::new(move |req| Box::pin(handler(req)));
         let mut inner = self.inner.borrow_mut();
         let incarnation = inner.next_incarnation;
         inner.next_incarnation += 1;
         inner.servers[server] = Some(Server {
             incarnation,
-            handler: Rc::new(handler),
+            handler,
             rpc_count: 0,
         });
     }
@@ -167,7 +184,7 @@ impl<Req: Payload, Resp: Payload> RpcNetwork<Req, Resp> {
                 }
             }
         };
-        let resp = handler(req);
+        let resp = handler(req).await;
         // The reply is suppressed if the server died or the end was cut meanwhile.
         if self.live_incarnation(client, server) != Some(incarnation) {
             return self.failed(event);
