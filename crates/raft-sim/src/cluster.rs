@@ -402,10 +402,7 @@ impl Cluster {
         };
         let asked = server.node.borrow_mut().read_index(ctx.to_vec()).is_ok();
         if asked {
-            self.inner
-                .invariants
-                .borrow_mut()
-                .on_read_asked(ctx, self.inner.max_index.get());
+            self.note_read_asked(i, ctx);
             let _ = server.inbox.send(Input::Poke);
         }
         asked
@@ -678,6 +675,15 @@ impl Cluster {
     /// Runs `f` on the tester's records (one per server).
     pub(crate) fn with_records<R>(&self, f: impl FnOnce(&mut Vec<Record>) -> R) -> R {
         f(&mut self.inner.records.borrow_mut())
+    }
+
+    /// Server `i` asked its node for the ReadIndex read `ctx` (unique per incarnation): the
+    /// read-safety invariant checks its confirmation against what was applied by now.
+    pub fn note_read_asked(&self, i: usize, ctx: &[u8]) {
+        self.inner
+            .invariants
+            .borrow_mut()
+            .on_read_asked(i, ctx, self.inner.max_index.get());
     }
 
     /// Server `i` applied `index` (for [`Cluster::max_index`] and the trace).

@@ -61,7 +61,8 @@ pub struct Invariants {
     /// index → (term of the entry applied there, upper bound of the term it was committed in).
     applied: BTreeMap<u64, (u64, u64)>,
     /// ReadIndex reads asked (by context): the highest index applied anywhere when asked.
-    reads_asked: HashMap<Vec<u8>, u64>,
+    /// Reads asked and not yet forgotten, by (server, context).
+    reads_asked: HashMap<(usize, Vec<u8>), u64>,
     /// Reads confirmed so far.
     pub reads_confirmed: u64,
     pub checks: u64,
@@ -243,6 +244,8 @@ impl Invariants {
 
     /// Called when `server` restarts from `recovered`.
     pub fn on_restart(&mut self, server: usize, recovered: &DurableState) {
+        // A new incarnation asks its own reads; the old one's can no longer be confirmed.
+        self.reads_asked.retain(|(asker, _), _| *asker != server);
         self.checks += 1;
         let hs = recovered.hard_state;
         let highest = self.synced_terms.get(&server).copied().unwrap_or(0);
@@ -265,9 +268,14 @@ impl Invariants {
 
     /// A ReadIndex read `ctx` was asked while `applied_anywhere` was the highest index any
     /// server had applied.
-    pub fn on_read_asked(&mut self, ctx: &[u8], applied_anywhere: u64) {
-        let earlier = self.reads_asked.insert(ctx.to_vec(), applied_anywhere);
-        assert!(earlier.is_none(), "read contexts are unique");
+    pub fn on_read_asked(&mut self, server: usize, ctx: &[u8], applied_anywhere: u64) {
+        let earlier = self
+            .reads_asked
+            .insert((server, ctx.to_vec()), applied_anywhere);
+        assert!(
+            earlier.is_none(),
+            "read contexts are unique per server incarnation"
+        );
     }
 
     /// *Read safety*: a confirmed read must see every write applied anywhere before it was
@@ -275,7 +283,8 @@ impl Invariants {
     pub fn on_read_confirmed(&mut self, server: usize, read: &ReadState) {
         self.checks += 1;
         self.reads_confirmed += 1;
-        let floor = *self.reads_asked.get(&read.ctx).unwrap_or_else(|| {
+        let asked = (server, read.ctx.clone());
+        let floor = *self.reads_asked.get(&asked).unwrap_or_else(|| {
             panic!(
                 "read safety: server {server} confirms a read never asked: {:?}",
                 read.ctx

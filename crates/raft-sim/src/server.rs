@@ -168,6 +168,7 @@ impl Host for SimHost {
             holders,
             self.cluster.n(),
         );
+        self.cluster.note_applied(self.i, entry.index);
     }
 
     fn observe_read(&mut self, read: &ReadState) {

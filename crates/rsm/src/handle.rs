@@ -10,6 +10,10 @@ use crate::{ReadError, Rsm, StateMachine, SubmitError};
 /// Wakes a node loop (sends it a `Poke`) after something was asked directly on its node.
 pub trait Wake {
     fn wake(&self);
+
+    /// The handle just asked the node for the ReadIndex read `ctx` (a simulator checks its
+    /// confirmation against what was applied at this moment).
+    fn read_asked(&self, _ctx: &[u8]) {}
 }
 
 impl<F: Fn() + ?Sized> Wake for std::rc::Rc<F> {
@@ -92,8 +96,12 @@ where
                 });
             }
             let (id, answer) = self.rsm.with(|r| r.expect_read(query));
-            match node.read_index(id.to_le_bytes().to_vec()) {
-                Ok(()) => Ok(answer),
+            let ctx = id.to_le_bytes();
+            match node.read_index(ctx.to_vec()) {
+                Ok(()) => {
+                    self.wake.read_asked(&ctx);
+                    Ok(answer)
+                }
                 Err(not_leader) => {
                     self.rsm.with(|r| r.asked.remove(&id));
                     Err(ReadError::WrongLeader {

@@ -11,10 +11,27 @@ use std::rc::Rc;
 use flotilla_raft::{RawNode, Snapshot};
 use flotilla_raft_sim::cluster::{AppFactory, Cluster, ClusterConfig};
 
-use crate::{Rsm, RsmApp, RsmConfig, RsmHandle, StateMachine};
+use crate::{Rsm, RsmApp, RsmConfig, RsmHandle, StateMachine, Wake};
 
 /// The simulator's handle to one replica.
-pub type SimHandle<S> = RsmHandle<Rc<RefCell<RawNode>>, Rc<RefCell<Rsm<S>>>, Rc<dyn Fn()>, S>;
+pub type SimHandle<S> = RsmHandle<Rc<RefCell<RawNode>>, Rc<RefCell<Rsm<S>>>, SimWake, S>;
+
+/// Wakes replica `i`'s loop, and tells the invariants of each read it asks.
+#[derive(Clone)]
+pub struct SimWake {
+    cluster: Cluster,
+    i: usize,
+}
+
+impl Wake for SimWake {
+    fn wake(&self) {
+        self.cluster.poke(self.i);
+    }
+
+    fn read_asked(&self, ctx: &[u8]) {
+        self.cluster.note_read_asked(self.i, ctx);
+    }
+}
 
 type Handles<S> = Rc<RefCell<Vec<Option<SimHandle<S>>>>>;
 
@@ -50,8 +67,10 @@ impl<S: StateMachine + 'static> RsmGroup<S> {
                 let rsm = Rsm::new(make(), config, snapshot)
                     .unwrap_or_else(|e| panic!("replica {i}: its snapshot does not restore: {e}"));
                 let rsm = Rc::new(RefCell::new(rsm));
-                let poker = cluster.clone();
-                let wake: Rc<dyn Fn()> = Rc::new(move || poker.poke(i));
+                let wake = SimWake {
+                    cluster: cluster.clone(),
+                    i,
+                };
                 let handle = RsmHandle::new(node.clone(), rsm.clone(), wake);
                 registry.borrow_mut()[i] = Some(handle.clone());
                 on_start(i, handle);

@@ -6,6 +6,9 @@ use crate::{DurableState, Persist, Storage, StorageError};
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     state: DurableState,
+    /// The encoded size of `state.entries`' elements (without the length prefix), kept up
+    /// to date by `persist` so a size probe costs O(1) however long the log.
+    entry_bytes: u64,
 }
 
 impl MemStorage {
@@ -15,12 +18,23 @@ impl MemStorage {
 
     /// A storage that already holds `state` (e.g. a copy taken at a crash).
     pub fn from_state(state: DurableState) -> Self {
-        MemStorage { state }
+        let entry_bytes = entries_size(&state.entries);
+        MemStorage { state, entry_bytes }
     }
 }
 
-/// Bytes of the hard state and the log after the snapshot, as postcard encodes them.
-pub(crate) fn encoded_raft_state_size(state: &DurableState) -> u64 {
+fn entry_size(entry: &flotilla_raft::Entry) -> u64 {
+    postcard::experimental::serialized_size(entry).unwrap_or(0) as u64
+}
+
+fn entries_size(entries: &[flotilla_raft::Entry]) -> u64 {
+    entries.iter().map(entry_size).sum()
+}
+
+/// Bytes of the hard state and the log after the snapshot, as postcard encodes them (the
+/// reference the kept size is tested against).
+#[cfg(test)]
+fn encoded_raft_state_size(state: &DurableState) -> u64 {
     let hard = postcard::experimental::serialized_size(&state.hard_state).unwrap_or(0);
     let log = postcard::experimental::serialized_size(&state.entries).unwrap_or(0);
     (hard + log) as u64
@@ -28,6 +42,18 @@ pub(crate) fn encoded_raft_state_size(state: &DurableState) -> u64 {
 
 impl Storage for MemStorage {
     fn persist(&mut self, batch: &Persist) -> Result<(), StorageError> {
+        if batch.snapshot.is_some() {
+            self.state.apply(batch);
+            self.entry_bytes = entries_size(&self.state.entries);
+            return Ok(());
+        }
+        if let Some(first) = batch.entries.first().map(|e| e.index) {
+            // The stored entries from `first` on are replaced (see flotilla_raft::durable).
+            let kept = first.saturating_sub(self.state.snapshot.index + 1) as usize;
+            let replaced = self.state.entries.get(kept..).unwrap_or(&[]);
+            self.entry_bytes -= entries_size(replaced);
+            self.entry_bytes += entries_size(&batch.entries);
+        }
         self.state.apply(batch);
         Ok(())
     }
@@ -36,8 +62,65 @@ impl Storage for MemStorage {
         &self.state
     }
 
-    /// Computed on demand (O(log length)); only size probes call it.
+    /// O(1): the entries' size is kept up to date by `persist`.
     fn raft_state_size(&self) -> u64 {
-        encoded_raft_state_size(&self.state)
+        let hard = postcard::experimental::serialized_size(&self.state.hard_state).unwrap_or(0);
+        let len = postcard::experimental::serialized_size(&self.state.entries.len()).unwrap_or(0);
+        (hard + len) as u64 + self.entry_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_raft::{Entry, HardState, Snapshot};
+
+    fn entries(from: u64, to: u64, term: u64, len: usize) -> Vec<Entry> {
+        (from..=to)
+            .map(|index| Entry {
+                term,
+                index,
+                data: vec![7; len],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_kept_size_is_the_encoded_size_through_appends_conflicts_and_snapshots() {
+        let mut storage = MemStorage::new();
+        let batches = [
+            Persist {
+                hard_state: Some(HardState {
+                    term: 1,
+                    vote: Some(0),
+                }),
+                entries: entries(1, 200, 1, 3),
+                ..Persist::default()
+            },
+            // A conflicting suffix: 150.. replaced by shorter entries of term 2.
+            Persist {
+                entries: entries(150, 160, 2, 300),
+                ..Persist::default()
+            },
+            Persist {
+                snapshot: Some(Snapshot {
+                    index: 155,
+                    term: 2,
+                    data: vec![1; 10],
+                }),
+                ..Persist::default()
+            },
+            Persist {
+                entries: entries(161, 170, 2, 0),
+                ..Persist::default()
+            },
+        ];
+        for batch in &batches {
+            storage.persist(batch).unwrap();
+            assert_eq!(
+                storage.raft_state_size(),
+                encoded_raft_state_size(storage.durable_state())
+            );
+        }
     }
 }
