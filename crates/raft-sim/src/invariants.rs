@@ -573,7 +573,7 @@ mod tests {
     #[should_panic(expected = "read safety: server 1 confirms read [7] at index 4, but index 5")]
     fn a_read_missing_an_earlier_write_is_caught() {
         let mut inv = Invariants::default();
-        inv.on_read_asked(&[6], 5);
+        inv.on_read_asked(0, &[6], 5);
         inv.on_read_confirmed(
             0,
             &flotilla_raft::ReadState {
@@ -588,7 +588,7 @@ mod tests {
                 ctx: vec![6],
             },
         );
-        inv.on_read_asked(&[7], 5);
+        inv.on_read_asked(1, &[7], 5);
         inv.on_read_confirmed(
             1,
             &flotilla_raft::ReadState {
