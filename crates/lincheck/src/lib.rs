@@ -109,6 +109,22 @@ pub trait Model {
         output: Option<&Self::Output>,
     ) -> Option<Self::State>;
 
+    /// True if `input` answering `output` (None = not observed) never changes the state: in
+    /// every state, `step(state, input, output)` is either `None` (impossible there) or a
+    /// state equal (`Eq`) to `state`. Reads are; a conditional write that answered "not
+    /// applied" is. Default: false.
+    ///
+    /// The search uses it to prune: an operation that is read-only and possible in the
+    /// current state, and that could be linearized next, is placed at once, and the other
+    /// orders are not tried (`src/search.rs` has the argument). Answering false is always
+    /// correct, only slower; answering true for an operation that can change the state in
+    /// some state (even one the search has not reached) can make the checker accept an
+    /// illegal history.
+    fn is_read_only(&self, input: &Self::Input, output: Option<&Self::Output>) -> bool {
+        let _ = (input, output);
+        false
+    }
+
     /// Groups of operation indexes that can be checked independently (e.g. by key). Default:
     /// one group with everything.
     ///

@@ -11,6 +11,11 @@
 //! - [`VersionedKvModel`] (2025 kvsrv1): a key holds (value, version), initially `("", 0)`.
 //!   Get must return the value (the returned version and error are not checked); Put is
 //!   conditional on the version, and `ErrMaybe` allows both outcomes.
+//!
+//! Read-only operations ([`Model::is_read_only`], which lets the search skip reordering
+//! them): every Get of either model, and a 2025 Put that answered `ErrVersion` or `ErrNoKey`.
+//! A Put that answered OK or `ErrMaybe`, or whose answer was not observed, is not, nor is any
+//! 2024 Put or Append.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -141,6 +146,12 @@ pub(crate) fn kv_step<'a>(
     }
 }
 
+/// [`KvModel::is_read_only`] on borrowed parts: a Get, whatever it answered (a Put or an
+/// Append changes the value in some state).
+pub(crate) fn kv_read_only(input: KvInputRef<'_>, _output: Option<&str>) -> bool {
+    input.op == KvOp::Get
+}
+
 /// [`KvModel::describe`] on borrowed parts.
 pub(crate) fn describe_kv(input: KvInputRef<'_>, output: Option<&str>) -> String {
     let answer = match output {
@@ -200,6 +211,10 @@ impl Model for KvModel {
             KvEffect::Replace(value) => value.to_string(),
             KvEffect::Append(value) => format!("{state}{value}"),
         })
+    }
+
+    fn is_read_only(&self, input: &KvInput, output: Option<&KvOutput>) -> bool {
+        kv_read_only(input.view(), output.map(|output| output.value.as_str()))
     }
 
     fn partition(&self, history: &[Operation<KvInput, KvOutput>]) -> Vec<Vec<usize>> {
@@ -425,6 +440,23 @@ pub(crate) fn versioned_step<'a>(
     }
 }
 
+/// [`VersionedKvModel::is_read_only`] on borrowed parts: a Get, whatever it answered, and a
+/// Put that answered a definite failure: `ErrVersion` (legal only where it does not apply,
+/// and then it keeps the state) or `ErrNoKey` (legal nowhere). Not a Put that answered OK,
+/// `ErrMaybe` or nothing: each of those applies in some state.
+pub(crate) fn versioned_read_only(
+    input: VersionedInputRef<'_>,
+    output: Option<VersionedOutputRef<'_>>,
+) -> bool {
+    match input.op {
+        VersionedOp::Get => true,
+        VersionedOp::Put => matches!(
+            output.map(|output| output.error),
+            Some(KvError::Version | KvError::NoKey)
+        ),
+    }
+}
+
 /// [`VersionedKvModel::describe`] on borrowed parts.
 pub(crate) fn describe_versioned(
     input: VersionedInputRef<'_>,
@@ -517,6 +549,10 @@ impl Model for VersionedKvModel {
                 version: state.version + 1,
             },
         })
+    }
+
+    fn is_read_only(&self, input: &VersionedInput, output: Option<&VersionedOutput>) -> bool {
+        versioned_read_only(input.view(), output.map(VersionedOutput::view))
     }
 
     fn partition(&self, history: &[Operation<VersionedInput, VersionedOutput>]) -> Vec<Vec<usize>> {

@@ -24,9 +24,9 @@ use std::rc::Rc;
 use crate::history::{HistoryOp, HistoryRecord};
 use crate::models::{
     describe_kv, describe_kv_state, describe_versioned, describe_versioned_state,
-    explain_illegal_kv, explain_illegal_versioned, key_label, kv_step, partition_by_key,
-    versioned_step, KvEffect, KvError, KvInputRef, KvOp, VersionedEffect, VersionedInputRef,
-    VersionedOp, VersionedOutputRef,
+    explain_illegal_kv, explain_illegal_versioned, key_label, kv_read_only, kv_step,
+    partition_by_key, versioned_read_only, versioned_step, KvEffect, KvError, KvInputRef, KvOp,
+    VersionedEffect, VersionedInputRef, VersionedOp, VersionedOutputRef,
 };
 use crate::{Model, Operation};
 
@@ -194,6 +194,10 @@ impl<'a> Model for KvRecordModel<'a> {
         })
     }
 
+    fn is_read_only(&self, input: &KvInputRef<'a>, output: Option<&&'a str>) -> bool {
+        kv_read_only(*input, output.copied())
+    }
+
     fn partition(&self, history: &[Operation<KvInputRef<'a>, &'a str>]) -> Vec<Vec<usize>> {
         partition_by_key(history, |input| input.key)
     }
@@ -266,6 +270,14 @@ impl<'a> Model for VersionedRecordModel<'a> {
                 version: state.version + 1,
             },
         })
+    }
+
+    fn is_read_only(
+        &self,
+        input: &VersionedInputRef<'a>,
+        output: Option<&VersionedOutputRef<'a>>,
+    ) -> bool {
+        versioned_read_only(*input, output.copied())
     }
 
     fn partition(

@@ -33,4 +33,8 @@ impl Model for WriteOnce {
             Cmd::Read => output.is_none_or(|read| read == state).then_some(*state),
         }
     }
+
+    fn is_read_only(&self, input: &Cmd, _output: Option<&Option<u8>>) -> bool {
+        matches!(input, Cmd::Read)
+    }
 }
