@@ -17,6 +17,56 @@
 //! For the explanation of a failure, the search keeps the best dead end it met: the one with
 //! the most operations that returned linearized (then the fewest that never returned).
 //!
+//! ## Forced steps: read-only operations are not reordered
+//!
+//! Each time the search reaches a new set of operations linearized, before its scan starts,
+//! it looks among the candidates (the call events before the first return event) for one
+//! that the model calls read-only ([`Model::is_read_only`]) and that is possible in the
+//! current state and leaves it as it is. If there is one (the first in list order), it is
+//! linearized at once as a *forced step*: no other candidate is tried at that point. When the
+//! search later backtracks to a forced step, it undoes it and goes on undoing until it has
+//! undone a real choice, whose scan then resumes after it; a forced step is never a choice
+//! point. So `k` concurrent reads (or puts that answered `ErrVersion`) cost `k` steps, not
+//! the `2^k` sets of them the search would otherwise place in every order.
+//!
+//! Why no linearization is lost. Let `r` be the forced candidate in state `s`, with set `P`
+//! linearized. Suppose the remaining operations have a linearization `L` from (`P`, `s`)
+//! (every remaining operation that returned is in it, and each one after any that returned
+//! before it was called). Then `r` followed by `L` without `r` is one too:
+//!
+//! - *States.* `r` is possible in `s` and leaves it unchanged, so after `r` the state is
+//!   still `s`. In `L`, `r` (if it is there at all: one that never returned may be left out)
+//!   was applied in some state `t`, where it was possible, and read-only means it left `t`
+//!   unchanged; so removing it from `L` changes no state that any operation after it sees.
+//!   Every operation of `L` is still applied in the same state and gets the same answer.
+//! - *Real time.* `r`'s call comes before the first return event still in the list, so no
+//!   remaining operation returned before `r` was called: none has to come before `r`. Moving
+//!   `r` earlier cannot break an "a before b" between two other operations, and any
+//!   operation that must come after `r` still does.
+//!
+//! So if no linearization starts with `r` from (`P`, `s`), none exists from (`P`, `s`) at
+//! all, which is what undoing the forced step together with the choice that led to
+//! (`P`, `s`) asserts. The model's promise is what the argument rests on: `r` must leave
+//! *every* state where it is possible unchanged, not only `s` (a put that answered `ErrMaybe`
+//! keeps `s` when its version does not match, but in `L` it may have applied later). As a
+//! cheap guard, a step that would change `s` is never forced, whatever the model says.
+//!
+//! With the rest of the search:
+//!
+//! - *Memo.* A forced step records its (set, state) pair like any step. A pair in the memo
+//!   has been explored and led nowhere (sets only grow along the current path, so it cannot
+//!   be on it); a forced step that meets one therefore backtracks at once, as above, since
+//!   (`P`, `s`) leads nowhere either. Pairs mean the same as without forced steps, "no
+//!   linearization of the rest from here", so the memo stays exact.
+//! - *Turns.* Whether the forced-step look-up of the current set is still due is part of the
+//!   search's state (`forced_scan_due`), and it runs within one step of the loop, so a search
+//!   cut into turns still explores what one run does, in the same order.
+//! - *Explanations.* Dead ends are recorded where they were, at a return event no candidate
+//!   before it could pass; the prefix simply includes the forced steps. Forced steps change
+//!   which dead ends are met (fewer orders are tried), so an explanation may name another
+//!   dead end than a search without them would (it is still a real one: a linearizable
+//!   prefix, and every candidate after it impossible); verdicts do not change.
+//!
 //! ## Sharing the budget
 //!
 //! A partition's search is a [`Search`] value that can stop at the top of its loop when its
@@ -586,6 +636,15 @@ fn memo_key(events: &Events, linearized: &Bitset, key: &mut Vec<u32>) {
     }
 }
 
+/// One operation linearized, with the state before it.
+struct Placed<S> {
+    op: usize,
+    previous_state: Rc<S>,
+    /// Placed as a forced step (a read-only operation, see the module documentation), not
+    /// chosen among others: undoing it undoes the choice before it too.
+    forced: bool,
+}
+
 /// The search for a linearization of one partition, resumable: [`Search::resume`] runs until
 /// it has a verdict or the clock ends its turn, and a later call carries on exactly where it
 /// stopped (the stop is at the top of the loop, where every field is consistent), so a search
@@ -601,8 +660,11 @@ struct Search<'h, M: Model> {
     returned_left: usize,
     linearized: Bitset,
     state: Rc<M::State>,
-    /// The operations linearized so far, each with the state before it.
-    placed: Vec<(usize, Rc<M::State>)>,
+    /// The operations linearized so far, in order.
+    placed: Vec<Placed<M::State>>,
+    /// Set when the current set of operations was just reached: the scan of it has not
+    /// started, and it must first look for a forced step (see the module documentation).
+    forced_scan_due: bool,
     explored: Memo<M::State>,
     /// Scratch space for memo keys.
     key: Vec<u32>,
@@ -640,6 +702,7 @@ impl<'h, M: Model> Search<'h, M> {
             returned_left: returned_total,
             state: Rc::new(model.init()),
             placed: Vec::new(),
+            forced_scan_due: true,
             explored: Memo::new(),
             key: Vec::new(),
             best_dead_end: None,
@@ -660,6 +723,16 @@ impl<'h, M: Model> Search<'h, M> {
             // While an operation that returned is unplaced, its return event is still in the
             // list after the cursor: the scan meets a return before it can run off the end.
             assert_ne!(self.cursor, HEAD, "scan ran off the end of the event list");
+            if std::mem::take(&mut self.forced_scan_due) {
+                if let Some(op) = self.forced_candidate() {
+                    // Reached before, this (set, state) led nowhere, so neither does the one
+                    // it was forced from: undo the last choice.
+                    if !self.place(op, Rc::clone(&self.state), true) && !self.backtrack() {
+                        return self.illegal();
+                    }
+                    continue;
+                }
+            }
             let entry = self.events.entries[self.cursor];
             if entry.is_call {
                 let op = self.ops[entry.op];
@@ -672,27 +745,9 @@ impl<'h, M: Model> Search<'h, M> {
                     } else {
                         Rc::new(next_state)
                     };
-                    self.linearized.set(entry.op);
-                    self.events.lift(entry.op);
-                    // Placing the last operation that returned ends the search: no need to
-                    // remember the set (it cannot have been reached before, or the search
-                    // would have ended then).
-                    let last = op.ret.is_some() && self.returned_left == 1;
-                    let new = last || {
-                        memo_key(&self.events, &self.linearized, &mut self.key);
-                        self.explored.insert(&self.key, &next_state)
-                    };
-                    if new {
-                        let previous_state = std::mem::replace(&mut self.state, next_state);
-                        self.placed.push((entry.op, previous_state));
-                        if op.ret.is_some() {
-                            self.returned_left -= 1;
-                        }
-                        self.cursor = self.events.first();
+                    if self.place(entry.op, next_state, false) {
                         continue;
                     }
-                    self.events.unlift(entry.op);
-                    self.linearized.clear(entry.op);
                 }
                 self.cursor = entry.next;
             } else {
@@ -712,7 +767,7 @@ impl<'h, M: Model> Search<'h, M> {
                 {
                     self.best_prefix.truncate(self.unchanged);
                     self.best_prefix
-                        .extend(self.placed[self.unchanged..].iter().map(|&(op, _)| op));
+                        .extend(self.placed[self.unchanged..].iter().map(|placed| placed.op));
                     self.unchanged = self.placed.len();
                     self.best_dead_end = Some(DeadEnd {
                         rank,
@@ -721,30 +776,116 @@ impl<'h, M: Model> Search<'h, M> {
                         closing: entry.op,
                     });
                 }
-                let Some((op, previous_state)) = self.placed.pop() else {
-                    self.decided = true;
-                    let best = self.best_dead_end.take().expect("recorded just above");
-                    let stuck = Stuck {
-                        rank: best.rank,
-                        prefix: std::mem::take(&mut self.best_prefix),
-                        state: M::State::clone(&best.state),
-                        candidates: best.candidates,
-                        closing: best.closing,
-                    };
-                    return Outcome::Illegal(stuck.into_history_indexes(self.group));
-                };
-                self.unchanged = self.unchanged.min(self.placed.len());
-                self.state = previous_state;
-                self.linearized.clear(op);
-                self.events.unlift(op);
-                if self.ops[op].ret.is_some() {
-                    self.returned_left += 1;
+                if !self.backtrack() {
+                    return self.illegal();
                 }
-                self.cursor = self.events.entries[self.events.call_entry[op]].next;
             }
         }
         self.decided = true;
         Outcome::Linearizable
+    }
+
+    /// The first operation that could be linearized next (its call event is before the first
+    /// return event in the list) that the model calls read-only and that is possible in the
+    /// current state, leaving it as it is: the forced step, if there is one.
+    ///
+    /// A step that would change the state is never forced, whatever the model says.
+    fn forced_candidate(&self) -> Option<usize> {
+        let mut cursor = self.events.first();
+        while cursor != HEAD {
+            let entry = self.events.entries[cursor];
+            if !entry.is_call {
+                break;
+            }
+            let op = self.ops[entry.op];
+            if self.model.is_read_only(&op.input, op.output.as_ref())
+                && self
+                    .model
+                    .step(&self.state, &op.input, op.output.as_ref())
+                    .is_some_and(|next_state| next_state == *self.state)
+            {
+                return Some(entry.op);
+            }
+            cursor = entry.next;
+        }
+        None
+    }
+
+    /// Linearizes `op` next, taking the state to `next_state`, unless the memo says the set
+    /// and state it leads to were reached before: then changes nothing and returns false.
+    /// `forced` says whether it is a forced step rather than a choice.
+    fn place(&mut self, op: usize, next_state: Rc<M::State>, forced: bool) -> bool {
+        self.linearized.set(op);
+        self.events.lift(op);
+        let returned = self.ops[op].ret.is_some();
+        // Placing the last operation that returned ends the search: no need to remember the
+        // set (it cannot have been reached before, or the search would have ended then).
+        let last = returned && self.returned_left == 1;
+        let new = last || {
+            memo_key(&self.events, &self.linearized, &mut self.key);
+            self.explored.insert(&self.key, &next_state)
+        };
+        if !new {
+            self.events.unlift(op);
+            self.linearized.clear(op);
+            return false;
+        }
+        let previous_state = std::mem::replace(&mut self.state, next_state);
+        self.placed.push(Placed {
+            op,
+            previous_state,
+            forced,
+        });
+        if returned {
+            self.returned_left -= 1;
+        }
+        self.cursor = self.events.first();
+        self.forced_scan_due = true;
+        true
+    }
+
+    /// Undoes the last choice, and every forced step after it, and sets the scan to go on
+    /// after the operation chosen (its next alternative). False if no choice is left to undo:
+    /// the partition is illegal.
+    fn backtrack(&mut self) -> bool {
+        while let Some(Placed {
+            op,
+            previous_state,
+            forced,
+        }) = self.placed.pop()
+        {
+            self.unchanged = self.unchanged.min(self.placed.len());
+            self.state = previous_state;
+            self.linearized.clear(op);
+            self.events.unlift(op);
+            if self.ops[op].ret.is_some() {
+                self.returned_left += 1;
+            }
+            if !forced {
+                self.cursor = self.events.entries[self.events.call_entry[op]].next;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The verdict once every choice has been undone: illegal, explained by the best dead end.
+    fn illegal(&mut self) -> Outcome<M::State> {
+        self.decided = true;
+        // Every search that fails meets a dead end: a forced step only backtracks when the
+        // memo already had its set and state, reached earlier and found to lead nowhere.
+        let best = self
+            .best_dead_end
+            .take()
+            .expect("a search that failed met a dead end");
+        let stuck = Stuck {
+            rank: best.rank,
+            prefix: std::mem::take(&mut self.best_prefix),
+            state: M::State::clone(&best.state),
+            candidates: best.candidates,
+            closing: best.closing,
+        };
+        Outcome::Illegal(stuck.into_history_indexes(self.group))
     }
 }
 
@@ -978,10 +1119,31 @@ mod tests {
 
     #[test]
     fn a_search_cut_into_turns_ends_as_one_run_does() {
-        let history = hard_partition("k", 11);
-        let (whole, steps) = search_in_one_run(&history);
+        assert_turns_end_as_one_run(&hard_partition("k", 11));
+    }
+
+    #[test]
+    fn a_search_with_forced_steps_cut_into_turns_ends_as_one_run_does() {
+        // Reads of some of the puts' values, concurrent with them: each is forced whenever
+        // the value is its put's, and undone with the choice before it.
+        let mut history = hard_partition("k", 11);
+        for i in [2, 5, 5, 9] {
+            history.push(Operation {
+                client: -2,
+                input: KvInput::get("k"),
+                output: Some(KvOutput::new(format!("v{i}"))),
+                call: 3 + i as u64,
+                ret: Some(1_000),
+            });
+        }
+        assert_turns_end_as_one_run(&history);
+    }
+
+    /// Asserts that the search of the illegal `history` cut into many turns ends as one run.
+    fn assert_turns_end_as_one_run(history: &[KvOp]) {
+        let (whole, steps) = search_in_one_run(history);
         let group: Vec<usize> = (0..history.len()).collect();
-        let mut search = Search::new(&KvModel, &history, &group);
+        let mut search = Search::new(&KvModel, history, &group);
         // No budget: every turn ends at the first clock reading, after at most 1024 steps.
         let mut clock = Clock::new(Duration::ZERO, Instant::now);
         let mut turns = 0;
