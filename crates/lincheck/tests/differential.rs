@@ -14,6 +14,11 @@
 //! The same histories, written as records, also check `history::check_records` (which uses
 //! models of its own over borrowed records) against `check`: verdict and explanation must be
 //! identical.
+//!
+//! Forced steps for read-only operations (`Model::is_read_only`) get their own histories:
+//! small ones with many long, overlapping gets and puts that answer `ErrVersion` (or
+//! `ErrMaybe`) against brute force, larger ones against the same checker with
+//! `is_read_only` left false; and the models' `is_read_only` against their `step`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -126,10 +131,21 @@ struct Shape {
 fn shapes(rng: &mut Rng) -> Vec<Shape> {
     let count = 1 + rng.below(7) as usize;
     let keys: &[&'static str] = if rng.chance(50) { &["a"] } else { &["a", "b"] };
+    shapes_of(rng, count, keys, 12, 6)
+}
+
+/// `count` shapes on `keys`, called before `calls_within`, lasting less than `longest`.
+fn shapes_of(
+    rng: &mut Rng,
+    count: usize,
+    keys: &[&'static str],
+    calls_within: u64,
+    longest: u64,
+) -> Vec<Shape> {
     let mut shapes: Vec<Shape> = (0..count)
         .map(|_| {
-            let call = rng.below(12);
-            let ret = (!rng.chance(20)).then(|| call + rng.below(6));
+            let call = rng.below(calls_within);
+            let ret = (!rng.chance(20)).then(|| call + rng.below(longest));
             let effect_at = match ret {
                 Some(ret) => Some(call + rng.below(ret - call + 1)),
                 // A call that never returned took effect somewhere later, or never.
@@ -165,14 +181,25 @@ const OUTPUTS: &[&str] = &["", "x", "y", "xy", "yx", "xx", "z"];
 
 fn kv_history(rng: &mut Rng) -> Vec<Operation<KvInput, KvOutput>> {
     let shapes = shapes(rng);
+    kv_answers(rng, shapes, |rng, key| match rng.below(3) {
+        0 => KvInput::get(key),
+        1 => KvInput::put(key, rng.pick(VALUES)),
+        _ => KvInput::append(key, rng.pick(VALUES)),
+    })
+}
+
+/// The 2024 operations of `shapes`, each input as `choose` picks it for the shape's key,
+/// with a correct server's answers at the effect points; half the histories have one answer
+/// corrupted.
+fn kv_answers(
+    rng: &mut Rng,
+    shapes: Vec<Shape>,
+    choose: impl Fn(&mut Rng, &'static str) -> KvInput,
+) -> Vec<Operation<KvInput, KvOutput>> {
     let mut history: Vec<Operation<KvInput, KvOutput>> = shapes
         .iter()
         .map(|shape| {
-            let input = match rng.below(3) {
-                0 => KvInput::get(shape.key),
-                1 => KvInput::put(shape.key, rng.pick(VALUES)),
-                _ => KvInput::append(shape.key, rng.pick(VALUES)),
-            };
+            let input = choose(rng, shape.key);
             Operation {
                 client: shape.client,
                 input,
@@ -210,13 +237,49 @@ fn kv_history(rng: &mut Rng) -> Vec<Operation<KvInput, KvOutput>> {
 
 fn versioned_history(rng: &mut Rng) -> Vec<Operation<VersionedInput, VersionedOutput>> {
     let shapes = shapes(rng);
+    versioned_answers(rng, shapes, |rng, key| match rng.below(2) {
+        0 => VersionedInput::get(key),
+        _ => VersionedInput::put(key, rng.pick(VALUES), rng.below(3)),
+    })
+}
+
+/// A history with many concurrent read-only operations: up to 8 operations on one key
+/// (sometimes two), long and overlapping, mostly gets and puts at versions that rarely
+/// match (so most answer `ErrVersion`), some answering `ErrMaybe`, sometimes one answer
+/// corrupted.
+fn versioned_read_heavy_history(rng: &mut Rng) -> Vec<Operation<VersionedInput, VersionedOutput>> {
+    let count = 2 + rng.below(7) as usize;
+    let keys: &[&'static str] = if rng.chance(80) { &["a"] } else { &["a", "b"] };
+    let shapes = shapes_of(rng, count, keys, 10, 10);
+    versioned_answers(rng, shapes, |rng, key| match rng.below(5) {
+        0 | 1 => VersionedInput::get(key),
+        _ => VersionedInput::put(key, rng.pick(VALUES), rng.below(2)),
+    })
+}
+
+/// Larger histories of the same kind, for the comparison of the checker with and without
+/// forced steps (too large for brute force).
+fn versioned_large_history(rng: &mut Rng) -> Vec<Operation<VersionedInput, VersionedOutput>> {
+    let count = 10 + rng.below(15) as usize;
+    let shapes = shapes_of(rng, count, &["a"], 40, 12);
+    versioned_answers(rng, shapes, |rng, key| match rng.below(5) {
+        0 | 1 => VersionedInput::get(key),
+        _ => VersionedInput::put(key, rng.pick(VALUES), rng.below(3)),
+    })
+}
+
+/// The 2025 operations of `shapes`, each input as `choose` picks it for the shape's key,
+/// with a correct server's answers at the effect points; then some puts answer `ErrMaybe`,
+/// and half the histories have one answer corrupted.
+fn versioned_answers(
+    rng: &mut Rng,
+    shapes: Vec<Shape>,
+    choose: impl Fn(&mut Rng, &'static str) -> VersionedInput,
+) -> Vec<Operation<VersionedInput, VersionedOutput>> {
     let mut history: Vec<Operation<VersionedInput, VersionedOutput>> = shapes
         .iter()
         .map(|shape| {
-            let input = match rng.below(2) {
-                0 => VersionedInput::get(shape.key),
-                _ => VersionedInput::put(shape.key, rng.pick(VALUES), rng.below(3)),
-            };
+            let input = choose(rng, shape.key);
             Operation {
                 client: shape.client,
                 input,
@@ -286,6 +349,18 @@ fn versioned_history(rng: &mut Rng) -> Vec<Operation<VersionedInput, VersionedOu
     history
 }
 
+/// 2024 histories with many concurrent reads: up to 8 operations on one key, long and
+/// overlapping, three in four of them gets.
+fn kv_read_heavy_history(rng: &mut Rng) -> Vec<Operation<KvInput, KvOutput>> {
+    let count = 2 + rng.below(7) as usize;
+    let shapes = shapes_of(rng, count, &["a"], 10, 10);
+    kv_answers(rng, shapes, |rng, key| match rng.below(8) {
+        0 => KvInput::put(key, rng.pick(VALUES)),
+        1 => KvInput::append(key, rng.pick(VALUES)),
+        _ => KvInput::get(key),
+    })
+}
+
 fn write_once_history(rng: &mut Rng) -> Vec<Operation<Cmd, Option<u8>>> {
     let shapes = shapes(rng);
     let mut history: Vec<Operation<Cmd, Option<u8>>> = shapes
@@ -323,6 +398,58 @@ fn write_once_history(rng: &mut Rng) -> Vec<Operation<Cmd, Option<u8>>> {
         });
     }
     history
+}
+
+/// `M` with [`Model::is_read_only`] left at its default (false): the checker without forced
+/// steps, which tries read-only operations in every order.
+struct Unpruned<M>(M);
+
+impl<M: Model> Model for Unpruned<M> {
+    type State = M::State;
+    type Input = M::Input;
+    type Output = M::Output;
+
+    fn init(&self) -> M::State {
+        self.0.init()
+    }
+
+    fn step(
+        &self,
+        state: &M::State,
+        input: &M::Input,
+        output: Option<&M::Output>,
+    ) -> Option<M::State> {
+        self.0.step(state, input, output)
+    }
+
+    fn partition(&self, history: &[Operation<M::Input, M::Output>]) -> Vec<Vec<usize>> {
+        self.0.partition(history)
+    }
+
+    fn describe(&self, input: &M::Input, output: Option<&M::Output>) -> String {
+        self.0.describe(input, output)
+    }
+
+    fn describe_state(&self, state: &M::State) -> String {
+        self.0.describe_state(state)
+    }
+
+    fn explain_illegal(
+        &self,
+        state: &M::State,
+        input: &M::Input,
+        output: Option<&M::Output>,
+    ) -> String {
+        self.0.explain_illegal(state, input, output)
+    }
+
+    fn describe_partition(
+        &self,
+        history: &[Operation<M::Input, M::Output>],
+        group: &[usize],
+    ) -> Option<String> {
+        self.0.describe_partition(history, group)
+    }
 }
 
 /// Changes the answer of one operation that returned, if there is one.
@@ -436,4 +563,148 @@ fn checking_records_agrees_exactly_with_checking_operations() {
     }
     // Explanations were compared too, not only verdicts.
     assert!(kv_illegal > HISTORIES_PER_MODEL / 10 && versioned_illegal > HISTORIES_PER_MODEL / 10);
+}
+
+#[test]
+fn kv_model_with_many_concurrent_reads_agrees_with_brute_force() {
+    let counts = compare(
+        &KvModel,
+        0x6b72,
+        kv_read_heavy_history,
+        |input: &KvInput| input.key.as_str(),
+    );
+    assert_balanced("KvModel, read-heavy", counts);
+}
+
+#[test]
+fn versioned_model_with_many_concurrent_failed_puts_agrees_with_brute_force() {
+    let counts = compare(
+        &VersionedKvModel,
+        0x7672,
+        versioned_read_heavy_history,
+        |input: &VersionedInput| input.key.as_str(),
+    );
+    assert_balanced("VersionedKvModel, read-heavy", counts);
+}
+
+/// On histories too large for brute force, the checker with forced steps against itself
+/// without them (the same search, trying every order): the same verdicts.
+#[test]
+fn forced_steps_change_no_verdict_on_larger_histories() {
+    let budget = Duration::from_secs(60);
+    let (mut legal, mut illegal) = (0, 0);
+    for case in 0..HISTORIES_PER_MODEL / 10 {
+        let mut rng = Rng(0x6c72 ^ case.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let history = versioned_large_history(&mut rng);
+        let result = check(&VersionedKvModel, &history, budget);
+        let unpruned = check(&Unpruned(VersionedKvModel), &history, budget);
+        assert!(
+            !result.is_unknown() && !unpruned.is_unknown(),
+            "case {case}"
+        );
+        assert_eq!(
+            result.is_ok(),
+            unpruned.is_ok(),
+            "case {case}: with forced steps {result:?}, without {unpruned:?}\n{history:#?}"
+        );
+        if let CheckResult::Illegal(explanation) = &result {
+            assert!(
+                !explanation.blocked.is_empty(),
+                "case {case}: {explanation}"
+            );
+            assert!(explanation.prefix.len() < explanation.partition_size);
+        }
+        legal += u64::from(result.is_ok());
+        illegal += u64::from(result.is_illegal());
+    }
+    assert_balanced(
+        "VersionedKvModel, larger, with and without forced steps",
+        (legal, illegal),
+    );
+}
+
+/// What `Model::is_read_only` promises, for every operation of both models that it says is
+/// read-only, in every state built from the generators' values: impossible, or possible
+/// with the state unchanged.
+#[test]
+fn read_only_operations_never_change_the_state() {
+    let mut values: Vec<&str> = VALUES.iter().chain(OUTPUTS).copied().collect();
+    values.sort();
+    values.dedup();
+
+    let mut read_only = 0;
+    let kv_inputs = values.iter().flat_map(|&value| {
+        [
+            KvInput::get("a"),
+            KvInput::put("a", value),
+            KvInput::append("a", value),
+        ]
+    });
+    for input in kv_inputs {
+        let outputs = values.iter().map(|&value| Some(KvOutput::new(value)));
+        for output in outputs.chain([None]) {
+            if !KvModel.is_read_only(&input, output.as_ref()) {
+                continue;
+            }
+            read_only += 1;
+            for &state in &values {
+                let state = state.to_string();
+                if let Some(after) = KvModel.step(&state, &input, output.as_ref()) {
+                    assert_eq!(after, state, "{input:?} -> {output:?}");
+                }
+            }
+        }
+    }
+
+    let states: Vec<VersionedState> = values
+        .iter()
+        .flat_map(|&value| {
+            (0..4).map(move |version| VersionedState {
+                value: value.to_string(),
+                version,
+            })
+        })
+        .collect();
+    let errors = [
+        KvError::Ok,
+        KvError::NoKey,
+        KvError::Version,
+        KvError::Maybe,
+    ];
+    let versioned_inputs = values.iter().flat_map(|&value| {
+        (0..4)
+            .map(move |version| VersionedInput::put("a", value, version))
+            .chain([VersionedInput::get("a")])
+    });
+    for input in versioned_inputs {
+        let outputs = values.iter().flat_map(|&value| {
+            errors.into_iter().flat_map(move |error| {
+                (0..4).map(move |version| Some(VersionedOutput::get(value, version, error)))
+            })
+        });
+        for output in outputs.chain([None]) {
+            if !VersionedKvModel.is_read_only(&input, output.as_ref()) {
+                continue;
+            }
+            read_only += 1;
+            for state in &states {
+                if let Some(after) = VersionedKvModel.step(state, &input, output.as_ref()) {
+                    assert_eq!(after, *state, "{input:?} -> {output:?}");
+                }
+            }
+        }
+    }
+    assert!(read_only > 1_000);
+
+    // And what it says of each kind of operation.
+    let put = VersionedInput::put("a", "x", 1);
+    let put_answered =
+        |error| VersionedKvModel.is_read_only(&put, Some(&VersionedOutput::put(error)));
+    assert!(put_answered(KvError::Version) && put_answered(KvError::NoKey));
+    assert!(!put_answered(KvError::Ok) && !put_answered(KvError::Maybe));
+    assert!(!VersionedKvModel.is_read_only(&put, None));
+    assert!(VersionedKvModel.is_read_only(&VersionedInput::get("a"), None));
+    assert!(KvModel.is_read_only(&KvInput::get("a"), None));
+    assert!(!KvModel.is_read_only(&KvInput::put("a", "x"), Some(&KvOutput::new(""))));
+    assert!(!KvModel.is_read_only(&KvInput::append("a", "x"), Some(&KvOutput::new(""))));
 }
