@@ -12,6 +12,7 @@ use flotilla_kv::bench::{self, BenchConfig};
 use flotilla_kv::server::Limits;
 use flotilla_kv::tcp::{self, ClerkOptions, ServeOptions, ServerConfig, TcpClerk};
 use flotilla_kv::KvError;
+use flotilla_kvraft::{lab4, sweep as kvraft_sweep};
 use flotilla_lincheck::{history, CheckResult};
 use flotilla_raft_sim::{demo, lab3, sweep};
 use tracing_subscriber::EnvFilter;
@@ -250,6 +251,23 @@ enum SimCommand {
         #[arg(long)]
         fail_fast: bool,
     },
+    /// Random fault schedules against the replicated KV service under 3–15 clients,
+    /// checking every history and that no acknowledged write is lost. Prints
+    /// `N seeds, F failures`.
+    Kvraft {
+        /// How many seeds to run (consecutive, starting at --first).
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// First seed of the range.
+        #[arg(long, value_parser = parse_seed, default_value = "1")]
+        first: u64,
+        /// Replay just this seed, with its report.
+        #[arg(long, value_parser = parse_seed, conflicts_with_all = ["seeds", "first"])]
+        seed: Option<u64>,
+        /// Stop at the first failing seed.
+        #[arg(long)]
+        fail_fast: bool,
+    },
     /// Run Lab 3 scenarios (all, or those whose name contains --scenario) over many seeds:
     /// a stress run like the course's dstest. Prints each failing seed.
     Lab3 {
@@ -265,6 +283,16 @@ enum SimCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Wall time of the whole Lab 4 suite (rsm, 2025 and 2024 kvraft scenarios) at one
+    /// seed, and the KV fault sweep's seeds per minute.
+    Kvraft {
+        /// Seed for the scenarios.
+        #[arg(long, value_parser = parse_seed, default_value = "1")]
+        seed: u64,
+        /// Seeds to run for the sweep rate.
+        #[arg(long, default_value_t = 50)]
+        sweep_seeds: u64,
+    },
     /// Wall time of the 28 Lab 3 scenarios at one seed, and the fault sweep's seeds per minute.
     Raft {
         /// Seed for the scenarios.
@@ -384,11 +412,63 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Sim(SimCommand::Kvraft {
+            seeds,
+            first,
+            seed,
+            fail_fast,
+        }) => {
+            let (first, count) = match seed {
+                Some(s) => (s, 1),
+                None => (first, seeds),
+            };
+            if count == 0 {
+                bail!("--seeds must be at least 1");
+            }
+            let summary = flotilla_sim::sweep_seeds(
+                first,
+                count,
+                fail_fast,
+                kvraft_sweep::run_seed,
+                |s, result| {
+                    match result {
+                    Ok(r) if seed.is_some() => println!(
+                        "seed {s}: ok — {} operations, {} acknowledged writes, {} faults, {} reads confirmed, {:.1}s virtual, {} invariant checks{}\n  setup: {:?}",
+                        r.operations, r.acknowledged_writes, r.faults, r.reads_confirmed,
+                        r.virtual_time.as_secs_f64(), r.invariant_checks,
+                        if r.undecided { ", history undecided in the checker's budget" } else { "" },
+                        r.setup
+                    ),
+                    Ok(r) if r.undecided => println!("seed {s}: history undecided in the checker's budget"),
+                    Ok(_) => {}
+                    Err(e) => println!("seed {s}: FAILED: {}", e.replace('\n', " ")),
+                }
+                },
+            );
+            println!(
+                "{} seeds, {} failures ({:.2}s)",
+                summary.seeds,
+                summary.failures.len(),
+                summary.wall.as_secs_f64()
+            );
+            for (s, _) in &summary.failures {
+                println!("replay: flotilla sim kvraft --seed {s}");
+            }
+            Ok(if summary.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Sim(SimCommand::Lab3 {
             scenario,
             seeds,
             first,
         }) => stress_lab3(&scenario, first, seeds),
+        Command::Bench(BenchCommand::Kvraft { seed, sweep_seeds }) => {
+            bench_kvraft(seed, sweep_seeds)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Raft { seed, sweep_seeds }) => {
             bench_raft(seed, sweep_seeds)?;
             Ok(ExitCode::SUCCESS)
@@ -661,6 +741,49 @@ fn stress_lab3(filter: &str, first: u64, seeds: u64) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn bench_kvraft(seed: u64, sweep_seeds: u64) -> anyhow::Result<()> {
+    let total: usize = lab4::SUITES.iter().map(|(_, s)| s.len()).sum();
+    println!("Lab 4 suite: {total} scenarios, one after another on one thread, seed {seed}");
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let started = Instant::now();
+    let mut virtual_total = 0.0;
+    for (suite, scenarios) in lab4::SUITES {
+        for scenario in *scenarios {
+            let t = Instant::now();
+            let result = std::panic::catch_unwind(|| lab4::run_scenario(scenario, seed));
+            let virtual_time = result
+                .map_err(|p| anyhow::anyhow!(flotilla_sim::panic_message(&*p)))
+                .with_context(|| format!("{suite} {} failed at seed {seed}", scenario.name))?;
+            virtual_total += virtual_time.as_secs_f64();
+            println!(
+                "  {suite:<10} {:<64} {:>8.1} ms wall  {:>6.1} s virtual",
+                scenario.name,
+                t.elapsed().as_secs_f64() * 1e3,
+                virtual_time.as_secs_f64()
+            );
+        }
+    }
+    std::panic::set_hook(hook);
+    let suite = started.elapsed().as_secs_f64();
+    println!("suite: {suite:.2} s wall for {virtual_total:.0} s of virtual time");
+    if sweep_seeds > 0 {
+        let summary =
+            flotilla_sim::sweep_seeds(1, sweep_seeds, false, kvraft_sweep::run_seed, |_, _| {});
+        let rate = summary.seeds as f64 / summary.wall.as_secs_f64() * 60.0;
+        println!(
+            "sweep: {} seeds in {:.2} s = {rate:.0} seeds/minute ({} failures)",
+            summary.seeds,
+            summary.wall.as_secs_f64(),
+            summary.failures.len()
+        );
+        if !summary.failures.is_empty() {
+            bail!("sweep failures: {:?}", summary.failures);
+        }
+    }
+    Ok(())
 }
 
 fn bench_raft(seed: u64, sweep_seeds: u64) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@
 //!   hint, otherwise go round.
 //! - [`sim`]: the service on the simulator: a replica group, its labrpc-style client
 //!   network, clerks whose operations are logged for the linearizability checker.
+//! - [`sweep`]: random fault schedules over many seeds (`flotilla sim kvraft`).
 //! - [`lab4`]: the Lab 4 scenarios of `../shared/spec/kvraft.md` (2025 4B/4C, 2024 4A/4B).
 //!
 //! Duplicate writes: a 2024 clerk's retried `Put`/`Append` carries its (client, seq), and
@@ -24,5 +25,6 @@ pub mod lab4;
 pub mod leader;
 pub mod service;
 pub mod sim;
+pub mod sweep;
 
 pub use service::{KvStore, ServerReply};

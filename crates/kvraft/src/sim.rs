@@ -155,6 +155,11 @@ impl KvRaftSim {
         &self.log
     }
 
+    /// The network between clerks and servers.
+    pub fn rpc_net(&self) -> &RpcNetwork<Request, ServerReply> {
+        &self.rpc
+    }
+
     /// A clerk that can reach every server.
     pub fn clerk(&self) -> RaftClerk {
         self.clerk_to(&(0..self.n()).collect::<Vec<_>>())

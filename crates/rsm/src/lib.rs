@@ -28,6 +28,8 @@
 
 mod handle;
 #[cfg(feature = "sim")]
+pub mod scenarios;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 use std::collections::{BTreeMap, HashMap};

@@ -98,3 +98,58 @@ pub fn parse_seed(text: &str) -> Option<u64> {
         None => text.parse().ok(),
     }
 }
+
+/// The outcome of a run over many seeds.
+#[derive(Debug)]
+pub struct SweepSummary {
+    pub seeds: u64,
+    /// Each failing seed and its message.
+    pub failures: Vec<(u64, String)>,
+    pub wall: std::time::Duration,
+}
+
+/// Runs `run` on `count` consecutive seeds from `first`, calling `on_seed` after each; with
+/// `fail_fast`, stops after the first failure. A panic inside `run` is a failure whose message
+/// is the panic's (the default hook is silenced meanwhile, so only `on_seed` reports).
+pub fn sweep_seeds<R>(
+    first: u64,
+    count: u64,
+    fail_fast: bool,
+    run: impl Fn(u64) -> R,
+    mut on_seed: impl FnMut(u64, &Result<R, String>),
+) -> SweepSummary {
+    let started = std::time::Instant::now();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut summary = SweepSummary {
+        seeds: 0,
+        failures: Vec::new(),
+        wall: std::time::Duration::ZERO,
+    };
+    for seed in first..first.saturating_add(count) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed)))
+            .map_err(|panic| panic_message(&*panic));
+        on_seed(seed, &result);
+        summary.seeds += 1;
+        if let Err(e) = result {
+            summary.failures.push((seed, e));
+            if fail_fast {
+                break;
+            }
+        }
+    }
+    std::panic::set_hook(hook);
+    summary.wall = started.elapsed();
+    summary
+}
+
+/// The text of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}

@@ -37,7 +37,7 @@ const CLIENT_PHASE: Duration = Duration::from_secs(5);
 /// `checkClntAppends`: each `x cli k y` for `k < count` occurs in `value` exactly once, in
 /// increasing order. (One pass over the elements, where the lab searches the value once per
 /// element.)
-fn check_appends(cli: usize, value: &str, count: usize) {
+pub fn check_appends(cli: usize, value: &str, count: usize) {
     let mut seen = vec![false; count];
     let mut next = 0;
     for element in value.split_terminator(" y").map(|e| e.trim_start()) {

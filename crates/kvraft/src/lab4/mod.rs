@@ -1,14 +1,12 @@
 //! The Lab 4 scenarios of 6.5840 (`../shared/spec/kvraft.md`), step by step, on the
 //! simulator: [`kvraft2025`] (4B, and 4C with snapshots) and [`kvraft2024`] (4A, and 4B with
 //! snapshots). The rsm scenarios (2025 4A and TestSnapshot4C) live beside the rsm, in
-//! `flotilla_rsm::scenarios`.
+//! [`flotilla_rsm::scenarios`]; [`SUITES`] lists all three tables.
 //!
 //! Every concurrent history is checked by the linearizability checker; limits are the
 //! spec's, in virtual time (a "fast enough" limit is about the protocol's round trips here,
 //! real speed is `flotilla bench kvraft`). Each scenario is a pure function of its seed.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use flotilla_sim::{sleep, with_rng};
@@ -18,11 +16,14 @@ use crate::sim::KvRaftSim;
 pub mod kvraft2024;
 pub mod kvraft2025;
 
-/// One scenario: its test's name and body.
-pub struct Scenario {
-    pub name: &'static str,
-    pub body: fn() -> Pin<Box<dyn Future<Output = ()>>>,
-}
+pub use flotilla_rsm::scenarios::Scenario;
+
+/// The whole Lab 4 suite: (suite name, its scenarios).
+pub const SUITES: &[(&str, &[Scenario])] = &[
+    ("rsm", flotilla_rsm::scenarios::SCENARIOS),
+    ("kvraft2025", kvraft2025::SCENARIOS),
+    ("kvraft2024", kvraft2024::SCENARIOS),
+];
 
 /// 6.5840's `ElectionTimeout` for the KV tests.
 pub const ELECTION_TIMEOUT: Duration = Duration::from_secs(1);
