@@ -55,10 +55,12 @@ class Bug:
     description: str
     edits: tuple[Edit, ...]
     profiles: tuple[str, ...] = ("release",)
+    # Which fault sweep must catch it: `flotilla sim raft` or `flotilla sim kvraft`.
+    sweep: str = "raft"
 
 
-def bug(name, description, *edits, profiles=("release",)):
-    return Bug(name, description, tuple(Edit(*e) for e in edits), tuple(profiles))
+def bug(name, description, *edits, profiles=("release",), sweep="raft"):
+    return Bug(name, description, tuple(Edit(*e) for e in edits), tuple(profiles), sweep)
 
 
 LOG = "crates/raft/src/log.rs"
@@ -66,6 +68,10 @@ RAFT = "crates/raft/src/raft.rs"
 RAWNODE = "crates/raft/src/rawnode.rs"
 PROGRESS = "crates/raft/src/progress.rs"
 WAL = "crates/storage/src/wal.rs"
+NODE = "crates/node/src/lib.rs"
+RSM = "crates/rsm/src/lib.rs"
+KVSERVER = "crates/kv/src/server.rs"
+KVRAFT_SIM = "crates/kvraft/src/sim.rs"
 
 BUGS: list[Bug] = [
     bug(
@@ -249,6 +255,122 @@ BUGS: list[Bug] = [
             "",
         ),
         profiles=("checked", "release"),
+    ),
+    # ---- the replicated KV service (flotilla sim kvraft) ----
+    bug(
+        "rsm-match-by-index",
+        "Rsm::apply: a waiting submission takes the result of whatever entry is applied at "
+        "its index, without comparing the entry's term with its own (another leader's entry "
+        "there answers it)",
+        (
+            RSM,
+            "                Some(output) if s.term == entry.term => Ok(output),\n",
+            "                Some(output) => Ok(output),\n",
+        ),
+        sweep="kvraft",
+    ),
+    bug(
+        "read-before-applied",
+        "Rsm::serve_reads: a confirmed read is answered at once, without waiting until the "
+        "replica has applied up to its read index",
+        (
+            RSM,
+            "            .partition(|(index, _)| *index <= applied);\n",
+            "            .partition(|(index, _)| *index <= applied || true);\n",
+        ),
+        sweep="kvraft",
+    ),
+    bug(
+        "read-without-confirmation",
+        "Rsm::expect_read: a read is queued as confirmed at index 0 instead of waiting for "
+        "its ReadIndex round: a replica that believes it leads answers from its own state",
+        (
+            RSM,
+            "        self.asked.insert(\n"
+            "            id,\n"
+            "            PendingRead {\n",
+            "        self.confirmed.push((\n"
+            "            0,\n"
+            "            PendingRead {\n",
+        ),
+        (
+            RSM,
+            "                reply,\n"
+            "            },\n"
+            "        );\n"
+            "        (id, answer)\n",
+            "                reply,\n"
+            "            },\n"
+            "        ));\n"
+            "        (id, answer)\n",
+        ),
+        sweep="kvraft",
+    ),
+    bug(
+        "dedup-off",
+        "KvServer::once: a retried Put/Append of the clerk's latest sequence number runs "
+        "again instead of getting its remembered outcome",
+        (
+            KVSERVER,
+            "            Some(session) if seq == session.seq => return replay(&self.data, &session.outcome),\n",
+            "            Some(session) if seq == session.seq && false => return replay(&self.data, &session.outcome),\n",
+        ),
+        sweep="kvraft",
+    ),
+    bug(
+        "snapshot-drops-sessions",
+        "KvServer::snapshot: the duplicate-detection sessions are left out of the snapshot "
+        "(a replica restored from it re-runs a retried write)",
+        (
+            KVSERVER,
+            "        sessions.sort_unstable_by_key(|s| *s.0);\n",
+            "        sessions.clear();\n",
+        ),
+        sweep="kvraft",
+    ),
+    bug(
+        "unknown-as-refused",
+        "RaftTransport::run: an attempt whose outcome is unknown (lost call, Unknown reply) "
+        "is counted as refused, so a later version mismatch is reported ErrVersion, not "
+        "ErrMaybe",
+        (
+            KVRAFT_SIM,
+            "                Some(ServerReply::Unknown) | None => self.cursor.borrow_mut().failed(None),\n",
+            "                Some(ServerReply::Unknown) | None => {\n"
+            "                    call.refused();\n"
+            "                    self.cursor.borrow_mut().failed(None)\n"
+            "                }\n",
+        ),
+        sweep="kvraft",
+    ),
+    bug(
+        "loop-send-before-persist",
+        "flotilla_node::handle_ready: a Ready's messages are sent before its batch is "
+        "persisted (the shared node loop breaks etcd's rule)",
+        (
+            NODE,
+            "        if !ready.persist.is_empty() {\n"
+            "            host.persist(&ready.persist).await?;\n"
+            "            node.with(|n| app.on_persisted(n, &ready.persist));\n"
+            "        }\n"
+            "        let messages = std::mem::take(&mut ready.messages);\n"
+            "        node.with(|n| {\n"
+            "            for message in messages {\n"
+            "                host.send(n, message);\n"
+            "            }\n"
+            "        });\n",
+            "        let messages = std::mem::take(&mut ready.messages);\n"
+            "        node.with(|n| {\n"
+            "            for message in messages {\n"
+            "                host.send(n, message);\n"
+            "            }\n"
+            "        });\n"
+            "        if !ready.persist.is_empty() {\n"
+            "            host.persist(&ready.persist).await?;\n"
+            "            node.with(|n| app.on_persisted(n, &ready.persist));\n"
+            "        }\n",
+        ),
+        sweep="kvraft",
     ),
 ]
 
@@ -444,9 +566,9 @@ def first_line(message: str) -> str:
 
 
 def sweep(
-    bin_path: Path, seeds: int, timeout: float, mem_gib: float, log_path: Path
+    bin_path: Path, kind: str, seeds: int, timeout: float, mem_gib: float, log_path: Path
 ) -> tuple[str, dict]:
-    cmd = [str(bin_path), "sim", "raft", "--seeds", str(seeds), "--fail-fast"]
+    cmd = [str(bin_path), "sim", kind, "--seeds", str(seeds), "--fail-fast"]
     code, text, wall = run_group(cmd, dict(os.environ), timeout, log_path,
                                  mem_limit=int(mem_gib * 2**30))
     info: dict = {"wall": wall}
@@ -588,12 +710,14 @@ def main() -> int:
     # Check every injection against the pristine tree before building anything.
     patches = {b.name: patched_sources(b) for b in bugs}
 
-    plan: list[tuple[str, str, dict[str, bytes], int]] = []
+    plan: list[tuple[str, str, dict[str, bytes], int, str]] = []
     if args.baseline or args.baseline_only:
         profiles = ["release", "checked"] if args.baseline_only else sorted(
             {pr for b in bugs for pr in b.profiles}, key=lambda x: x != "release")
-        plan += [(BASELINE, pr, {}, args.baseline_seeds) for pr in profiles]
-    plan += [(b.name, pr, patches[b.name], args.seeds) for b in bugs for pr in b.profiles]
+        kinds = sorted({b.sweep for b in bugs} or {"raft", "kvraft"})
+        plan += [(BASELINE, pr, {}, args.baseline_seeds, k) for pr in profiles for k in kinds]
+    plan += [(b.name, pr, patches[b.name], args.seeds, b.sweep)
+             for b in bugs for pr in b.profiles]
 
     scratch_tree = args.scratch / "tree"
     logs = args.scratch / "logs"
@@ -616,22 +740,23 @@ def main() -> int:
 
     results: list[Result] = []
     status = 0
-    for name, profile, overrides, seeds in plan:
-        log(f"{name} [{profile}]")
+    for name, profile, overrides, seeds, kind in plan:
+        log(f"{name} [{profile}, sim {kind}]")
+        label = profile if kind == "raft" else f"{profile}, sim {kind}"
         changed = sync_scratch(scratch_tree, files, overrides)
         log(f"  scratch tree: {len(changed)} file(s) written")
         tag = f"{name.split()[0]}-{profile}"
         reason = build(scratch_tree, args.target_dir, profile, args.build_timeout,
                        logs / f"{tag}.build.log")
         if reason:
-            results.append(Result(name, profile, "build failed", message=reason, seeds=seeds))
+            results.append(Result(name, label, "build failed", message=reason, seeds=seeds))
             log(f"  {reason}")
             status = 1
             continue
         bin_path = args.target_dir / profile / "flotilla"
-        outcome, info = sweep(bin_path, seeds, args.timeout, args.mem_limit,
-                              logs / f"{tag}.sweep.log")
-        r = Result(name, profile, outcome, seeds=seeds, seeds_run=info.get("seeds_run"),
+        outcome, info = sweep(bin_path, kind, seeds, args.timeout, args.mem_limit,
+                              logs / f"{tag}-{kind}.sweep.log")
+        r = Result(name, label, outcome, seeds=seeds, seeds_run=info.get("seeds_run"),
                    wall=info["wall"], seed=info.get("seed"), check=info.get("check", ""),
                    message=info.get("message", ""))
         if outcome == "error":
