@@ -453,6 +453,53 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_snapshot_keeps_values_versions_and_duplicate_detection() {
+        let mut s = KvServer::new();
+        s.handle(append("k", "a", 1, 1));
+        s.handle(Request::Put {
+            key: "p".into(),
+            value: "v".into(),
+            client: 2,
+            seq: 7,
+        });
+        s.handle(Request::PutIfVersion {
+            key: "p".into(),
+            value: "w".into(),
+            version: 1,
+        });
+        let snapshot = s.snapshot();
+        let mut restored = KvServer::new();
+        restored.restore(&snapshot).expect("a snapshot restores");
+        assert_eq!(restored.snapshot(), snapshot, "equal states, equal bytes");
+        assert_eq!(
+            restored.read("p"),
+            Reply::Value {
+                value: "w".into(),
+                version: 2
+            }
+        );
+        // The retry of client 1's append is answered from its session, not run again.
+        assert_eq!(
+            restored.handle(append("k", "a", 1, 1)),
+            Reply::OldValue { value: "".into() }
+        );
+        assert_eq!(
+            restored.read("k"),
+            Reply::Value {
+                value: "a".into(),
+                version: 1
+            }
+        );
+        assert_eq!(restored.handle(append("k", "a", 1, 0)), Reply::Stale);
+        assert!(
+            KvServer::new()
+                .restore(&snapshot[..snapshot.len() - 1])
+                .is_err(),
+            "a truncated snapshot is refused"
+        );
+    }
+
+    #[test]
     fn retried_append_executes_once() {
         let mut s = KvServer::new();
         assert_eq!(
