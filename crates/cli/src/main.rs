@@ -397,20 +397,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => println!("seed {s}: FAILED: {}", e.replace('\n', " ")),
             }
             });
-            println!(
-                "{} seeds, {} failures ({:.2}s)",
+            Ok(sweep_verdict(
+                "raft",
                 summary.seeds,
-                summary.failures.len(),
-                summary.wall.as_secs_f64()
-            );
-            for (s, _) in &summary.failures {
-                println!("replay: flotilla sim raft --seed {s}");
-            }
-            Ok(if summary.failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+                &summary.failures,
+                summary.wall,
+            ))
         }
         Command::Sim(SimCommand::Kvraft {
             seeds,
@@ -445,20 +437,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 },
             );
-            println!(
-                "{} seeds, {} failures ({:.2}s)",
+            Ok(sweep_verdict(
+                "kvraft",
                 summary.seeds,
-                summary.failures.len(),
-                summary.wall.as_secs_f64()
-            );
-            for (s, _) in &summary.failures {
-                println!("replay: flotilla sim kvraft --seed {s}");
-            }
-            Ok(if summary.failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+                &summary.failures,
+                summary.wall,
+            ))
         }
         Command::Sim(SimCommand::Lab3 {
             scenario,
@@ -741,6 +725,23 @@ fn stress_lab3(filter: &str, first: u64, seeds: u64) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Prints a sweep's `N seeds, F failures` line and each failing seed's replay command.
+fn sweep_verdict(kind: &str, seeds: u64, failures: &[(u64, String)], wall: Duration) -> ExitCode {
+    println!(
+        "{seeds} seeds, {} failures ({:.2}s)",
+        failures.len(),
+        wall.as_secs_f64()
+    );
+    for (s, _) in failures {
+        println!("replay: flotilla sim {kind} --seed {s}");
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn bench_kvraft(seed: u64, sweep_seeds: u64) -> anyhow::Result<()> {

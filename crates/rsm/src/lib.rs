@@ -457,3 +457,6 @@ impl<P: flotilla_node::Shared<Rsm<S>>, S: StateMachine> App for RsmApp<P, S> {
         self.rsm.with(|r| r.after_ready())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use flotilla_kv::history::OpLog;
 use flotilla_sim::{now, sleep, spawn};
 
-use super::{partitioner, rand_below, Scenario, ELECTION_TIMEOUT};
+use super::{partitioner, rand_below, set_within, Scenario, ELECTION_TIMEOUT};
 use crate::sim::{KvRaftConfig, KvRaftSim};
 
 macro_rules! scenarios {
@@ -362,15 +362,6 @@ async fn unreliable_one_key_4a() {
     // The lab does not log these appends; here the concurrent history is checked too.
     sim.log().check_linearizable(OpLog::CHECK_BUDGET);
     sim.end();
-}
-
-/// Waits up to `limit` for `flag`; true if it was set in time.
-async fn set_within(flag: &Cell<bool>, limit: Duration) -> bool {
-    let t0 = now();
-    while !flag.get() && now() - t0 < limit {
-        sleep(Duration::from_millis(10)).await;
-    }
-    flag.get()
 }
 
 /// TestOnePartition4A (§6.6).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use flotilla_kv::KvError;
 use flotilla_sim::{now, sleep, spawn};
 
-use super::{partitioner, rand_below, Scenario, ELECTION_TIMEOUT};
+use super::{partitioner, rand_below, set_within, Scenario, ELECTION_TIMEOUT};
 use crate::sim::{KvRaftConfig, KvRaftSim, RaftClerk};
 
 macro_rules! scenarios {
@@ -376,15 +376,6 @@ async fn snapshot_unreliable_recover_concurrent_partition_linearizable_4c() {
         ..generic(15, 7, false)
     })
     .await
-}
-
-/// Waits up to `limit` for `flag`; true if it was set in time.
-async fn set_within(flag: &Cell<bool>, limit: Duration) -> bool {
-    let t0 = now();
-    while !flag.get() && now() - t0 < limit {
-        sleep(Duration::from_millis(10)).await;
-    }
-    flag.get()
 }
 
 /// TestOnePartition4B (§4.5): unreliable network; the minority makes no progress, the

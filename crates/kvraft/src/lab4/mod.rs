@@ -45,6 +45,15 @@ pub fn run_scenario(scenario: &Scenario, seed: u64) -> Duration {
     rt.now()
 }
 
+/// Waits up to `limit` for `flag`; true if it was set in time.
+pub(crate) async fn set_within(flag: &std::cell::Cell<bool>, limit: Duration) -> bool {
+    let t0 = flotilla_sim::now();
+    while !flag.get() && flotilla_sim::now() - t0 < limit {
+        sleep(Duration::from_millis(10)).await;
+    }
+    flag.get()
+}
+
 pub(crate) fn rand_below(n: usize) -> usize {
     with_rng(|r| r.below(n as u64) as usize)
 }
