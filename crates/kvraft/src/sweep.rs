@@ -3,7 +3,8 @@
 //! Each seed draws a setup — 3, 5 or 7 servers; 3 to 15 clients; the 2024 or the 2025 API;
 //! snapshots at a drawn `maxraftstate` or none; the real WAL on the simulated file system
 //! (whose crashes tear, zero or flip unsynced bytes) or the in-memory disk; fast or slow
-//! disks; Raft timing, pre-vote and check-quorum — and runs clients for [`CLIENT_PHASE`]
+//! disks; Raft timing, pre-vote and check-quorum, lease reads, small batches of committed
+//! entries per `Ready` — and runs clients for [`CLIENT_PHASE`]
 //! while a fault task partitions, crashes and restarts servers, makes the network lose and
 //! delay messages (also for seconds), and hands leadership over. Then everything heals and
 //! the run checks:
@@ -53,6 +54,11 @@ pub struct Setup {
     pub heartbeat_ticks: u32,
     pub pre_vote: bool,
     pub check_quorum: bool,
+    /// `Config::max_committed_bytes_per_ready`, small on some seeds: committed entries reach
+    /// the rsm over several `Ready`s, so reads wait for their index to be applied.
+    pub max_committed_bytes_per_ready: Option<usize>,
+    /// `Config::lease_reads`.
+    pub lease_reads: bool,
 }
 
 impl Setup {
@@ -89,6 +95,9 @@ impl Setup {
             heartbeat_ticks,
             pre_vote: plan.chance(0.7),
             check_quorum: plan.chance(0.8),
+            // Drawn last, so the draws before keep their values.
+            max_committed_bytes_per_ready: plan.chance(0.3).then(|| plan.range(1, 200) as usize),
+            lease_reads: plan.chance(0.3),
         }
     }
 
@@ -103,6 +112,10 @@ impl Setup {
         cfg.raft.check_quorum = self.check_quorum;
         cfg.raft.election_ticks = self.election_ticks;
         cfg.raft.heartbeat_ticks = self.heartbeat_ticks;
+        if let Some(bytes) = self.max_committed_bytes_per_ready {
+            cfg.raft.max_committed_bytes_per_ready = bytes;
+        }
+        cfg.raft.lease_reads = self.lease_reads;
         cfg
     }
 }

@@ -114,6 +114,8 @@ pub struct Setup {
     /// `Some`: the servers run the real `WalStorage` on the simulated file system, whose
     /// crashes tear, zero or flip unsynced bytes as these faults say.
     pub wal: Option<CrashFaults>,
+    /// `Config::lease_reads`: the reader's reads are answered from the lease while it holds.
+    pub lease_reads: bool,
 }
 
 impl Setup {
@@ -174,6 +176,7 @@ impl Setup {
             } else {
                 flotilla_raft::Config::new(0, vec![0]).max_committed_bytes_per_ready
             },
+            lease_reads: plan.chance(0.3),
         }
     }
 
@@ -189,6 +192,7 @@ impl Setup {
         cfg.raft.check_quorum = self.check_quorum;
         cfg.raft.leader_noop = self.leader_noop;
         cfg.raft.max_committed_bytes_per_ready = self.max_committed_bytes_per_ready;
+        cfg.raft.lease_reads = self.lease_reads;
         cfg.raft.election_ticks = self.election_ticks;
         cfg.raft.heartbeat_ticks = self.heartbeat_ticks;
         cfg

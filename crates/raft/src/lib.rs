@@ -12,7 +12,9 @@
 //!   optional check-quorum (a leader that has not heard from a majority for an election
 //!   timeout steps down) and pre-vote (a server first asks whether it could win, so a
 //!   partitioned or lagging server never inflates the term and unseats a working leader);
-//! - log replication with per-follower flow control ([`progress`]) and the conflict-term
+//! - log replication with per-follower flow control ([`progress`]): bytes per message,
+//!   unanswered messages per follower, one probe per round trip to a lagging follower, a
+//!   snapshot resent only on evidence of loss with a doubling wait; and the conflict-term
 //!   "fast backup" on rejections;
 //! - commitment only by counting replicas of current-term entries (§5.4.2);
 //! - restart from persisted term, vote, log and snapshot;
@@ -22,6 +24,8 @@
 //!   terms' entries commit without a client write;
 //! - ReadIndex reads ([`RawNode::read_index`], Raft thesis §6.4): linearizable reads
 //!   confirmed by a round of `ReadProbe`s to a majority, with nothing written to the log;
+//!   optionally lease reads ([`Config::lease_reads`]), answered at once while the leader's
+//!   lease holds, under a stated clock assumption;
 //! - leadership transfer ([`RawNode::transfer_leader`], thesis §3.10): the target is brought
 //!   up to date and told to campaign at once (`TimeoutNow`), its votes granted past leases;
 //! - a bound on the committed entries one `Ready` hands out
@@ -61,7 +65,12 @@ pub struct Config {
     pub max_entries_per_message: usize,
     /// Payload bytes per `AppendEntries` (at least one entry is always sent).
     pub max_bytes_per_message: usize,
-    /// How long a leader waits for an answer to an `InstallSnapshot` before sending it again.
+    /// Unanswered `AppendEntries` with entries a leader keeps in flight to one follower in
+    /// `Replicate` state (at least 1); more entries wait for acknowledgements.
+    pub max_inflight_messages: usize,
+    /// The least a leader waits after sending an `InstallSnapshot` before it sends it again,
+    /// which it does only once the follower has answered a later heartbeat without having
+    /// it; the wait doubles with each resend, up to 8× (see [`progress`]).
     pub snapshot_resend_ticks: u32,
     pub check_quorum: bool,
     /// Ask for pre-votes before campaigning (and, with `check_quorum`, ignore vote requests
@@ -76,6 +85,15 @@ pub struct Config {
     /// always); the rest follow in the next `Ready`s, so a node that falls far behind and
     /// catches up applies in bounded steps instead of one huge batch.
     pub max_committed_bytes_per_ready: usize,
+    /// Lease reads: a leader answers `read_index` at once, without a round of `ReadProbe`s,
+    /// while a quorum has answered it within the last `election_ticks / 2` ticks. Needs
+    /// `check_quorum` (ignored without it) and, unlike ReadIndex, **a clock assumption**:
+    /// every follower that answered refuses votes for `election_ticks` of its own ticks after
+    /// hearing from the leader, so the lease is safe only while message delay plus the drift
+    /// between the servers' tick rates stays below `election_ticks / 2` ticks. A leader that
+    /// told a follower to take over (leadership transfer) gives its lease up for the term.
+    /// Off by default.
+    pub lease_reads: bool,
 }
 
 impl Config {
@@ -88,11 +106,13 @@ impl Config {
             seed: 0,
             max_entries_per_message: 512,
             max_bytes_per_message: 1 << 20,
+            max_inflight_messages: 256,
             snapshot_resend_ticks: 30,
             check_quorum: true,
             pre_vote: true,
             leader_noop: false,
             max_committed_bytes_per_ready: 16 << 20,
+            lease_reads: false,
         }
     }
 }

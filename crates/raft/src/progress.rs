@@ -2,13 +2,22 @@
 //! (after etcd's `tracker.Progress`).
 //!
 //! - `Probe`: the leader does not know where the follower's log ends. It sends one
-//!   `AppendEntries` and waits for the answer (or the next heartbeat) before sending another,
-//!   backing `next` up by whole terms on each rejection.
+//!   `AppendEntries` with entries and waits for the answer before sending another, backing
+//!   `next` up by whole terms on each rejection. While it waits, heartbeats carry no entries
+//!   (an empty append at the same point: its answer, should the batch have been lost,
+//!   unpauses the probe), so a lagging follower costs one batch per round trip, never one
+//!   per heartbeat.
 //! - `Replicate`: the follower is known to match up to `matched`; the leader streams new
-//!   entries and advances `next` optimistically, as if every message arrived. A lost message
-//!   shows up as a rejection of a later one, which drops the follower back to `Probe`.
+//!   entries and advances `next` optimistically, as if every message arrived, with at most
+//!   `Config::max_inflight_messages` appends unanswered (an acceptance frees every one up to
+//!   its match index). A lost message shows up as a rejection of a later one (or of the
+//!   next heartbeat), which drops the follower back to `Probe`.
 //! - `Snapshot`: the entries the follower needs are compacted away; the leader has sent its
-//!   snapshot and resends it only after `snapshot_resend_ticks` without an answer.
+//!   snapshot. It sends it again only on evidence that it was lost — the follower answered
+//!   a heartbeat after it and still lacks the snapshot's index — and not sooner than
+//!   `snapshot_resend_ticks` after the last send, a wait that doubles with each resend (up
+//!   to 8×), so a snapshot still on its way is not sent twice and a follower that cannot be
+//!   reached is not sent one at all.
 //!
 //! Invariant: `matched < next`.
 
@@ -49,6 +58,18 @@ pub(crate) struct Progress {
     pub pending_snapshot: Index,
     /// Leader ticks since the last snapshot was sent.
     pub ticks_since_send: u32,
+    /// Snapshot only: the follower answered a heartbeat sent after the snapshot and still
+    /// lacks its index.
+    pub snapshot_missing: bool,
+    /// Snapshot only: how many times the current snapshot was resent (the wait before the
+    /// next resend is `snapshot_resend_ticks << resends`, at most 8×).
+    pub snapshot_resends: u32,
+    /// Replicate only: the last index of each append with entries not yet acknowledged,
+    /// oldest first.
+    pub inflight: std::collections::VecDeque<Index>,
+    /// The leader's tick count when this follower was last heard from in this term (for
+    /// lease reads).
+    pub last_heard: Option<u64>,
     /// Heard from since the last quorum check.
     pub recent_active: bool,
 }
@@ -62,6 +83,10 @@ impl Progress {
             paused: false,
             pending_snapshot: 0,
             ticks_since_send: 0,
+            snapshot_missing: false,
+            snapshot_resends: 0,
+            inflight: std::collections::VecDeque::new(),
+            last_heard: None,
             recent_active: false,
         }
     }
@@ -87,6 +112,9 @@ impl Progress {
         self.matched = match_index;
         self.next = self.next.max(match_index + 1);
         self.paused = false;
+        while self.inflight.front().is_some_and(|&last| last <= match_index) {
+            self.inflight.pop_front();
+        }
         match self.state {
             ProgressState::Probe => self.state = ProgressState::Replicate,
             ProgressState::Snapshot if match_index >= self.pending_snapshot => {
@@ -101,12 +129,20 @@ impl Progress {
     /// The follower rejected a message whose `prev_log_index` it lacks; `hinted_next` is the
     /// leader's reading of its conflict hint. Returns true if the leader should send again.
     pub fn reject(&mut self, prev_log_index: Index, hinted_next: Index) -> bool {
-        if prev_log_index <= self.matched || self.state == ProgressState::Snapshot {
+        if self.state == ProgressState::Snapshot {
+            // A heartbeat sent after the snapshot (at its index or later) found it missing.
+            if prev_log_index >= self.pending_snapshot {
+                self.snapshot_missing = true;
+            }
+            return false;
+        }
+        if prev_log_index <= self.matched {
             return false; // stale: we already know better
         }
         self.next = hinted_next.clamp(self.matched + 1, prev_log_index);
         self.state = ProgressState::Probe;
         self.paused = false;
+        self.inflight.clear();
         self.check();
         true
     }
@@ -114,8 +150,14 @@ impl Progress {
     /// Records that entries `prev_log_index + 1 ..= prev_log_index + count` were sent.
     pub fn sent(&mut self, prev_log_index: Index, count: u64) {
         match self.state {
-            ProgressState::Replicate => self.next = self.next.max(prev_log_index + count + 1),
-            ProgressState::Probe => self.paused = true,
+            ProgressState::Replicate => {
+                self.next = self.next.max(prev_log_index + count + 1);
+                if count > 0 {
+                    self.inflight.push_back(prev_log_index + count);
+                }
+            }
+            ProgressState::Probe if count > 0 => self.paused = true,
+            ProgressState::Probe => {}
             ProgressState::Snapshot => {
                 unreachable!("entries are not sent while a snapshot is pending")
             }
@@ -127,6 +169,27 @@ impl Progress {
         self.state = ProgressState::Snapshot;
         self.pending_snapshot = snapshot_index;
         self.ticks_since_send = 0;
+        self.snapshot_missing = false;
+        self.snapshot_resends = 0;
+        self.inflight.clear();
+    }
+
+    /// Snapshot only: whether to send the snapshot again now (see the module docs).
+    pub fn snapshot_resend_due(&self, resend_ticks: u32) -> bool {
+        let wait = resend_ticks.saturating_mul(1 << self.snapshot_resends.min(3));
+        self.snapshot_missing && self.ticks_since_send >= wait
+    }
+
+    /// Snapshot only: the snapshot was sent again.
+    pub fn snapshot_resent(&mut self) {
+        self.ticks_since_send = 0;
+        self.snapshot_missing = false;
+        self.snapshot_resends = self.snapshot_resends.saturating_add(1);
+    }
+
+    /// Replicate only: as many appends are unanswered as `max` allows.
+    pub fn inflight_full(&self, max: usize) -> bool {
+        self.state == ProgressState::Replicate && self.inflight.len() >= max.max(1)
     }
 
     fn check(&self) {

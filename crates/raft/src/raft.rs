@@ -47,6 +47,11 @@ pub(crate) struct Raft {
     pub read_states: Vec<ReadState>,
     /// A leadership transfer in progress (leader only): the target, and ticks since it began.
     transfer: Option<(NodeId, u32)>,
+    /// Ticks since this node became leader (leader only; lease reads measure time with it).
+    leader_ticks: u64,
+    /// This leader told a follower to campaign at once (`TimeoutNow`), which bypasses the
+    /// followers' leases: no lease read in this term any more.
+    lease_given_up: bool,
 }
 
 /// One ReadIndex round: the reads it confirms, at the commit index when it started, and who
@@ -84,6 +89,8 @@ impl Raft {
             reads_before_commit: Vec::new(),
             read_states: Vec::new(),
             transfer: None,
+            leader_ticks: 0,
+            lease_given_up: false,
         };
         raft.reset_election_timer();
         raft
@@ -229,6 +236,8 @@ impl Raft {
         self.votes.clear();
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
+        self.leader_ticks = 0;
+        self.lease_given_up = false;
         let next = self.log.last_index() + 1;
         self.progress = self
             .other_peers()
@@ -273,6 +282,7 @@ impl Raft {
                 }
             }
             Role::Leader => {
+                self.leader_ticks += 1;
                 for (_, pr) in self.progress.iter_mut() {
                     pr.ticks_since_send = pr.ticks_since_send.saturating_add(1);
                 }
@@ -351,6 +361,7 @@ impl Raft {
         }
         self.transfer = Some((to, 0));
         if self.progress_mut(to).matched == self.log.last_index() {
+            self.lease_given_up = true;
             self.send(to, MessageBody::TimeoutNow);
         } else {
             self.send_append(to, true);
@@ -367,11 +378,36 @@ impl Raft {
             return Err(crate::NotLeader { hint: self.leader });
         }
         if self.log.term(self.log.committed) == Some(self.term) {
+            if self.lease_valid() {
+                let index = self.log.committed;
+                self.read_states.push(ReadState { index, ctx });
+                return Ok(());
+            }
             self.start_read_round(vec![ctx]);
         } else {
             self.reads_before_commit.push(ctx);
         }
         Ok(())
+    }
+
+    /// Lease reads ([`Config::lease_reads`]): a quorum (this leader included) answered this
+    /// leader within the last `election_ticks / 2` ticks of its clock, in this term, and it
+    /// has not handed its leadership on. Each of those followers refuses to vote for
+    /// `election_ticks` of its own clock after hearing from it (check-quorum's lease), so no
+    /// other leader can exist yet — if message delay plus clock drift stay under
+    /// `election_ticks / 2` ticks.
+    fn lease_valid(&self) -> bool {
+        if !(self.cfg.lease_reads && self.cfg.check_quorum) || self.lease_given_up {
+            return false;
+        }
+        let lease = u64::from(self.cfg.election_ticks / 2);
+        let now = self.leader_ticks;
+        let fresh = self
+            .progress
+            .iter()
+            .filter(|(_, pr)| pr.last_heard.is_some_and(|t| now - t < lease))
+            .count();
+        fresh + 1 >= self.quorum()
     }
 
     /// Starts a round confirming `ctxs` at the current commit index.
@@ -489,9 +525,11 @@ impl Raft {
                 MessageBody::PreVote { .. } => {
                     self.send(m.from, MessageBody::PreVoteResponse { granted: false });
                 }
-                MessageBody::ReadProbe { seq } => {
-                    // In our newer term: the stale leader steps down and confirms nothing.
-                    self.send(m.from, MessageBody::ReadProbeResponse { seq });
+                MessageBody::ReadProbe { .. } => {
+                    // In our newer term, so the stale leader steps down; with round 0, which no
+                    // leader starts, so the answer confirms nothing even if it reaches the
+                    // sender after it restarted and leads our term, its rounds counted anew.
+                    self.send(m.from, MessageBody::ReadProbeResponse { seq: 0 });
                 }
                 _ => {}
             }
@@ -703,6 +741,8 @@ impl Raft {
     }
 
     fn step_leader(&mut self, m: Message) {
+        let now = self.leader_ticks;
+        self.progress_mut(m.from).last_heard = Some(now);
         match m.body {
             MessageBody::AppendEntriesResponse(outcome) => {
                 self.progress_mut(m.from).recent_active = true;
@@ -796,6 +836,7 @@ impl Raft {
                 let advanced = pr.acknowledge(match_index);
                 let caught_up = pr.matched == last_index;
                 if caught_up && self.transfer.is_some_and(|(target, _)| target == from) {
+                    self.lease_given_up = true;
                     self.send(from, MessageBody::TimeoutNow);
                 }
                 if advanced && self.maybe_commit() {
@@ -803,11 +844,8 @@ impl Raft {
                     for peer in self.other_peers() {
                         self.send_append(peer, true);
                     }
-                    return;
                 }
-                if self.progress_mut(from).next <= last_index {
-                    self.send_append(from, false);
-                }
+                self.fill_window(from);
             }
             AppendOutcome::Rejected { prev_log_index, .. } if prev_log_index > last_index => {
                 // An answer to an append of an earlier term (see `check_against_state`).
@@ -824,6 +862,24 @@ impl Raft {
                 if pr.reject(prev_log_index, next) {
                     self.send_append(from, false);
                 }
+            }
+        }
+    }
+
+    /// Sends `peer` what it is missing: in `Replicate`, appends until its window of
+    /// unanswered messages is full or it has everything; otherwise at most one message.
+    fn fill_window(&mut self, peer: NodeId) {
+        let last = self.log.last_index();
+        let max = self.cfg.max_inflight_messages.max(1);
+        for _ in 0..max {
+            let pr = self.progress_mut(peer);
+            let (before, replicate) = (pr.next, pr.state == ProgressState::Replicate);
+            if before > last || pr.inflight_full(max) {
+                return;
+            }
+            self.send_append(peer, false);
+            if !replicate || self.progress_mut(peer).next == before {
+                return; // one probe or snapshot at a time, or nothing could be sent
             }
         }
     }
@@ -859,14 +915,22 @@ impl Raft {
             self.cfg.max_bytes_per_message,
         );
         let resend_ticks = self.cfg.snapshot_resend_ticks;
+        let max_inflight = self.cfg.max_inflight_messages;
         let pr = self.progress_mut(peer);
         if pr.state == ProgressState::Snapshot || pr.next <= snapshot_index {
-            if pr.state != ProgressState::Snapshot || pr.ticks_since_send >= resend_ticks {
-                pr.become_snapshot(snapshot_index);
+            let fresh = pr.state != ProgressState::Snapshot;
+            if fresh || pr.snapshot_resend_due(resend_ticks) {
+                if fresh {
+                    pr.become_snapshot(snapshot_index);
+                } else {
+                    pr.pending_snapshot = snapshot_index;
+                    pr.snapshot_resent();
+                }
                 let snapshot = self.log.snapshot().clone();
                 self.send(peer, MessageBody::InstallSnapshot { snapshot });
             } else if heartbeat {
-                // Keep the follower from campaigning while the snapshot is on its way.
+                // Keep the follower from campaigning while the snapshot is on its way; its
+                // answer tells whether the snapshot arrived.
                 self.send(
                     peer,
                     MessageBody::AppendEntries {
@@ -879,7 +943,12 @@ impl Raft {
             }
             return;
         }
-        if pr.state == ProgressState::Probe && pr.paused && !heartbeat {
+        // A probe waiting for its answer, or a follower with its window of unanswered appends
+        // full: nothing new, except that a heartbeat goes out empty (its answer unpauses the
+        // probe or frees the window, or shows what was lost).
+        let hold_back = (pr.state == ProgressState::Probe && pr.paused)
+            || pr.inflight_full(max_inflight);
+        if hold_back && !heartbeat {
             return;
         }
         let next = pr.next;
@@ -888,7 +957,7 @@ impl Raft {
             .log
             .term(prev_log_index)
             .expect("prev index is in the log");
-        let entries = if next <= last {
+        let entries = if next <= last && !hold_back {
             self.log.slice(next, last, max_count, max_bytes)
         } else {
             Vec::new()
