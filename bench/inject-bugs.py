@@ -256,6 +256,25 @@ BUGS: list[Bug] = [
         ),
         profiles=("checked", "release"),
     ),
+    bug(
+        "lease-without-quorum",
+        "Raft::lease_valid: the lease holds whether or not a quorum answered recently (a "
+        "leader cut off from its majority keeps answering reads from its lease)",
+        (
+            RAFT,
+            "        fresh + 1 >= self.quorum()\n",
+            "        fresh + 1 >= self.quorum() || true\n",
+        ),
+    ),
+    bug(
+        "lease-kept-after-transfer",
+        "Raft::lease_valid: a leader that told a follower to take over keeps its lease",
+        (
+            RAFT,
+            "        if !(self.cfg.lease_reads && self.cfg.check_quorum) || self.lease_given_up {\n",
+            "        if !(self.cfg.lease_reads && self.cfg.check_quorum) {\n",
+        ),
+    ),
     # ---- the replicated KV service (flotilla sim kvraft) ----
     bug(
         "rsm-match-by-index",
