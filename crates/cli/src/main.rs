@@ -421,7 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 first,
                 count,
                 fail_fast,
-                kvraft_sweep::run_seed,
+                |s| Ok(kvraft_sweep::run_seed(s)),
                 |s, result| {
                     match result {
                     Ok(r) if seed.is_some() => println!(
@@ -771,8 +771,13 @@ fn bench_kvraft(seed: u64, sweep_seeds: u64) -> anyhow::Result<()> {
     let suite = started.elapsed().as_secs_f64();
     println!("suite: {suite:.2} s wall for {virtual_total:.0} s of virtual time");
     if sweep_seeds > 0 {
-        let summary =
-            flotilla_sim::sweep_seeds(1, sweep_seeds, false, kvraft_sweep::run_seed, |_, _| {});
+        let summary = flotilla_sim::sweep_seeds(
+            1,
+            sweep_seeds,
+            false,
+            |s| Ok(kvraft_sweep::run_seed(s)),
+            |_, _| {},
+        );
         let rate = summary.seeds as f64 / summary.wall.as_secs_f64() * 60.0;
         println!(
             "sweep: {} seeds in {:.2} s = {rate:.0} seeds/minute ({} failures)",

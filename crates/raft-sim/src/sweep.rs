@@ -345,13 +345,7 @@ async fn heal_and_check_liveness(c: &Cluster) -> u64 {
     index
 }
 
-/// Outcome of a sweep.
-#[derive(Debug, Default)]
-pub struct SweepSummary {
-    pub seeds: u64,
-    pub failures: Vec<(u64, String)>,
-    pub wall: Duration,
-}
+pub use flotilla_sim::SweepSummary;
 
 /// Runs `count` seeds starting at `first` (consecutive), calling `on_seed` after each; with
 /// `fail_fast`, stops after the first failing seed.
@@ -359,25 +353,7 @@ pub fn sweep(
     first: u64,
     count: u64,
     fail_fast: bool,
-    mut on_seed: impl FnMut(u64, &Result<SeedReport, String>),
+    on_seed: impl FnMut(u64, &Result<SeedReport, String>),
 ) -> SweepSummary {
-    let started = std::time::Instant::now();
-    // Violations are reported per seed; keep the default hook from printing each panic.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let mut summary = SweepSummary::default();
-    for seed in first..first + count {
-        let result = run_seed(seed);
-        on_seed(seed, &result);
-        summary.seeds += 1;
-        if let Err(e) = result {
-            summary.failures.push((seed, e));
-            if fail_fast {
-                break;
-            }
-        }
-    }
-    std::panic::set_hook(hook);
-    summary.wall = started.elapsed();
-    summary
+    flotilla_sim::sweep_seeds(first, count, fail_fast, run_seed, on_seed)
 }

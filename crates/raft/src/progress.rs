@@ -112,7 +112,11 @@ impl Progress {
         self.matched = match_index;
         self.next = self.next.max(match_index + 1);
         self.paused = false;
-        while self.inflight.front().is_some_and(|&last| last <= match_index) {
+        while self
+            .inflight
+            .front()
+            .is_some_and(|&last| last <= match_index)
+        {
             self.inflight.pop_front();
         }
         match self.state {

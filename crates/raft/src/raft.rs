@@ -946,8 +946,8 @@ impl Raft {
         // A probe waiting for its answer, or a follower with its window of unanswered appends
         // full: nothing new, except that a heartbeat goes out empty (its answer unpauses the
         // probe or frees the window, or shows what was lost).
-        let hold_back = (pr.state == ProgressState::Probe && pr.paused)
-            || pr.inflight_full(max_inflight);
+        let hold_back =
+            (pr.state == ProgressState::Probe && pr.paused) || pr.inflight_full(max_inflight);
         if hold_back && !heartbeat {
             return;
         }

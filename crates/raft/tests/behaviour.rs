@@ -585,12 +585,7 @@ fn snapshot_sends(
                 MessageBody::AppendEntries { .. } => {
                     if let Some(answer) = answer {
                         leader
-                            .step(from(
-                                1,
-                                0,
-                                term,
-                                MessageBody::AppendEntriesResponse(answer),
-                            ))
+                            .step(from(1, 0, term, MessageBody::AppendEntriesResponse(answer)))
                             .expect("valid");
                     }
                 }
@@ -1557,7 +1552,11 @@ fn a_lagging_follower_is_probed_not_flooded() {
         leader.tick();
         out.extend(drain(&mut leader));
     }
-    assert_eq!(appends_with_entries(&out, 1), 1, "one batch, then empty probes");
+    assert_eq!(
+        appends_with_entries(&out, 1),
+        1,
+        "one batch, then empty probes"
+    );
     let heartbeats = out
         .iter()
         .filter(|m| m.to == 1 && matches!(m.body, MessageBody::AppendEntries { .. }))
@@ -1591,7 +1590,11 @@ fn at_most_max_inflight_appends_are_unanswered() {
         leader.tick();
         out.extend(drain(&mut leader));
     }
-    assert_eq!(appends_with_entries(&out, 1), 3, "a full window, then nothing new");
+    assert_eq!(
+        appends_with_entries(&out, 1),
+        3,
+        "a full window, then nothing new"
+    );
     // Acknowledging the first two frees two slots.
     leader.step(accepted_from(1, term, 2)).expect("valid");
     let out = drain(&mut leader);
@@ -1644,10 +1647,12 @@ fn lease_reads_are_answered_at_once_only_while_the_lease_holds() {
     drain(&mut leader);
     leader.step(accepted_from(2, term, 1)).expect("valid");
     drain(&mut leader);
-    assert!(leader.read_index(b"d".to_vec()).is_err() || {
-        let (out, reads) = drain_reads(&mut leader);
-        probes(&out) > 0 && reads.is_empty()
-    });
+    assert!(
+        leader.read_index(b"d".to_vec()).is_err() || {
+            let (out, reads) = drain_reads(&mut leader);
+            probes(&out) > 0 && reads.is_empty()
+        }
+    );
 
     // Without the flag: always a round.
     let (mut leader, _) = lease_leader(false);
@@ -1670,10 +1675,7 @@ fn a_stale_read_probe_is_answered_with_a_round_that_confirms_nothing() {
         .into_iter()
         .map(|m| (m.to, m.term, m.body))
         .collect();
-    assert_eq!(
-        answers,
-        [(1, 8, MessageBody::ReadProbeResponse { seq: 0 })]
-    );
+    assert_eq!(answers, [(1, 8, MessageBody::ReadProbeResponse { seq: 0 })]);
 
     // A leader with a round pending takes round 0 as no confirmation.
     let mut cfg = Config::new(0, vec![0, 1, 2]);
@@ -1688,7 +1690,10 @@ fn a_stale_read_probe_is_answered_with_a_round_that_confirms_nothing() {
     leader
         .step(from(2, 0, term, MessageBody::ReadProbeResponse { seq: 0 }))
         .expect("valid");
-    assert!(drain_reads(&mut leader).1.is_empty(), "round 0 confirms nothing");
+    assert!(
+        drain_reads(&mut leader).1.is_empty(),
+        "round 0 confirms nothing"
+    );
     leader
         .step(from(2, 0, term, MessageBody::ReadProbeResponse { seq: 1 }))
         .expect("valid");

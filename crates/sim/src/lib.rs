@@ -109,13 +109,14 @@ pub struct SweepSummary {
 }
 
 /// Runs `run` on `count` consecutive seeds from `first`, calling `on_seed` after each; with
-/// `fail_fast`, stops after the first failure. A panic inside `run` is a failure whose message
-/// is the panic's (the default hook is silenced meanwhile, so only `on_seed` reports).
+/// `fail_fast`, stops after the first failure. A seed fails when `run` returns `Err` or
+/// panics (then the message is the panic's; the default hook is silenced meanwhile, so only
+/// `on_seed` reports).
 pub fn sweep_seeds<R>(
     first: u64,
     count: u64,
     fail_fast: bool,
-    run: impl Fn(u64) -> R,
+    run: impl Fn(u64) -> Result<R, String>,
     mut on_seed: impl FnMut(u64, &Result<R, String>),
 ) -> SweepSummary {
     let started = std::time::Instant::now();
@@ -128,7 +129,7 @@ pub fn sweep_seeds<R>(
     };
     for seed in first..first.saturating_add(count) {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed)))
-            .map_err(|panic| panic_message(&*panic));
+            .unwrap_or_else(|panic| Err(panic_message(&*panic)));
         on_seed(seed, &result);
         summary.seeds += 1;
         if let Err(e) = result {
