@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Bug-injection suite for the Raft fault sweep (`flotilla sim raft`).
+"""Bug-injection suite for the fault sweeps (`flotilla sim raft`, `flotilla sim kvraft`).
 
 For each named bug: copy the tracked files of this tree into one scratch directory (outside
 the repository), apply the bug as exact text replacements (each expected text must occur
@@ -7,7 +7,7 @@ exactly once in the pristine file, or the script stops: the tree has drifted and
 must be re-aimed), build `flotilla-cli` in the bug's profile(s) with one shared
 CARGO_TARGET_DIR (so each rebuild is incremental), run
 
-    <target>/<profile>/flotilla sim raft --seeds N --fail-fast
+    <target>/<profile>/flotilla sim <raft|kvraft> --seeds N --fail-fast   (the bug's sweep)
 
 under a wall timeout and an address-space limit, and record the first failing seed and the first line of its failure
 message (the check that fired). A bug that passes all N seeds is reported as "survived N
@@ -640,17 +640,18 @@ def table(results: list[Result]) -> str:
 def document(results: list[Result], args, started: str, tree: str, versions: str) -> str:
     cmd = "bench/inject-bugs.py " + shlex.join(sys.argv[1:])
     out = [
-        "# Bug injection against the Raft fault sweep",
+        "# Bug injection against the fault sweeps",
         "",
         f"- date: {started}",
         f"- tree tested: {tree}",
         f"- command: `{cmd.strip()}`",
         f"- toolchain: {versions}",
-        f"- each run: `flotilla sim raft --seeds {args.seeds} --fail-fast`, wall timeout "
+        f"- each run: `flotilla sim <sweep> --seeds {args.seeds} --fail-fast` (the bug's sweep: "
+        "`raft`, or `kvraft` where the profile column says so), wall timeout "
         f"{args.timeout:.0f}s, address space limit {args.mem_limit:g} GiB; baseline runs: "
         f"{args.baseline_seeds} seeds",
         "- a replay needs the bug's build: `bench/inject-bugs.py NAME` leaves it in "
-        "`<target-dir>/<profile>/flotilla`, then `flotilla sim raft --seed S`",
+        "`<target-dir>/<profile>/flotilla`, then the replay command below",
         "",
         table(results),
         "",
@@ -661,7 +662,8 @@ def document(results: list[Result], args, started: str, tree: str, versions: str
     ]
     for r in results:
         replay = (
-            f"`flotilla sim raft --seed {r.seed}`" if r.outcome == "failed" else ""
+            f"`flotilla sim {'kvraft' if 'kvraft' in r.profile else 'raft'} --seed {r.seed}`"
+            if r.outcome == "failed" else ""
         )
         seeds_run = "" if r.seeds_run is None else str(r.seeds_run)
         what = kind(r.message) if r.outcome == "failed" else ""
