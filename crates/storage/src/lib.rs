@@ -13,13 +13,16 @@
 //!   batch) and snapshots written to a temp file, fsynced and renamed into place. It does its
 //!   I/O through the [`fs::FileSystem`] trait: the real file system by default, or (with the
 //!   `sim` feature) the simulator's `flotilla_sim::fs::SimFs`, whose crashes keep only what
-//!   was synced.
+//!   was synced. On the real file system it holds the directory's [`DirLock`]: one process
+//!   per data directory.
 
 pub mod fs;
+pub mod lock;
 mod mem;
 pub mod wal;
 
 pub use flotilla_raft::{DurableState, Persist};
+pub use lock::DirLock;
 pub use mem::MemStorage;
 pub use wal::WalStorage;
 
@@ -36,6 +39,12 @@ pub enum StorageError {
     /// the last record of the log (which a crash during its append may damage, and which is
     /// cut off instead: see the [`wal`] module docs). Nothing after it is trusted; nothing is
     /// silently applied.
+    /// Another process (or another open in this one) holds the data directory.
+    #[error("{} is locked by another process{}: one process per data directory", .path.display(), .holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default())]
+    Locked {
+        path: std::path::PathBuf,
+        holder: Option<u32>,
+    },
     #[error("corrupt {what} in {path} at byte {offset}: {detail}")]
     Corrupt {
         what: &'static str,

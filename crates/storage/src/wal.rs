@@ -279,6 +279,8 @@ pub struct WalStorage<F: FileSystem = StdFs> {
     /// Log length at which to check next whether a compaction is worth it.
     compact_check_at: u64,
     poisoned: bool,
+    /// The data directory's lock, held while open (on the real file system).
+    _lock: Option<crate::DirLock>,
     #[cfg(test)]
     crash_at: Option<CrashPoint>,
     #[cfg(test)]
@@ -293,9 +295,15 @@ impl WalStorage {
     /// Opens the storage in `dir` on the real file system, creating the directory and an
     /// empty log if missing, and recovers the durable state (see the module docs). Returns
     /// [`StorageError::Corrupt`] if anything on disk fails its checks other than a damaged
-    /// last record, which is cut off.
+    /// last record, which is cut off. The directory is locked for this process first
+    /// ([`crate::DirLock`]): a second open gets [`StorageError::Locked`] naming the holder.
     pub fn open(dir: impl AsRef<Path>) -> Result<WalStorage, StorageError> {
-        WalStorage::open_with(StdFs, dir)
+        let dir = dir.as_ref();
+        create_dir_durably(&StdFs, dir)?;
+        let lock = crate::DirLock::acquire(dir)?;
+        let mut wal = WalStorage::open_with(StdFs, dir)?;
+        wal._lock = Some(lock);
+        Ok(wal)
     }
 }
 
@@ -362,6 +370,7 @@ impl<F: FileSystem> WalStorage<F> {
             wal_len: good_len,
             compact_check_at: MIN_GARBAGE_COMPACT_LEN.max(2 * good_len),
             poisoned: false,
+            _lock: None,
             #[cfg(test)]
             crash_at: None,
             #[cfg(test)]

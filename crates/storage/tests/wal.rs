@@ -493,3 +493,24 @@ proptest! {
         prop_assert_eq!(wal.raft_state_size(), wal_len(dir.path()));
     }
 }
+
+/// One process per data directory: a second open of a directory in use is refused with an
+/// error naming the holder's PID; once the first is dropped the directory opens again.
+#[test]
+fn a_second_open_of_a_data_directory_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = WalStorage::open(dir.path()).expect("opens");
+    let err = WalStorage::open(dir.path()).expect_err("the directory is in use");
+    let pid = std::process::id();
+    assert!(
+        matches!(err, flotilla_storage::StorageError::Locked { holder: Some(p), .. } if p == pid),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("pid {pid}")) && message.contains("LOCK"),
+        "{message}"
+    );
+    drop(first);
+    WalStorage::open(dir.path()).expect("free again once the holder is gone");
+}
