@@ -49,6 +49,9 @@ enum Command {
     /// MapReduce: a coordinator and worker processes, and the sequential reference.
     #[command(subcommand)]
     Mr(MrCommand),
+    /// A data directory's write-ahead log: look at it, or cut a damaged tail.
+    #[command(subcommand)]
+    Wal(WalCommand),
     /// Check a history file (JSON Lines, one operation per line) for linearizability.
     Check {
         file: PathBuf,
@@ -230,6 +233,22 @@ enum KvCommand {
         /// Write every operation here (JSON Lines) for `flotilla check`.
         #[arg(long)]
         history: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalCommand {
+    /// Print the log's records and where its good part ends (a torn tail, which opening
+    /// cuts off by itself, or corruption, which stops the node from starting). Changes
+    /// nothing.
+    Inspect { dir: PathBuf },
+    /// Cut the log at its last good record, saving what is removed to `wal.removed-<offset>`
+    /// beside it. Asks first unless --yes; refuses while a process holds the directory.
+    Repair {
+        dir: PathBuf,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -459,6 +478,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Kv(command) => tokio_runtime()?.block_on(kv(command)),
         Command::Mr(command) => mr(command),
+        Command::Wal(command) => wal(command),
         Command::Check { file, budget } => check_history(&file, parse_seconds(budget)?),
     }
 }
@@ -725,6 +745,82 @@ fn stress_lab3(filter: &str, first: u64, seeds: u64) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn wal(command: WalCommand) -> anyhow::Result<ExitCode> {
+    use flotilla_storage::wal::{inspect, repair, LogEnd};
+    let dir = match &command {
+        WalCommand::Inspect { dir } | WalCommand::Repair { dir, .. } => dir.clone(),
+    };
+    let found = inspect(&dir)?;
+    if let WalCommand::Inspect { .. } = command {
+        println!(
+            "{}: {} bytes, {} good records",
+            found.log.display(),
+            found.log_len,
+            found.records.len()
+        );
+        for r in &found.records {
+            let entries = r
+                .entries
+                .map(|(a, b)| format!("entries {a}..={b}"))
+                .unwrap_or_else(|| "no entries".into());
+            let hard = r
+                .hard_state
+                .map(|h| format!(", term {} vote {:?}", h.term, h.vote))
+                .unwrap_or_default();
+            let snap = r
+                .snapshot
+                .map(|(i, t)| format!(", snapshot at {i} (term {t})"))
+                .unwrap_or_default();
+            println!("  @{:<10} {:>8} B  {entries}{hard}{snap}", r.offset, r.len);
+        }
+        match &found.end {
+            LogEnd::Clean => println!("clean: every byte belongs to a good record"),
+            LogEnd::TornTail { offset, detail } => println!(
+                "torn tail at byte {offset} ({detail}): {} bytes a crash left mid-append; opening cuts them off",
+                found.log_len - offset
+            ),
+            LogEnd::Corrupt { offset, detail } => println!(
+                "CORRUPT at byte {offset} ({detail}); {} bytes from there on; the node refuses to start. `flotilla wal repair` cuts the log there (keeping a backup), losing what follows",
+                found.log_len - offset
+            ),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let WalCommand::Repair { yes, .. } = command else {
+        unreachable!("inspect returned above")
+    };
+    if found.good_len == found.log_len {
+        println!("{}: clean, nothing to repair", found.log.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cut = found.log_len - found.good_len;
+    if !yes {
+        use std::io::Write;
+        print!(
+            "cut {cut} bytes from {} at byte {} (after {} good records; a backup is kept)? [y/N] ",
+            found.log.display(),
+            found.good_len,
+            found.records.len()
+        );
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("nothing changed");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let done = repair(&dir)?;
+    println!(
+        "cut {} bytes; they are saved in {}",
+        done.removed,
+        done.backup
+            .map(|b| b.display().to_string())
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints a sweep's `N seeds, F failures` line and each failing seed's replay command.

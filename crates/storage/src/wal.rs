@@ -1417,3 +1417,154 @@ mod tests {
         }
     }
 }
+
+/// One record of a log, as [`inspect`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordSummary {
+    /// Byte offset of the record's header in the log.
+    pub offset: u64,
+    /// Length of the framed record in bytes.
+    pub len: u64,
+    /// First and last index of its entries, if it has any.
+    pub entries: Option<(Index, Index)>,
+    /// Its hard state's term and vote, if it carries one.
+    pub hard_state: Option<HardState>,
+    /// Index and term of the snapshot it names, if any.
+    pub snapshot: Option<(Index, Term)>,
+}
+
+/// Where the good part of a log ends, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogEnd {
+    /// Every byte belongs to a good record.
+    Clean,
+    /// A damaged last record from `offset` on (a crash during its append): `open` cuts it
+    /// off by itself.
+    TornTail { offset: u64, detail: String },
+    /// Damage at `offset` with more after it: `open` refuses to start; `repair` can cut the
+    /// log there, losing what follows.
+    Corrupt { offset: u64, detail: String },
+}
+
+/// What a data directory's log holds: `flotilla wal inspect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inspection {
+    pub log: PathBuf,
+    pub log_len: u64,
+    pub records: Vec<RecordSummary>,
+    /// Length of the good prefix (magic and good records).
+    pub good_len: u64,
+    pub end: LogEnd,
+}
+
+/// Reads the log of `dir` record by record without changing anything (and without the
+/// directory lock: it can look at the log of a running node). Errors only when the log
+/// cannot be read or lacks its header.
+pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection, StorageError> {
+    let log = dir.as_ref().join(WAL_FILE);
+    let bytes = std::fs::read(&log).map_err(io_err(&log))?;
+    if bytes.len() < WAL_MAGIC.len() || &bytes[..WAL_MAGIC.len()] != WAL_MAGIC {
+        return Err(corrupt("log header", &log, 0, "bad magic".into()));
+    }
+    let mut records = Vec::new();
+    let mut state = DurableState::default();
+    let mut offset = WAL_MAGIC.len();
+    let mut end = LogEnd::Clean;
+    while offset < bytes.len() {
+        let damage = match read_record(&bytes, offset) {
+            Ok((record, next)) => {
+                let summary = RecordSummary {
+                    offset: offset as u64,
+                    len: (next - offset) as u64,
+                    entries: record
+                        .entries
+                        .first()
+                        .zip(record.entries.last())
+                        .map(|(a, b)| (a.index, b.index)),
+                    hard_state: record.hard_state,
+                    snapshot: record.snapshot.map(|s| (s.index, s.term)),
+                };
+                match apply_record(&mut state, record) {
+                    Ok(()) => {
+                        records.push(summary);
+                        offset = next;
+                        continue;
+                    }
+                    Err(detail) => Damage {
+                        what: "record",
+                        detail,
+                        end: Some(next),
+                    },
+                }
+            }
+            Err(damage) => damage,
+        };
+        let follows = match damage.end {
+            Some(next) => next < bytes.len(),
+            None => intact_record_after(&bytes, offset).is_some(),
+        };
+        let detail = format!("{}: {}", damage.what, damage.detail);
+        let offset = offset as u64;
+        end = if follows {
+            LogEnd::Corrupt { offset, detail }
+        } else {
+            LogEnd::TornTail { offset, detail }
+        };
+        break;
+    }
+    let good_len = match &end {
+        LogEnd::Clean => bytes.len() as u64,
+        LogEnd::TornTail { offset, .. } | LogEnd::Corrupt { offset, .. } => *offset,
+    };
+    Ok(Inspection {
+        log,
+        log_len: bytes.len() as u64,
+        records,
+        good_len,
+        end,
+    })
+}
+
+/// What [`repair`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repair {
+    /// Bytes cut off the log (0: nothing to repair).
+    pub removed: u64,
+    /// Where the removed bytes were saved.
+    pub backup: Option<PathBuf>,
+}
+
+/// Cuts the log of `dir` at the end of its last good record (`flotilla wal repair`), after
+/// saving the bytes it removes to `wal.removed-<offset>` in the same directory (synced
+/// before the log is touched). Takes the directory lock: never while a node runs on it.
+pub fn repair(dir: impl AsRef<Path>) -> Result<Repair, StorageError> {
+    let dir = dir.as_ref();
+    let _lock = crate::DirLock::acquire(dir)?;
+    let found = inspect(dir)?;
+    if found.good_len == found.log_len {
+        return Ok(Repair {
+            removed: 0,
+            backup: None,
+        });
+    }
+    let bytes = std::fs::read(&found.log).map_err(io_err(&found.log))?;
+    let backup = dir.join(format!("{WAL_FILE}.removed-{}", found.good_len));
+    let mut saved = StdFs.create(&backup).map_err(io_err(&backup))?;
+    saved
+        .write_all(&bytes[found.good_len as usize..])
+        .and_then(|()| saved.sync_all())
+        .map_err(io_err(&backup))?;
+    drop(saved);
+    sync_dir(&StdFs, dir)?;
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&found.log)
+        .map_err(io_err(&found.log))?;
+    log.set_len(found.good_len)
+        .and_then(|()| log.sync_all())
+        .map_err(io_err(&found.log))?;
+    Ok(Repair {
+        removed: found.log_len - found.good_len,
+        backup: Some(backup),
+    })
+}
