@@ -16,6 +16,7 @@
 //!   was synced. On the real file system it holds the directory's [`DirLock`]: one process
 //!   per data directory.
 
+pub mod format;
 pub mod fs;
 pub mod lock;
 mod mem;

@@ -190,7 +190,9 @@ const WAL_TMP: &str = "wal.tmp";
 const SNAPSHOT_FILE: &str = "snapshot";
 const SNAPSHOT_TMP: &str = "snapshot.tmp";
 
-const WAL_MAGIC: &[u8; 8] = b"FLOTWAL1";
+/// `FLOTWAL` and the format version ([`crate::format::VERSION`]).
+const WAL_MAGIC: &[u8; 8] = b"FLOTWAL2";
+const WAL_MAGIC_PREFIX: &[u8; 7] = b"FLOTWAL";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"FLOTSNP1";
 const RECORD_HEADER_LEN: usize = 12;
 const SNAPSHOT_HEADER_LEN: usize = 40;
@@ -230,16 +232,37 @@ impl SnapRef {
     }
 }
 
+impl From<SnapRef> for crate::format::SnapshotRef {
+    fn from(s: SnapRef) -> Self {
+        crate::format::SnapshotRef {
+            index: s.index,
+            term: s.term,
+            len: s.len,
+            crc: s.crc,
+        }
+    }
+}
+
+impl From<crate::format::SnapshotRef> for SnapRef {
+    fn from(s: crate::format::SnapshotRef) -> Self {
+        SnapRef {
+            index: s.index,
+            term: s.term,
+            len: s.len,
+            crc: s.crc,
+        }
+    }
+}
+
 /// One log record as written: a `Persist` batch with its snapshot replaced by a reference.
-#[derive(Serialize)]
 struct RecordOut<'a> {
     hard_state: Option<HardState>,
     snapshot: Option<SnapRef>,
     entries: &'a [Entry],
 }
 
-/// One log record as read back (postcard encodes a slice and a `Vec` the same way).
-#[derive(Deserialize)]
+/// One log record as read back.
+#[derive(Debug)]
 struct RecordIn {
     hard_state: Option<HardState>,
     snapshot: Option<SnapRef>,
@@ -476,7 +499,7 @@ impl<F: FileSystem> WalStorage<F> {
         let mut start = 0;
         let mut chunk_len = 0;
         for (i, entry) in entries.iter().enumerate() {
-            let entry_len = entry.data.len() + 30;
+            let entry_len = crate::format::entry_size(entry);
             if i > start && chunk_len + entry_len > COMPACT_CHUNK {
                 write(&frame(
                     &tmp,
@@ -589,8 +612,13 @@ fn frame(path: &Path, record: &RecordOut<'_>) -> Result<Vec<u8>, StorageError> {
         path: path.to_path_buf(),
         source: io::Error::new(io::ErrorKind::InvalidInput, detail),
     };
-    let mut buf = postcard::to_extend(record, vec![0u8; RECORD_HEADER_LEN])
-        .map_err(|e| too_large(format!("cannot encode record: {e}")))?;
+    let mut buf = vec![0u8; RECORD_HEADER_LEN];
+    crate::format::encode(
+        &mut buf,
+        record.hard_state,
+        record.snapshot.map(Into::into),
+        record.entries,
+    );
     let payload_len = buf.len() - RECORD_HEADER_LEN;
     if payload_len > MAX_RECORD_LEN {
         return Err(too_large(format!(
@@ -603,6 +631,27 @@ fn frame(path: &Path, record: &RecordOut<'_>) -> Result<Vec<u8>, StorageError> {
     let header_crc = crc32fast::hash(&buf[0..8]);
     buf[8..12].copy_from_slice(&header_crc.to_le_bytes());
     Ok(buf)
+}
+
+/// Checks the log's header: `FLOTWAL` and a format version this code reads.
+fn check_magic(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    if bytes.len() < WAL_MAGIC.len() || &bytes[..WAL_MAGIC_PREFIX.len()] != WAL_MAGIC_PREFIX {
+        return Err(corrupt("log header", path, 0, "bad magic".into()));
+    }
+    let version = bytes[WAL_MAGIC_PREFIX.len()];
+    if &bytes[..WAL_MAGIC.len()] != WAL_MAGIC {
+        return Err(corrupt(
+            "log header",
+            path,
+            0,
+            format!(
+                "format version {:?}, this build reads version {}",
+                version as char,
+                crate::format::VERSION
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A replayed log.
@@ -631,11 +680,9 @@ struct Damage {
 /// during its append and is reported in `damage`, to be cut off; otherwise the log is
 /// corrupt.
 fn replay(path: &Path, bytes: &[u8]) -> Result<Replay, StorageError> {
-    if bytes.len() < WAL_MAGIC.len() || &bytes[..WAL_MAGIC.len()] != WAL_MAGIC {
-        // The log is always created whole (via a temp file and a rename), so a short or
-        // wrong magic is damage, not a torn write.
-        return Err(corrupt("log header", path, 0, "bad magic".into()));
-    }
+    // The log is always created whole (via a temp file and a rename), so a short or wrong
+    // magic is damage, not a torn write.
+    check_magic(path, bytes)?;
     let mut state = DurableState::default();
     let mut offset = WAL_MAGIC.len();
     while offset < bytes.len() {
@@ -727,12 +774,15 @@ fn read_record(bytes: &[u8], offset: usize) -> Result<(RecordIn, usize), Damage>
     if crc32fast::hash(payload) != crc {
         return Err(damaged("payload checksum mismatch".into()));
     }
-    match postcard::take_from_bytes(payload) {
-        Ok((record, [])) => Ok((record, end)),
-        Ok((_, left)) => Err(damaged(format!(
-            "{} bytes after the encoded record",
-            left.len()
-        ))),
+    match crate::format::decode(payload) {
+        Ok(record) => Ok((
+            RecordIn {
+                hard_state: record.hard_state,
+                snapshot: record.snapshot.map(Into::into),
+                entries: record.entries,
+            },
+            end,
+        )),
         Err(e) => Err(damaged(format!("decode error: {e}"))),
     }
 }
@@ -1338,9 +1388,10 @@ mod tests {
             },
         )
         .unwrap();
-        let (record, rest): (RecordIn, _) =
-            postcard::take_from_bytes(&framed[RECORD_HEADER_LEN..]).unwrap();
-        assert!(rest.is_empty());
+        let Ok((record, end)) = read_record(&framed, 0) else {
+            panic!("the record reads back")
+        };
+        assert_eq!(end, framed.len());
         assert_eq!(record.entries, entries);
         assert_eq!(record.snapshot, Some(snap_ref));
         assert_eq!(
@@ -1463,9 +1514,7 @@ pub struct Inspection {
 pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection, StorageError> {
     let log = dir.as_ref().join(WAL_FILE);
     let bytes = std::fs::read(&log).map_err(io_err(&log))?;
-    if bytes.len() < WAL_MAGIC.len() || &bytes[..WAL_MAGIC.len()] != WAL_MAGIC {
-        return Err(corrupt("log header", &log, 0, "bad magic".into()));
-    }
+    check_magic(&log, &bytes)?;
     let mut records = Vec::new();
     let mut state = DurableState::default();
     let mut offset = WAL_MAGIC.len();

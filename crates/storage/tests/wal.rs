@@ -307,7 +307,7 @@ fn garbage_at_the_end_is_cut_off_garbage_in_the_middle_or_a_bad_magic_is_corrupt
     ];
     for garbage in garbage_tails {
         // At the end: nothing intact after it, so it is what a torn append left.
-        for log in [&b"FLOTWAL1"[..], &one_record] {
+        for log in [&b"FLOTWAL2"[..], &one_record] {
             fs::write(&path, [log, garbage].concat()).unwrap();
             let wal = WalStorage::open(dir.path()).unwrap();
             let expected = if log.len() == 8 {
@@ -323,7 +323,7 @@ fn garbage_at_the_end_is_cut_off_garbage_in_the_middle_or_a_bad_magic_is_corrupt
         // Followed by an intact record: damage in the middle of the log.
         fs::write(
             &path,
-            [&b"FLOTWAL1"[..], garbage, &one_record[8..]].concat(),
+            [&b"FLOTWAL2"[..], garbage, &one_record[8..]].concat(),
         )
         .unwrap();
         assert_corrupt(WalStorage::open(dir.path()), "garbage before a record");
@@ -397,7 +397,7 @@ fn snapshot_file_without_its_log_is_corrupt() {
     fs::remove_file(dir.path().join("wal")).unwrap();
     assert_corrupt(WalStorage::open(dir.path()), "no wal");
     // A log that names no snapshot next to a snapshot file.
-    fs::write(dir.path().join("wal"), b"FLOTWAL1").unwrap();
+    fs::write(dir.path().join("wal"), b"FLOTWAL2").unwrap();
     assert_corrupt(
         WalStorage::open(dir.path()),
         "log without a snapshot reference",
@@ -415,7 +415,7 @@ fn leftover_temp_files_are_ignored_and_removed() {
         persist_both(&mut wal, &mut mem, batch);
     }
     drop(wal);
-    fs::write(dir.path().join("wal.tmp"), b"FLOTWAL1 half a compacted log").unwrap();
+    fs::write(dir.path().join("wal.tmp"), b"FLOTWAL2 half a compacted log").unwrap();
     fs::write(dir.path().join("snapshot.tmp"), b"FLOTSNP1 half a snapshot").unwrap();
     let wal = reopen(dir.path());
     assert_eq!(wal.durable_state(), mem.durable_state());
@@ -513,4 +513,106 @@ fn a_second_open_of_a_data_directory_is_refused_naming_the_holder() {
     );
     drop(first);
     WalStorage::open(dir.path()).expect("free again once the holder is gone");
+}
+
+/// A log written by an older format version is refused, naming the version, not misread.
+#[test]
+fn a_log_of_another_format_version_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("wal"), b"FLOTWAL1 postcard records").unwrap();
+    let err = WalStorage::open(dir.path()).expect_err("version 1 is not read");
+    assert!(
+        err.to_string()
+            .contains("format version '1', this build reads version 2"),
+        "{err}"
+    );
+}
+
+/// Today's format, byte for byte: a log and snapshot checked in under `tests/data/format-v2`
+/// (written by `write_the_checked_in_format_sample` below, then never regenerated) open to
+/// exactly this state. A change to the encoding — a new field, another integer width, a
+/// serde derive sneaking back — fails here.
+#[test]
+fn the_checked_in_format_v2_sample_opens_to_its_state() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format-v2");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["wal", "snapshot"] {
+        fs::copy(sample.join(name), dir.path().join(name)).unwrap();
+    }
+    let wal = WalStorage::open(dir.path()).expect("today's format opens");
+    assert_eq!(wal.durable_state(), &format_sample_state());
+}
+
+fn format_sample_state() -> DurableState {
+    DurableState {
+        hard_state: HardState {
+            term: 3,
+            vote: Some(2),
+        },
+        snapshot: flotilla_raft::Snapshot {
+            index: 2,
+            term: 1,
+            data: b"snapshot at 2".to_vec(),
+        },
+        entries: vec![
+            Entry {
+                term: 3,
+                index: 3,
+                data: b"three".to_vec(),
+            },
+            Entry {
+                term: 3,
+                index: 4,
+                data: Vec::new(),
+            },
+        ],
+    }
+}
+
+/// Writes the sample (`FLOTILLA_WRITE_FORMAT_SAMPLE=1 cargo test -- --ignored
+/// write_the_checked_in_format_sample`): run once when a format version is introduced.
+#[test]
+#[ignore = "writes tests/data; run only to create a new format version's sample"]
+fn write_the_checked_in_format_sample() {
+    if std::env::var("FLOTILLA_WRITE_FORMAT_SAMPLE").is_err() {
+        return;
+    }
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format-v2");
+    let _ = fs::remove_dir_all(&sample);
+    let state = format_sample_state();
+    let mut wal = WalStorage::open(&sample).unwrap();
+    wal.persist(&Persist {
+        hard_state: Some(HardState {
+            term: 1,
+            vote: Some(0),
+        }),
+        entries: vec![
+            Entry {
+                term: 1,
+                index: 1,
+                data: b"one".to_vec(),
+            },
+            Entry {
+                term: 1,
+                index: 2,
+                data: b"two".to_vec(),
+            },
+        ],
+        ..Persist::default()
+    })
+    .unwrap();
+    wal.persist(&Persist {
+        snapshot: Some(state.snapshot.clone()),
+        ..Persist::default()
+    })
+    .unwrap();
+    wal.persist(&Persist {
+        hard_state: Some(state.hard_state),
+        entries: state.entries.clone(),
+        ..Persist::default()
+    })
+    .unwrap();
+    assert_eq!(wal.durable_state(), &state);
+    drop(wal);
+    let _ = fs::remove_file(sample.join("LOCK"));
 }
