@@ -35,6 +35,34 @@ impl Persist {
     pub fn is_empty(&self) -> bool {
         self.hard_state.is_none() && self.snapshot.is_none() && self.entries.is_empty()
     }
+
+    /// Folds the later batch `next` into this one, so that applying the result is the same
+    /// as applying `self` then `next` (group commit: several `Ready`s made durable as one
+    /// batch, all or nothing). A batch with a snapshot cannot be folded into another (the
+    /// snapshot's rule depends on the stored log); `next` is then handed back and nothing
+    /// changes. Later batches can be folded into one that has a snapshot: it is applied
+    /// first either way.
+    pub fn absorb(&mut self, next: Persist) -> Result<(), Persist> {
+        if next.snapshot.is_some() {
+            return Err(next);
+        }
+        if let Some(first) = next.entries.first().map(|e| e.index) {
+            match self.entries.first().map(|e| e.index) {
+                // `next` replaces this batch's entries from `first` on ...
+                Some(mine) if first > mine => {
+                    let keep = ((first - mine) as usize).min(self.entries.len());
+                    self.entries.truncate(keep);
+                    self.entries.extend(next.entries);
+                }
+                // ... or all of them, and stored ones before them: its entries alone say so.
+                _ => self.entries = next.entries,
+            }
+        }
+        if next.hard_state.is_some() {
+            self.hard_state = next.hard_state;
+        }
+        Ok(())
+    }
 }
 
 /// Everything Raft needs to restart: what storage recovered after a crash.
@@ -136,6 +164,62 @@ impl DurableState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Folding a run of batches gives the state that applying them one by one gives.
+    #[test]
+    fn an_absorbed_run_applies_as_its_batches_do() {
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for _ in 0..2000 {
+            let mut one_by_one = DurableState::default();
+            let mut folded_state = DurableState::default();
+            let mut folded: Option<Persist> = None;
+            let mut last = 0u64;
+            for _ in 0..1 + next(6) {
+                // A batch the core could emit: entries from at most one past the last index
+                // (often overwriting a suffix), maybe a hard state.
+                let first = 1 + next(last + 1);
+                let count = next(4);
+                let term = 1 + next(5);
+                let batch = Persist {
+                    hard_state: (next(2) == 0).then_some(HardState {
+                        term,
+                        vote: Some(next(3)),
+                    }),
+                    snapshot: None,
+                    entries: (first..first + count).map(|i| e(i, term)).collect(),
+                };
+                one_by_one.apply(&batch);
+                last = one_by_one.last_index();
+                match &mut folded {
+                    None => folded = Some(batch),
+                    Some(f) => f.absorb(batch).expect("no snapshot"),
+                }
+            }
+            folded_state.apply(&folded.unwrap());
+            assert_eq!(folded_state, one_by_one);
+        }
+    }
+
+    #[test]
+    fn a_batch_with_a_snapshot_is_not_absorbed() {
+        let mut a = Persist::default();
+        let b = Persist {
+            snapshot: Some(Snapshot {
+                index: 1,
+                term: 1,
+                data: vec![],
+            }),
+            ..Persist::default()
+        };
+        assert_eq!(a.absorb(b.clone()), Err(b));
+        assert!(a.is_empty());
+    }
 
     fn e(index: Index, term: u64) -> Entry {
         Entry {

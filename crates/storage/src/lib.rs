@@ -61,6 +61,30 @@ pub trait Storage {
     /// caller must not send the `Ready`'s messages (and should stop the node).
     fn persist(&mut self, batch: &Persist) -> Result<(), StorageError>;
 
+    /// Group commit: makes several batches durable with as few syncs as possible: each run
+    /// of batches is folded into one ([`Persist::absorb`]), a new run starting at each batch
+    /// with a snapshot. The prefix property
+    /// holds: a crash keeps the batches of some prefix of the runs, each run whole or not at
+    /// all. When this returns `Ok`, every batch survives a crash.
+    fn persist_group(&mut self, batches: &[Persist]) -> Result<(), StorageError> {
+        let mut run: Option<Persist> = None;
+        for batch in batches {
+            match &mut run {
+                None => run = Some(batch.clone()),
+                Some(folded) => {
+                    if let Err(alone) = folded.absorb(batch.clone()) {
+                        self.persist(folded)?;
+                        run = Some(alone);
+                    }
+                }
+            }
+        }
+        match run {
+            Some(folded) => self.persist(&folded),
+            None => Ok(()),
+        }
+    }
+
     /// The state as it would be recovered after a crash right now.
     fn durable_state(&self) -> &DurableState;
 

@@ -111,3 +111,54 @@ fn repair_refuses_a_directory_in_use() {
         Err(StorageError::Locked { .. })
     ));
 }
+
+/// Group commit: a run of batches becomes one record (one `fdatasync`), a batch with a
+/// snapshot starts a new run, and the state is the one the batches give one by one.
+#[test]
+fn a_group_of_batches_is_one_record_per_run_and_the_same_state() {
+    use flotilla_raft::Snapshot;
+    use flotilla_storage::MemStorage;
+    let dir = tempfile::tempdir().unwrap();
+    let mut wal = WalStorage::open(dir.path()).unwrap();
+    let mut mem = MemStorage::new();
+    let mut group: Vec<Persist> = (1..=5).map(batch).collect();
+    // Overwrite a suffix inside the group, as a new leader's entries would.
+    group.push(Persist {
+        entries: vec![Entry {
+            term: 2,
+            index: 4,
+            data: b"new".to_vec(),
+        }],
+        ..Persist::default()
+    });
+    for b in &group {
+        mem.persist(b).unwrap();
+    }
+    let before = inspect(dir.path()).unwrap().records.len();
+    wal.persist_group(&group).unwrap();
+    assert_eq!(inspect(dir.path()).unwrap().records.len(), before + 1);
+    assert_eq!(wal.durable_state(), mem.durable_state());
+
+    let with_snapshot = [
+        batch(5),
+        Persist {
+            snapshot: Some(Snapshot {
+                index: 4,
+                term: 2,
+                data: b"s".to_vec(),
+            }),
+            ..Persist::default()
+        },
+        batch(5),
+    ];
+    for b in &with_snapshot {
+        mem.persist(b).unwrap();
+    }
+    wal.persist_group(&with_snapshot).unwrap();
+    assert_eq!(wal.durable_state(), mem.durable_state());
+    drop(wal);
+    assert_eq!(
+        WalStorage::open(dir.path()).unwrap().durable_state(),
+        mem.durable_state()
+    );
+}
