@@ -585,10 +585,16 @@ impl<F: FileSystem> Storage for WalStorage<F> {
                 entries: &batch.entries,
             },
         )?;
+        // What applying the batch replaces, to put back if it does not become durable: after
+        // a failed write or sync `durable_state` reports only what was synced.
+        let undo = Undo::capture(&self.state, batch);
         // Panics on a contract violation, before anything reaches the disk.
         self.state.apply(batch);
         self.poisoned = true;
-        self.persist_inner(batch, &record, snap_ref)?;
+        if let Err(e) = self.persist_inner(batch, &record, snap_ref) {
+            undo.restore(&mut self.state);
+            return Err(e);
+        }
         self.poisoned = false;
         Ok(())
     }
@@ -631,6 +637,50 @@ fn frame(path: &Path, record: &RecordOut<'_>) -> Result<Vec<u8>, StorageError> {
     let header_crc = crc32fast::hash(&buf[0..8]);
     buf[8..12].copy_from_slice(&header_crc.to_le_bytes());
     Ok(buf)
+}
+
+/// What applying one batch to the state replaces (see `persist`).
+enum Undo {
+    /// A batch with a snapshot (rare): the whole state before it.
+    Whole(Box<DurableState>),
+    /// Entries and hard state: the old hard state, and the stored entries from the batch's
+    /// first index on, which the batch replaced.
+    Suffix {
+        hard_state: HardState,
+        keep: usize,
+        replaced: Vec<Entry>,
+    },
+}
+
+impl Undo {
+    fn capture(state: &DurableState, batch: &Persist) -> Undo {
+        if batch.snapshot.is_some() {
+            return Undo::Whole(Box::new(state.clone()));
+        }
+        let keep = batch.entries.first().map_or(state.entries.len(), |e| {
+            (e.index.saturating_sub(state.snapshot.index + 1) as usize).min(state.entries.len())
+        });
+        Undo::Suffix {
+            hard_state: state.hard_state,
+            keep,
+            replaced: state.entries[keep..].to_vec(),
+        }
+    }
+
+    fn restore(self, state: &mut DurableState) {
+        match self {
+            Undo::Whole(before) => *state = *before,
+            Undo::Suffix {
+                hard_state,
+                keep,
+                replaced,
+            } => {
+                state.entries.truncate(keep);
+                state.entries.extend(replaced);
+                state.hard_state = hard_state;
+            }
+        }
+    }
 }
 
 /// Checks the log's header: `FLOTWAL` and a format version this code reads.

@@ -484,3 +484,34 @@ fn driver_pattern_in_the_simulator_loses_no_acknowledged_batch() {
         );
     });
 }
+
+/// fsyncgate: a failed `fdatasync` is never retried or trusted. The storage refuses every
+/// later write, and `durable_state` reports what was synced before it — not the batch whose
+/// sync failed, which the page cache may still show but the disk may not hold.
+#[test]
+fn after_a_failed_sync_only_what_was_synced_is_reported_and_nothing_more_is_written() {
+    // Batch 2: a hard state; 3: a conflicting suffix; 5: a snapshot.
+    for k in [2, 3, 5] {
+        for op in [Op::SyncFile, Op::Write] {
+            let history = &script()[..k];
+            let (fs, mut wal) = acknowledged(history);
+            let before = wal.durable_state().clone();
+            fs.inject(move |call| (call.op == op).then_some(Fault::Eio));
+            assert!(
+                wal.persist(&script()[k]).is_err(),
+                "batch {k}, {op:?} fails"
+            );
+            assert_eq!(
+                wal.durable_state(),
+                &before,
+                "batch {k}, {op:?}: only the synced state"
+            );
+            fs.clear_faults();
+            assert!(
+                wal.persist(&script()[k]).is_err(),
+                "batch {k}, {op:?}: poisoned"
+            );
+            assert_eq!(wal.durable_state(), &before);
+        }
+    }
+}
