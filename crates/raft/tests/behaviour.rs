@@ -1699,3 +1699,242 @@ fn a_stale_read_probe_is_answered_with_a_round_that_confirms_nothing() {
         .expect("valid");
     assert_eq!(drain_reads(&mut leader).1, [read(1, b"r")]);
 }
+
+// ---- lease reads: the voters' side ---------------------------------------------------------
+
+/// Three servers with lease reads, each with the durable state its `Ready`s persisted, so
+/// one can crash and restart from it.
+struct LeaseGroup {
+    nodes: Vec<RawNode>,
+    disks: Vec<DurableState>,
+    /// Reads confirmed, per server.
+    reads: Vec<Vec<ReadState>>,
+}
+
+fn lease_reads_config(id: u64) -> Config {
+    let mut cfg = Config::new(id, vec![0, 1, 2]);
+    cfg.lease_reads = true;
+    cfg.leader_noop = true;
+    cfg.seed = 7;
+    cfg
+}
+
+impl LeaseGroup {
+    fn new() -> Self {
+        LeaseGroup {
+            nodes: (0..3)
+                .map(|i| RawNode::new(lease_reads_config(i), DurableState::default()))
+                .collect(),
+            disks: vec![DurableState::default(); 3],
+            reads: vec![Vec::new(); 3],
+        }
+    }
+
+    fn ready(&mut self, i: usize) -> Vec<Message> {
+        let mut out = Vec::new();
+        while self.nodes[i].has_ready() {
+            let rd = self.nodes[i].ready();
+            self.disks[i].apply(&rd.persist);
+            out.extend(rd.messages);
+            self.reads[i].extend(rd.read_states);
+            self.nodes[i].advance();
+        }
+        out
+    }
+
+    /// Delivers everything sent until the network is quiet, dropping what `cut` says.
+    fn settle(&mut self, cut: &dyn Fn(u64, u64) -> bool) {
+        loop {
+            let sent: Vec<Message> = (0..3).flat_map(|i| self.ready(i)).collect();
+            if sent.is_empty() {
+                return;
+            }
+            for m in sent {
+                if !cut(m.from, m.to) {
+                    let to = m.to as usize;
+                    self.nodes[to].step(m).expect("a valid message");
+                }
+            }
+        }
+    }
+
+    /// One tick for everyone (the servers' clocks run at the same rate), then delivery.
+    fn tick(&mut self, cut: &dyn Fn(u64, u64) -> bool) {
+        for n in self.nodes.iter_mut() {
+            n.tick();
+        }
+        self.settle(cut);
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| n.is_leader())
+    }
+}
+
+/// The lease's premise is that every server that answered the leader ignores other
+/// candidates for an election timeout. A server that crashes and restarts at once has
+/// forgotten it answered: were it to vote at once, a server cut off from the leader could
+/// win with it, commit a write, and the old leader — its lease still valid on that server's
+/// answer — would serve a read that misses the write. With lease reads, a restarted server
+/// waits an election timeout before it votes, so this cannot happen.
+#[test]
+fn a_restarted_voter_does_not_let_a_lease_read_miss_a_write() {
+    let mut g = LeaseGroup::new();
+    let open = |_: u64, _: u64| false;
+    for _ in 0..300 {
+        g.tick(&open);
+        if g.leader().is_some() {
+            break;
+        }
+    }
+    let leader = g.leader().expect("a leader") as u64;
+    for _ in 0..5 {
+        g.tick(&open);
+    }
+    let (voter, lonely) = ((leader + 1) % 3, (leader + 2) % 3);
+    // `lonely` loses its links to the leader and, after an election timeout, campaigns;
+    // `voter` hears the leader and ignores it. The moment it campaigns again, `voter`
+    // crashes and restarts, and the leader's messages to it are lost from then on.
+    let apart = move |a: u64, b: u64| (a == leader && b == lonely) || (a == lonely && b == leader);
+    let mut restarted = false;
+    let mut written = None;
+    for _ in 0..400 {
+        for n in g.nodes.iter_mut() {
+            n.tick();
+        }
+        let campaigns = g.ready(lonely as usize).into_iter().collect::<Vec<_>>();
+        let asks = campaigns.iter().any(|m| {
+            matches!(
+                m.body,
+                MessageBody::PreVote { .. } | MessageBody::RequestVote { .. }
+            )
+        });
+        if asks && !restarted && g.nodes[leader as usize].status().commit > 0 {
+            let v = voter as usize;
+            g.nodes[v] = RawNode::new(lease_reads_config(voter), g.disks[v].clone());
+            restarted = true;
+        }
+        let cut = move |a: u64, b: u64| {
+            apart(a, b)
+                || (restarted && ((a == leader && b == voter) || (a == voter && b == leader)))
+        };
+        for m in campaigns {
+            if !cut(m.from, m.to) {
+                let to = m.to as usize;
+                g.nodes[to].step(m).expect("a valid message");
+            }
+        }
+        g.settle(&cut);
+        if g.nodes[lonely as usize].is_leader() && written.is_none() {
+            let (index, _) = g.nodes[lonely as usize]
+                .propose(b"w".to_vec())
+                .expect("leader");
+            g.settle(&cut);
+            if g.nodes[lonely as usize].status().commit >= index {
+                written = Some(index);
+            }
+        }
+        if let Some(index) = written {
+            // Asked after the write committed: a linearizable read must see it.
+            if g.nodes[leader as usize].read_index(b"r".to_vec()).is_ok() {
+                g.settle(&cut);
+                for r in &g.reads[leader as usize] {
+                    assert!(
+                        r.index >= index,
+                        "stale read: the old leader answered at {} after {index} committed",
+                        r.index
+                    );
+                }
+            }
+            return;
+        }
+        if restarted && !g.nodes[leader as usize].is_leader() {
+            // What the rule leads to: the restarted voter ignored the candidate, and the old
+            // leader, cut off from a majority, stepped down before anyone else could win.
+            return;
+        }
+    }
+    assert!(restarted, "the schedule never restarted the voter");
+}
+
+/// The voters' side of the lease, rule by rule: with lease reads, a server ignores or refuses
+/// vote requests (other than a transfer's) for `election_ticks` after it last heard from a
+/// leader — also after a restart, and after a stale answer carrying a newer term made it
+/// forget its leader (the candidate of that term then asks in the server's own term).
+/// Without lease reads a restarted server votes at once.
+#[test]
+fn with_lease_reads_a_voter_honours_the_lease_after_a_restart_and_a_newer_term() {
+    let config = |lease: bool| {
+        let mut cfg = Config::new(1, vec![0, 1, 2]);
+        cfg.lease_reads = lease;
+        cfg
+    };
+    let election_ticks = config(true).election_ticks;
+    let vote_request = |term, transfer| {
+        from(
+            2,
+            1,
+            term,
+            MessageBody::RequestVote {
+                last_log_index: 1,
+                last_log_term: 1,
+                transfer,
+            },
+        )
+    };
+    let vote = |n: &mut RawNode, m: Message| {
+        n.step(m).expect("valid");
+        drain(n).into_iter().find_map(|m| match m.body {
+            MessageBody::RequestVoteResponse { granted } => Some(granted),
+            _ => None,
+        })
+    };
+    let mut safe = RawNode::new(config(false), state(3, None, &[1]));
+    assert_eq!(vote(&mut safe, vote_request(4, false)), Some(true));
+    let mut leased = RawNode::new(config(true), state(3, None, &[1]));
+    for _ in 0..election_ticks - 1 {
+        leased.tick();
+        drain(&mut leased);
+    }
+    assert_eq!(
+        vote(&mut leased, vote_request(4, false)),
+        None,
+        "voted within an election timeout of a restart"
+    );
+    leased.tick();
+    drain(&mut leased);
+    assert_eq!(vote(&mut leased, vote_request(4, false)), Some(true));
+
+    let mut n = RawNode::new(config(true), state(3, None, &[1]));
+    for _ in 0..election_ticks {
+        n.tick();
+        drain(&mut n);
+    }
+    let heartbeat = MessageBody::AppendEntries {
+        prev_log_index: 1,
+        prev_log_term: 1,
+        entries: vec![],
+        leader_commit: 1,
+    };
+    n.step(from(0, 1, 3, heartbeat)).expect("valid");
+    drain(&mut n);
+    n.step(from(
+        2,
+        1,
+        4,
+        MessageBody::PreVoteResponse { granted: false },
+    ))
+    .expect("valid");
+    drain(&mut n);
+    assert_eq!((n.status().hard.term, n.status().soft.leader), (4, None));
+    assert_eq!(
+        vote(&mut n, vote_request(4, false)),
+        Some(false),
+        "voted in its own term within the lease"
+    );
+    assert_eq!(
+        vote(&mut n, vote_request(4, true)),
+        Some(true),
+        "a transfer's vote refused"
+    );
+}
