@@ -143,6 +143,12 @@ impl Progress {
         if prev_log_index <= self.matched {
             return false; // stale: we already know better
         }
+        if self.state == ProgressState::Probe && prev_log_index != self.next - 1 {
+            // Every append in Probe asks at `next - 1`: this answers one sent before `next`
+            // last moved (say, the rest of a pipeline that was lost) and says nothing new.
+            // Acting on it would send another probe for each such rejection.
+            return false;
+        }
         self.next = hinted_next.clamp(self.matched + 1, prev_log_index);
         self.state = ProgressState::Probe;
         self.paused = false;

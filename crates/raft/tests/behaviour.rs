@@ -1938,3 +1938,51 @@ fn with_lease_reads_a_voter_honours_the_lease_after_a_restart_and_a_newer_term()
         "a transfer's vote refused"
     );
 }
+
+fn rejected_at(from_peer: u64, term: u64, prev_log_index: u64, hint_index: u64) -> Message {
+    from(
+        from_peer,
+        0,
+        term,
+        MessageBody::AppendEntriesResponse(flotilla_raft::AppendOutcome::Rejected {
+            prev_log_index,
+            hint: flotilla_raft::ConflictHint {
+                index: hint_index,
+                term: None,
+            },
+        }),
+    )
+}
+
+/// When one of several appends in flight is lost, the follower rejects every later one. The
+/// first rejection sends one probe; the others ask at indexes the leader has since backed
+/// away from and say nothing new, so they send nothing (with a full window of 256, each
+/// would otherwise send another full-size probe).
+#[test]
+fn rejections_of_a_lost_pipeline_send_one_probe() {
+    let mut cfg = Config::new(0, vec![0, 1, 2]);
+    cfg.pre_vote = false;
+    cfg.check_quorum = false;
+    cfg.max_entries_per_message = 1;
+    let mut leader = RawNode::new(cfg, DurableState::default());
+    let term = win_election(&mut leader);
+    leader.step(accepted_from(1, term, 0)).expect("valid");
+    drain(&mut leader);
+    for k in 1..=4u8 {
+        leader.propose(vec![k]).expect("leader");
+        drain(&mut leader);
+    }
+    // The append of entry 1 was lost: those at 1, 2 and 3 are rejected (its log is empty).
+    let mut out = Vec::new();
+    for prev_log_index in 1..=3 {
+        leader
+            .step(rejected_at(1, term, prev_log_index, 1))
+            .expect("valid");
+        out.extend(drain(&mut leader));
+    }
+    assert_eq!(
+        appends_with_entries(&out, 1),
+        1,
+        "one probe, from the start"
+    );
+}
