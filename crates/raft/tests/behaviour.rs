@@ -1535,7 +1535,9 @@ fn accepted_from(from_peer: u64, term: u64, match_index: u64) -> Message {
 }
 
 /// A follower that does not answer is sent one batch of entries, then heartbeats without
-/// entries: it is probed once per round trip, not sent a full batch every heartbeat.
+/// entries: it is probed once per round trip, not sent a full batch every heartbeat. Its
+/// answer to a heartbeat does not bring the batch again either, unless it shows the batch
+/// was lost.
 #[test]
 fn a_lagging_follower_is_probed_not_flooded() {
     let mut cfg = Config::new(0, vec![0, 1, 2]);
@@ -1562,8 +1564,39 @@ fn a_lagging_follower_is_probed_not_flooded() {
         .filter(|m| m.to == 1 && matches!(m.body, MessageBody::AppendEntries { .. }))
         .count();
     assert!(heartbeats >= 10, "still heartbeats: {heartbeats}");
-    // Its answer to a heartbeat (the batch was lost) brings the next batch at once.
+    // It answers a heartbeat: it has what precedes the batch, which counts as in flight and
+    // is not sent again (it may only be slow)...
     leader.step(accepted_from(1, term, 0)).expect("valid");
+    assert_eq!(
+        appends_with_entries(&drain(&mut leader), 1),
+        0,
+        "the unanswered batch sent again"
+    );
+    let progress = leader.status().progress[0];
+    assert_eq!(
+        (progress.state, progress.next),
+        (ProgressState::Replicate, 101)
+    );
+    // ...until the next heartbeat, asking at its end, is rejected: it was lost, and the
+    // follower gets it again, once.
+    let mut out = Vec::new();
+    for _ in 0..heartbeat {
+        leader.tick();
+        out.extend(drain(&mut leader));
+    }
+    let asks_at_100 = |m: &Message| {
+        m.to == 1
+            && matches!(
+                m.body,
+                MessageBody::AppendEntries {
+                    prev_log_index: 100,
+                    ..
+                }
+            )
+    };
+    assert!(out.iter().any(asks_at_100), "{out:?}");
+    assert_eq!(appends_with_entries(&out, 1), 0);
+    leader.step(rejected_at(1, term, 100, 1)).expect("valid");
     assert_eq!(appends_with_entries(&drain(&mut leader), 1), 1);
 }
 
