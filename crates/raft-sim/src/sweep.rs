@@ -7,7 +7,8 @@
 //! before taking its next `Ready`, so several messages land between two `Ready`s); pre-vote
 //! and check-quorum on or off; election and heartbeat timeouts; and, for 30% of seeds, the
 //! real `WalStorage` on the simulated file system instead of memory, whose crashes stop
-//! anywhere inside a batch and tear, zero-fill or flip the unsynced bytes.
+//! anywhere inside a batch and tear, zero-fill or flip the unsynced bytes; lease reads on
+//! 30% of seeds, and (drawn last) an in-flight window of 1–4 appends on 30%.
 //!
 //! Then about 20 s of virtual time in which every 10–500 ms one fault is injected — crash,
 //! crash of the leader right after it took a burst of commands (as in Figure 8, often followed
@@ -116,6 +117,9 @@ pub struct Setup {
     pub wal: Option<CrashFaults>,
     /// `Config::lease_reads`: the reader's reads are answered from the lease while it holds.
     pub lease_reads: bool,
+    /// `Config::max_inflight_messages`: a window of 1–4 appends on some seeds, so followers
+    /// are paused and freed often (drawn after everything else).
+    pub max_inflight_messages: usize,
 }
 
 impl Setup {
@@ -177,6 +181,11 @@ impl Setup {
                 flotilla_raft::Config::new(0, vec![0]).max_committed_bytes_per_ready
             },
             lease_reads: plan.chance(0.3),
+            max_inflight_messages: if plan.chance(0.3) {
+                plan.range(1, 5) as usize
+            } else {
+                flotilla_raft::Config::new(0, vec![0]).max_inflight_messages
+            },
         }
     }
 
@@ -193,6 +202,7 @@ impl Setup {
         cfg.raft.leader_noop = self.leader_noop;
         cfg.raft.max_committed_bytes_per_ready = self.max_committed_bytes_per_ready;
         cfg.raft.lease_reads = self.lease_reads;
+        cfg.raft.max_inflight_messages = self.max_inflight_messages;
         cfg.raft.election_ticks = self.election_ticks;
         cfg.raft.heartbeat_ticks = self.heartbeat_ticks;
         cfg

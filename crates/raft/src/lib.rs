@@ -92,7 +92,10 @@ pub struct Config {
     /// hearing from the leader, so the lease is safe only while message delay plus the drift
     /// between the servers' tick rates stays below `election_ticks / 2` ticks. A leader that
     /// told a follower to take over (leadership transfer) gives its lease up for the term.
-    /// Off by default.
+    /// On the voters' side, with this flag a server also ignores vote requests for
+    /// `election_ticks` after it restarts and after it takes a newer term from a stale
+    /// answer (both would otherwise make it forget that it vouched for a leader), so every
+    /// member of the group must run with the same setting. Off by default.
     pub lease_reads: bool,
 }
 

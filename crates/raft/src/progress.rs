@@ -3,10 +3,14 @@
 //!
 //! - `Probe`: the leader does not know where the follower's log ends. It sends one
 //!   `AppendEntries` with entries and waits for the answer before sending another, backing
-//!   `next` up by whole terms on each rejection. While it waits, heartbeats carry no entries
-//!   (an empty append at the same point: its answer, should the batch have been lost,
-//!   unpauses the probe), so a lagging follower costs one batch per round trip, never one
-//!   per heartbeat.
+//!   `next` up by whole terms on each rejection (a rejection asking elsewhere than
+//!   `next - 1` answers an older append and is ignored). While it waits, heartbeats carry no
+//!   entries (an empty append at the same point). A rejection of one backs `next` up as the
+//!   probe's would; an acceptance (the follower has what precedes the probe) moves it to
+//!   `Replicate` with the probe counted in flight, so the probe's entries are not sent again
+//!   unless the follower shows it lacks them (a lost probe: the next heartbeat, asking at
+//!   its end, is rejected). A lagging follower gets no batch it has not asked for by an
+//!   answer, never one per heartbeat.
 //! - `Replicate`: the follower is known to match up to `matched`; the leader streams new
 //!   entries and advances `next` optimistically, as if every message arrived, with at most
 //!   `Config::max_inflight_messages` appends unanswered (an acceptance frees every one up to
@@ -54,6 +58,8 @@ pub(crate) struct Progress {
     pub state: ProgressState,
     /// Probe only: a message is outstanding.
     pub paused: bool,
+    /// Probe only, while paused: the last index the outstanding probe carried.
+    pub probe_last: Index,
     /// Snapshot only: the index of the snapshot that was sent.
     pub pending_snapshot: Index,
     /// Leader ticks since the last snapshot was sent.
@@ -81,6 +87,7 @@ impl Progress {
             next,
             state: ProgressState::Probe,
             paused: false,
+            probe_last: 0,
             pending_snapshot: 0,
             ticks_since_send: 0,
             snapshot_missing: false,
@@ -109,6 +116,13 @@ impl Progress {
             return false; // a stale, reordered answer
         }
         let advanced = match_index > self.matched;
+        // An answer to a heartbeat sent while a probe was out (it has what precedes the
+        // probe): the probe becomes one of the appends in flight, so its entries are not sent
+        // a second time to a follower that has not answered them. Were it lost, the next
+        // heartbeat, asking at its end, is rejected and the follower probed again.
+        let outstanding_probe =
+            (self.state == ProgressState::Probe && self.paused && self.probe_last > match_index)
+                .then_some(self.probe_last);
         self.matched = match_index;
         self.next = self.next.max(match_index + 1);
         self.paused = false;
@@ -120,7 +134,13 @@ impl Progress {
             self.inflight.pop_front();
         }
         match self.state {
-            ProgressState::Probe => self.state = ProgressState::Replicate,
+            ProgressState::Probe => {
+                self.state = ProgressState::Replicate;
+                if let Some(last) = outstanding_probe {
+                    self.next = self.next.max(last + 1);
+                    self.inflight.push_back(last);
+                }
+            }
             ProgressState::Snapshot if match_index >= self.pending_snapshot => {
                 self.state = ProgressState::Replicate;
             }
@@ -143,6 +163,12 @@ impl Progress {
         if prev_log_index <= self.matched {
             return false; // stale: we already know better
         }
+        if self.state == ProgressState::Probe && prev_log_index != self.next - 1 {
+            // Every append in Probe asks at `next - 1`: this answers one sent before `next`
+            // last moved (say, the rest of a pipeline that was lost) and says nothing new.
+            // Acting on it would send another probe for each such rejection.
+            return false;
+        }
         self.next = hinted_next.clamp(self.matched + 1, prev_log_index);
         self.state = ProgressState::Probe;
         self.paused = false;
@@ -160,7 +186,10 @@ impl Progress {
                     self.inflight.push_back(prev_log_index + count);
                 }
             }
-            ProgressState::Probe if count > 0 => self.paused = true,
+            ProgressState::Probe if count > 0 => {
+                self.paused = true;
+                self.probe_last = prev_log_index + count;
+            }
             ProgressState::Probe => {}
             ProgressState::Snapshot => {
                 unreachable!("entries are not sent while a snapshot is pending")

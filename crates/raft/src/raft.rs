@@ -52,6 +52,9 @@ pub(crate) struct Raft {
     /// This leader told a follower to campaign at once (`TimeoutNow`), which bypasses the
     /// followers' leases: no lease read in this term any more.
     lease_given_up: bool,
+    /// Ticks since this node last heard from a leader, or since it started (which counts as
+    /// having just heard from one): see `honours_lease`.
+    since_leader: u32,
 }
 
 /// One ReadIndex round: the reads it confirms, at the commit index when it started, and who
@@ -91,6 +94,7 @@ impl Raft {
             transfer: None,
             leader_ticks: 0,
             lease_given_up: false,
+            since_leader: 0,
         };
         raft.reset_election_timer();
         raft
@@ -140,6 +144,27 @@ impl Raft {
         self.cfg.check_quorum
             && self.leader.is_some()
             && self.election_elapsed < self.cfg.election_ticks
+    }
+
+    /// Vote requests other than a transfer's are ignored (a higher term) or refused (our
+    /// term): check-quorum's lease, and with lease reads also for `election_ticks` after this
+    /// node last heard from any leader, whatever happened since. A leader may be serving
+    /// reads on the strength of this node's answer, and two things make a node forget it
+    /// answered: a restart, and a stale answer carrying a newer term (it takes the term and
+    /// drops its leader, so `in_lease` no longer holds, and the candidate of that term asks
+    /// in the node's own term).
+    fn honours_lease(&self) -> bool {
+        self.in_lease()
+            || (self.cfg.lease_reads
+                && self.cfg.check_quorum
+                && self.since_leader < self.cfg.election_ticks)
+    }
+
+    /// A message from the leader of our term.
+    fn heard_from_leader(&mut self, leader: NodeId) {
+        self.leader = Some(leader);
+        self.since_leader = 0;
+        self.reset_election_timer();
     }
 
     // ---- role changes -------------------------------------------------------------------
@@ -274,6 +299,7 @@ impl Raft {
     // ---- inputs -----------------------------------------------------------------------------
 
     pub fn tick(&mut self) {
+        self.since_leader = self.since_leader.saturating_add(1);
         match self.role {
             Role::Follower | Role::PreCandidate | Role::Candidate => {
                 self.election_elapsed += 1;
@@ -478,7 +504,7 @@ impl Raft {
                     ..
                 } | MessageBody::PreVote { .. }
             );
-            if asks_for_vote && self.in_lease() {
+            if asks_for_vote && self.honours_lease() {
                 // Our leader is alive: whoever asks has just lost touch with it. Ignoring
                 // the request keeps a partitioned server from unseating a working leader.
                 return Ok(());
@@ -546,10 +572,10 @@ impl Raft {
         if let MessageBody::RequestVote {
             last_log_index,
             last_log_term,
-            ..
+            transfer,
         } = m.body
         {
-            self.handle_request_vote(m.from, last_log_index, last_log_term);
+            self.handle_request_vote(m.from, last_log_index, last_log_term, transfer);
             return Ok(());
         }
         match self.role {
@@ -655,8 +681,11 @@ impl Raft {
         candidate: NodeId,
         last_log_index: Index,
         last_log_term: Term,
+        transfer: bool,
     ) {
-        let can_vote = self.vote.is_none_or(|v| v == candidate) && self.leader.is_none();
+        // With lease reads the lease binds in our own term too (see `honours_lease`).
+        let leased = self.cfg.lease_reads && !transfer && self.honours_lease();
+        let can_vote = self.vote.is_none_or(|v| v == candidate) && self.leader.is_none() && !leased;
         let granted = can_vote && self.log.is_up_to_date(last_log_index, last_log_term);
         if granted {
             self.vote = Some(candidate);
@@ -673,8 +702,7 @@ impl Raft {
                 entries,
                 leader_commit,
             } => {
-                self.leader = Some(m.from);
-                self.reset_election_timer();
+                self.heard_from_leader(m.from);
                 self.handle_append(
                     m.from,
                     prev_log_index,
@@ -684,13 +712,11 @@ impl Raft {
                 );
             }
             MessageBody::InstallSnapshot { snapshot } => {
-                self.leader = Some(m.from);
-                self.reset_election_timer();
+                self.heard_from_leader(m.from);
                 self.handle_snapshot(m.from, snapshot);
             }
             MessageBody::ReadProbe { seq } => {
-                self.leader = Some(m.from);
-                self.reset_election_timer();
+                self.heard_from_leader(m.from);
                 self.send(m.from, MessageBody::ReadProbeResponse { seq });
             }
             MessageBody::TimeoutNow => {

@@ -1535,7 +1535,9 @@ fn accepted_from(from_peer: u64, term: u64, match_index: u64) -> Message {
 }
 
 /// A follower that does not answer is sent one batch of entries, then heartbeats without
-/// entries: it is probed once per round trip, not sent a full batch every heartbeat.
+/// entries: it is probed once per round trip, not sent a full batch every heartbeat. Its
+/// answer to a heartbeat does not bring the batch again either, unless it shows the batch
+/// was lost.
 #[test]
 fn a_lagging_follower_is_probed_not_flooded() {
     let mut cfg = Config::new(0, vec![0, 1, 2]);
@@ -1562,8 +1564,39 @@ fn a_lagging_follower_is_probed_not_flooded() {
         .filter(|m| m.to == 1 && matches!(m.body, MessageBody::AppendEntries { .. }))
         .count();
     assert!(heartbeats >= 10, "still heartbeats: {heartbeats}");
-    // Its answer to a heartbeat (the batch was lost) brings the next batch at once.
+    // It answers a heartbeat: it has what precedes the batch, which counts as in flight and
+    // is not sent again (it may only be slow)...
     leader.step(accepted_from(1, term, 0)).expect("valid");
+    assert_eq!(
+        appends_with_entries(&drain(&mut leader), 1),
+        0,
+        "the unanswered batch sent again"
+    );
+    let progress = leader.status().progress[0];
+    assert_eq!(
+        (progress.state, progress.next),
+        (ProgressState::Replicate, 101)
+    );
+    // ...until the next heartbeat, asking at its end, is rejected: it was lost, and the
+    // follower gets it again, once.
+    let mut out = Vec::new();
+    for _ in 0..heartbeat {
+        leader.tick();
+        out.extend(drain(&mut leader));
+    }
+    let asks_at_100 = |m: &Message| {
+        m.to == 1
+            && matches!(
+                m.body,
+                MessageBody::AppendEntries {
+                    prev_log_index: 100,
+                    ..
+                }
+            )
+    };
+    assert!(out.iter().any(asks_at_100), "{out:?}");
+    assert_eq!(appends_with_entries(&out, 1), 0);
+    leader.step(rejected_at(1, term, 100, 1)).expect("valid");
     assert_eq!(appends_with_entries(&drain(&mut leader), 1), 1);
 }
 
@@ -1698,4 +1731,291 @@ fn a_stale_read_probe_is_answered_with_a_round_that_confirms_nothing() {
         .step(from(2, 0, term, MessageBody::ReadProbeResponse { seq: 1 }))
         .expect("valid");
     assert_eq!(drain_reads(&mut leader).1, [read(1, b"r")]);
+}
+
+// ---- lease reads: the voters' side ---------------------------------------------------------
+
+/// Three servers with lease reads, each with the durable state its `Ready`s persisted, so
+/// one can crash and restart from it.
+struct LeaseGroup {
+    nodes: Vec<RawNode>,
+    disks: Vec<DurableState>,
+    /// Reads confirmed, per server.
+    reads: Vec<Vec<ReadState>>,
+}
+
+fn lease_reads_config(id: u64) -> Config {
+    let mut cfg = Config::new(id, vec![0, 1, 2]);
+    cfg.lease_reads = true;
+    cfg.leader_noop = true;
+    cfg.seed = 7;
+    cfg
+}
+
+impl LeaseGroup {
+    fn new() -> Self {
+        LeaseGroup {
+            nodes: (0..3)
+                .map(|i| RawNode::new(lease_reads_config(i), DurableState::default()))
+                .collect(),
+            disks: vec![DurableState::default(); 3],
+            reads: vec![Vec::new(); 3],
+        }
+    }
+
+    fn ready(&mut self, i: usize) -> Vec<Message> {
+        let mut out = Vec::new();
+        while self.nodes[i].has_ready() {
+            let rd = self.nodes[i].ready();
+            self.disks[i].apply(&rd.persist);
+            out.extend(rd.messages);
+            self.reads[i].extend(rd.read_states);
+            self.nodes[i].advance();
+        }
+        out
+    }
+
+    /// Delivers everything sent until the network is quiet, dropping what `cut` says.
+    fn settle(&mut self, cut: &dyn Fn(u64, u64) -> bool) {
+        loop {
+            let sent: Vec<Message> = (0..3).flat_map(|i| self.ready(i)).collect();
+            if sent.is_empty() {
+                return;
+            }
+            for m in sent {
+                if !cut(m.from, m.to) {
+                    let to = m.to as usize;
+                    self.nodes[to].step(m).expect("a valid message");
+                }
+            }
+        }
+    }
+
+    /// One tick for everyone (the servers' clocks run at the same rate), then delivery.
+    fn tick(&mut self, cut: &dyn Fn(u64, u64) -> bool) {
+        for n in self.nodes.iter_mut() {
+            n.tick();
+        }
+        self.settle(cut);
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| n.is_leader())
+    }
+}
+
+/// The lease's premise is that every server that answered the leader ignores other
+/// candidates for an election timeout. A server that crashes and restarts at once has
+/// forgotten it answered: were it to vote at once, a server cut off from the leader could
+/// win with it, commit a write, and the old leader — its lease still valid on that server's
+/// answer — would serve a read that misses the write. With lease reads, a restarted server
+/// waits an election timeout before it votes, so this cannot happen.
+#[test]
+fn a_restarted_voter_does_not_let_a_lease_read_miss_a_write() {
+    let mut g = LeaseGroup::new();
+    let open = |_: u64, _: u64| false;
+    for _ in 0..300 {
+        g.tick(&open);
+        if g.leader().is_some() {
+            break;
+        }
+    }
+    let leader = g.leader().expect("a leader") as u64;
+    for _ in 0..5 {
+        g.tick(&open);
+    }
+    let (voter, lonely) = ((leader + 1) % 3, (leader + 2) % 3);
+    // `lonely` loses its links to the leader and, after an election timeout, campaigns;
+    // `voter` hears the leader and ignores it. The moment it campaigns again, `voter`
+    // crashes and restarts, and the leader's messages to it are lost from then on.
+    let apart = move |a: u64, b: u64| (a == leader && b == lonely) || (a == lonely && b == leader);
+    let mut restarted = false;
+    let mut written = None;
+    for _ in 0..400 {
+        for n in g.nodes.iter_mut() {
+            n.tick();
+        }
+        let campaigns = g.ready(lonely as usize).into_iter().collect::<Vec<_>>();
+        let asks = campaigns.iter().any(|m| {
+            matches!(
+                m.body,
+                MessageBody::PreVote { .. } | MessageBody::RequestVote { .. }
+            )
+        });
+        if asks && !restarted && g.nodes[leader as usize].status().commit > 0 {
+            let v = voter as usize;
+            g.nodes[v] = RawNode::new(lease_reads_config(voter), g.disks[v].clone());
+            restarted = true;
+        }
+        let cut = move |a: u64, b: u64| {
+            apart(a, b)
+                || (restarted && ((a == leader && b == voter) || (a == voter && b == leader)))
+        };
+        for m in campaigns {
+            if !cut(m.from, m.to) {
+                let to = m.to as usize;
+                g.nodes[to].step(m).expect("a valid message");
+            }
+        }
+        g.settle(&cut);
+        if g.nodes[lonely as usize].is_leader() && written.is_none() {
+            let (index, _) = g.nodes[lonely as usize]
+                .propose(b"w".to_vec())
+                .expect("leader");
+            g.settle(&cut);
+            if g.nodes[lonely as usize].status().commit >= index {
+                written = Some(index);
+            }
+        }
+        if let Some(index) = written {
+            // Asked after the write committed: a linearizable read must see it.
+            if g.nodes[leader as usize].read_index(b"r".to_vec()).is_ok() {
+                g.settle(&cut);
+                for r in &g.reads[leader as usize] {
+                    assert!(
+                        r.index >= index,
+                        "stale read: the old leader answered at {} after {index} committed",
+                        r.index
+                    );
+                }
+            }
+            return;
+        }
+        if restarted && !g.nodes[leader as usize].is_leader() {
+            // What the rule leads to: the restarted voter ignored the candidate, and the old
+            // leader, cut off from a majority, stepped down before anyone else could win.
+            return;
+        }
+    }
+    assert!(restarted, "the schedule never restarted the voter");
+}
+
+/// The voters' side of the lease, rule by rule: with lease reads, a server ignores or refuses
+/// vote requests (other than a transfer's) for `election_ticks` after it last heard from a
+/// leader — also after a restart, and after a stale answer carrying a newer term made it
+/// forget its leader (the candidate of that term then asks in the server's own term).
+/// Without lease reads a restarted server votes at once.
+#[test]
+fn with_lease_reads_a_voter_honours_the_lease_after_a_restart_and_a_newer_term() {
+    let config = |lease: bool| {
+        let mut cfg = Config::new(1, vec![0, 1, 2]);
+        cfg.lease_reads = lease;
+        cfg
+    };
+    let election_ticks = config(true).election_ticks;
+    let vote_request = |term, transfer| {
+        from(
+            2,
+            1,
+            term,
+            MessageBody::RequestVote {
+                last_log_index: 1,
+                last_log_term: 1,
+                transfer,
+            },
+        )
+    };
+    let vote = |n: &mut RawNode, m: Message| {
+        n.step(m).expect("valid");
+        drain(n).into_iter().find_map(|m| match m.body {
+            MessageBody::RequestVoteResponse { granted } => Some(granted),
+            _ => None,
+        })
+    };
+    let mut safe = RawNode::new(config(false), state(3, None, &[1]));
+    assert_eq!(vote(&mut safe, vote_request(4, false)), Some(true));
+    let mut leased = RawNode::new(config(true), state(3, None, &[1]));
+    for _ in 0..election_ticks - 1 {
+        leased.tick();
+        drain(&mut leased);
+    }
+    assert_eq!(
+        vote(&mut leased, vote_request(4, false)),
+        None,
+        "voted within an election timeout of a restart"
+    );
+    leased.tick();
+    drain(&mut leased);
+    assert_eq!(vote(&mut leased, vote_request(4, false)), Some(true));
+
+    let mut n = RawNode::new(config(true), state(3, None, &[1]));
+    for _ in 0..election_ticks {
+        n.tick();
+        drain(&mut n);
+    }
+    let heartbeat = MessageBody::AppendEntries {
+        prev_log_index: 1,
+        prev_log_term: 1,
+        entries: vec![],
+        leader_commit: 1,
+    };
+    n.step(from(0, 1, 3, heartbeat)).expect("valid");
+    drain(&mut n);
+    n.step(from(
+        2,
+        1,
+        4,
+        MessageBody::PreVoteResponse { granted: false },
+    ))
+    .expect("valid");
+    drain(&mut n);
+    assert_eq!((n.status().hard.term, n.status().soft.leader), (4, None));
+    assert_eq!(
+        vote(&mut n, vote_request(4, false)),
+        Some(false),
+        "voted in its own term within the lease"
+    );
+    assert_eq!(
+        vote(&mut n, vote_request(4, true)),
+        Some(true),
+        "a transfer's vote refused"
+    );
+}
+
+fn rejected_at(from_peer: u64, term: u64, prev_log_index: u64, hint_index: u64) -> Message {
+    from(
+        from_peer,
+        0,
+        term,
+        MessageBody::AppendEntriesResponse(flotilla_raft::AppendOutcome::Rejected {
+            prev_log_index,
+            hint: flotilla_raft::ConflictHint {
+                index: hint_index,
+                term: None,
+            },
+        }),
+    )
+}
+
+/// When one of several appends in flight is lost, the follower rejects every later one. The
+/// first rejection sends one probe; the others ask at indexes the leader has since backed
+/// away from and say nothing new, so they send nothing (with a full window of 256, each
+/// would otherwise send another full-size probe).
+#[test]
+fn rejections_of_a_lost_pipeline_send_one_probe() {
+    let mut cfg = Config::new(0, vec![0, 1, 2]);
+    cfg.pre_vote = false;
+    cfg.check_quorum = false;
+    cfg.max_entries_per_message = 1;
+    let mut leader = RawNode::new(cfg, DurableState::default());
+    let term = win_election(&mut leader);
+    leader.step(accepted_from(1, term, 0)).expect("valid");
+    drain(&mut leader);
+    for k in 1..=4u8 {
+        leader.propose(vec![k]).expect("leader");
+        drain(&mut leader);
+    }
+    // The append of entry 1 was lost: those at 1, 2 and 3 are rejected (its log is empty).
+    let mut out = Vec::new();
+    for prev_log_index in 1..=3 {
+        leader
+            .step(rejected_at(1, term, prev_log_index, 1))
+            .expect("valid");
+        out.extend(drain(&mut leader));
+    }
+    assert_eq!(
+        appends_with_entries(&out, 1),
+        1,
+        "one probe, from the start"
+    );
 }
