@@ -755,35 +755,64 @@ fn wal(command: WalCommand) -> anyhow::Result<ExitCode> {
     let found = inspect(&dir)?;
     if let WalCommand::Inspect { .. } = command {
         println!(
-            "{}: {} bytes, {} good records",
-            found.log.display(),
-            found.log_len,
-            found.records.len()
+            "{}: {} segments, {} good records",
+            found.dir.display(),
+            found.segments.len(),
+            found.good_records()
         );
-        for r in &found.records {
-            let entries = r
-                .entries
-                .map(|(a, b)| format!("entries {a}..={b}"))
-                .unwrap_or_else(|| "no entries".into());
-            let hard = r
-                .hard_state
-                .map(|h| format!(", term {} vote {:?}", h.term, h.vote))
-                .unwrap_or_default();
-            let snap = r
-                .snapshot
-                .map(|(i, t)| format!(", snapshot at {i} (term {t})"))
-                .unwrap_or_default();
-            println!("  @{:<10} {:>8} B  {entries}{hard}{snap}", r.offset, r.len);
+        for leftover in &found.leftovers {
+            println!(
+                "  {} is left over from an interrupted deletion (opening deletes it)",
+                leftover.display()
+            );
+        }
+        for segment in &found.segments {
+            println!(
+                "{}: segment {}, {} bytes, starts after index {}",
+                segment.path.display(),
+                segment.seq,
+                segment.len,
+                segment.base
+            );
+            for r in &segment.records {
+                let what = match (r.segment_start, r.entries) {
+                    (Some(end), _) => format!("segment start at index {end}"),
+                    (None, Some((a, b))) => format!("entries {a}..={b}"),
+                    (None, None) => "no entries".into(),
+                };
+                let hard = r
+                    .hard_state
+                    .map(|h| format!(", term {} vote {:?}", h.term, h.vote))
+                    .unwrap_or_default();
+                let snap = r
+                    .snapshot
+                    .map(|(i, t)| format!(", snapshot at {i} (term {t})"))
+                    .unwrap_or_default();
+                println!("  @{:<10} {:>8} B  {what}{hard}{snap}", r.offset, r.len);
+            }
         }
         match &found.end {
             LogEnd::Clean => println!("clean: every byte belongs to a good record"),
-            LogEnd::TornTail { offset, detail } => println!(
-                "torn tail at byte {offset} ({detail}): {} bytes a crash left mid-append; opening cuts them off",
-                found.log_len - offset
+            LogEnd::TornTail {
+                segment,
+                offset,
+                detail,
+            } => println!(
+                "torn tail in {} at byte {offset} ({detail}): {} bytes a crash left mid-append; opening cuts them off",
+                segment.display(),
+                found.bytes_to_cut()
             ),
-            LogEnd::Corrupt { offset, detail } => println!(
-                "CORRUPT at byte {offset} ({detail}); {} bytes from there on; the node refuses to start. `flotilla wal repair` cuts the log there (keeping a backup), losing what follows",
-                found.log_len - offset
+            LogEnd::Corrupt {
+                segment,
+                offset,
+                detail,
+            } => println!(
+                "CORRUPT: {} at byte {offset} ({detail}); {} bytes from there on; the node refuses to start. `flotilla wal repair` cuts the log there (keeping a backup), losing what follows",
+                segment.display(),
+                found.bytes_to_cut()
+            ),
+            LogEnd::Incomplete { detail } => println!(
+                "INCOMPLETE: {detail}; the node refuses to start, and cutting cannot repair this"
             ),
         }
         return Ok(ExitCode::SUCCESS);
@@ -791,18 +820,31 @@ fn wal(command: WalCommand) -> anyhow::Result<ExitCode> {
     let WalCommand::Repair { yes, .. } = command else {
         unreachable!("inspect returned above")
     };
-    if found.good_len == found.log_len {
-        println!("{}: clean, nothing to repair", found.log.display());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let cut = found.log_len - found.good_len;
+    let (segment, offset) = match &found.end {
+        LogEnd::Clean => {
+            println!("{}: clean, nothing to repair", found.dir.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        LogEnd::Incomplete { detail } => {
+            anyhow::bail!(
+                "{}: {detail}; cutting the log cannot repair this",
+                found.dir.display()
+            )
+        }
+        LogEnd::TornTail {
+            segment, offset, ..
+        }
+        | LogEnd::Corrupt {
+            segment, offset, ..
+        } => (segment, offset),
+    };
     if !yes {
         use std::io::Write;
         print!(
-            "cut {cut} bytes from {} at byte {} (after {} good records; a backup is kept)? [y/N] ",
-            found.log.display(),
-            found.good_len,
-            found.records.len()
+            "cut {} bytes from {} at byte {offset} and every later segment (after {} good records; a backup is kept)? [y/N] ",
+            found.bytes_to_cut(),
+            segment.display(),
+            found.good_records()
         );
         std::io::stdout().flush()?;
         let mut answer = String::new();
@@ -813,12 +855,15 @@ fn wal(command: WalCommand) -> anyhow::Result<ExitCode> {
         }
     }
     let done = repair(&dir)?;
+    let saved: Vec<String> = done
+        .backups
+        .iter()
+        .map(|b| b.display().to_string())
+        .collect();
     println!(
         "cut {} bytes; they are saved in {}",
         done.removed,
-        done.backup
-            .map(|b| b.display().to_string())
-            .unwrap_or_default()
+        saved.join(", ")
     );
     Ok(ExitCode::SUCCESS)
 }

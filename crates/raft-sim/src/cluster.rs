@@ -23,7 +23,7 @@ use flotilla_sim::fs::{CrashFaults, SimFs};
 use flotilla_sim::net::{NetStats, Network, Payload};
 use flotilla_sim::sync::{channel, Sender};
 use flotilla_sim::{now, sleep, spawn, with_rng, JoinHandle};
-use flotilla_storage::{MemStorage, Storage, WalStorage};
+use flotilla_storage::{MemStorage, Storage, WalOptions, WalStorage};
 
 use crate::invariants::Invariants;
 use crate::server::SimHost;
@@ -125,6 +125,8 @@ pub(crate) struct WalDisk {
 
 /// Where the WAL lives on each server's file system.
 const WAL_DIR: &str = "/raft";
+/// Small segments, so that the sweeps start segments and delete them after snapshots.
+const WAL_SEGMENT_BYTES: u64 = 4 << 10;
 
 pub(crate) struct Inner {
     cfg: ClusterConfig,
@@ -264,10 +266,12 @@ impl Cluster {
     /// state, or that plus the batch whose syncs were in flight (a crash after its last sync).
     fn open_wal(&self, i: usize) -> DurableState {
         let mut disk = self.inner.wals[i].borrow_mut();
-        let wal = WalStorage::open_with(disk.fs.clone(), WAL_DIR)
+        let options = WalOptions {
+            segment_bytes: WAL_SEGMENT_BYTES,
+        };
+        let (wal, recovered) = WalStorage::open_on(disk.fs.clone(), WAL_DIR, options)
             .unwrap_or_else(|e| panic!("server {i}: the WAL does not open after a crash: {e}"));
         disk.fs.complete_syncs();
-        let recovered = wal.durable_state().clone();
         let mut shadow = self.inner.disks[i].borrow_mut();
         let synced = shadow.durable().durable_state();
         if recovered != *synced {

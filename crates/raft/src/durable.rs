@@ -106,34 +106,54 @@ impl DurableState {
     /// Panics if the batch breaks the contract (a gap before its first entry, non-consecutive
     /// entries): that is a bug in the caller, never a property of outside input.
     pub fn apply(&mut self, batch: &Persist) {
-        if let Some(snap) = &batch.snapshot {
-            self.install_snapshot(snap.clone());
+        self.apply_parts(
+            batch.hard_state,
+            batch.snapshot.clone(),
+            batch.entries.iter().cloned(),
+        );
+    }
+
+    /// [`DurableState::apply`] of a batch the caller gives away: its entries are moved into
+    /// the log, not copied (recovery replays a whole log this way).
+    pub fn apply_owned(&mut self, batch: Persist) {
+        self.apply_parts(batch.hard_state, batch.snapshot, batch.entries.into_iter());
+    }
+
+    fn apply_parts(
+        &mut self,
+        hard_state: Option<HardState>,
+        snapshot: Option<Snapshot>,
+        entries: impl Iterator<Item = Entry>,
+    ) {
+        if let Some(snap) = snapshot {
+            self.install_snapshot(snap);
         }
-        if let Some(first) = batch.entries.first() {
+        let mut entries = entries.peekable();
+        if let Some(first) = entries.peek().map(|e| e.index) {
             assert!(
-                first.index > self.snapshot.index,
+                first > self.snapshot.index,
                 "entry {} at or below the snapshot index {}",
-                first.index,
+                first,
                 self.snapshot.index
             );
             assert!(
-                first.index <= self.last_index() + 1,
+                first <= self.last_index() + 1,
                 "gap: entry {} after last index {}",
-                first.index,
+                first,
                 self.last_index()
             );
-            let keep = (first.index - self.snapshot.index - 1) as usize;
+            let keep = (first - self.snapshot.index - 1) as usize;
             self.entries.truncate(keep);
-            for (offset, entry) in batch.entries.iter().enumerate() {
+            for (offset, entry) in entries.enumerate() {
                 assert_eq!(
                     entry.index,
-                    first.index + offset as u64,
+                    first + offset as u64,
                     "entries not consecutive"
                 );
-                self.entries.push(entry.clone());
+                self.entries.push(entry);
             }
         }
-        if let Some(hs) = batch.hard_state {
+        if let Some(hs) = hard_state {
             self.hard_state = hs;
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! [`SimFs`] is a cheap-to-clone handle to an in-memory tree of directories and files, with
 //! the calls a write-ahead log makes (create, append, `set_len`, `fsync`/`fdatasync`, rename,
-//! remove, create and sync a directory, read, stat). Every file has **durable content** and
+//! remove, create, list and sync a directory, read, stat). Every file has **durable content** and
 //! **pending writes**; every directory has **durable entries** and **pending entry
 //! operations** (link, rename, unlink). Reads see everything written, pending or not, as a
 //! process sees its page cache. A crash ([`SimFs::crash`]) returns the file system a restarted
@@ -671,6 +671,20 @@ impl SimFs {
             Node::File(_) => EntryKind::File,
             Node::Dir(_) => EntryKind::Dir,
         }))
+    }
+
+    /// The names in a directory, sorted (counted and failed like a stat).
+    pub fn list_dir(&self, path: impl AsRef<Path>) -> io::Result<Vec<OsString>> {
+        let path = path.as_ref();
+        let mut st = self.state.borrow_mut();
+        st.begin(Op::Stat, path)?;
+        match st.lookup(path)? {
+            None => Err(not_found(path)),
+            Some(ino) => match &st.nodes[&ino] {
+                Node::Dir(dir) => Ok(dir.live.keys().cloned().collect()),
+                Node::File(_) => Err(invalid(path, "not a directory")),
+            },
+        }
     }
 
     /// The calls in flight happened and the syncs among them are done (the driver calls

@@ -42,7 +42,7 @@ fn main() {
     .expect("temp dir");
 
     let dir = base.path().join("persist");
-    let mut wal = WalStorage::open(&dir).expect("open");
+    let (mut wal, _) = WalStorage::open(&dir).expect("open");
     let mut latencies = Vec::with_capacity(batches as usize);
     let start = Instant::now();
     for index in 1..=batches {
@@ -65,7 +65,7 @@ fn main() {
 
     // Replay: a long log, opened several times; the best time is reported.
     let dir = base.path().join("replay");
-    let mut wal = WalStorage::open(&dir).expect("open");
+    let (mut wal, _) = WalStorage::open(&dir).expect("open");
     let (records, per_record) = (200u64, 500u64);
     for r in 0..records {
         let first = r * per_record + 1;
@@ -84,8 +84,8 @@ fn main() {
     let best = (0..replays)
         .map(|_| {
             let t = Instant::now();
-            let wal = WalStorage::open(&dir).expect("reopen");
-            assert_eq!(wal.durable_state().last_index(), batches);
+            let (_, recovered) = WalStorage::open(&dir).expect("reopen");
+            assert_eq!(recovered.last_index(), batches);
             t.elapsed()
         })
         .min()

@@ -24,16 +24,27 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes of the log's segments in `dir`.
+fn wal_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .map(|p| std::fs::metadata(p).expect("segment").len())
+        .sum()
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--open") {
         let dir = &args[2];
         let t = Instant::now();
-        let wal = WalStorage::open(dir).expect("open");
+        let (wal, recovered) = WalStorage::open(dir).expect("open");
         let took = t.elapsed();
         println!(
-            "open: {} entries in {took:.2?}, peak RSS {} MiB",
-            wal.durable_state().entries.len(),
+            "open: {} entries ({} segments) in {took:.2?}, peak RSS {} MiB",
+            recovered.entries.len(),
+            wal.segment_count(),
             peak_rss_kib() / 1024
         );
         return;
@@ -49,7 +60,7 @@ fn main() {
     .expect("temp dir");
     let dir = base.path().join("recovery");
     {
-        let mut wal = WalStorage::open(&dir).expect("open");
+        let (mut wal, _) = WalStorage::open(&dir).expect("open");
         let per_batch = 1_000;
         for first in (1..=count).step_by(per_batch) {
             let last = (first + per_batch as u64 - 1).min(count);
@@ -70,7 +81,7 @@ fn main() {
             .expect("persist");
         }
     }
-    let log = std::fs::metadata(dir.join("wal")).expect("wal").len();
+    let log = wal_bytes(&dir);
     println!("log: {count} entries of 100 B, {} MiB", log >> 20);
     let out = Command::new(std::env::current_exe().expect("exe"))
         .arg("--open")

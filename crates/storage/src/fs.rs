@@ -2,10 +2,10 @@
 //! same code runs on the real disk ([`StdFs`]) and, with the `sim` feature, on the
 //! simulator's crash-faithful disk (`flotilla_sim::fs::SimFs`).
 //!
-//! The interface is exactly what a write-ahead log with atomic-rename snapshots needs and no
-//! more: create (truncating) or open for appending, append, `set_len`, `fsync`/`fdatasync`,
-//! read a whole file, rename, remove, create a directory, sync a directory, and ask what a
-//! path names. Writes through a [`WritableFile`] go to the end of the file; the WAL never
+//! The interface is exactly what a segmented write-ahead log with atomic-rename snapshots
+//! needs and no more: create (truncating) or open for appending, append, `set_len`,
+//! `fsync`/`fdatasync`, read a file (whole, or streamed), rename, remove, create, list and
+//! sync a directory, and ask what a path names. Writes through a [`WritableFile`] go to the end of the file; the WAL never
 //! writes anywhere else.
 //!
 //! [`StdFs`] is `std::fs`, call for call, with what the WAL did before this trait existed: a
@@ -36,6 +36,7 @@ pub trait WritableFile: io::Write + fmt::Debug {
 /// The file-system calls the WAL makes. Errors are the `io::Error`s the calls return.
 pub trait FileSystem: fmt::Debug {
     type File: WritableFile;
+    type Reader: io::Read;
 
     /// Creates a file, or truncates an existing one, for writing (`File::create`).
     fn create(&self, path: &Path) -> io::Result<Self::File>;
@@ -43,6 +44,10 @@ pub trait FileSystem: fmt::Debug {
     fn open_append(&self, path: &Path) -> io::Result<Self::File>;
     /// The whole content of a file; `NotFound` if there is none.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// A file opened for reading from its start, to stream it; `NotFound` if there is none.
+    fn open_read(&self, path: &Path) -> io::Result<Self::Reader>;
+    /// The names in a directory (files and directories), in no particular order.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<std::ffi::OsString>>;
     /// Renames `from` to `to` atomically, replacing a file at `to`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file; `NotFound` if there is none.
@@ -80,6 +85,7 @@ impl WritableFile for File {
 
 impl FileSystem for StdFs {
     type File = File;
+    type Reader = File;
 
     #[inline]
     fn create(&self, path: &Path) -> io::Result<File> {
@@ -94,6 +100,17 @@ impl FileSystem for StdFs {
     #[inline]
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
+    }
+
+    #[inline]
+    fn open_read(&self, path: &Path) -> io::Result<File> {
+        File::open(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+        fs::read_dir(path)?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect()
     }
 
     #[inline]
@@ -164,6 +181,8 @@ mod sim {
     /// The simulator's file system: see `flotilla_sim::fs` for what a crash keeps.
     impl FileSystem for SimFs {
         type File = SimFile;
+        /// The file's content at the moment it was opened.
+        type Reader = io::Cursor<Vec<u8>>;
 
         fn create(&self, path: &Path) -> io::Result<SimFile> {
             SimFs::create(self, path)
@@ -175,6 +194,14 @@ mod sim {
 
         fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
             SimFs::read(self, path)
+        }
+
+        fn open_read(&self, path: &Path) -> io::Result<io::Cursor<Vec<u8>>> {
+            SimFs::read(self, path).map(io::Cursor::new)
+        }
+
+        fn list_dir(&self, path: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+            SimFs::list_dir(self, path)
         }
 
         fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

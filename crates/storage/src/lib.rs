@@ -9,8 +9,9 @@
 //!
 //! - [`MemStorage`]: the durable state in memory. The simulator wraps it in a disk model that
 //!   loses unsynced writes on a crash.
-//! - [`WalStorage`]: a directory with a write-ahead log of CRC-checked records (one fsync per
-//!   batch) and snapshots written to a temp file, fsynced and renamed into place. It does its
+//! - [`WalStorage`]: a directory with a segmented write-ahead log of CRC-checked records (one
+//!   fsync per batch, or per group of batches) and snapshots written to a temp file, fsynced
+//!   and renamed into place; it keeps only the log's shape in memory, not its data. It does its
 //!   I/O through the [`fs::FileSystem`] trait: the real file system by default, or (with the
 //!   `sim` feature) the simulator's `flotilla_sim::fs::SimFs`, whose crashes keep only what
 //!   was synced. On the real file system it holds the directory's [`DirLock`]: one process
@@ -25,7 +26,7 @@ pub mod wal;
 pub use flotilla_raft::{DurableState, Persist};
 pub use lock::DirLock;
 pub use mem::MemStorage;
-pub use wal::WalStorage;
+pub use wal::{WalOptions, WalStorage};
 
 /// Why a storage could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +85,6 @@ pub trait Storage {
             None => Ok(()),
         }
     }
-
-    /// The state as it would be recovered after a crash right now.
-    fn durable_state(&self) -> &DurableState;
 
     /// Size in bytes of the persisted Raft state excluding the snapshot (6.5840's
     /// `RaftStateSize`): services compare it with their `maxraftstate` to decide when to

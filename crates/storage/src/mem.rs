@@ -16,6 +16,11 @@ impl MemStorage {
         Self::default()
     }
 
+    /// The state as it would be recovered after a crash right now.
+    pub fn durable_state(&self) -> &DurableState {
+        &self.state
+    }
+
     /// A storage that already holds `state` (e.g. a copy taken at a crash).
     pub fn from_state(state: DurableState) -> Self {
         let entry_bytes = entries_size(&state.entries);
@@ -23,7 +28,8 @@ impl MemStorage {
     }
 }
 
-fn entry_size(entry: &flotilla_raft::Entry) -> u64 {
+/// An entry's encoded size, as the Raft state's size counts it.
+pub(crate) fn entry_size(entry: &flotilla_raft::Entry) -> u64 {
     postcard::experimental::serialized_size(entry).unwrap_or(0) as u64
 }
 
@@ -58,16 +64,26 @@ impl Storage for MemStorage {
         Ok(())
     }
 
-    fn durable_state(&self) -> &DurableState {
-        &self.state
-    }
-
     /// O(1): the entries' size is kept up to date by `persist`.
     fn raft_state_size(&self) -> u64 {
-        let hard = postcard::experimental::serialized_size(&self.state.hard_state).unwrap_or(0);
-        let len = postcard::experimental::serialized_size(&self.state.entries.len()).unwrap_or(0);
-        (hard + len) as u64 + self.entry_bytes
+        raft_state_size(
+            &self.state.hard_state,
+            self.state.entries.len(),
+            self.entry_bytes,
+        )
     }
+}
+
+/// Bytes of the hard state and of a log of `entries` entries taking `entry_bytes`, as
+/// postcard encodes them: 6.5840's `RaftStateSize`, the same for every storage.
+pub(crate) fn raft_state_size(
+    hard_state: &flotilla_raft::HardState,
+    entries: usize,
+    entry_bytes: u64,
+) -> u64 {
+    let hard = postcard::experimental::serialized_size(hard_state).unwrap_or(0);
+    let len = postcard::experimental::serialized_size(&entries).unwrap_or(0);
+    (hard + len) as u64 + entry_bytes
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@
 //! yields the state after some prefix of the batches given that includes every
 //! acknowledged one — never anything else.
 //!
+//! The exhaustive and random tests run on small segments too, so that starting a segment
+//! and deleting old ones after a snapshot are crashed in as well.
+//!
 //! Seeded tests print their seed on failure; replay with `SIM_SEED=…`.
 
 use std::path::Path;
@@ -16,7 +19,7 @@ use std::path::Path;
 use flotilla_raft::DurableState;
 use flotilla_sim::fs::{CrashFaults, Fault, Op, SimFs};
 use flotilla_sim::Rng;
-use flotilla_storage::{MemStorage, Persist, Storage, StorageError, WalStorage};
+use flotilla_storage::{MemStorage, Persist, Storage, StorageError, WalOptions, WalStorage};
 
 mod common;
 use common::*;
@@ -30,10 +33,20 @@ fn after(state: &DurableState, batch: &Persist) -> DurableState {
     mem.durable_state().clone()
 }
 
+/// The default segments (one holds every test's log) and small ones (a new segment every
+/// few records, deleted after snapshots).
+const SEGMENT_SIZES: [WalOptions; 2] = [
+    WalOptions {
+        segment_bytes: 64 << 20,
+    },
+    WalOptions { segment_bytes: 150 },
+];
+const DEFAULT: WalOptions = SEGMENT_SIZES[0];
+
 /// A fresh file system holding `history`, every batch acknowledged.
-fn acknowledged(history: &[Persist]) -> (SimFs, WalStorage<SimFs>) {
+fn acknowledged(history: &[Persist], options: WalOptions) -> (SimFs, WalStorage<SimFs>) {
     let fs = SimFs::new();
-    let mut wal = WalStorage::open_with(fs.clone(), DIR).unwrap();
+    let (mut wal, _) = WalStorage::open_on(fs.clone(), DIR, options).unwrap();
     fs.complete_syncs();
     for batch in history {
         wal.persist(batch).unwrap();
@@ -42,14 +55,30 @@ fn acknowledged(history: &[Persist]) -> (SimFs, WalStorage<SimFs>) {
     (fs, wal)
 }
 
-/// Opens `fs` after a crash; must succeed.
-fn reopen(fs: &SimFs, context: &str) -> WalStorage<SimFs> {
-    WalStorage::open_with(fs.clone(), DIR)
-        .unwrap_or_else(|e| panic!("{context}: open after a crash failed: {e}"))
+/// What the storage reads back from its files.
+fn state(wal: &WalStorage<SimFs>) -> DurableState {
+    wal.durable_state().expect("the state reads back")
 }
 
+/// Opens `fs` after a crash; must succeed, and recover what the files then hold.
+fn reopen(fs: &SimFs, options: WalOptions, context: &str) -> (WalStorage<SimFs>, DurableState) {
+    let (wal, recovered) = WalStorage::open_on(fs.clone(), DIR, options)
+        .unwrap_or_else(|e| panic!("{context}: open after a crash failed: {e}"));
+    assert_eq!(
+        state(&wal),
+        recovered,
+        "{context}: open and a read-back disagree"
+    );
+    (wal, recovered)
+}
+
+/// Length of the segment appended to.
 fn wal_file_len(fs: &SimFs) -> u64 {
-    fs.read(Path::new(DIR).join("wal")).unwrap().len() as u64
+    let mut names = fs.list_dir(DIR).unwrap();
+    names.retain(|n| n.to_str().is_some_and(|n| n.ends_with(".wal")));
+    names.sort();
+    let last = names.pop().expect("a segment");
+    fs.read(Path::new(DIR).join(last)).unwrap().len() as u64
 }
 
 /// The batches the exhaustive tests crash in: `script()` (appends, a conflicting suffix,
@@ -69,7 +98,7 @@ fn batches() -> Vec<Persist> {
 /// Crashes batch `i` of `batches()` at call `k` of its `persist` (every call from the `k`-th
 /// on fails, then the machine dies): each crash model in turn, then `open`. Returns whether
 /// `persist` got through all its calls.
-fn crash_batch_at_call(i: usize, k: u64, rng: &mut Rng) -> bool {
+fn crash_batch_at_call(i: usize, k: u64, options: WalOptions, rng: &mut Rng) -> bool {
     let batches = batches();
     let before = batches[..i]
         .iter()
@@ -81,7 +110,7 @@ fn crash_batch_at_call(i: usize, k: u64, rng: &mut Rng) -> bool {
         ("all faults", CrashFaults::ALL),
     ] {
         for complete in [true, false] {
-            let (fs, mut wal) = acknowledged(&batches[..i]);
+            let (fs, mut wal) = acknowledged(&batches[..i], options);
             fs.fail_from(k, [Fault::Eio, Fault::Enospc][(k % 2) as usize]);
             let result = wal.persist(&batches[i]);
             finished = result.is_ok();
@@ -97,38 +126,37 @@ fn crash_batch_at_call(i: usize, k: u64, rng: &mut Rng) -> bool {
                 fs.complete_syncs();
             }
             let context = format!(
-                "batch {i}, crash at call {k} ({model}, syncs completed: {complete}): {:?}",
+                "batch {i}, crash at call {k} ({model}, syncs completed: {complete}, {options:?}): {:?}",
                 batches[i]
             );
             let crashed = fs.crash(rng, &faults);
-            let wal = reopen(&crashed.duplicate(), &context);
-            let got = wal.durable_state();
+            let (wal, got) = reopen(&crashed.duplicate(), options, &context);
             if finished && complete {
-                assert_eq!(got, &expected_after, "{context}: acknowledged batch lost");
+                assert_eq!(got, expected_after, "{context}: acknowledged batch lost");
             } else {
                 assert!(
-                    got == &before || got == &expected_after,
+                    got == before || got == expected_after,
                     "{context}: recovered neither the state before nor after the batch: {got:?}"
                 );
             }
             // A crash at any call of that recovery (which may roll a snapshot rename forward
             // or cut a damaged record off) changes nothing.
-            let recovered = got.clone();
+            let recovered = got;
             drop(wal);
             for r in 0.. {
                 let fs = crashed.duplicate();
                 fs.fail_from(r, Fault::Eio);
-                let opened = WalStorage::open_with(fs.clone(), DIR);
+                let opened = WalStorage::open_on(fs.clone(), DIR, options);
                 fs.clear_faults();
                 let done = opened.is_ok();
                 drop(opened);
                 let fs = fs.crash(rng, &faults);
-                let wal = reopen(&fs, &format!("{context}, then at call {r} of open"));
-                assert_eq!(
-                    wal.durable_state(),
-                    &recovered,
-                    "{context}: recovery changed the state"
+                let (_, again) = reopen(
+                    &fs,
+                    options,
+                    &format!("{context}, then at call {r} of open"),
                 );
+                assert_eq!(again, recovered, "{context}: recovery changed the state");
                 if done {
                     break;
                 }
@@ -149,17 +177,23 @@ fn crash_at_every_call_of_every_batch_recovers_before_or_after_it() {
     let seed = flotilla_sim::seed_from_env(name);
     flotilla_sim::replay_on_panic(name, seed, || {
         let mut rng = Rng::new(seed);
-        let mut total_calls = 0;
-        for i in 0..batches().len() {
-            let mut k = 0;
-            while !crash_batch_at_call(i, k, &mut rng) {
-                k += 1;
-                assert!(k < 500, "batch {i} never finished");
+        for options in SEGMENT_SIZES {
+            let mut total_calls = 0;
+            for i in 0..batches().len() {
+                let mut k = 0;
+                while !crash_batch_at_call(i, k, options, &mut rng) {
+                    k += 1;
+                    assert!(k < 500, "batch {i} never finished");
+                }
+                total_calls += k;
             }
-            total_calls += k;
+            // The snapshot batches alone make about ten calls each.
+            assert!(
+                total_calls > 35,
+                "only {total_calls} calls crashed in ({options:?})"
+            );
+            eprintln!("{options:?}: crashed at {total_calls} calls");
         }
-        // The snapshot batches alone make more than a dozen calls each.
-        assert!(total_calls > 50, "only {total_calls} calls crashed in");
     });
 }
 
@@ -176,7 +210,7 @@ fn snapshot_named_by_the_log_is_in_the_directory_after_a_crash() {
             .fold(DurableState::default(), |s, b| after(&s, b)),
         batch,
     );
-    let (fs, mut wal) = acknowledged(history);
+    let (fs, mut wal) = acknowledged(history, DEFAULT);
     // The process dies at the rename of snapshot.tmp, after the record is durable.
     let renamed = std::rc::Rc::new(std::cell::Cell::new(false));
     let flag = renamed.clone();
@@ -189,8 +223,12 @@ fn snapshot_named_by_the_log_is_in_the_directory_after_a_crash() {
     drop(wal);
     fs.complete_syncs();
     let fs = fs.crash(&mut Rng::new(1), &CrashFaults::SYNCED_ONLY);
-    let wal = reopen(&fs, "crash between the commit point and the rename");
-    assert_eq!(wal.durable_state(), &expected);
+    let (_, recovered) = reopen(
+        &fs,
+        DEFAULT,
+        "crash between the commit point and the rename",
+    );
+    assert_eq!(recovered, expected);
 }
 
 /// A disk that fills up in the middle of an append: `persist` fails, the storage refuses
@@ -199,8 +237,8 @@ fn snapshot_named_by_the_log_is_in_the_directory_after_a_crash() {
 #[test]
 fn disk_full_during_an_append_poisons_and_loses_nothing_acknowledged() {
     let history = &script()[..2];
-    let (fs, mut wal) = acknowledged(history);
-    let before = wal.durable_state().clone();
+    let (fs, mut wal) = acknowledged(history, DEFAULT);
+    let before = state(&wal);
     fs.inject(|call| (call.op == Op::Write).then_some(Fault::Enospc));
     match wal.persist(&script()[2]) {
         Err(StorageError::Io { source, .. }) => assert_eq!(Fault::of(&source), Some(Fault::Enospc)),
@@ -211,15 +249,15 @@ fn disk_full_during_an_append_poisons_and_loses_nothing_acknowledged() {
     drop(wal);
     fs.complete_syncs();
     let fs = fs.crash(&mut Rng::new(2), &CrashFaults::ALL);
-    let mut wal = reopen(&fs, "after ENOSPC");
-    assert_eq!(wal.durable_state(), &before);
+    let (mut wal, recovered) = reopen(&fs, DEFAULT, "after ENOSPC");
+    assert_eq!(recovered, before);
     wal.persist(&script()[2]).unwrap();
     fs.complete_syncs();
     drop(wal);
     let fs = fs.crash(&mut Rng::new(3), &CrashFaults::SYNCED_ONLY);
     assert_eq!(
-        reopen(&fs, "after a good append").durable_state(),
-        &after(&before, &script()[2])
+        reopen(&fs, DEFAULT, "after a good append").1,
+        after(&before, &script()[2])
     );
 }
 
@@ -243,19 +281,19 @@ fn damaged_unsynced_append_is_cut_off_never_applied() {
     let mut rng = Rng::new(flotilla_sim::seed_from_env("damaged_unsynced_append"));
     let (mut outcomes_before, mut outcomes_after) = (0, 0);
     for round in 0..300 {
-        let (fs, mut wal) = acknowledged(history);
-        let before = wal.durable_state().clone();
-        let len_before = wal.raft_state_size();
+        let (fs, mut wal) = acknowledged(history, DEFAULT);
+        let before = state(&wal);
+        let len_before = wal_file_len(&fs);
         wal.persist(&big).unwrap(); // not acknowledged: syncs in flight
-        let expected_after = wal.durable_state().clone();
+        let expected_after = state(&wal);
         drop(wal);
         let fs = fs.crash(&mut rng, &CrashFaults::ALL);
-        let wal = reopen(&fs, &format!("round {round}"));
-        if wal.durable_state() == &before {
+        let (_, recovered) = reopen(&fs, DEFAULT, &format!("round {round}"));
+        if recovered == before {
             outcomes_before += 1;
             assert_eq!(wal_file_len(&fs), len_before, "round {round}: tail not cut");
         } else {
-            assert_eq!(wal.durable_state(), &expected_after, "round {round}");
+            assert_eq!(recovered, expected_after, "round {round}");
             outcomes_after += 1;
         }
     }
@@ -318,12 +356,18 @@ fn random_crashes_recover_a_prefix_with_every_acknowledged_batch() {
         let mut rng = Rng::new(seed);
         let (mut crashes, mut unacknowledged_recovered, mut persists) = (0, 0, 0);
         for case in 0..2000 {
+            // Segments from a few records to the default size.
+            let options = *rng.pick(&[
+                DEFAULT,
+                WalOptions { segment_bytes: 150 },
+                WalOptions { segment_bytes: 600 },
+            ]);
             let mut fs = SimFs::new();
             // history[k]: the state after the first k batches of this timeline.
             let mut history = vec![DurableState::default()];
             let mut acked = 0; // every batch up to here is acknowledged
             let mut returned_ok = 0; // every batch up to here returned Ok
-            let mut wal = Some(reopen(&fs, "fresh"));
+            let mut wal = Some(reopen(&fs, options, "fresh").0);
             if rng.chance(0.5) {
                 fs.complete_syncs();
             }
@@ -347,8 +391,12 @@ fn random_crashes_recover_a_prefix_with_every_acknowledged_batch() {
                         match result {
                             Ok(()) => {
                                 returned_ok = history.len() - 1;
-                                assert_eq!(storage.durable_state(), history.last().unwrap());
-                                assert_eq!(storage.raft_state_size(), wal_file_len(&fs));
+                                let expected = history.last().unwrap();
+                                assert_eq!(&storage.durable_state().unwrap(), expected);
+                                assert_eq!(
+                                    storage.raft_state_size(),
+                                    MemStorage::from_state(expected.clone()).raft_state_size()
+                                );
                                 if rng.chance(0.7) {
                                     fs.complete_syncs();
                                     acked = returned_ok;
@@ -377,14 +425,13 @@ fn random_crashes_recover_a_prefix_with_every_acknowledged_batch() {
                 // Sometimes crash inside the recovery too.
                 while rng.chance(0.3) {
                     fs.fail_from(rng.below(15), Fault::Eio);
-                    let opened = WalStorage::open_with(fs.clone(), DIR);
+                    let opened = WalStorage::open_on(fs.clone(), DIR, options);
                     fs.clear_faults();
                     drop(opened);
                     fs = fs.crash(&mut rng, &faults);
                 }
-                let storage = reopen(&fs, &format!("{context} ({faults:?})"));
-                let got = storage.durable_state();
-                let Some(j) = (acked..history.len()).rev().find(|&j| &history[j] == got) else {
+                let (storage, got) = reopen(&fs, options, &format!("{context} ({faults:?})"));
+                let Some(j) = (acked..history.len()).rev().find(|&j| history[j] == got) else {
                     panic!(
                         "{context}: recovered a state that is no prefix of the batches from \
                          {acked} (acknowledged) to {} ({faults:?}): {got:?}",
@@ -432,14 +479,13 @@ fn driver_pattern_in_the_simulator_loses_no_acknowledged_batch() {
         let (mut in_flight_crashes, mut lives) = (0, 0);
         for life in 0..150 {
             lives += 1;
-            let mut storage = reopen(&fs, &format!("life {life}"));
+            let (mut storage, got) = reopen(&fs, SEGMENT_SIZES[life % 2], &format!("life {life}"));
             {
                 let mut history = history.borrow_mut();
                 let from = *acked.borrow();
-                let got = storage.durable_state();
                 let j = (from..history.len())
                     .rev()
-                    .find(|&j| &history[j] == got)
+                    .find(|&j| history[j] == got)
                     .unwrap_or_else(|| {
                         panic!("life {life}: recovered {got:?}, no prefix from {from}")
                     });
@@ -494,24 +540,34 @@ fn after_a_failed_sync_only_what_was_synced_is_reported_and_nothing_more_is_writ
     for k in [2, 3, 5] {
         for op in [Op::SyncFile, Op::Write] {
             let history = &script()[..k];
-            let (fs, mut wal) = acknowledged(history);
-            let before = wal.durable_state().clone();
+            let (fs, mut wal) = acknowledged(history, DEFAULT);
+            let before = state(&wal);
+            let size_before = wal.raft_state_size();
             fs.inject(move |call| (call.op == op).then_some(Fault::Eio));
             assert!(
                 wal.persist(&script()[k]).is_err(),
                 "batch {k}, {op:?} fails"
             );
+            // Read back with faults cleared: what the page cache holds of the failed batch
+            // is not read.
+            fs.clear_faults();
             assert_eq!(
-                wal.durable_state(),
-                &before,
+                state(&wal),
+                before,
                 "batch {k}, {op:?}: only the synced state"
             );
-            fs.clear_faults();
+            assert_eq!(wal.raft_state_size(), size_before);
+            let calls = fs.calls();
             assert!(
                 wal.persist(&script()[k]).is_err(),
                 "batch {k}, {op:?}: poisoned"
             );
-            assert_eq!(wal.durable_state(), &before);
+            assert_eq!(
+                fs.calls(),
+                calls,
+                "batch {k}, {op:?}: a refused write touched the disk"
+            );
+            assert_eq!(state(&wal), before);
         }
     }
 }

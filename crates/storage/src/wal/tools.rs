@@ -1,0 +1,265 @@
+//! The operator's tools: `flotilla wal inspect` ([`inspect`]) and `flotilla wal repair`
+//! ([`repair`]). Both read the log with the same replay `open` uses, so they judge every
+//! record exactly as a starting node would.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use flotilla_raft::{HardState, Index, Term};
+
+use super::replay::{io_err, replay, StopKind};
+use super::{list_segments, sync_dir};
+use crate::fs::{FileSystem, StdFs};
+use crate::StorageError;
+
+/// One record of a log, as [`inspect`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordSummary {
+    /// Byte offset of the record's header in its segment.
+    pub offset: u64,
+    /// Length of the framed record in bytes.
+    pub len: u64,
+    /// First and last index of its entries, if it has any.
+    pub entries: Option<(Index, Index)>,
+    /// Its hard state, if it carries one.
+    pub hard_state: Option<HardState>,
+    /// Index and term of the snapshot it names, if any.
+    pub snapshot: Option<(Index, Term)>,
+    /// For a segment's start record: the log's last index when the segment was started.
+    pub segment_start: Option<Index>,
+}
+
+/// One segment file and its good records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub path: PathBuf,
+    pub seq: u64,
+    /// The log's last index when it was started.
+    pub base: Index,
+    /// The file's length.
+    pub len: u64,
+    pub records: Vec<RecordSummary>,
+}
+
+/// Where the good part of a log ends, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogEnd {
+    /// Every byte belongs to a good record.
+    Clean,
+    /// A damaged last record from `offset` of the last segment on (a crash during its
+    /// append): `open` cuts it off by itself.
+    TornTail {
+        segment: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+    /// Damage at `offset` of `segment`, which no crash makes: `open` refuses to start;
+    /// `repair` can cut the log there, losing what follows.
+    Corrupt {
+        segment: PathBuf,
+        offset: u64,
+        detail: String,
+    },
+    /// Every record is good but the log lacks entries no snapshot covers (segments deleted
+    /// by hand?): `open` refuses, and cutting cannot help.
+    Incomplete { detail: String },
+}
+
+/// What a data directory's log holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inspection {
+    pub dir: PathBuf,
+    /// The live segments, oldest first.
+    pub segments: Vec<SegmentSummary>,
+    /// Segments before a gap in the sequence numbers: left by an interrupted deletion;
+    /// `open` deletes them.
+    pub leftovers: Vec<PathBuf>,
+    pub end: LogEnd,
+}
+
+impl Inspection {
+    /// Bytes [`repair`] would cut: from the damage to the end of the log.
+    pub fn bytes_to_cut(&self) -> u64 {
+        let (segment, offset) = match &self.end {
+            LogEnd::Clean | LogEnd::Incomplete { .. } => return 0,
+            LogEnd::TornTail {
+                segment, offset, ..
+            }
+            | LogEnd::Corrupt {
+                segment, offset, ..
+            } => (segment, *offset),
+        };
+        let at = self
+            .segments
+            .iter()
+            .position(|s| &s.path == segment)
+            .expect("the damaged segment is listed");
+        self.segments[at].len - offset + self.segments[at + 1..].iter().map(|s| s.len).sum::<u64>()
+    }
+
+    /// The number of good records in all segments.
+    pub fn good_records(&self) -> usize {
+        self.segments.iter().map(|s| s.records.len()).sum()
+    }
+}
+
+/// Reads the log of `dir` record by record without changing anything (and without the
+/// directory lock: it can look at the log of a running node). Errors only when the
+/// directory cannot be read.
+pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection, StorageError> {
+    let dir = dir.as_ref();
+    let mut found = list_segments(&StdFs, dir)?;
+    if found.is_empty() {
+        return Err(io_err(dir)(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no log segments (<seq>-<index>.wal) in this directory",
+        )));
+    }
+    let live_from = found
+        .windows(2)
+        .rposition(|pair| pair[1].seq != pair[0].seq + 1)
+        .map_or(0, |gap| gap + 1);
+    let leftovers = found.drain(..live_from).map(|s| s.path).collect();
+    let mut segments: Vec<SegmentSummary> = found
+        .iter()
+        .map(|s| {
+            Ok(SegmentSummary {
+                path: s.path.clone(),
+                seq: s.seq,
+                base: s.base,
+                len: std::fs::metadata(&s.path).map_err(io_err(&s.path))?.len(),
+                records: Vec::new(),
+            })
+        })
+        .collect::<Result<_, StorageError>>()?;
+    let replayed = replay(&StdFs, &found, None, |seen| {
+        let r = seen.record;
+        segments[seen.segment].records.push(RecordSummary {
+            offset: seen.offset,
+            len: seen.len,
+            entries: r
+                .entries
+                .first()
+                .zip(r.entries.last())
+                .map(|(a, b)| (a.index, b.index)),
+            hard_state: r.hard_state,
+            snapshot: r.snapshot.map(|s| (s.index, s.term)),
+            segment_start: r.segment_start.as_ref().map(|s| s.log_end),
+        });
+    })?;
+    let end = match replayed.stop {
+        None => LogEnd::Clean,
+        Some(stop) => {
+            let segment = found[stop.segment].path.clone();
+            // A record the replay saw but refused is not a good one.
+            segments[stop.segment]
+                .records
+                .retain(|r| r.offset < stop.offset);
+            match stop.kind {
+                StopKind::TornTail => LogEnd::TornTail {
+                    segment,
+                    offset: stop.offset,
+                    detail: stop.detail,
+                },
+                StopKind::Corrupt => LogEnd::Corrupt {
+                    segment,
+                    offset: stop.offset,
+                    detail: stop.detail,
+                },
+                StopKind::Incomplete => LogEnd::Incomplete {
+                    detail: stop.detail,
+                },
+            }
+        }
+    };
+    Ok(Inspection {
+        dir: dir.to_path_buf(),
+        segments,
+        leftovers,
+        end,
+    })
+}
+
+/// What [`repair`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repair {
+    /// Bytes cut off the log (0: nothing to repair).
+    pub removed: u64,
+    /// Where the removed bytes were saved: the damaged segment's tail as
+    /// `<segment>.removed-<offset>`, later segments renamed to `<segment>.removed`.
+    pub backups: Vec<PathBuf>,
+}
+
+/// Cuts the log of `dir` at the end of its last good record (`flotilla wal repair`): the
+/// bytes it removes are saved first (synced before the log is touched). A segment damaged in
+/// its header or start record goes whole. Takes the directory lock: never while a node runs
+/// on it. An incomplete log cannot be repaired by cutting: an error says so.
+pub fn repair(dir: impl AsRef<Path>) -> Result<Repair, StorageError> {
+    let dir = dir.as_ref();
+    let _lock = crate::DirLock::acquire(dir)?;
+    let found = inspect(dir)?;
+    let (segment, offset) =
+        match &found.end {
+            LogEnd::Clean => {
+                return Ok(Repair {
+                    removed: 0,
+                    backups: Vec::new(),
+                })
+            }
+            LogEnd::Incomplete { detail } => return Err(super::replay::corrupt(
+                "log",
+                dir,
+                0,
+                format!(
+                    "{detail}; cutting the log cannot repair this: restore the missing segments"
+                ),
+            )),
+            LogEnd::TornTail {
+                segment, offset, ..
+            }
+            | LogEnd::Corrupt {
+                segment, offset, ..
+            } => (segment.clone(), *offset),
+        };
+    let removed = found.bytes_to_cut();
+    let at = found
+        .segments
+        .iter()
+        .position(|s| s.path == segment)
+        .expect("the damaged segment is listed");
+    let damaged = &found.segments[at];
+    let whole = damaged.records.is_empty(); // no good start record: the segment goes whole
+    let mut backups = Vec::new();
+    let mut moved = |path: &Path| -> Result<(), StorageError> {
+        let to = PathBuf::from(format!("{}.removed", path.display()));
+        StdFs.rename(path, &to).map_err(io_err(path))?;
+        backups.push(to);
+        Ok(())
+    };
+    for later in found.segments[at + 1..].iter().rev() {
+        moved(&later.path)?;
+    }
+    if whole {
+        moved(&segment)?;
+        sync_dir(&StdFs, dir)?;
+    } else {
+        let bytes = std::fs::read(&segment).map_err(io_err(&segment))?;
+        let backup = PathBuf::from(format!("{}.removed-{offset}", segment.display()));
+        let mut saved = StdFs.create(&backup).map_err(io_err(&backup))?;
+        saved
+            .write_all(&bytes[offset as usize..])
+            .and_then(|()| saved.sync_all())
+            .map_err(io_err(&backup))?;
+        drop(saved);
+        sync_dir(&StdFs, dir)?;
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .map_err(io_err(&segment))?;
+        log.set_len(offset)
+            .and_then(|()| log.sync_all())
+            .map_err(io_err(&segment))?;
+        backups.insert(0, backup);
+    }
+    Ok(Repair { removed, backups })
+}
