@@ -176,8 +176,27 @@ impl<A: App + ?Sized> App for Box<A> {
     }
 }
 
+/// The exit status of a node process stopped by a storage failure (`EX_IOERR` of
+/// `sysexits.h`), so a supervisor can tell it from a crash or a clean stop.
+pub const STORAGE_FAILURE_EXIT_CODE: i32 = 74;
+
+/// What a node process does when [`run`] returns a storage error (fsyncgate): after a failed
+/// write or `fsync` nobody knows what the disk holds, so the node must not retry, must not
+/// go on from its in-memory state, and must not answer anyone again. It reports `error`
+/// (at `error` level through `tracing`, and on stderr in case no subscriber is installed)
+/// and exits with [`STORAGE_FAILURE_EXIT_CODE`]. A restart reopens the storage and recovers
+/// exactly what was synced.
+pub fn exit_after_storage_failure(node: impl Display, error: impl Display) -> ! {
+    tracing::error!(%node, %error, "storage failed: the node stops (a restart recovers what was synced)");
+    eprintln!(
+        "flotilla: node {node}: storage failed: {error}; the node stops without retrying (a restart recovers what was synced)"
+    );
+    std::process::exit(STORAGE_FAILURE_EXIT_CODE)
+}
+
 /// Runs the node until the host says [`Event::Stop`] (then `Ok`) or storage fails (then the
-/// error; nothing of the failed `Ready` was sent or applied).
+/// error; nothing of the failed `Ready` was sent or applied). A process that gets the error
+/// calls [`exit_after_storage_failure`].
 pub async fn run<N, H, A>(node: N, host: &mut H, app: &mut A) -> Result<(), H::Error>
 where
     N: Shared<RawNode>,

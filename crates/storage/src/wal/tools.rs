@@ -198,29 +198,30 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<Repair, StorageError> {
     let dir = dir.as_ref();
     let _lock = crate::DirLock::acquire(dir)?;
     let found = inspect(dir)?;
-    let (segment, offset) =
-        match &found.end {
-            LogEnd::Clean => {
-                return Ok(Repair {
-                    removed: 0,
-                    backups: Vec::new(),
-                })
-            }
-            LogEnd::Incomplete { detail } => return Err(super::replay::corrupt(
+    let (segment, offset) = match &found.end {
+        LogEnd::Clean => {
+            return Ok(Repair {
+                removed: 0,
+                backups: Vec::new(),
+            })
+        }
+        LogEnd::Incomplete { detail } => {
+            return Err(super::replay::corrupt(
                 "log",
                 dir,
                 0,
                 format!(
                     "{detail}; cutting the log cannot repair this: restore the missing segments"
                 ),
-            )),
-            LogEnd::TornTail {
-                segment, offset, ..
-            }
-            | LogEnd::Corrupt {
-                segment, offset, ..
-            } => (segment.clone(), *offset),
-        };
+            ))
+        }
+        LogEnd::TornTail {
+            segment, offset, ..
+        }
+        | LogEnd::Corrupt {
+            segment, offset, ..
+        } => (segment.clone(), *offset),
+    };
     let removed = found.bytes_to_cut();
     let at = found
         .segments

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Proves each sync call of the WAL necessary: removes one at a time from
+crates/storage/src/wal/mod.rs in a scratch worktree, runs the storage crate's tests, and
+prints which tests fail without it (TESTING.md's table).
+
+    python3 bench/sync-necessity.py [WORKTREE]   # default: a fresh worktree of HEAD
+
+Every removal is reverted before the next; the worktree is left clean.
+"""
+import os
+import re
+import subprocess
+import sys
+
+FILE = "crates/storage/src/wal/mod.rs"
+
+# (name, the code with the sync, the same code without it)
+SYNCS = [
+    ("append `sync_data`",
+     "        self.active.sync_data().map_err(io_err(path))?;\n", ""),
+    ("step 1 `snapshot.tmp` `sync_all`",
+     "            .and_then(|()| file.write_all(data))\n            .and_then(|()| file.sync_all())\n",
+     "            .and_then(|()| file.write_all(data))\n"),
+    ("step 1 directory sync",
+     "        sync_dir(&self.fs, &self.dir).map_err(before)?;\n", ""),
+    ("step 3 directory sync",
+     "        sync_dir(&self.fs, &self.dir).map_err(after)?;\n", ""),
+    ("new segment `segment.tmp` `sync_all`",
+     "    file.write_all(&bytes)\n        .and_then(|()| file.sync_all())\n",
+     "    file.write_all(&bytes)\n"),
+    ("new segment directory sync",
+     "    sync_dir(fs, dir)?;\n    Ok((path, bytes.len() as u64))\n",
+     "    Ok((path, bytes.len() as u64))\n"),
+    ("parent directory sync when creating the directory",
+     "        Err(e) => return Err(io_err(dir)(e)),\n    }\n    sync_dir(fs, parent)\n",
+     "        Err(e) => return Err(io_err(dir)(e)),\n    }\n    let _ = parent;\n    Ok(())\n"),
+    ("`open`'s directory sync after finishing a rename",
+     "                .map_err(io_err(&from))?;\n            sync_dir(&fs, &dir)?;\n",
+     "                .map_err(io_err(&from))?;\n"),
+    ("`open`'s sync after cutting off a damaged record",
+     "            active.sync_all().map_err(io_err(&last.path))?;\n", ""),
+]
+
+
+def run(cmd, cwd):
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+
+
+def main():
+    tree = sys.argv[1] if len(sys.argv) > 1 else "/tmp/wt-syncs"
+    if not os.path.exists(tree):
+        run(["git", "worktree", "add", "--detach", tree, "HEAD"], ".")
+    path = os.path.join(tree, FILE)
+    original = open(path).read()
+    env = dict(os.environ, CARGO_TARGET_DIR=os.environ.get("CARGO_TARGET_DIR", "/work/target-syncs"))
+    print("| sync | tests that fail without it |\n|---|---|")
+    try:
+        for name, with_sync, without in SYNCS:
+            assert original.count(with_sync) == 1, f"{name}: the code to remove is not unique"
+            open(path, "w").write(original.replace(with_sync, without))
+            out = subprocess.run(
+                ["cargo", "test", "-p", "flotilla-storage", "--release", "--no-fail-fast"],
+                cwd=tree, capture_output=True, text=True, env=env)
+            failed = sorted(set(re.findall(r"^test (\S+) \.\.\. FAILED", out.stdout, re.M)))
+            if "error[" in out.stderr:
+                failed = ["(does not compile)"]
+            print(f"| {name} | {', '.join('`' + f + '`' for f in failed) or 'none'} |", flush=True)
+    finally:
+        open(path, "w").write(original)
+
+
+if __name__ == "__main__":
+    main()
