@@ -67,7 +67,8 @@ LOG = "crates/raft/src/log.rs"
 RAFT = "crates/raft/src/raft.rs"
 RAWNODE = "crates/raft/src/rawnode.rs"
 PROGRESS = "crates/raft/src/progress.rs"
-WAL = "crates/storage/src/wal.rs"
+WAL = "crates/storage/src/wal/mod.rs"
+WAL_SEGMENT = "crates/storage/src/wal/segment.rs"
 NODE = "crates/node/src/lib.rs"
 RSM = "crates/rsm/src/lib.rs"
 KVSERVER = "crates/kv/src/server.rs"
@@ -228,21 +229,19 @@ BUGS: list[Bug] = [
         "reported durable while it may still be lost)",
         (
             WAL,
-            "        self.wal.write_all(record).map_err(io_err(&path))?;\n"
-            "        self.wal.sync_data().map_err(io_err(&path))?;\n",
-            "        self.wal.write_all(record).map_err(io_err(&path))?;\n",
+            "        self.active.write_all(record).map_err(io_err(path))?;\n"
+            "        self.active.sync_data().map_err(io_err(path))?;\n",
+            "        self.active.write_all(record).map_err(io_err(path))?;\n",
         ),
     ),
     bug(
         "wal-no-payload-crc",
-        "read_record (WAL replay): the payload CRC is not checked (the header CRC still is); "
-        "a damaged payload that still decodes is replayed",
+        "RecordReader::next_record (WAL replay): the payload CRC is not checked (the header "
+        "CRC still is); a damaged payload that still decodes is replayed",
         (
-            WAL,
-            "    if crc32fast::hash(payload) != crc {\n"
-            "        return Err(damaged(\"payload checksum mismatch\".into()));\n"
-            "    }\n",
-            "",
+            WAL_SEGMENT,
+            "        if crc32fast::hash(&self.payload) != crc {\n",
+            "        if crc == 0 && crc32fast::hash(&self.payload) != crc {\n",
         ),
     ),
     bug(

@@ -23,8 +23,6 @@ SYNCS = [
      "            .and_then(|()| file.write_all(data))\n"),
     ("step 1 directory sync",
      "        sync_dir(&self.fs, &self.dir).map_err(before)?;\n", ""),
-    ("step 3 directory sync",
-     "        sync_dir(&self.fs, &self.dir).map_err(after)?;\n", ""),
     ("new segment `segment.tmp` `sync_all`",
      "    file.write_all(&bytes)\n        .and_then(|()| file.sync_all())\n",
      "    file.write_all(&bytes)\n"),
@@ -34,11 +32,8 @@ SYNCS = [
     ("parent directory sync when creating the directory",
      "        Err(e) => return Err(io_err(dir)(e)),\n    }\n    sync_dir(fs, parent)\n",
      "        Err(e) => return Err(io_err(dir)(e)),\n    }\n    let _ = parent;\n    Ok(())\n"),
-    ("`open`'s directory sync after finishing a rename",
-     "                .map_err(io_err(&from))?;\n            sync_dir(&fs, &dir)?;\n",
-     "                .map_err(io_err(&from))?;\n"),
     ("`open`'s sync after cutting off a damaged record",
-     "            active.sync_all().map_err(io_err(&last.path))?;\n", ""),
+     "            active.sync_all().map_err(io_err(&last.path))?;\n        }\n", "        }\n"),
 ]
 
 

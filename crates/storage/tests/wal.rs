@@ -900,3 +900,45 @@ fn a_lost_segment_or_damage_in_an_earlier_segment_is_refused() {
     let (_, recovered) = WalStorage::open_with_options(dir.path(), options).unwrap();
     assert_eq!(&recovered, mem.durable_state());
 }
+
+/// A segment that is not the last, cut short at a record boundary (an old copy put back, a
+/// disk that lost a synced tail): its last records are gone without a trace of damage. If
+/// they held only a hard state (a vote), nothing else would notice; the next segment's
+/// start record says what the log was when it began, and `open` refuses the mismatch.
+#[test]
+fn a_segment_cut_short_at_a_record_boundary_is_refused_by_the_next_segment_s_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions { segment_bytes: 300 };
+    let (mut wal, _) = WalStorage::open_with_options(dir.path(), options).unwrap();
+    for i in 1..=40u64 {
+        wal.persist(&Persist {
+            entries: entries(i..=i, 1),
+            ..Default::default()
+        })
+        .unwrap();
+        // A vote alone in its record.
+        wal.persist(&Persist {
+            hard_state: hard(i + 1, Some(i % 3)),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    drop(wal);
+    let found = flotilla_storage::wal::inspect(dir.path()).unwrap();
+    let (segment, last) = found.segments[..found.segments.len() - 1]
+        .iter()
+        .find_map(|s| {
+            let last = s.records.last()?;
+            (last.entries.is_none() && last.hard_state.is_some() && s.records.len() > 2)
+                .then(|| (s.path.clone(), last.clone()))
+        })
+        .expect("a segment ending with a hard-state record");
+    let bytes = fs::read(&segment).unwrap();
+    fs::write(&segment, &bytes[..last.offset as usize]).unwrap();
+    match WalStorage::open_with_options(dir.path(), options) {
+        Err(StorageError::Corrupt { detail, .. }) => {
+            assert!(detail.contains("segments before it end"), "{detail}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}

@@ -571,3 +571,62 @@ fn after_a_failed_sync_only_what_was_synced_is_reported_and_nothing_more_is_writ
         }
     }
 }
+
+/// `open` cuts a damaged last record off; if the very next batch starts a new segment, the
+/// cut must already be durable: otherwise a crash brings the damaged record back in a
+/// segment that is no longer the last — corruption, and the node could never start again.
+#[test]
+fn a_cut_torn_tail_stays_cut_when_the_next_batch_starts_a_segment() {
+    // Room for the history and the torn record, not for the big batch after them.
+    let options = WalOptions { segment_bytes: 400 };
+    let mut rng = Rng::new(flotilla_sim::seed_from_env("a_cut_torn_tail_stays_cut"));
+    let mut cases = 0;
+    for round in 0..1500 {
+        let history = &script()[..2];
+        let (fs, mut wal) = acknowledged(history, options);
+        let before = state(&wal);
+        let next = Persist {
+            hard_state: hard(2, Some(1)),
+            entries: entries(4..=6, 2),
+            ..Default::default()
+        };
+        wal.persist(&next).unwrap(); // its syncs never complete: a torn tail, maybe
+        drop(wal);
+        let fs = fs.crash(&mut rng, &CrashFaults::ALL);
+        let len_damaged = wal_file_len(&fs);
+        let (mut wal, recovered) = reopen(&fs, options, &format!("round {round}"));
+        fs.complete_syncs();
+        if recovered != before || wal_file_len(&fs) == len_damaged {
+            continue; // the batch survived whole, or nothing was left to cut
+        }
+        let segments = wal.segment_count();
+        let big = Persist {
+            entries: (4..=8)
+                .map(|index| flotilla_raft::Entry {
+                    index,
+                    term: 2,
+                    data: vec![7; 30],
+                })
+                .collect(),
+            ..Default::default()
+        };
+        wal.persist(&big).unwrap();
+        fs.complete_syncs();
+        if wal.segment_count() == segments {
+            continue; // appended to the cut segment: its fdatasync covers the cut
+        }
+        cases += 1;
+        drop(wal);
+        let fs = fs.crash(&mut rng, &CrashFaults::SYNCED_ONLY);
+        let (_, recovered) = reopen(
+            &fs,
+            options,
+            &format!("round {round}, after the next batch"),
+        );
+        assert_eq!(recovered, after(&before, &big), "round {round}");
+    }
+    assert!(
+        cases > 30,
+        "only {cases} rounds cut a torn tail and then started a segment"
+    );
+}

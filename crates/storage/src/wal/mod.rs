@@ -69,7 +69,9 @@
 //!      `fsync` does not make its directory entry durable; the log is about to name it);
 //!   2. append the batch's record (naming the snapshot by `SnapRef`), `fdatasync` — **the
 //!      commit point**: from here on recovery yields the state after the batch;
-//!   3. rename `snapshot.tmp` to `snapshot`, `fsync` the directory;
+//!   3. rename `snapshot.tmp` to `snapshot` (the directory is not synced: a crash that undoes
+//!      the rename leaves `snapshot.tmp`, which `open` renames again, and the next step 1 or
+//!      segment start syncs the directory before anything depends on the rename);
 //!   4. delete, oldest first, every segment before the newest one that started at or below
 //!      the snapshot's index: the segments after it, with its start record, replay to the
 //!      same state. The directory is not synced for this: a deletion a crash undoes only
@@ -342,10 +344,10 @@ impl<F: FileSystem> WalStorage<F> {
 
         // Everything checked out: now repair what the crash left behind.
         if roll_forward {
+            // Not synced, as in step 3: a lost rename is found and redone by the next `open`.
             let from = dir.join(SNAPSHOT_TMP);
             fs.rename(&from, &dir.join(SNAPSHOT_FILE))
                 .map_err(io_err(&from))?;
-            sync_dir(&fs, &dir)?;
         } else {
             remove_if_exists(&fs, &dir.join(SNAPSHOT_TMP))?;
         }
@@ -373,6 +375,9 @@ impl<F: FileSystem> WalStorage<F> {
                 "cutting off the damaged last record of the log (a crash during its append): {reason}"
             );
             active.set_len(offset).map_err(io_err(&last.path))?;
+            // Durable before anything else is written: the next record may go to a new
+            // segment, and a damaged record coming back in a segment that is no longer the
+            // last would be corruption.
             active.sync_all().map_err(io_err(&last.path))?;
         }
         let entry_sizes: VecDeque<u32> = state.entries.iter().map(encoded_size).collect();
@@ -499,12 +504,13 @@ impl<F: FileSystem> WalStorage<F> {
         self.append(record).map_err(before)?;
         self.crash_point(CrashPoint::RecordAppended)
             .map_err(after)?;
-        // Step 3.
+        // Step 3. No directory sync: if a crash undoes the rename, `snapshot.tmp` still holds
+        // the named snapshot and `open` renames it again; the next step 1 or segment start
+        // syncs the directory before anything could depend on the rename.
         self.fs
             .rename(&tmp, &self.dir.join(SNAPSHOT_FILE))
             .map_err(io_err(&tmp))
             .map_err(after)?;
-        sync_dir(&self.fs, &self.dir).map_err(after)?;
         self.crash_point(CrashPoint::SnapshotRenamed)
             .map_err(after)?;
         // Step 4: the newest segment that started at or below the snapshot, with those after
