@@ -238,12 +238,13 @@ enum KvCommand {
 
 #[derive(Subcommand)]
 enum WalCommand {
-    /// Print the log's records and where its good part ends (a torn tail, which opening
-    /// cuts off by itself, or corruption, which stops the node from starting). Changes
-    /// nothing.
+    /// Print the log's segments and records and where its good part ends (a torn tail,
+    /// which opening cuts off by itself, or corruption, which stops the node from
+    /// starting). Changes nothing.
     Inspect { dir: PathBuf },
-    /// Cut the log at its last good record, saving what is removed to `wal.removed-<offset>`
-    /// beside it. Asks first unless --yes; refuses while a process holds the directory.
+    /// Cut the log at its last good record, saving what is removed beside it
+    /// (`<segment>.removed-<offset>`, later segments renamed `<segment>.removed`). Asks
+    /// first unless --yes; refuses while a process holds the directory.
     Repair {
         dir: PathBuf,
         /// Do not ask.
