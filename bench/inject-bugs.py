@@ -70,6 +70,7 @@ PROGRESS = "crates/raft/src/progress.rs"
 WAL = "crates/storage/src/wal/mod.rs"
 WAL_SEGMENT = "crates/storage/src/wal/segment.rs"
 NODE = "crates/node/src/lib.rs"
+RAFT_SIM_SERVER = "crates/raft-sim/src/server.rs"
 RSM = "crates/rsm/src/lib.rs"
 KVSERVER = "crates/kv/src/server.rs"
 KVRAFT_SIM = "crates/kvraft/src/sim.rs"
@@ -242,6 +243,36 @@ BUGS: list[Bug] = [
             WAL_SEGMENT,
             "        if crc32fast::hash(&self.payload) != crc {\n",
             "        if crc == 0 && crc32fast::hash(&self.payload) != crc {\n",
+        ),
+    ),
+    bug(
+        "node-loop-ignores-storage-error",
+        "flotilla_node::handle_ready: a failed persist is ignored and the Ready is sent and "
+        "applied as if durable (fsyncgate: the process must stop instead)",
+        (
+            NODE,
+            "            host.persist(&ready.persist).await?;\n",
+            "            let _ = host.persist(&ready.persist).await;\n",
+        ),
+    ),
+    bug(
+        "sim-in-flight-after-wal-persist",
+        "SimHost::persist (the harness): the batch is marked in flight only after the WAL "
+        "persist returned, so a call failing after the batch's commit point leaves a durable "
+        "batch the restart check does not expect (shows the sweep fails calls past the "
+        "commit point)",
+        (
+            RAFT_SIM_SERVER,
+            "            disk.in_flight = Some(batch.clone());\n"
+            "            disk.wal\n"
+            "                .as_mut()\n"
+            "                .expect(\"a running server has its WAL open\")\n"
+            "                .persist(batch)?;\n",
+            "            disk.wal\n"
+            "                .as_mut()\n"
+            "                .expect(\"a running server has its WAL open\")\n"
+            "                .persist(batch)?;\n"
+            "            disk.in_flight = Some(batch.clone());\n",
         ),
     ),
     bug(

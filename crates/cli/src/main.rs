@@ -407,16 +407,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if count == 0 {
                 bail!("--seeds must be at least 1");
             }
+            let (mut deaths, mut seeds_with_deaths) = (0, 0);
             let summary = sweep::sweep(first, count, fail_fast, |s, result| {
+                if let Ok(r) = result {
+                    deaths += r.storage_deaths;
+                    seeds_with_deaths += u64::from(r.storage_deaths > 0);
+                }
                 match result {
                 Ok(r) if seed.is_some() => println!(
-                    "seed {s}: ok — {} servers, {} faults, {} leaders, {} entries committed, {} reads confirmed, {:.1}s virtual, {} invariant checks\n  setup: {:?}",
-                    r.servers, r.faults, r.leaders, r.committed, r.reads_confirmed, r.virtual_time.as_secs_f64(), r.invariant_checks, r.setup
+                    "seed {s}: ok — {} servers, {} faults, {} leaders, {} entries committed, {} reads confirmed, {} servers killed by I/O errors, {:.1}s virtual, {} invariant checks\n  setup: {:?}",
+                    r.servers, r.faults, r.leaders, r.committed, r.reads_confirmed, r.storage_deaths, r.virtual_time.as_secs_f64(), r.invariant_checks, r.setup
                 ),
                 Ok(_) => {}
                 Err(e) => println!("seed {s}: FAILED: {}", e.replace('\n', " ")),
             }
             });
+            if seed.is_none() {
+                println!("I/O errors killed {deaths} servers on {seeds_with_deaths} seeds");
+            }
             Ok(sweep_verdict(
                 "raft",
                 summary.seeds,

@@ -19,11 +19,11 @@ use std::time::Duration;
 use flotilla_node::{App, Input};
 use flotilla_raft::{Config, DurableState, Message, Persist, RawNode, Role, Snapshot};
 use flotilla_sim::disk::Disk;
-use flotilla_sim::fs::{CrashFaults, SimFs};
+use flotilla_sim::fs::{CrashFaults, Fault, SimFs};
 use flotilla_sim::net::{NetStats, Network, Payload};
 use flotilla_sim::sync::{channel, Sender};
 use flotilla_sim::{now, sleep, spawn, with_rng, JoinHandle};
-use flotilla_storage::{MemStorage, Storage, WalOptions, WalStorage};
+use flotilla_storage::{MemStorage, Storage, StorageError, WalOptions, WalStorage};
 
 use crate::invariants::Invariants;
 use crate::server::SimHost;
@@ -60,11 +60,25 @@ pub enum StorageKind {
     Wal(CrashFaults),
 }
 
+/// I/O errors that kill servers (with [`StorageKind::Wal`]): each time a server starts, with
+/// probability `per_start` one of its next `within_calls` file-system calls (a write, a sync,
+/// a rename, a removal: whichever comes) fails with `EIO` or `ENOSPC`. The WAL refuses every
+/// write after it, the node loop stops, and the cluster takes the server down as a process
+/// that exited: it stays down, its unsynced writes lost to the crash, until it is started
+/// again. [`Cluster::disarm_io_errors`] ends them (before a liveness check).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IoErrors {
+    pub per_start: f64,
+    pub within_calls: u64,
+}
+
 /// Tunables of a simulated group.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     pub servers: usize,
     pub storage: StorageKind,
+    /// With [`StorageKind::Wal`]: I/O errors that kill servers.
+    pub io_errors: Option<IoErrors>,
     pub reliable: bool,
     /// Use the snapshot applier (3D): snapshot after each index `i` with
     /// `(i + 1) % interval == 0` (the lab uses [`SNAPSHOT_INTERVAL`]).
@@ -91,6 +105,7 @@ impl ClusterConfig {
         ClusterConfig {
             servers,
             storage: StorageKind::Memory,
+            io_errors: None,
             reliable,
             snapshot_interval: snapshots.then_some(SNAPSHOT_INTERVAL),
             tick: Duration::from_millis(10),
@@ -142,6 +157,10 @@ pub(crate) struct Inner {
     connected: RefCell<Vec<bool>>,
     pub(crate) invariants: RefCell<Invariants>,
     finished: Cell<bool>,
+    /// Whether [`ClusterConfig::io_errors`] are still being armed.
+    io_errors_armed: Cell<bool>,
+    /// Servers an I/O error took down.
+    storage_deaths: Cell<u64>,
     max_index: Cell<u64>,
     /// Baselines of `begin`.
     begin: Cell<(Duration, u64, u64, u64)>,
@@ -191,6 +210,8 @@ impl Cluster {
                 connected: RefCell::new(vec![false; n]),
                 invariants: RefCell::new(Invariants::default()),
                 finished: Cell::new(false),
+                io_errors_armed: Cell::new(true),
+                storage_deaths: Cell::new(0),
                 max_index: Cell::new(0),
                 begin: Cell::new((Duration::ZERO, 0, 0, 0)),
                 started_at: now(),
@@ -296,7 +317,47 @@ impl Cluster {
         }
         disk.in_flight = None;
         disk.wal = Some(wal);
+        if let Some(errors) = self.inner.cfg.io_errors {
+            if self.inner.io_errors_armed.get() && with_rng(|r| r.chance(errors.per_start)) {
+                let (after, fault) = with_rng(|r| {
+                    let fault = if r.chance(0.5) {
+                        Fault::Eio
+                    } else {
+                        Fault::Enospc
+                    };
+                    (r.below(errors.within_calls), fault)
+                });
+                let failing = disk.fs.calls() + after;
+                disk.fs
+                    .inject(move |call| (call.number == failing).then_some(fault));
+            }
+        }
         recovered
+    }
+
+    /// Stops arming [`ClusterConfig::io_errors`] and clears the ones armed on running servers.
+    pub fn disarm_io_errors(&self) {
+        self.inner.io_errors_armed.set(false);
+        for disk in &self.inner.wals {
+            disk.borrow().fs.clear_faults();
+        }
+    }
+
+    /// Servers an I/O error has taken down so far.
+    pub fn storage_deaths(&self) -> u64 {
+        self.inner.storage_deaths.get()
+    }
+
+    /// Server `i`'s node loop stopped on a storage error: the process exits (as
+    /// `flotilla_node::exit_after_storage_failure` makes a real one), which the simulation
+    /// models as a crash, so whatever was not synced may be lost too.
+    fn die_of_storage_failure(&self, i: usize, error: &StorageError) {
+        self.inner
+            .storage_deaths
+            .set(self.inner.storage_deaths.get() + 1);
+        self.narrate(format!("node {i} exits: storage failed: {error}"));
+        flotilla_sim::trace(0xD1ED_0000 | i as u64);
+        self.crash(i);
     }
 
     /// Prints `what` with the virtual time, if narration is on.
@@ -726,9 +787,8 @@ impl Cluster {
 /// A server's task: the node loop on the simulator's host, until the server crashes (the
 /// task is aborted) or the group shuts down.
 async fn run_server(node: Rc<RefCell<RawNode>>, mut host: SimHost, mut app: Box<dyn App>) {
-    match flotilla_node::run(node, &mut host, &mut app).await {
-        Ok(()) => {}
-        Err(never) => match never {},
+    if let Err(error) = flotilla_node::run(node, &mut host, &mut app).await {
+        host.cluster.die_of_storage_failure(host.i, &error);
     }
 }
 

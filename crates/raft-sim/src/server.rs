@@ -14,14 +14,13 @@
 //! each sync, each applied entry and each confirmed read is checked as it happens. Every
 //! peer here is correct, so a message the core refuses is a bug and fails the run.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use flotilla_node::{Event, Host, Input};
 use flotilla_raft::{Entry, Message, NodeId, Persist, RawNode, ReadState, Ready, Role, StepError};
 use flotilla_sim::sync::Receiver;
 use flotilla_sim::{now, sleep, timeout};
-use flotilla_storage::{MemStorage, Storage};
+use flotilla_storage::{MemStorage, Storage, StorageError};
 
 use crate::cluster::{draw, Cluster, StorageKind, Wire};
 
@@ -45,7 +44,9 @@ impl SimHost {
 }
 
 impl Host for SimHost {
-    type Error = Infallible;
+    /// Only the WAL fails (with [`StorageKind::Wal`]); the loop then stops and the cluster
+    /// takes the server down.
+    type Error = StorageError;
 
     async fn next_event(&mut self) -> Event {
         let wait = self.next_tick.saturating_sub(now());
@@ -68,17 +69,18 @@ impl Host for SimHost {
         self.inbox.try_recv()
     }
 
-    async fn persist(&mut self, batch: &Persist) -> Result<(), Infallible> {
+    async fn persist(&mut self, batch: &Persist) -> Result<(), StorageError> {
         let (cluster, i) = (&self.cluster, self.i);
         let inner = cluster.inner();
         if let StorageKind::Wal(_) = cluster.config().storage {
             let mut disk = inner.wals[i].borrow_mut();
+            // In flight from its first write: a call failing after the batch's commit point
+            // leaves it on disk.
+            disk.in_flight = Some(batch.clone());
             disk.wal
                 .as_mut()
                 .expect("a running server has its WAL open")
-                .persist(batch)
-                .unwrap_or_else(|e| panic!("server {i}: WAL persist failed: {e}"));
-            disk.in_flight = Some(batch.clone());
+                .persist(batch)?;
         }
         let disk = &inner.disks[i];
         let owned = batch.clone();

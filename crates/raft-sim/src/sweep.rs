@@ -8,7 +8,10 @@
 //! and check-quorum on or off; election and heartbeat timeouts; and, for 30% of seeds, the
 //! real `WalStorage` on the simulated file system instead of memory, whose crashes stop
 //! anywhere inside a batch and tear, zero-fill or flip the unsynced bytes; lease reads on
-//! 30% of seeds, and (drawn last) an in-flight window of 1–4 appends on 30%.
+//! 30% of seeds, an in-flight window of 1–4 appends on 30%, and (drawn last) on half of the
+//! WAL seeds I/O errors that kill servers: after a start, some file-system call (a write, a
+//! sync, a rename, a removal) fails with `EIO` or `ENOSPC`, the WAL refuses all further
+//! writes, the node loop stops and the server is down until the schedule starts it again.
 //!
 //! Then about 20 s of virtual time in which every 10–500 ms one fault is injected — crash,
 //! crash of the leader right after it took a burst of commands (as in Figure 8, often followed
@@ -23,7 +26,7 @@
 //! commands at one index, in order, no gaps), that no server refuses a message from its
 //! correct peers, and on WAL seeds that every restart recovers exactly the synced state.
 //!
-//! Then every fault is healed and the sweep demands liveness: a new command must be applied by
+//! Then every fault is healed (and no more I/O errors armed) and the sweep demands liveness: a new command must be applied by
 //! every server within the tester's `one()` bound (10 s of virtual time, or it fails), and
 //! every index up to it must be applied everywhere.
 //!
@@ -39,10 +42,17 @@ use flotilla_sim::{now, sleep, spawn, with_rng};
 
 use flotilla_sim::fs::CrashFaults;
 
-use crate::cluster::{int_cmd, Cluster, ClusterConfig, StorageKind};
+use crate::cluster::{int_cmd, Cluster, ClusterConfig, IoErrors, StorageKind};
 
 /// How long faults are injected, in virtual time.
 const FAULT_PHASE: Duration = Duration::from_secs(20);
+
+/// On [`Setup::io_errors`] seeds: half of the starts arm an error within the next 400 calls,
+/// a few hundred milliseconds to a few seconds of a server's life.
+const IO_ERRORS: IoErrors = IoErrors {
+    per_start: 0.5,
+    within_calls: 400,
+};
 
 /// What one seed's run looked like.
 #[derive(Clone, Debug, Default)]
@@ -56,6 +66,8 @@ pub struct SeedReport {
     pub invariant_checks: u64,
     /// ReadIndex reads confirmed (each checked against what was applied when it was asked).
     pub reads_confirmed: u64,
+    /// Servers an injected I/O error took down (on seeds with [`Setup::io_errors`]).
+    pub storage_deaths: u64,
 }
 
 /// Runs the schedule of `seed`. `Err` holds the first violated property.
@@ -80,6 +92,7 @@ pub fn run_seed(seed: u64) -> Result<SeedReport, String> {
             r.leaders = c.invariants().leaders().len();
             r.invariant_checks = c.invariants().checks;
             r.reads_confirmed = c.invariants().reads_confirmed;
+            r.storage_deaths = c.storage_deaths();
             r.committed = committed;
         });
         report.borrow_mut().virtual_time = virtual_time;
@@ -120,6 +133,9 @@ pub struct Setup {
     /// `Config::max_inflight_messages`: a window of 1–4 appends on some seeds, so followers
     /// are paused and freed often (drawn after everything else).
     pub max_inflight_messages: usize,
+    /// With the WAL, on half of those seeds: I/O errors (`EIO`, `ENOSPC`) on any file-system
+    /// call kill servers, as [`IoErrors`] describes (drawn last of all).
+    pub io_errors: bool,
 }
 
 impl Setup {
@@ -186,6 +202,7 @@ impl Setup {
             } else {
                 flotilla_raft::Config::new(0, vec![0]).max_inflight_messages
             },
+            io_errors: plan.chance(0.5) && wal.is_some(),
         }
     }
 
@@ -193,6 +210,7 @@ impl Setup {
         let mut cfg = ClusterConfig::new(self.servers, true, false);
         if let Some(faults) = self.wal {
             cfg.storage = StorageKind::Wal(faults);
+            cfg.io_errors = self.io_errors.then_some(IO_ERRORS);
         }
         cfg.snapshot_interval = self.snapshot_interval;
         cfg.sync_latency = self.sync_latency;
@@ -344,6 +362,7 @@ fn heal(c: &Cluster) {
 
 /// After the faults: everything heals, and a new command must reach every server.
 async fn heal_and_check_liveness(c: &Cluster) -> u64 {
+    c.disarm_io_errors();
     heal(c);
     c.set_reliable(true);
     c.set_long_reordering(false);

@@ -37,16 +37,16 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    /// A record or file failed its checksum or could not be decoded somewhere other than in
-    /// the last record of the log (which a crash during its append may damage, and which is
-    /// cut off instead: see the [`wal`] module docs). Nothing after it is trusted; nothing is
-    /// silently applied.
     /// Another process (or another open in this one) holds the data directory.
     #[error("{} is locked by another process{}: one process per data directory", .path.display(), .holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default())]
     Locked {
         path: std::path::PathBuf,
         holder: Option<u32>,
     },
+    /// A record or file failed its checksum or could not be decoded somewhere other than in
+    /// the last record of the log (which a crash during its append may damage, and which is
+    /// cut off instead: see the [`wal`] module docs). Nothing after it is trusted; nothing is
+    /// silently applied.
     #[error("corrupt {what} in {path} at byte {offset}: {detail}")]
     Corrupt {
         what: &'static str,
