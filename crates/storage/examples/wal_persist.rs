@@ -81,18 +81,21 @@ fn main() {
     drop(wal);
     let batches = records * per_record;
     let replays = 5;
+    let mut log_len = 0;
+    let mut segments = 0;
     let best = (0..replays)
         .map(|_| {
             let t = Instant::now();
-            let (_, recovered) = WalStorage::open(&dir).expect("reopen");
+            let (wal, recovered) = WalStorage::open(&dir).expect("reopen");
+            let elapsed = t.elapsed();
             assert_eq!(recovered.last_index(), batches);
-            t.elapsed()
+            (log_len, segments) = (wal.log_bytes(), wal.segment_count());
+            elapsed
         })
         .min()
         .expect("at least one replay");
-    let log_len = std::fs::metadata(dir.join("wal")).expect("wal").len();
     println!(
-        "open (replay {records} records of {per_record} entries, {log_len} B): best of {replays} {:.2?} ({:.0} MB/s)",
+        "open (replay {records} records of {per_record} entries, {log_len} B in {segments} segment(s)): best of {replays} {:.2?} ({:.0} MB/s)",
         best,
         log_len as f64 / best.as_secs_f64() / 1e6
     );
