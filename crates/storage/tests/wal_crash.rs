@@ -197,6 +197,79 @@ fn crash_at_every_call_of_every_batch_recovers_before_or_after_it() {
     });
 }
 
+/// Group commit: `persist_group` of every batch of `batches()` at once. Run whole, it issues
+/// one `fdatasync` of the log per run (a run ends before each batch with a snapshot). Crashed
+/// at every call inside it (two crash models, with and without the syncs that returned
+/// completed), the state recovered is the one after some prefix of its runs — never a state
+/// inside a run — and the whole group's once it returned and its syncs completed.
+#[test]
+fn group_commit_keeps_a_prefix_of_its_runs_and_syncs_the_log_once_per_run() {
+    let name = "group_commit_keeps_a_prefix_of_its_runs_and_syncs_the_log_once_per_run";
+    let seed = flotilla_sim::seed_from_env(name);
+    flotilla_sim::replay_on_panic(name, seed, || {
+        let mut rng = Rng::new(seed);
+        let group = batches();
+        let mut states = vec![DurableState::default()];
+        for batch in &group {
+            states.push(after(states.last().unwrap(), batch));
+        }
+        let run_starts: Vec<usize> = (0..=group.len())
+            .filter(|&j| j == 0 || j == group.len() || group[j].snapshot.is_some())
+            .collect();
+        let runs = run_starts.len() - 1;
+        assert!(runs >= 3, "the group has runs to crash between");
+        let prefix_of_runs =
+            |got: &DurableState| run_starts.iter().position(|&j| states[j] == *got);
+
+        let (fs, mut wal) = acknowledged(&[], DEFAULT);
+        let log_syncs = std::rc::Rc::new(std::cell::Cell::new(0));
+        let counter = log_syncs.clone();
+        fs.inject(move |call| {
+            if call.op == Op::SyncFile && call.path.extension() == Some("wal".as_ref()) {
+                counter.set(counter.get() + 1);
+            }
+            None
+        });
+        wal.persist_group(&group).unwrap();
+        assert_eq!(log_syncs.get(), runs, "one fdatasync of the log per run");
+        assert_eq!(&state(&wal), states.last().unwrap());
+
+        for options in SEGMENT_SIZES {
+            let mut k = 0;
+            loop {
+                let mut finished = false;
+                for faults in [CrashFaults::SYNCED_ONLY, CrashFaults::ALL] {
+                    for complete in [true, false] {
+                        let (fs, mut wal) = acknowledged(&[], options);
+                        fs.fail_from(k, Fault::Eio);
+                        finished = wal.persist_group(&group).is_ok();
+                        drop(wal);
+                        if complete {
+                            fs.complete_syncs();
+                        }
+                        let context = format!(
+                            "group crashed at call {k} ({faults:?}, syncs completed: {complete}, {options:?})"
+                        );
+                        let (_, got) = reopen(&fs.crash(&mut rng, &faults), options, &context);
+                        let Some(run) = prefix_of_runs(&got) else {
+                            panic!("{context}: recovered a state inside a run: {got:?}");
+                        };
+                        if finished && complete {
+                            assert_eq!(run, runs, "{context}: the acknowledged group was lost");
+                        }
+                    }
+                }
+                if finished {
+                    break;
+                }
+                k += 1;
+                assert!(k < 500, "the group never finished");
+            }
+            eprintln!("{options:?}: group crashed at {k} calls");
+        }
+    });
+}
+
 /// The directory entry of `snapshot.tmp` must be durable before the log record naming the
 /// snapshot is: a crash after that record but before `snapshot.tmp` is renamed must find the
 /// file. (A file's `fsync` does not make its directory entry durable.)
