@@ -591,15 +591,7 @@ impl<F: FileSystem> Storage for WalStorage<F> {
         let shape_batch = Persist {
             hard_state: batch.hard_state,
             snapshot: snap_ref.map(|s| s.placeholder()),
-            entries: batch
-                .entries
-                .iter()
-                .map(|e| Entry {
-                    index: e.index,
-                    term: e.term,
-                    data: Vec::new(),
-                })
-                .collect(),
+            entries: without_data(&batch.entries),
         };
         // What applying the batch replaces, to put back if it does not become durable.
         let undo = Undo::capture(self, &shape_batch);
@@ -744,16 +736,20 @@ fn shape_of(state: &DurableState) -> DurableState {
     DurableState {
         hard_state: state.hard_state,
         snapshot: state.snapshot.clone(),
-        entries: state
-            .entries
-            .iter()
-            .map(|e| Entry {
-                index: e.index,
-                term: e.term,
-                data: Vec::new(),
-            })
-            .collect(),
+        entries: without_data(&state.entries),
     }
+}
+
+/// The entries' shape: index and term, no data.
+fn without_data(entries: &[Entry]) -> Vec<Entry> {
+    entries
+        .iter()
+        .map(|e| Entry {
+            index: e.index,
+            term: e.term,
+            data: Vec::new(),
+        })
+        .collect()
 }
 
 /// The terms of `shape`'s entries as runs `(first index, term)`.
