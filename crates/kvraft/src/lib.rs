@@ -13,6 +13,8 @@
 //! - [`sim`]: the service on the simulator: a replica group, its labrpc-style client
 //!   network, clerks whose operations are logged for the linearizability checker.
 //! - [`sweep`]: random fault schedules over many seeds (`flotilla sim kvraft`).
+//! - [`tcp`]: a node of the real cluster over TCP with its data on disk, and the clerk that
+//!   finds the leader (`flotilla kvraft serve`, `flotilla kv --cluster`).
 //! - [`lab4`]: the Lab 4 scenarios of `../shared/spec/kvraft.md` (2025 4B/4C, 2024 4A/4B).
 //!
 //! Duplicate writes: a 2024 clerk's retried `Put`/`Append` carries its (client, seq), and
@@ -26,5 +28,6 @@ pub mod leader;
 pub mod service;
 pub mod sim;
 pub mod sweep;
+pub mod tcp;
 
 pub use service::{KvStore, ServerReply};

@@ -76,7 +76,7 @@ impl postcard::ser_flavors::Flavor for AppendToVec<'_> {
 }
 
 /// Appends one frame carrying `msg` to `buf`. On error, `buf` is left exactly as it was.
-pub(crate) fn encode_frame<T: Serialize + ?Sized>(
+pub fn encode_frame<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     msg: &T,
     max: usize,

@@ -65,6 +65,8 @@ pub mod server;
 
 pub use client::Client;
 pub use error::WireError;
-pub use frame::{read_frame, write_frame, FrameReader, FrameWriter, DEFAULT_MAX_FRAME};
+pub use frame::{
+    encode_frame, read_frame, write_frame, FrameReader, FrameWriter, DEFAULT_MAX_FRAME,
+};
 pub use handshake::{Hello, HelloReply, Protocol, Reply, Request, HANDSHAKE_MAX_FRAME, MAGIC};
 pub use server::{serve, ServerConfig};

@@ -1,0 +1,192 @@
+//! The replicated KV service on real machines: a node of the cluster over TCP with its data
+//! on disk ([`serve`], on [`flotilla_runtime`]), and a clerk that finds the leader and
+//! retries through failovers ([`ClusterClerk`]).
+//!
+//! Clients speak [`PROTOCOL`] on any node's port: `flotilla_kv::Request` in,
+//! [`ServerReply`] out. A node that does not lead answers `NotApplied` with the leader it
+//! knows of; the clerk follows the hint, goes round the members otherwise, and pauses
+//! after a whole round failed. A write whose outcome is unknown is resent under the same
+//! sequence number, which the replicated sessions run at most once.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use flotilla_kv::tcp::ClerkError;
+use flotilla_kv::{Answer, Call, ClerkCore, ClientId, KvError, Request};
+use flotilla_runtime::{NodeConfig, Replica, RunError};
+use flotilla_wire::{Client, Protocol, WireError, DEFAULT_MAX_FRAME};
+
+use crate::leader::LeaderCursor;
+use crate::service::{self, KvStore, ServerReply};
+
+/// The client protocol of a KV-on-Raft node.
+pub const PROTOCOL: Protocol = Protocol {
+    service: "kvraft",
+    version: 1,
+};
+
+/// Runs one node of the replicated store until `shutdown` resolves or its storage fails.
+pub async fn serve(
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    flotilla_runtime::run(
+        config,
+        KvStore::new(),
+        PROTOCOL,
+        |replica: Replica<KvStore>| {
+            move |request: Request| {
+                let replica = replica.clone();
+                async move { service::serve(&replica, request).await }
+            }
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// How patient a [`ClusterClerk`] is.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterClerkOptions {
+    /// Wait this long for a connection or one reply before trying elsewhere. A node that
+    /// leads answers a write once it is committed; one cut off from its majority may hold
+    /// it until the rsm's timeout (3 s), so this is longer.
+    pub attempt_timeout: Duration,
+    /// Pause after a whole round of members failed (an election is going on).
+    pub round_pause: Duration,
+    /// Give up on one operation after this long.
+    pub deadline: Duration,
+}
+
+impl Default for ClusterClerkOptions {
+    fn default() -> Self {
+        ClusterClerkOptions {
+            attempt_timeout: Duration::from_secs(4),
+            round_pause: Duration::from_millis(50),
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A clerk of a cluster of KV-on-Raft nodes. One operation at a time.
+pub struct ClusterClerk {
+    core: ClerkCore,
+    members: Vec<SocketAddr>,
+    connections: Vec<Option<Client<Request, ServerReply>>>,
+    cursor: LeaderCursor,
+    options: ClusterClerkOptions,
+    /// Attempts that went to a node other than the first one tried (for statistics).
+    pub redirects: u64,
+}
+
+impl ClusterClerk {
+    /// A clerk for `members` (no connection is opened until the first operation).
+    pub fn new(members: Vec<SocketAddr>, client: ClientId, options: ClusterClerkOptions) -> Self {
+        let n = members.len();
+        ClusterClerk {
+            core: ClerkCore::new(client),
+            connections: (0..n).map(|_| None).collect(),
+            cursor: LeaderCursor::new(n, (client as usize) % n.max(1)),
+            members,
+            options,
+            redirects: 0,
+        }
+    }
+
+    pub fn id(&self) -> ClientId {
+        self.core.id()
+    }
+
+    /// The member the clerk would ask now (its guess of the leader).
+    pub fn leader_guess(&self) -> SocketAddr {
+        self.members[self.cursor.target()]
+    }
+
+    async fn attempt(&mut self, call: &mut Call) -> Result<ServerReply, String> {
+        let to = self.cursor.target();
+        let timeout = self.options.attempt_timeout;
+        if self.connections[to].as_ref().is_none_or(|c| !c.is_usable()) {
+            let connect = Client::connect(self.members[to], PROTOCOL, DEFAULT_MAX_FRAME);
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok(client)) => self.connections[to] = Some(client),
+                Ok(Err(e)) => return Err(format!("{}: {e}", self.members[to])),
+                Err(_) => return Err(format!("{}: connect timed out", self.members[to])),
+            }
+        }
+        let connection = self.connections[to].as_mut().expect("connected above");
+        let request = call.request().clone();
+        connection
+            .call(&request, timeout)
+            .await
+            .map_err(|e: WireError| format!("{}: {e}", self.members[to]))
+    }
+
+    async fn run(&mut self, mut call: Call) -> Result<Answer, ClerkError> {
+        let started = Instant::now();
+        let mut last = String::from("none");
+        while started.elapsed() < self.options.deadline {
+            let pause = match self.attempt(&mut call).await {
+                Ok(ServerReply::Done(reply)) => {
+                    self.cursor.answered();
+                    match self.core.finish(&call, reply) {
+                        Some(Answer::TooLarge(too_large)) => {
+                            return Err(ClerkError::TooLarge(too_large))
+                        }
+                        Some(answer) => return Ok(answer),
+                        None => {
+                            last = "a reply that does not fit the request".into();
+                            self.cursor.failed(None)
+                        }
+                    }
+                }
+                Ok(ServerReply::NotApplied { hint }) => {
+                    call.refused();
+                    last = "not the leader".into();
+                    self.redirects += 1;
+                    self.cursor.failed(hint)
+                }
+                Ok(ServerReply::Unknown) => {
+                    last = "outcome unknown (no commit in time)".into();
+                    self.cursor.failed(None)
+                }
+                Err(e) => {
+                    last = e;
+                    self.redirects += 1;
+                    self.cursor.failed(None)
+                }
+            };
+            if pause {
+                tokio::time::sleep(self.options.round_pause).await;
+            }
+        }
+        Err(ClerkError::GaveUp {
+            addr: self.leader_guess(),
+            waited: started.elapsed(),
+            attempts: call.attempts(),
+            last,
+        })
+    }
+
+    /// The value and version of `key`, or `NoKey`.
+    pub async fn get(&mut self, key: &str) -> Result<Result<(String, u64), KvError>, ClerkError> {
+        let call = self.core.get(key);
+        match self.run(call).await? {
+            Answer::Get(result) => Ok(result),
+            other => unreachable!("get answered {other:?}"),
+        }
+    }
+
+    pub async fn put(&mut self, key: &str, value: &str) -> Result<(), ClerkError> {
+        let call = self.core.put(key, value);
+        self.run(call).await.map(|_| ())
+    }
+
+    /// Appends and returns the value before.
+    pub async fn append(&mut self, key: &str, value: &str) -> Result<String, ClerkError> {
+        let call = self.core.append(key, value);
+        match self.run(call).await? {
+            Answer::Append(old) => Ok(old),
+            other => unreachable!("append answered {other:?}"),
+        }
+    }
+}

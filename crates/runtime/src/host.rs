@@ -1,0 +1,83 @@
+//! [`TokioHost`]: the [`Host`] that gives the shared node loop tokio's clock, the peer links
+//! and the WAL.
+//!
+//! - clock: a tick every [`crate::NodeConfig::tick`] (missed ticks are skipped, not bunched);
+//! - inbox: messages the port received from peers and pokes from client handlers, through one
+//!   bounded channel (a full inbox drops the message, as a lossy network would);
+//! - storage: `WalStorage::persist` on the loop's own thread inside `block_in_place` (the
+//!   runtime must be multi-threaded), so one `fdatasync` covers every entry proposed while
+//!   the previous one ran: they all arrive in the next `Ready` (group commit by the loop's
+//!   own batching). The loop sends a `Ready`'s messages only after this returns;
+//! - transport: [`PeerLinks`], which never blocks.
+
+use std::time::Duration;
+
+use flotilla_node::{Event, Host, Input};
+use flotilla_raft::{Message, RawNode};
+use flotilla_storage::{Persist, Storage, StorageError, WalStorage};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Interval, MissedTickBehavior};
+
+use crate::peer::PeerLinks;
+
+pub struct TokioHost {
+    inbox: mpsc::Receiver<Input>,
+    ticks: Interval,
+    wal: WalStorage,
+    peers: PeerLinks,
+    stop: watch::Receiver<bool>,
+}
+
+impl TokioHost {
+    pub fn new(
+        inbox: mpsc::Receiver<Input>,
+        tick: Duration,
+        wal: WalStorage,
+        peers: PeerLinks,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let mut ticks = tokio::time::interval(tick);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        TokioHost {
+            inbox,
+            ticks,
+            wal,
+            peers,
+            stop,
+        }
+    }
+}
+
+impl Host for TokioHost {
+    type Error = StorageError;
+
+    async fn next_event(&mut self) -> Event {
+        if *self.stop.borrow() {
+            return Event::Stop;
+        }
+        tokio::select! {
+            input = self.inbox.recv() => match input {
+                Some(input) => Event::Input(input),
+                None => Event::Stop,
+            },
+            _ = self.ticks.tick() => Event::Tick,
+            _ = self.stop.changed() => Event::Stop,
+        }
+    }
+
+    fn try_input(&mut self) -> Option<Input> {
+        self.inbox.try_recv().ok()
+    }
+
+    async fn persist(&mut self, batch: &Persist) -> Result<(), StorageError> {
+        tokio::task::block_in_place(|| self.wal.persist(batch))
+    }
+
+    fn raft_state_size(&self) -> u64 {
+        self.wal.raft_state_size()
+    }
+
+    fn send(&mut self, _node: &RawNode, message: Message) {
+        self.peers.send(message);
+    }
+}
