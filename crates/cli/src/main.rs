@@ -17,6 +17,8 @@ use flotilla_lincheck::{history, CheckResult};
 use flotilla_raft_sim::{demo, lab3, sweep};
 use tracing_subscriber::EnvFilter;
 
+mod kvraft;
+
 #[derive(Parser)]
 #[command(
     name = "flotilla",
@@ -52,6 +54,9 @@ enum Command {
     /// A data directory's write-ahead log: look at it, or cut a damaged tail.
     #[command(subcommand)]
     Wal(WalCommand),
+    /// The replicated key/value store: a node of the cluster over TCP.
+    #[command(subcommand)]
+    Kvraft(kvraft::KvraftCommand),
     /// Check a history file (JSON Lines, one operation per line) for linearizability.
     Check {
         file: PathBuf,
@@ -197,13 +202,17 @@ enum KvCommand {
     Get {
         #[arg(long, default_value = "127.0.0.1:7000")]
         server: SocketAddr,
+        #[command(flatten)]
+        cluster: ClusterArg,
         key: String,
     },
     /// Set a key's value; with --version, only if the key's version matches (0 = create).
     Put {
         #[arg(long, default_value = "127.0.0.1:7000")]
         server: SocketAddr,
-        #[arg(long)]
+        #[command(flatten)]
+        cluster: ClusterArg,
+        #[arg(long, conflicts_with = "cluster")]
         version: Option<u64>,
         key: String,
         value: String,
@@ -212,6 +221,8 @@ enum KvCommand {
     Append {
         #[arg(long, default_value = "127.0.0.1:7000")]
         server: SocketAddr,
+        #[command(flatten)]
+        cluster: ClusterArg,
         key: String,
         value: String,
     },
@@ -219,6 +230,8 @@ enum KvCommand {
     Bench {
         #[arg(long, default_value = "127.0.0.1:7000")]
         server: SocketAddr,
+        #[command(flatten)]
+        cluster: ClusterArg,
         #[arg(long, default_value_t = 16)]
         clients: usize,
         #[arg(long, default_value_t = 5.0)]
@@ -234,6 +247,14 @@ enum KvCommand {
         #[arg(long)]
         history: Option<PathBuf>,
     },
+}
+
+/// `--cluster A1,A2,A3`: talk to a replicated cluster (any node; the clerk finds the
+/// leader) instead of the single server.
+#[derive(clap::Args)]
+struct ClusterArg {
+    #[arg(long, value_delimiter = ',', conflicts_with = "server")]
+    cluster: Vec<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -352,7 +373,7 @@ fn parse_seconds(seconds: f64) -> anyhow::Result<Duration> {
         .map_err(|_| anyhow::anyhow!("{seconds} is not a number of seconds"))
 }
 
-fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
@@ -488,8 +509,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kv(command) => tokio_runtime()?.block_on(kv(command)),
         Command::Mr(command) => mr(command),
         Command::Wal(command) => wal(command),
+        Command::Kvraft(command) => kvraft::run(command),
         Command::Check { file, budget } => check_history(&file, parse_seconds(budget)?),
     }
+}
+
+fn cluster_clerk(members: Vec<SocketAddr>) -> flotilla_kvraft::tcp::ClusterClerk {
+    flotilla_kvraft::tcp::ClusterClerk::new(
+        members,
+        tcp::random_client_id(),
+        flotilla_kvraft::tcp::ClusterClerkOptions::default(),
+    )
 }
 
 async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
@@ -533,7 +563,37 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
             };
             tcp::serve(listener, options, shutdown).await?;
         }
-        KvCommand::Get { server, key } => {
+        KvCommand::Get { cluster, key, .. } if !cluster.cluster.is_empty() => {
+            let mut clerk = cluster_clerk(cluster.cluster);
+            match clerk.get(&key).await? {
+                Ok((value, version)) => println!("{value}\t(version {version})"),
+                Err(KvError::NoKey) => {
+                    eprintln!("flotilla: no key {key:?}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => bail!("get failed: {e}"),
+            }
+        }
+        KvCommand::Put {
+            cluster,
+            key,
+            value,
+            ..
+        } if !cluster.cluster.is_empty() => {
+            cluster_clerk(cluster.cluster).put(&key, &value).await?;
+        }
+        KvCommand::Append {
+            cluster,
+            key,
+            value,
+            ..
+        } if !cluster.cluster.is_empty() => {
+            println!(
+                "{}",
+                cluster_clerk(cluster.cluster).append(&key, &value).await?
+            );
+        }
+        KvCommand::Get { server, key, .. } => {
             match TcpClerk::connect(server, options).await?.get(&key).await? {
                 Ok((value, version)) => println!("{value}\t(version {version})"),
                 Err(KvError::NoKey) => {
@@ -548,6 +608,7 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
             version,
             key,
             value,
+            ..
         } => {
             let mut clerk = TcpClerk::connect(server, options).await?;
             match version {
@@ -560,7 +621,9 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        KvCommand::Append { server, key, value } => {
+        KvCommand::Append {
+            server, key, value, ..
+        } => {
             let old = TcpClerk::connect(server, options)
                 .await?
                 .append(&key, &value)
@@ -569,6 +632,7 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
         }
         KvCommand::Bench {
             server,
+            cluster,
             clients,
             seconds,
             keys,
@@ -586,7 +650,14 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
                 history: history.clone(),
                 clerk: options,
             };
-            let report = bench::run(config).await?;
+            let report = if cluster.cluster.is_empty() {
+                bench::run(config).await?
+            } else {
+                let clerks = (0..clients)
+                    .map(|_| cluster_clerk(cluster.cluster.clone()))
+                    .collect();
+                bench::run_clerks(&config, clerks).await?
+            };
             println!("{clients} clients: {report}");
             if let Some(path) = history {
                 println!("history written to {}", path.display());

@@ -184,7 +184,8 @@ pub struct TcpClerk {
     pub reconnects: u64,
 }
 
-fn random_client_id() -> ClientId {
+/// A client id unlikely to be any other clerk's (random per process and call).
+pub fn random_client_id() -> ClientId {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(Instant::now().elapsed().as_nanos());

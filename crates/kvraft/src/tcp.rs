@@ -190,3 +190,25 @@ impl ClusterClerk {
         }
     }
 }
+
+impl flotilla_kv::bench::BenchClerk for ClusterClerk {
+    async fn get(&mut self, key: &str) -> Result<Option<String>, String> {
+        match ClusterClerk::get(self, key).await {
+            Ok(found) => Ok(found.ok().map(|(value, _)| value)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    async fn put(&mut self, key: &str, value: &str) -> Result<(), String> {
+        ClusterClerk::put(self, key, value)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    async fn append(&mut self, key: &str, value: &str) -> Result<String, String> {
+        ClusterClerk::append(self, key, value)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    fn resends(&self) -> u64 {
+        self.redirects
+    }
+}
