@@ -1,10 +1,14 @@
-//! `flotilla kvraft ...`: a node of the replicated store over TCP.
+//! `flotilla kvraft ...`, `flotilla cluster ...` and `flotilla demo`: the replicated store
+//! over TCP.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use std::time::Duration;
+
+use flotilla_kvraft::local::{self, LocalCluster};
 use flotilla_kvraft::tcp;
 use flotilla_runtime::{ClusterId, NodeConfig, RunError};
 
@@ -31,6 +35,76 @@ pub enum KvraftCommand {
         #[arg(long, default_value_t = 64 << 20)]
         max_raft_state: u64,
     },
+    /// Print each node's role, term, commit and applied index, log and snapshot size, and on
+    /// the leader each follower's progress.
+    Status {
+        #[arg(long, value_delimiter = ',', required = true)]
+        cluster: Vec<SocketAddr>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Start a local cluster on loopback as child processes, print the addresses, and stop
+    /// it on Ctrl-C (or SIGTERM).
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Where the nodes keep their data (DIR/node-I) and logs (DIR/node-I.log); a
+        /// directory used before restarts its cluster.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node I listens on 127.0.0.1:(PORT + I); 0 picks free ports.
+        #[arg(long, default_value_t = 7100)]
+        base_port: u16,
+        #[arg(long, default_value = "flotilla")]
+        name: String,
+    },
+}
+
+pub fn cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {
+    let ClusterCommand::Up {
+        nodes,
+        dir,
+        base_port,
+        name,
+    } = command;
+    if nodes == 0 {
+        anyhow::bail!("--nodes must be at least 1");
+    }
+    let exe = std::env::current_exe()?;
+    let members = local::loopback_addresses(nodes, base_port)?;
+    let runtime = crate::tokio_runtime()?;
+    let mut cluster = LocalCluster::start(&exe, &dir, &name, members)?;
+    println!(
+        "flotilla cluster: {nodes} nodes, data and logs in {}",
+        dir.display()
+    );
+    for (i, addr) in cluster.members().iter().enumerate() {
+        println!("  node {i}: {addr} (pid {})", cluster.pid(i).unwrap_or(0));
+    }
+    println!("clients: --cluster {}", cluster.members_arg());
+    runtime.block_on(async {
+        match local::wait_for_leader(cluster.members(), Duration::from_secs(10)).await {
+            Some(leader) => println!(
+                "node {} leads term {}; Ctrl-C stops the cluster",
+                leader.id, leader.term
+            ),
+            None => println!("no leader yet after 10 s (see the logs); Ctrl-C stops the cluster"),
+        }
+        shutdown_signal().await;
+    });
+    cluster.stop(Duration::from_secs(5));
+    println!("flotilla cluster: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn demo() -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe()?;
+    crate::tokio_runtime()?
+        .block_on(flotilla_kvraft::demo::run(&exe))
+        .map_err(|e| anyhow::anyhow!("demo failed: {e}"))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(command: KvraftCommand) -> anyhow::Result<ExitCode> {
@@ -42,6 +116,13 @@ pub fn run(command: KvraftCommand) -> anyhow::Result<ExitCode> {
             name,
             max_raft_state,
         } => {
+            if id as usize >= peers.len() {
+                anyhow::bail!(
+                    "--id {id} is not an index of --peers ({} addresses: 0 to {})",
+                    peers.len(),
+                    peers.len() - 1
+                );
+            }
             let cluster = ClusterId {
                 name,
                 members: peers,
@@ -56,6 +137,36 @@ pub fn run(command: KvraftCommand) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        KvraftCommand::Status { cluster } => {
+            let reports = crate::tokio_runtime()?.block_on(local::reports(&cluster));
+            let mut answered = 0;
+            for (addr, report) in cluster.iter().zip(reports) {
+                match report {
+                    None => println!("{addr}: no answer"),
+                    Some(r) => {
+                        answered += 1;
+                        println!(
+                            "node {} {}: {} term {} leader {} commit {} applied {} log {}..={} ({} B in {} segment(s)) snapshot {} ({} B) syncs {}",
+                            r.id, r.addr, r.role, r.term,
+                            r.leader.map_or("?".to_string(), |l| l.to_string()),
+                            r.commit, r.applied, r.first_index, r.last_index,
+                            r.log_bytes, r.segments, r.snapshot_index, r.snapshot_bytes, r.syncs
+                        );
+                        for f in &r.followers {
+                            println!(
+                                "  follower {}: match {} next {} {}",
+                                f.id, f.matched, f.next, f.state
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(if answered == cluster.len() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

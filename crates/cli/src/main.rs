@@ -32,13 +32,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a 5-server Raft group in the simulator through a leader crash, a partition and its
-    /// healing, narrating what happens.
-    Demo {
-        /// Simulation seed (decimal or 0x-hex); the same seed replays the same run.
-        #[arg(long, value_parser = parse_seed, default_value = "1")]
-        seed: u64,
-    },
+    /// The replicated store for real: 3 nodes as processes on loopback, data in a temporary
+    /// directory; writes, SIGKILL of the leader, every write read back, the node restarted
+    /// and caught up, everything stopped. (`flotilla sim demo` is the simulator's.)
+    Demo,
+    /// A local cluster of the replicated store.
+    #[command(subcommand)]
+    Cluster(kvraft::ClusterCommand),
     /// Randomized fault sweeps in the deterministic simulator.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -276,6 +276,13 @@ enum WalCommand {
 
 #[derive(Subcommand)]
 enum SimCommand {
+    /// Run a 5-server Raft group in the simulator through a leader crash, a partition and its
+    /// healing, narrating what happens.
+    Demo {
+        /// Simulation seed (decimal or 0x-hex); the same seed replays the same run.
+        #[arg(long, value_parser = parse_seed, default_value = "1")]
+        seed: u64,
+    },
     /// Random fault schedules against a Raft group, checking safety after every event and
     /// liveness after healing. Prints `N seeds, F failures`.
     Raft {
@@ -411,10 +418,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Demo { seed } => {
+        Command::Sim(SimCommand::Demo { seed }) => {
             demo::run(seed);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo => kvraft::demo(),
+        Command::Cluster(command) => kvraft::cluster(command),
         Command::Sim(SimCommand::Raft {
             seeds,
             first,

@@ -23,8 +23,10 @@
 //! table (a re-execution finds the version moved; the clerk reports `ErrMaybe` when an
 //! earlier attempt of it may have taken effect).
 
+pub mod demo;
 pub mod lab4;
 pub mod leader;
+pub mod local;
 pub mod service;
 pub mod sim;
 pub mod sweep;

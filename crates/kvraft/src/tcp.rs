@@ -2,8 +2,8 @@
 //! on disk ([`serve`], on [`flotilla_runtime`]), and a clerk that finds the leader and
 //! retries through failovers ([`ClusterClerk`]).
 //!
-//! Clients speak [`PROTOCOL`] on any node's port: `flotilla_kv::Request` in,
-//! [`ServerReply`] out. A node that does not lead answers `NotApplied` with the leader it
+//! Clients speak [`PROTOCOL`] on any node's port: [`NodeRequest`] in (a KV request, or a
+//! request for the node's [`NodeReport`]), [`NodeReply`] out. A node that does not lead answers `NotApplied` with the leader it
 //! knows of; the clerk follows the hint, goes round the members otherwise, and pauses
 //! after a whole round failed. A write whose outcome is unknown is resent under the same
 //! sequence number, which the replicated sessions run at most once.
@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use flotilla_kv::tcp::ClerkError;
 use flotilla_kv::{Answer, Call, ClerkCore, ClientId, KvError, Request};
-use flotilla_runtime::{NodeConfig, Replica, RunError};
+use flotilla_runtime::{NodeConfig, NodeReport, NodeView, RunError};
 use flotilla_wire::{Client, Protocol, WireError, DEFAULT_MAX_FRAME};
+use serde::{Deserialize, Serialize};
 
 use crate::leader::LeaderCursor;
 use crate::service::{self, KvStore, ServerReply};
@@ -22,8 +23,40 @@ use crate::service::{self, KvStore, ServerReply};
 /// The client protocol of a KV-on-Raft node.
 pub const PROTOCOL: Protocol = Protocol {
     service: "kvraft",
-    version: 1,
+    version: 2,
 };
+
+/// What a client asks a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeRequest {
+    Kv(Request),
+    /// The node's state ([`NodeReport`]), answered by any node, leader or not.
+    Status,
+}
+
+/// A node's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeReply {
+    Kv(ServerReply),
+    Status(Box<NodeReport>),
+}
+
+/// Asks the node at `addr` for its report.
+pub async fn status(addr: SocketAddr, timeout: Duration) -> Result<NodeReport, WireError> {
+    let asked = async {
+        let mut client =
+            Client::<NodeRequest, NodeReply>::connect(addr, PROTOCOL, DEFAULT_MAX_FRAME).await?;
+        match client.call(&NodeRequest::Status, timeout).await? {
+            NodeReply::Status(report) => Ok(*report),
+            NodeReply::Kv(other) => Err(WireError::Decode(format!(
+                "a KV reply to a status request: {other:?}"
+            ))),
+        }
+    };
+    tokio::time::timeout(timeout, asked)
+        .await
+        .unwrap_or(Err(WireError::Timeout(timeout)))
+}
 
 /// Runs one node of the replicated store until `shutdown` resolves or its storage fails.
 pub async fn serve(
@@ -34,10 +67,17 @@ pub async fn serve(
         config,
         KvStore::new(),
         PROTOCOL,
-        |replica: Replica<KvStore>| {
-            move |request: Request| {
-                let replica = replica.clone();
-                async move { service::serve(&replica, request).await }
+        |view: NodeView<KvStore>| {
+            move |request: NodeRequest| {
+                let view = view.clone();
+                async move {
+                    match request {
+                        NodeRequest::Kv(request) => {
+                            NodeReply::Kv(service::serve(&view.replica, request).await)
+                        }
+                        NodeRequest::Status => NodeReply::Status(Box::new(view.report())),
+                    }
+                }
             }
         },
         shutdown,
@@ -72,7 +112,7 @@ impl Default for ClusterClerkOptions {
 pub struct ClusterClerk {
     core: ClerkCore,
     members: Vec<SocketAddr>,
-    connections: Vec<Option<Client<Request, ServerReply>>>,
+    connections: Vec<Option<Client<NodeRequest, NodeReply>>>,
     cursor: LeaderCursor,
     options: ClusterClerkOptions,
     /// Attempts that went to a node other than the first one tried (for statistics).
@@ -114,11 +154,15 @@ impl ClusterClerk {
             }
         }
         let connection = self.connections[to].as_mut().expect("connected above");
-        let request = call.request().clone();
-        connection
-            .call(&request, timeout)
-            .await
-            .map_err(|e: WireError| format!("{}: {e}", self.members[to]))
+        let request = NodeRequest::Kv(call.request().clone());
+        match connection.call(&request, timeout).await {
+            Ok(NodeReply::Kv(reply)) => Ok(reply),
+            Ok(NodeReply::Status(_)) => Err(format!(
+                "{}: a status reply to a KV request",
+                self.members[to]
+            )),
+            Err(e) => Err(format!("{}: {e}", self.members[to])),
+        }
     }
 
     async fn run(&mut self, mut call: Call) -> Result<Answer, ClerkError> {

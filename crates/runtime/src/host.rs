@@ -10,17 +10,24 @@
 //!   own batching). The loop sends a `Ready`'s messages only after this returns;
 //! - transport: [`PeerLinks`], which never blocks.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_node::{Event, Host, Input};
-use flotilla_raft::{Message, RawNode};
+use flotilla_raft::{Message, NodeId, RawNode, Ready};
 use flotilla_storage::{Persist, Storage, StorageError, WalStorage};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 
+use tracing::info;
+
 use crate::peer::PeerLinks;
+use crate::report::StorageStats;
 
 pub struct TokioHost {
+    id: NodeId,
+    stats: Arc<StorageStats>,
     inbox: mpsc::Receiver<Input>,
     ticks: Interval,
     wal: WalStorage,
@@ -29,7 +36,9 @@ pub struct TokioHost {
 }
 
 impl TokioHost {
-    pub fn new(
+    pub(crate) fn new(
+        id: NodeId,
+        stats: Arc<StorageStats>,
         inbox: mpsc::Receiver<Input>,
         tick: Duration,
         wal: WalStorage,
@@ -38,13 +47,30 @@ impl TokioHost {
     ) -> Self {
         let mut ticks = tokio::time::interval(tick);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        TokioHost {
+        let host = TokioHost {
+            id,
+            stats,
             inbox,
             ticks,
             wal,
             peers,
             stop,
-        }
+        };
+        host.update_stats();
+        host
+    }
+
+    fn update_stats(&self) {
+        let stats = &self.stats;
+        stats
+            .log_bytes
+            .store(self.wal.log_bytes(), Ordering::Relaxed);
+        stats
+            .segments
+            .store(self.wal.segment_count() as u64, Ordering::Relaxed);
+        stats
+            .snapshot_bytes
+            .store(self.wal.snapshot_bytes(), Ordering::Relaxed);
     }
 }
 
@@ -70,7 +96,10 @@ impl Host for TokioHost {
     }
 
     async fn persist(&mut self, batch: &Persist) -> Result<(), StorageError> {
-        tokio::task::block_in_place(|| self.wal.persist(batch))
+        tokio::task::block_in_place(|| self.wal.persist(batch))?;
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.update_stats();
+        Ok(())
     }
 
     fn raft_state_size(&self) -> u64 {
@@ -79,5 +108,11 @@ impl Host for TokioHost {
 
     fn send(&mut self, _node: &RawNode, message: Message) {
         self.peers.send(message);
+    }
+
+    fn observe_ready(&mut self, _node: &RawNode, ready: &Ready) {
+        if let Some(soft) = &ready.soft_state {
+            info!(id = self.id, role = ?soft.role, term = soft.term, leader = ?soft.leader, "role");
+        }
     }
 }

@@ -9,6 +9,7 @@
 //!   `Ready`, which carries every entry proposed while the previous sync ran), peer links.
 //! - [`peer`]: outgoing links, one bounded queue per peer, reconnect with backoff.
 //! - [`port`]: the one port: peer links in, client requests to the service's handler.
+//! - [`report`]: what a node says about itself (role, term, indexes, storage, followers).
 //!
 //! Guarantees: the node acknowledges nothing (sends no message, applies nothing) of a
 //! `Ready` before its batch is durable; a storage error stops the node loop and
@@ -20,6 +21,7 @@
 pub mod host;
 pub mod peer;
 pub mod port;
+pub mod report;
 
 use std::fmt;
 use std::future::Future;
@@ -40,6 +42,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 pub use port::PortConfig;
+pub use report::{FollowerReport, NodeReport, NodeView};
 
 /// The wire protocol of peer links.
 pub const PEER_PROTOCOL: Protocol = Protocol {
@@ -131,13 +134,13 @@ pub type Wake = Arc<dyn Fn() + Send + Sync>;
 pub type Replica<S> = RsmHandle<Arc<Mutex<RawNode>>, Arc<Mutex<Rsm<S>>>, Wake, S>;
 
 /// Runs node `config.id` until `shutdown` resolves (then `Ok`) or its storage fails.
-/// `make_handler` gets the replica and returns the handler of client requests, spoken in
+/// `make_handler` gets the node's view (its replica and its report) and returns the handler of client requests, spoken in
 /// `client_protocol` on the node's port. The runtime must be multi-threaded.
 pub async fn run<S, Req, Resp, H, F>(
     config: NodeConfig,
     state_machine: S,
     client_protocol: Protocol,
-    make_handler: impl FnOnce(Replica<S>) -> H,
+    make_handler: impl FnOnce(NodeView<S>) -> H,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError>
 where
@@ -190,13 +193,20 @@ where
         let _ = poke.try_send(Input::Poke);
     });
     let replica = RsmHandle::new(node.clone(), rsm.clone(), wake);
+    let stats = Arc::new(report::StorageStats::default());
+    let view = NodeView {
+        replica,
+        node: node.clone(),
+        stats: stats.clone(),
+        addr,
+    };
     let (stop_tx, stop) = watch::channel(false);
     let port = Arc::new(port::Port {
         cluster: config.cluster.clone(),
         me: id,
         inbox: inbox_tx,
         client_protocol,
-        handler: make_handler(replica),
+        handler: make_handler(view),
         config: config.port,
     });
     let mut port_stop = stop.clone();
@@ -208,7 +218,7 @@ where
         let _ = stop_tx.send(true);
     });
     let peers = peer::PeerLinks::start(&config.cluster, id);
-    let mut host = host::TokioHost::new(inbox, config.tick, wal, peers, stop);
+    let mut host = host::TokioHost::new(id, stats, inbox, config.tick, wal, peers, stop);
     let mut app = RsmApp::new(rsm);
     info!(id, %addr, cluster = %config.cluster, "serving");
     let result = flotilla_node::run(node, &mut host, &mut app).await;

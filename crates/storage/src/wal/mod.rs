@@ -414,6 +414,11 @@ impl<F: FileSystem> WalStorage<F> {
         self.segments.len()
     }
 
+    /// Bytes of the snapshot's data (0 without a snapshot).
+    pub fn snapshot_bytes(&self) -> u64 {
+        SnapRef::from_placeholder(&self.shape.snapshot).map_or(0, |s| s.len)
+    }
+
     /// The durable state, read back from disk: what a restart would recover now. It reads
     /// only the bytes whose syncs returned — after a failed write or sync, only what had been
     /// synced before it, never what the failed call may have left in the page cache.
