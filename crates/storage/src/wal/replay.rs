@@ -265,7 +265,9 @@ pub(crate) fn replay<F: FileSystem>(
                     at,
                     format!("{detail}; {follows}, so this is no torn append"),
                 ),
-                (true, None) => stop(at, StopKind::TornTail, detail),
+                // A torn tail is cut off only from a log that is complete without it.
+                (true, None) => incomplete(&state, missing_upto)
+                    .unwrap_or_else(|| stop(at, StopKind::TornTail, detail)),
             };
             return Ok(Replay {
                 state,
@@ -275,8 +277,15 @@ pub(crate) fn replay<F: FileSystem>(
         }
         lens.push((records.offset, start_len));
     }
+    let stop = incomplete(&state, missing_upto);
+    Ok(Replay { state, lens, stop })
+}
+
+/// The [`StopKind::Incomplete`] stop, if placeholders up to `missing_upto` are left in
+/// `state`: entries recorded only in segments that are gone, which no snapshot covers.
+fn incomplete(state: &DurableState, missing_upto: Index) -> Option<Stop> {
     let first = state.snapshot.index + 1;
-    let stop = (missing_upto >= first && state.last_index() >= first).then(|| Stop {
+    (missing_upto >= first && state.last_index() >= first).then(|| Stop {
         segment: 0,
         offset: 0,
         kind: StopKind::Incomplete,
@@ -284,8 +293,7 @@ pub(crate) fn replay<F: FileSystem>(
             "entries {first}..={} are recorded only in older segments, which are gone, and no snapshot covers them",
             missing_upto.min(state.last_index())
         ),
-    });
-    Ok(Replay { state, lens, stop })
+    })
 }
 
 /// The state a replay starts from at the oldest segment's start record, and the index up to
