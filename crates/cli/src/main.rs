@@ -243,6 +243,9 @@ enum KvCommand {
         /// Share of writes that are appends (the rest are puts), in [0, 1].
         #[arg(long, default_value_t = 0.0)]
         append_share: f64,
+        /// Share of operations that are gets (the rest are writes), in [0, 1].
+        #[arg(long, default_value_t = 0.5)]
+        get_share: f64,
         /// Write every operation here (JSON Lines) for `flotilla check`.
         #[arg(long)]
         history: Option<PathBuf>,
@@ -647,10 +650,15 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
             keys,
             value_size,
             append_share,
+            get_share,
             history,
         } => {
+            if !(0.0..=1.0).contains(&get_share) || !(0.0..=1.0).contains(&append_share) {
+                bail!("--get-share and --append-share must be in [0, 1]");
+            }
             let config = BenchConfig {
                 append_share,
+                get_share,
                 server,
                 clients,
                 duration: parse_seconds(seconds)?,

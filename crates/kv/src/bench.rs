@@ -2,7 +2,8 @@
 //! optionally, the history of every operation for the linearizability checker.
 //!
 //! Each client is one clerk on its own connection doing one operation at a time: half
-//! `Get`s, half writes of unique values over `keys` keys, for `duration`; `append_share` of
+//! `Get`s (`get_share` of them, half by default), the rest writes of unique values over `keys`
+//! keys, for `duration`; `append_share` of
 //! the writes are `Append`s (whose returned old values make any duplicate execution visible
 //! to the checker), the rest `Put`s. An operation whose
 //! clerk gave up is recorded with `"return": null` (its effect is unknown). Times are
@@ -69,6 +70,8 @@ pub struct BenchConfig {
     pub value_size: usize,
     /// Share of writes that are `Append`s (the rest are `Put`s).
     pub append_share: f64,
+    /// Share of operations that are `Get`s.
+    pub get_share: f64,
     pub history: Option<PathBuf>,
     pub clerk: ClerkOptions,
 }
@@ -244,7 +247,7 @@ async fn client_loop<C: BenchClerk>(
     };
     while Instant::now() < deadline {
         let key = format!("{prefix}.k{}", next() % config.keys as u64);
-        let is_get = next() % 2 == 0;
+        let is_get = (next() % 1_000_000) as f64 / 1e6 < config.get_share;
         let call = stamps.next();
         let t = Instant::now();
         let (op, value, output, ok) = if is_get {
