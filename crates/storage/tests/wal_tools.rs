@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use flotilla_raft::{DurableState, Entry, HardState};
-use flotilla_storage::wal::{inspect, repair, Inspection, LogEnd, RecordSummary};
+use flotilla_storage::wal::{inspect, repair, Inspection, LogEnd, RecordSummary, SegmentSummary};
 use flotilla_storage::{Persist, Storage, StorageError, WalOptions, WalStorage};
 
 fn batch(index: u64) -> Persist {
@@ -224,4 +224,228 @@ fn a_group_of_batches_is_one_record_per_run_and_the_same_state() {
     assert_eq!(&wal.durable_state().unwrap(), mem.durable_state());
     drop(wal);
     assert_eq!(&recovered(dir.path()), mem.durable_state());
+}
+
+/// Every file of `dir` but the lock, with its contents: to show that a refused repair
+/// changed nothing.
+fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != "LOCK")
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Damages `segment`'s start record (its last byte: the payload CRC no longer matches).
+fn damage_start_record(segment: &SegmentSummary) {
+    let start = &segment.records[0];
+    assert!(start.segment_start.is_some());
+    let mut bytes = fs::read(&segment.path).unwrap();
+    bytes[(start.offset + start.len - 1) as usize] ^= 0x10;
+    fs::write(&segment.path, &bytes).unwrap();
+}
+
+fn snapshot_at(index: u64) -> Persist {
+    Persist {
+        snapshot: Some(flotilla_raft::Snapshot {
+            index,
+            term: 1,
+            data: format!("state at {index}").into_bytes(),
+        }),
+        ..Persist::default()
+    }
+}
+
+/// Persists `batches` on segments of `segment_bytes`; returns the state after each prefix of
+/// them (the empty prefix first): every state a repair may leave.
+fn persisted(dir: &Path, segment_bytes: u64, batches: &[Persist]) -> Vec<DurableState> {
+    let (mut wal, _) =
+        WalStorage::open_with_options(dir, WalOptions { segment_bytes }).expect("open");
+    let mut states = vec![DurableState::default()];
+    for b in batches {
+        wal.persist(b).expect("persist");
+        let mut next = states.last().unwrap().clone();
+        next.apply(b);
+        states.push(next);
+    }
+    states
+}
+
+/// `repair` refused with a `Corrupt` error whose detail says `why`, and changed nothing.
+fn assert_refused(
+    dir: &Path,
+    result: Result<flotilla_storage::wal::Repair, StorageError>,
+    why: &str,
+) {
+    match result {
+        Err(StorageError::Corrupt { detail, .. }) => {
+            assert!(detail.contains(why), "{detail}");
+        }
+        other => panic!(
+            "repair should refuse ({why}), got {other:?}; then inspect says {:?} and open {:?}",
+            inspect(dir).map(|i| i.end),
+            WalStorage::open(dir).map(|(_, s)| s.last_index())
+        ),
+    }
+}
+
+/// A whole segment moved away counts with its header: `removed` is every byte of it.
+#[test]
+fn a_segment_damaged_in_its_start_record_goes_whole_and_counts_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let all: Vec<Persist> = (1..=10).map(batch).collect();
+    let states = persisted(dir.path(), 200, &all);
+    let before = inspect(dir.path()).unwrap();
+    assert!(before.segments.len() >= 4);
+    damage_start_record(&before.segments[2]);
+    let found = inspect(dir.path()).unwrap();
+    assert!(
+        matches!(&found.end, LogEnd::Corrupt { segment, offset: 20, .. } if *segment == before.segments[2].path),
+        "{:?}",
+        found.end
+    );
+    let expected_cut = before.segments[2..].iter().map(|s| s.len).sum::<u64>();
+    assert_eq!(found.bytes_to_cut(), expected_cut);
+    let done = repair(dir.path()).unwrap();
+    assert_eq!(done.removed, expected_cut);
+    assert_eq!(done.backups.len(), before.segments.len() - 2);
+    assert_eq!(inspect(dir.path()).unwrap().end, LogEnd::Clean);
+    let kept = before.segments[2].base as usize;
+    assert_eq!(recovered(dir.path()), states[kept]);
+}
+
+/// Finding 2 of fuzz/README.md: the oldest segment starts with placeholders that a snapshot
+/// record in a later segment covers; damage before that record would have repair cut the
+/// snapshot record away and leave an incomplete log. It refuses, changing nothing.
+#[test]
+fn repair_refuses_a_cut_that_would_leave_an_incomplete_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all: Vec<Persist> = (1..=10).map(batch).collect();
+    all.push(snapshot_at(4));
+    all.extend((11..=20).map(batch));
+    all.push(snapshot_at(12));
+    all.extend((21..=22).map(batch));
+    persisted(dir.path(), 200, &all);
+    let before = inspect(dir.path()).unwrap();
+    assert_eq!(before.end, LogEnd::Clean);
+    // The situation: the oldest segment holds placeholders beyond the snapshot it starts
+    // with, and the snapshot record covering them is in a later segment.
+    let oldest = &before.segments[0];
+    assert_eq!(oldest.records[0].snapshot, Some((4, 1)));
+    assert!(oldest.base > 4, "{}", oldest.base);
+    let covering = before
+        .segments
+        .iter()
+        .position(|s| s.records.iter().any(|r| r.snapshot == Some((12, 1))))
+        .unwrap();
+    assert!(covering > 0);
+    damage_start_record(&before.segments[covering]);
+    let found = inspect(dir.path()).unwrap();
+    assert!(
+        matches!(&found.end, LogEnd::Corrupt { segment, .. } if *segment == before.segments[covering].path),
+        "{:?}",
+        found.end
+    );
+    let untouched = files(dir.path());
+    assert_refused(dir.path(), repair(dir.path()), "incomplete");
+    assert_eq!(files(dir.path()), untouched);
+    assert_eq!(inspect(dir.path()).unwrap().end, found.end);
+}
+
+/// A log whose snapshot was already deleted older segments for, then damaged in its first
+/// live segment; stale copies of older segments are back before a sequence gap (an
+/// interrupted deletion: `open` would delete them).
+fn with_leftovers(dir: &Path) -> Inspection {
+    batches(dir, 10, 200);
+    let stale = files(dir);
+    let mut later = vec![snapshot_at(10)];
+    later.extend((11..=14).map(batch));
+    persisted(dir, 200, &later);
+    let live = inspect(dir).unwrap();
+    assert!(live.leftovers.is_empty());
+    let first_live = live.segments[0].seq;
+    assert!(first_live >= 3, "{first_live}");
+    let mut restored = 0;
+    for (name, bytes) in &stale {
+        let seq = name
+            .strip_suffix(".wal")
+            .and_then(|n| n.split_once('-'))
+            .map(|(seq, _)| u64::from_str_radix(seq, 16).unwrap());
+        if seq.is_some_and(|seq| seq + 1 < first_live) {
+            fs::write(dir.join(name), bytes).unwrap();
+            restored += 1;
+        }
+    }
+    assert!(restored > 0);
+    let found = inspect(dir).unwrap();
+    assert_eq!(found.leftovers.len(), restored);
+    assert_eq!(found.end, LogEnd::Clean);
+    found
+}
+
+/// Finding 3 of fuzz/README.md, with intact leftovers: moving the first live segment away
+/// whole would make the leftovers (an old state) the live log. Repair refuses.
+#[test]
+fn repair_refuses_to_move_the_first_live_segment_away_over_intact_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let found = with_leftovers(dir.path());
+    damage_start_record(&found.segments[0]);
+    assert!(matches!(
+        inspect(dir.path()).unwrap().end,
+        LogEnd::Corrupt { offset: 20, .. }
+    ));
+    let untouched = files(dir.path());
+    assert_refused(dir.path(), repair(dir.path()), "no live segment");
+    assert_eq!(files(dir.path()), untouched);
+}
+
+/// Finding 3 as the fuzzer found it: the live log is a segment holding only its header,
+/// the leftovers before the gap are damaged themselves.
+#[test]
+fn repair_refuses_to_promote_damaged_leftovers_to_the_live_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let found = with_leftovers(dir.path());
+    damage_start_record(&found.segments[0]);
+    let leftover = &found.leftovers[0];
+    let mut bytes = fs::read(leftover).unwrap();
+    bytes[30] ^= 0x10;
+    fs::write(leftover, &bytes).unwrap();
+    let header_only = fs::read(&found.segments[0].path).unwrap()[..20].to_vec();
+    fs::write(&found.segments[0].path, header_only).unwrap();
+    assert!(matches!(
+        inspect(dir.path()).unwrap().end,
+        LogEnd::Corrupt { offset: 20, .. }
+    ));
+    let untouched = files(dir.path());
+    assert_refused(dir.path(), repair(dir.path()), "no live segment");
+    assert_eq!(files(dir.path()), untouched);
+}
+
+/// The other half of finding 2: a cut before a snapshot record whose snapshot is already in
+/// the `snapshot` file would leave a log that names another snapshot (here: none), which
+/// `open` refuses. Repair refuses it first, changing nothing.
+#[test]
+fn repair_refuses_a_cut_that_would_leave_a_log_not_matching_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = vec![batch(1), batch(2), batch(3), snapshot_at(2), batch(4)];
+    persisted(dir.path(), ONE_SEGMENT, &all);
+    let before = inspect(dir.path()).unwrap();
+    let third = batch_records(&before)[2].clone();
+    assert_eq!(third.entries, Some((3, 3)));
+    let mut bytes = fs::read(&before.segments[0].path).unwrap();
+    bytes[(third.offset + third.len - 1) as usize] ^= 0x10;
+    fs::write(&before.segments[0].path, &bytes).unwrap();
+    assert!(matches!(
+        inspect(dir.path()).unwrap().end,
+        LogEnd::Corrupt { offset, .. } if offset == third.offset
+    ));
+    let untouched = files(dir.path());
+    assert_refused(dir.path(), repair(dir.path()), "snapshot");
+    assert_eq!(files(dir.path()), untouched);
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use flotilla_raft::{HardState, Index, Term};
 
-use super::replay::{io_err, replay, StopKind};
-use super::{list_segments, sync_dir};
+use super::replay::{corrupt, io_err, replay, resolve_snapshot, SegmentFile, StopKind};
+use super::{list_segments, sync_dir, SNAPSHOT_FILE, SNAPSHOT_TMP};
 use crate::fs::{FileSystem, StdFs};
 use crate::StorageError;
 
@@ -78,10 +78,22 @@ pub struct Inspection {
 }
 
 impl Inspection {
-    /// Bytes [`repair`] would cut: from the damage to the end of the log.
+    /// Bytes [`repair`] would cut: from the damage to the end of the log, including the
+    /// whole of a segment damaged in its header or start record (which goes whole).
     pub fn bytes_to_cut(&self) -> u64 {
+        let Some((at, keep)) = self.cut() else {
+            return 0;
+        };
+        self.segments[at].len.saturating_sub(keep)
+            + self.segments[at + 1..].iter().map(|s| s.len).sum::<u64>()
+    }
+
+    /// Where [`repair`] would cut: the position of the damaged segment in `segments` and the
+    /// bytes of it that stay (0: it goes whole, having no good start record). `None` for a
+    /// clean or incomplete log.
+    fn cut(&self) -> Option<(usize, u64)> {
         let (segment, offset) = match &self.end {
-            LogEnd::Clean | LogEnd::Incomplete { .. } => return 0,
+            LogEnd::Clean | LogEnd::Incomplete { .. } => return None,
             LogEnd::TornTail {
                 segment, offset, ..
             }
@@ -94,7 +106,12 @@ impl Inspection {
             .iter()
             .position(|s| &s.path == segment)
             .expect("the damaged segment is listed");
-        self.segments[at].len - offset + self.segments[at + 1..].iter().map(|s| s.len).sum::<u64>()
+        let keep = if self.segments[at].records.is_empty() {
+            0
+        } else {
+            offset
+        };
+        Some((at, keep))
     }
 
     /// The number of good records in all segments.
@@ -115,11 +132,7 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection, StorageError> {
             "no log segments (<seq>-<index>.wal) in this directory",
         )));
     }
-    let live_from = found
-        .windows(2)
-        .rposition(|pair| pair[1].seq != pair[0].seq + 1)
-        .map_or(0, |gap| gap + 1);
-    let leftovers = found.drain(..live_from).map(|s| s.path).collect();
+    let leftovers = found.drain(..live_from(&found)).map(|s| s.path).collect();
     let mut segments: Vec<SegmentSummary> = found
         .iter()
         .map(|s| {
@@ -190,46 +203,59 @@ pub struct Repair {
     pub backups: Vec<PathBuf>,
 }
 
+/// Where the live log begins in `found` (sorted by sequence number), by `open`'s rule: the
+/// segments before the last gap in the sequence numbers are leftovers of an interrupted
+/// deletion.
+fn live_from(found: &[SegmentFile]) -> usize {
+    found
+        .windows(2)
+        .rposition(|pair| pair[1].seq != pair[0].seq + 1)
+        .map_or(0, |gap| gap + 1)
+}
+
 /// Cuts the log of `dir` at the end of its last good record (`flotilla wal repair`): the
 /// bytes it removes are saved first (synced before the log is touched). A segment damaged in
-/// its header or start record goes whole. Takes the directory lock: never while a node runs
-/// on it. An incomplete log cannot be repaired by cutting: an error says so.
+/// its header or start record goes whole (renamed to `<segment>.removed`), and so do the
+/// segments after the damaged one. Takes the directory lock: never while a node runs on it.
+///
+/// Before it changes anything, repair replays the log it would leave — the segments kept,
+/// the damaged one up to its last good record, leftovers before a sequence gap classified
+/// exactly as `open` classifies them — and resolves its snapshot reference against the
+/// snapshot file, as `open` does. Unless that log would open cleanly, repair refuses with
+/// [`StorageError::Corrupt`] saying why, and **nothing is changed**:
+///
+/// - An incomplete log cannot be repaired by cutting, nor can a cut that would *make* the
+///   log incomplete (it would remove the snapshot record that covers entries only older,
+///   deleted segments held), or leave a log that no longer names the snapshot in the
+///   `snapshot` file.
+/// - Damage in the header or start record of the **first live segment** is refused: the cut
+///   would leave no live segment. An empty log would lose the hard state (term and vote), and
+///   the segments before a sequence gap, if any, are stale leftovers that `open` deletes —
+///   they must not become the log again (they hold an older state, or damage). Such a node's
+///   state cannot be recovered by cutting: restore the segment, or rebuild the node.
 pub fn repair(dir: impl AsRef<Path>) -> Result<Repair, StorageError> {
     let dir = dir.as_ref();
     let _lock = crate::DirLock::acquire(dir)?;
     let found = inspect(dir)?;
-    let (segment, offset) = match &found.end {
-        LogEnd::Clean => {
-            return Ok(Repair {
-                removed: 0,
-                backups: Vec::new(),
-            })
-        }
-        LogEnd::Incomplete { detail } => {
-            return Err(super::replay::corrupt(
-                "log",
-                dir,
-                0,
-                format!(
-                    "{detail}; cutting the log cannot repair this: restore the missing segments"
-                ),
-            ))
-        }
-        LogEnd::TornTail {
-            segment, offset, ..
-        }
-        | LogEnd::Corrupt {
-            segment, offset, ..
-        } => (segment.clone(), *offset),
+    if let LogEnd::Incomplete { detail } = &found.end {
+        return Err(corrupt(
+            "log",
+            dir,
+            0,
+            format!("{detail}; cutting the log cannot repair this: restore the missing segments"),
+        ));
+    }
+    let Some((at, keep)) = found.cut() else {
+        return Ok(Repair {
+            removed: 0,
+            backups: Vec::new(),
+        });
     };
+    check_cut(dir, &found, at, keep)?;
     let removed = found.bytes_to_cut();
-    let at = found
-        .segments
-        .iter()
-        .position(|s| s.path == segment)
-        .expect("the damaged segment is listed");
-    let damaged = &found.segments[at];
-    let whole = damaged.records.is_empty(); // no good start record: the segment goes whole
+    let segment = found.segments[at].path.clone();
+    let whole = keep == 0;
+    let offset = keep;
     let mut backups = Vec::new();
     let mut moved = |path: &Path| -> Result<(), StorageError> {
         let to = PathBuf::from(format!("{}.removed", path.display()));
@@ -263,4 +289,93 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<Repair, StorageError> {
         backups.insert(0, backup);
     }
     Ok(Repair { removed, backups })
+}
+
+/// Refuses (with nothing changed) a cut of `found` at segment `at`, keeping `keep` bytes of
+/// it, unless the log it leaves opens cleanly: replayed as `open` replays it, complete, and
+/// naming the snapshot the snapshot file holds.
+fn check_cut(dir: &Path, found: &Inspection, at: usize, keep: u64) -> Result<(), StorageError> {
+    let damaged = &found.segments[at];
+    let refuse = |detail: String| {
+        Err(corrupt(
+            "log",
+            &damaged.path,
+            keep,
+            format!("{detail}; nothing was changed"),
+        ))
+    };
+    let kept = at + usize::from(keep > 0);
+    if kept == 0 {
+        let leftovers = match found.leftovers.len() {
+            0 => String::new(),
+            n => format!(
+                " ({n} segments before a gap in the sequence numbers are leftovers of an \
+                 interrupted deletion, which open deletes: they must not become the log again)"
+            ),
+        };
+        return refuse(format!(
+            "the damage is in the header or start record of the first live segment, so cutting \
+             there would leave no live segment{leftovers}: the log cannot be repaired by \
+             cutting (restore the segment, or rebuild this node)"
+        ));
+    }
+    // The segments the cut leaves, classified as `open` will classify them.
+    let removed: Vec<&Path> = found.segments[kept..]
+        .iter()
+        .map(|s| s.path.as_path())
+        .collect();
+    let mut left = list_segments(&StdFs, dir)?;
+    left.retain(|s| !removed.contains(&s.path.as_path()));
+    let live = left.split_off(live_from(&left));
+    let expected: Vec<&Path> = found.segments[..kept]
+        .iter()
+        .map(|s| s.path.as_path())
+        .collect();
+    if live
+        .iter()
+        .map(|s| s.path.as_path())
+        .ne(expected.iter().copied())
+    {
+        return refuse(format!(
+            "after the cut, open would take {:?} as the live log, not the segments kept",
+            live.iter().map(|s| &s.path).collect::<Vec<_>>()
+        ));
+    }
+    let mut limits: Vec<u64> = found.segments[..kept].iter().map(|s| s.len).collect();
+    if keep > 0 {
+        limits[at] = keep;
+    }
+    let replayed = replay(&StdFs, &live, Some(&limits), |_| {})?;
+    if let Some(stop) = replayed.stop {
+        return refuse(match stop.kind {
+            StopKind::Incomplete => {
+                format!(
+                    "cutting here would leave an incomplete log: {}",
+                    stop.detail
+                )
+            }
+            StopKind::TornTail | StopKind::Corrupt => format!(
+                "cutting here would leave a damaged log: {} (in {} at byte {})",
+                stop.detail,
+                live[stop.segment].path.display(),
+                stop.offset
+            ),
+        });
+    }
+    let mut state = replayed.state;
+    match resolve_snapshot(
+        &StdFs,
+        &dir.join(SNAPSHOT_FILE),
+        &dir.join(SNAPSHOT_TMP),
+        &mut state,
+    ) {
+        Ok(_) => Ok(()),
+        Err(StorageError::Corrupt {
+            what, path, detail, ..
+        }) => refuse(format!(
+            "the log left by cutting here would not match its snapshot ({what} {}: {detail})",
+            path.display()
+        )),
+        Err(e) => Err(e),
+    }
 }
