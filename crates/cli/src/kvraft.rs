@@ -34,6 +34,9 @@ pub enum KvraftCommand {
         /// Snapshot once the Raft log exceeds this many bytes (0: never).
         #[arg(long, default_value_t = 64 << 20)]
         max_raft_state: u64,
+        /// Start a new log segment once the current one reaches this many bytes.
+        #[arg(long, default_value_t = 64 << 20)]
+        segment_bytes: u64,
     },
     /// Print each node's role, term, commit and applied index, log and snapshot size, and on
     /// the leader each follower's progress.
@@ -75,7 +78,7 @@ pub fn cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let members = local::loopback_addresses(nodes, base_port)?;
     let runtime = crate::tokio_runtime()?;
-    let mut cluster = LocalCluster::start(&exe, &dir, &name, members)?;
+    let mut cluster = LocalCluster::start(&exe, &dir, &name, members, &[])?;
     println!(
         "flotilla cluster: {nodes} nodes, data and logs in {}",
         dir.display()
@@ -115,6 +118,7 @@ pub fn run(command: KvraftCommand) -> anyhow::Result<ExitCode> {
             data,
             name,
             max_raft_state,
+            segment_bytes,
         } => {
             if id as usize >= peers.len() {
                 anyhow::bail!(
@@ -129,6 +133,7 @@ pub fn run(command: KvraftCommand) -> anyhow::Result<ExitCode> {
             };
             let mut config = NodeConfig::new(cluster, id, data);
             config.rsm.max_raft_state = (max_raft_state > 0).then_some(max_raft_state);
+            config.wal.segment_bytes = segment_bytes;
             let runtime = crate::tokio_runtime()?;
             match runtime.block_on(tcp::serve(config, shutdown_signal())) {
                 Ok(()) => Ok(ExitCode::SUCCESS),

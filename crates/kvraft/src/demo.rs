@@ -20,7 +20,7 @@ pub async fn run(exe: &Path) -> Result<(), String> {
         .tempdir()
         .map_err(|e| format!("cannot make a temporary directory: {e}"))?;
     let members = local::loopback_addresses(3, 0).map_err(|e| e.to_string())?;
-    let mut cluster = LocalCluster::start(exe, dir.path(), "demo", members)
+    let mut cluster = LocalCluster::start(exe, dir.path(), "demo", members, &[])
         .map_err(|e| format!("cannot start the nodes: {e}"))?;
     let started = Instant::now();
     let say = |what: String| println!("[{:>6.2}s] {what}", started.elapsed().as_secs_f64());

@@ -21,6 +21,8 @@ pub struct LocalCluster {
     dir: PathBuf,
     name: String,
     members: Vec<SocketAddr>,
+    /// More arguments for every `kvraft serve`.
+    extra: Vec<String>,
     children: Vec<Option<Child>>,
 }
 
@@ -45,18 +47,21 @@ pub fn loopback_addresses(nodes: usize, base_port: u16) -> std::io::Result<Vec<S
 }
 
 impl LocalCluster {
-    /// Starts `members.len()` nodes of the `flotilla` executable `exe`, their data under `dir`.
+    /// Starts `members.len()` nodes of the `flotilla` executable `exe`, their data under
+    /// `dir`, each `kvraft serve` given `extra` arguments too.
     pub fn start(
         exe: &Path,
         dir: &Path,
         name: &str,
         members: Vec<SocketAddr>,
+        extra: &[&str],
     ) -> std::io::Result<LocalCluster> {
         std::fs::create_dir_all(dir)?;
         let mut cluster = LocalCluster {
             exe: exe.to_path_buf(),
             dir: dir.to_path_buf(),
             name: name.to_string(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             children: (0..members.len()).map(|_| None).collect(),
             members,
         };
@@ -104,6 +109,7 @@ impl LocalCluster {
             .arg("--data")
             .arg(self.data_dir(i))
             .args(["--name", &self.name])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -122,6 +122,7 @@ async fn a_peer_of_another_cluster_or_taking_the_node_for_another_is_refused() {
             cluster: cluster.clone(),
             from,
             to,
+            incarnation: 1,
         };
         let refusal = |result: Result<_, WireError>| match result {
             Err(WireError::Handshake(why)) => why,

@@ -73,6 +73,9 @@ pub enum Input {
     /// Someone proposed, asked for a read or a transfer directly on the node: look for a
     /// `Ready`.
     Poke,
+    /// The transport saw peer `0` start again (a new incarnation of its process): a leader
+    /// probes its log anew ([`RawNode::peer_restarted`]).
+    PeerRestarted(NodeId),
 }
 
 /// What [`Host::next_event`] woke up for.
@@ -213,11 +216,15 @@ where
             Event::Input(first) => node.with(|n| {
                 let mut input = Some(first);
                 while let Some(next) = input.take().or_else(|| host.try_input()) {
-                    if let Input::Message(message) = next {
-                        let from = message.from;
-                        if let Err(error) = n.step(message) {
-                            host.refused(from, error);
+                    match next {
+                        Input::Message(message) => {
+                            let from = message.from;
+                            if let Err(error) = n.step(message) {
+                                host.refused(from, error);
+                            }
                         }
+                        Input::PeerRestarted(peer) => n.peer_restarted(peer),
+                        Input::Poke => {}
                     }
                 }
             }),

@@ -280,6 +280,25 @@ impl Raft {
         }
     }
 
+    /// On a leader: follower `peer` restarted (its transport says so). What it acknowledged
+    /// before may be gone if its storage lost an acknowledged tail (a damaged disk), and a
+    /// leader that kept its match would take every rejection below it for a stale answer and
+    /// never send it those entries again. So the leader forgets what it knew of the
+    /// follower's log and probes it from the end, as after an election (keeping only whether
+    /// it was heard from, for check-quorum). Lowering a match commits nothing (the commit
+    /// index never goes back); it only makes the leader ask again.
+    pub fn forget_progress(&mut self, peer: NodeId) {
+        if self.role != Role::Leader || peer == self.id || !self.peers.contains(&peer) {
+            return;
+        }
+        let next = self.log.last_index() + 1;
+        let pr = self.progress_mut(peer);
+        let recent_active = pr.recent_active;
+        *pr = Progress::new(next);
+        pr.recent_active = recent_active;
+        self.send_append(peer, true);
+    }
+
     /// Each follower's progress, in `peers` order; empty unless leader.
     pub fn follower_progress(&self) -> Vec<FollowerProgress> {
         if self.role != Role::Leader {

@@ -164,6 +164,13 @@ impl RawNode {
         self.raft.tick();
     }
 
+    /// Tells a leader that `peer` restarted, so that it probes the follower's log again
+    /// instead of trusting what the follower acknowledged before (see
+    /// `Raft::forget_progress`). Does nothing on other roles.
+    pub fn peer_restarted(&mut self, peer: NodeId) {
+        self.raft.forget_progress(peer);
+    }
+
     /// Feeds a message from another node. A message that is malformed, not addressed to this
     /// node, from outside the group, or impossible in a correct group (see
     /// [`crate::validate`]) is refused with a [`StepError`] and changes nothing.

@@ -312,3 +312,47 @@ fn without_pre_vote_the_isolated_server_campaigns_in_new_terms() {
     }
     assert!(nodes[2].status().hard.term > 3);
 }
+
+/// A follower whose disk lost entries it had acknowledged (a damaged tail cut at restart)
+/// rejects every append below the leader's record of its match, which the leader takes for
+/// stale answers: it is stuck until the leader hears that it restarted
+/// (`RawNode::peer_restarted`), forgets its match, and probes it again.
+#[test]
+fn a_restarted_follower_that_lost_acknowledged_entries_catches_up_once_reported() {
+    let mut g = Group::new(vec![DurableState::default(); 3]);
+    g.elect(0, |_| false);
+    let term = g.nodes[0].status().hard.term;
+    for k in 0..10u8 {
+        g.nodes[0].propose(vec![k + 1]).unwrap();
+        g.deliver(|_| false);
+    }
+    let last = g.nodes[0].status().last_index;
+    assert_eq!(g.nodes[2].status().last_index, last);
+    // Follower 2 restarts with only its first 5 entries.
+    let mut lost = state(term, &[term; 5]);
+    lost.entries
+        .iter_mut()
+        .for_each(|e| e.data = vec![e.index as u8]);
+    g.nodes[2] = RawNode::new(Config::new(2, vec![0, 1, 2]), lost);
+    // Heartbeats and new entries alone do not repair it.
+    for k in 10..15u8 {
+        g.nodes[0].propose(vec![k + 1]).unwrap();
+        for _ in 0..20 {
+            g.nodes[0].tick();
+            g.deliver(|_| false);
+        }
+    }
+    let leader_last = g.nodes[0].status().last_index;
+    assert!(
+        g.nodes[2].status().last_index < leader_last,
+        "the follower caught up without the report: the scenario no longer shows the problem"
+    );
+    g.nodes[0].peer_restarted(2);
+    g.deliver(|_| false);
+    let f = g.nodes[2].status();
+    assert_eq!(
+        f.last_index, leader_last,
+        "the reported follower is repaired"
+    );
+    assert_eq!(f.commit, g.nodes[0].status().commit);
+}

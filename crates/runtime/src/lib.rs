@@ -33,7 +33,7 @@ use std::time::Duration;
 use flotilla_node::Input;
 use flotilla_raft::{NodeId, RawNode};
 use flotilla_rsm::{Rsm, RsmApp, RsmConfig, RsmHandle, StateMachine};
-use flotilla_storage::{StorageError, WalStorage};
+use flotilla_storage::{StorageError, WalOptions, WalStorage};
 use flotilla_wire::Protocol;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,8 @@ pub struct NodeConfig {
     pub port: PortConfig,
     /// Messages waiting in the node's inbox before more are dropped.
     pub inbox_messages: usize,
+    /// The WAL's segment size.
+    pub wal: WalOptions,
 }
 
 impl NodeConfig {
@@ -104,6 +106,7 @@ impl NodeConfig {
             rsm: RsmConfig::default(),
             port: PortConfig::default(),
             inbox_messages: 16 << 10,
+            wal: WalOptions::default(),
         }
     }
 }
@@ -165,7 +168,8 @@ where
     }
     let addr = config.cluster.members[id as usize];
     let storage = |source| RunError::Storage { id, source };
-    let (wal, durable) = WalStorage::open(&config.data_dir).map_err(storage)?;
+    let (wal, durable) =
+        WalStorage::open_with_options(&config.data_dir, config.wal).map_err(storage)?;
     info!(
         id,
         dir = %config.data_dir.display(),
@@ -181,6 +185,7 @@ where
     raft.id = id;
     raft.peers = (0..n as NodeId).collect();
     raft.seed = seed(id);
+    let incarnation = seed(id);
     let snapshot = durable.snapshot.clone();
     let node = Arc::new(Mutex::new(RawNode::new(raft, durable)));
     let rsm = Rsm::new(state_machine, config.rsm, &snapshot)
@@ -206,6 +211,7 @@ where
         me: id,
         inbox: inbox_tx,
         client_protocol,
+        incarnations: Mutex::new(vec![None; n]),
         handler: make_handler(view),
         config: config.port,
     });
@@ -217,7 +223,7 @@ where
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let peers = peer::PeerLinks::start(&config.cluster, id);
+    let peers = peer::PeerLinks::start(&config.cluster, id, incarnation);
     let mut host = host::TokioHost::new(id, stats, inbox, config.tick, wal, peers, stop);
     let mut app = RsmApp::new(rsm);
     info!(id, %addr, cluster = %config.cluster, "serving");

@@ -38,6 +38,9 @@ pub struct PeerIntro {
     pub cluster: ClusterId,
     pub from: NodeId,
     pub to: NodeId,
+    /// Drawn at random when the sending process starts: a new value tells the receiver that
+    /// the peer restarted (and may have lost what it acknowledged, if its disk was damaged).
+    pub incarnation: u64,
 }
 
 /// The receiving node's answer: `None` accepts; otherwise why not.
@@ -50,7 +53,7 @@ pub struct PeerLinks {
 
 impl PeerLinks {
     /// Starts one link task per member other than `me`.
-    pub fn start(cluster: &ClusterId, me: NodeId) -> PeerLinks {
+    pub fn start(cluster: &ClusterId, me: NodeId, incarnation: u64) -> PeerLinks {
         let queues = cluster
             .members
             .iter()
@@ -63,6 +66,7 @@ impl PeerLinks {
                         cluster: cluster.clone(),
                         from: me,
                         to: id,
+                        incarnation,
                     };
                     tokio::spawn(link(addr, intro, rx));
                     tx

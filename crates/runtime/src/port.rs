@@ -21,7 +21,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_node::Input;
@@ -35,7 +35,7 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::peer::{IntroReply, PeerIntro, PEER_MAX_FRAME};
 use crate::{ClusterId, PEER_PROTOCOL};
@@ -71,6 +71,8 @@ pub(crate) struct Port<H> {
     pub(crate) me: NodeId,
     pub(crate) inbox: mpsc::Sender<Input>,
     pub(crate) client_protocol: Protocol,
+    /// The last incarnation each peer introduced itself with.
+    pub(crate) incarnations: Mutex<Vec<Option<u64>>>,
     pub(crate) handler: H,
     pub(crate) config: PortConfig,
 }
@@ -231,6 +233,17 @@ async fn peer_link<H>(mut stream: TcpStream, from: SocketAddr, port: &Port<H>) {
         return warn!(%from, "peer refused: {why}");
     }
     debug!(%from, peer = intro.from, "peer link accepted");
+    let restarted = {
+        let mut known = port.incarnations.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &mut known[intro.from as usize];
+        let restarted = slot.is_some_and(|before| before != intro.incarnation);
+        *slot = Some(intro.incarnation);
+        restarted
+    };
+    if restarted {
+        info!(peer = intro.from, "peer restarted: its log is probed again");
+        let _ = port.inbox.try_send(Input::PeerRestarted(intro.from));
+    }
     let mut reader = FrameReader::new(PEER_MAX_FRAME);
     loop {
         match reader.read_frame::<Message>(&mut stream).await {
