@@ -37,6 +37,9 @@ pub enum KvraftCommand {
         /// Start a new log segment once the current one reaches this many bytes.
         #[arg(long, default_value_t = 64 << 20)]
         segment_bytes: u64,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     /// Print each node's role, term, commit and applied index, log and snapshot size, and on
     /// the leader each follower's progress.
@@ -119,6 +122,7 @@ pub fn run(command: KvraftCommand) -> anyhow::Result<ExitCode> {
             name,
             max_raft_state,
             segment_bytes,
+            metrics,
         } => {
             if id as usize >= peers.len() {
                 anyhow::bail!(
@@ -134,6 +138,7 @@ pub fn run(command: KvraftCommand) -> anyhow::Result<ExitCode> {
             let mut config = NodeConfig::new(cluster, id, data);
             config.rsm.max_raft_state = (max_raft_state > 0).then_some(max_raft_state);
             config.wal.segment_bytes = segment_bytes;
+            config.metrics = metrics;
             let runtime = crate::tokio_runtime()?;
             match runtime.block_on(tcp::serve(config, shutdown_signal())) {
                 Ok(()) => Ok(ExitCode::SUCCESS),

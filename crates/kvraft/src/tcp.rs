@@ -73,7 +73,12 @@ pub async fn serve(
                 async move {
                     match request {
                         NodeRequest::Kv(request) => {
-                            NodeReply::Kv(service::serve(&view.replica, request).await)
+                            let write = !matches!(request, Request::Get { .. });
+                            let reply = service::serve(&view.replica, request).await;
+                            if write && !matches!(reply, ServerReply::NotApplied { .. }) {
+                                view.count_proposal();
+                            }
+                            NodeReply::Kv(reply)
                         }
                         NodeRequest::Status => NodeReply::Status(Box::new(view.report())),
                     }

@@ -22,12 +22,12 @@ use tokio::time::{Interval, MissedTickBehavior};
 
 use tracing::info;
 
+use crate::metrics::Counters;
 use crate::peer::PeerLinks;
-use crate::report::StorageStats;
 
 pub struct TokioHost {
     id: NodeId,
-    stats: Arc<StorageStats>,
+    counters: Arc<Counters>,
     inbox: mpsc::Receiver<Input>,
     ticks: Interval,
     wal: WalStorage,
@@ -38,7 +38,7 @@ pub struct TokioHost {
 impl TokioHost {
     pub(crate) fn new(
         id: NodeId,
-        stats: Arc<StorageStats>,
+        counters: Arc<Counters>,
         inbox: mpsc::Receiver<Input>,
         tick: Duration,
         wal: WalStorage,
@@ -49,7 +49,7 @@ impl TokioHost {
         ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let host = TokioHost {
             id,
-            stats,
+            counters,
             inbox,
             ticks,
             wal,
@@ -61,7 +61,7 @@ impl TokioHost {
     }
 
     fn update_stats(&self) {
-        let stats = &self.stats;
+        let stats = &self.counters.storage;
         stats
             .log_bytes
             .store(self.wal.log_bytes(), Ordering::Relaxed);
@@ -96,8 +96,10 @@ impl Host for TokioHost {
     }
 
     async fn persist(&mut self, batch: &Persist) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         tokio::task::block_in_place(|| self.wal.persist(batch))?;
-        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.counters.sync_latency.observe(started.elapsed());
+        self.counters.storage.syncs.fetch_add(1, Ordering::Relaxed);
         self.update_stats();
         Ok(())
     }

@@ -9,6 +9,7 @@
 //!   `Ready`, which carries every entry proposed while the previous sync ran), peer links.
 //! - [`peer`]: outgoing links, one bounded queue per peer, reconnect with backoff.
 //! - [`port`]: the one port: peer links in, client requests to the service's handler.
+//! - [`metrics`]: the Prometheus text endpoint (`--metrics ADDR`).
 //! - [`report`]: what a node says about itself (role, term, indexes, storage, followers).
 //!
 //! Guarantees: the node acknowledges nothing (sends no message, applies nothing) of a
@@ -19,6 +20,7 @@
 //! client sends can panic the node, and every connection, queue and frame is bounded.
 
 pub mod host;
+pub mod metrics;
 pub mod peer;
 pub mod port;
 pub mod report;
@@ -87,6 +89,8 @@ pub struct NodeConfig {
     pub inbox_messages: usize,
     /// The WAL's segment size.
     pub wal: WalOptions,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -107,6 +111,7 @@ impl NodeConfig {
             port: PortConfig::default(),
             inbox_messages: 16 << 10,
             wal: WalOptions::default(),
+            metrics: None,
         }
     }
 }
@@ -150,6 +155,7 @@ where
     S: StateMachine + Send + 'static,
     S::Output: Send,
     S::Answer: Send,
+    S::Query: Send,
     Req: DeserializeOwned + Send + 'static,
     Resp: Serialize + Send + 'static,
     H: Fn(Req) -> F + Send + Sync + 'static,
@@ -198,12 +204,29 @@ where
         let _ = poke.try_send(Input::Poke);
     });
     let replica = RsmHandle::new(node.clone(), rsm.clone(), wake);
-    let stats = Arc::new(report::StorageStats::default());
+    let counters = Arc::new(metrics::Counters::new(n));
     let view = NodeView {
         replica,
         node: node.clone(),
-        stats: stats.clone(),
+        counters: counters.clone(),
         addr,
+    };
+    let metrics_task = match config.metrics {
+        None => None,
+        Some(metrics_addr) => {
+            let listener =
+                TcpListener::bind(metrics_addr)
+                    .await
+                    .map_err(|source| RunError::Listen {
+                        id,
+                        addr: metrics_addr,
+                        source,
+                    })?;
+            let (view, counters) = (view.clone(), counters.clone());
+            let text = Arc::new(move || metrics::render(&view.report(), &counters));
+            info!(id, %metrics_addr, "metrics at /metrics");
+            Some(tokio::spawn(metrics::serve(listener, text)))
+        }
     };
     let (stop_tx, stop) = watch::channel(false);
     let port = Arc::new(port::Port {
@@ -223,12 +246,15 @@ where
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let peers = peer::PeerLinks::start(&config.cluster, id, incarnation);
-    let mut host = host::TokioHost::new(id, stats, inbox, config.tick, wal, peers, stop);
+    let peers = peer::PeerLinks::start(&config.cluster, id, incarnation, counters.clone());
+    let mut host = host::TokioHost::new(id, counters, inbox, config.tick, wal, peers, stop);
     let mut app = RsmApp::new(rsm);
     info!(id, %addr, cluster = %config.cluster, "serving");
     let result = flotilla_node::run(node, &mut host, &mut app).await;
     serving.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     result.map_err(storage)
 }
 

@@ -10,6 +10,8 @@
 //! receives on the links its peers opened to it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_raft::{Message, NodeId};
@@ -22,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::metrics::Counters;
 use crate::{ClusterId, PEER_PROTOCOL};
 
 /// Messages a peer's queue holds before new ones to it are dropped.
@@ -53,7 +56,12 @@ pub struct PeerLinks {
 
 impl PeerLinks {
     /// Starts one link task per member other than `me`.
-    pub fn start(cluster: &ClusterId, me: NodeId, incarnation: u64) -> PeerLinks {
+    pub fn start(
+        cluster: &ClusterId,
+        me: NodeId,
+        incarnation: u64,
+        counters: Arc<Counters>,
+    ) -> PeerLinks {
         let queues = cluster
             .members
             .iter()
@@ -68,7 +76,7 @@ impl PeerLinks {
                         to: id,
                         incarnation,
                     };
-                    tokio::spawn(link(addr, intro, rx));
+                    tokio::spawn(link(addr, intro, rx, counters.clone()));
                     tx
                 })
             })
@@ -84,7 +92,12 @@ impl PeerLinks {
     }
 }
 
-async fn link(addr: SocketAddr, intro: PeerIntro, mut queue: mpsc::Receiver<Message>) {
+async fn link(
+    addr: SocketAddr,
+    intro: PeerIntro,
+    mut queue: mpsc::Receiver<Message>,
+    counters: Arc<Counters>,
+) {
     let mut backoff = FIRST_BACKOFF;
     let mut last_error: Option<String> = None;
     loop {
@@ -112,6 +125,8 @@ async fn link(addr: SocketAddr, intro: PeerIntro, mut queue: mpsc::Receiver<Mess
                         warn!(peer = intro.to, %addr, "link down: {e}");
                         break;
                     }
+                    counters.bytes_sent[intro.to as usize]
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
             }
             Err(e) => {

@@ -10,6 +10,7 @@ use flotilla_raft::{Index, NodeId, RawNode, Term};
 use flotilla_rsm::StateMachine;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::Counters;
 use crate::Replica;
 
 /// A node's state, as of the moment it was asked.
@@ -58,7 +59,7 @@ pub(crate) struct StorageStats {
 pub struct NodeView<S: StateMachine> {
     pub replica: Replica<S>,
     pub(crate) node: Arc<Mutex<RawNode>>,
-    pub(crate) stats: Arc<StorageStats>,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) addr: SocketAddr,
 }
 
@@ -67,16 +68,22 @@ impl<S: StateMachine> Clone for NodeView<S> {
         NodeView {
             replica: self.replica.clone(),
             node: self.node.clone(),
-            stats: self.stats.clone(),
+            counters: self.counters.clone(),
             addr: self.addr,
         }
     }
 }
 
 impl<S: StateMachine> NodeView<S> {
+    /// Counts a client write proposed on this node (for the metrics).
+    pub fn count_proposal(&self) {
+        self.counters.proposals.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn report(&self) -> NodeReport {
         let status = self.node.with(|n| n.status());
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let storage = &self.counters.storage;
         NodeReport {
             id: status.id,
             addr: self.addr,
@@ -88,10 +95,10 @@ impl<S: StateMachine> NodeView<S> {
             first_index: status.first_index,
             last_index: status.last_index,
             snapshot_index: status.snapshot_index,
-            log_bytes: load(&self.stats.log_bytes),
-            segments: load(&self.stats.segments),
-            snapshot_bytes: load(&self.stats.snapshot_bytes),
-            syncs: load(&self.stats.syncs),
+            log_bytes: load(&storage.log_bytes),
+            segments: load(&storage.segments),
+            snapshot_bytes: load(&storage.snapshot_bytes),
+            syncs: load(&storage.syncs),
             followers: status
                 .progress
                 .iter()
