@@ -31,8 +31,9 @@ pub enum KvraftCommand {
         /// other.
         #[arg(long, default_value = "flotilla")]
         name: String,
-        /// Snapshot once the Raft log exceeds this many bytes (0: never).
-        #[arg(long, default_value_t = 64 << 20)]
+        /// Snapshot once the Raft log exceeds this many bytes (0: never). It bounds the log a
+        /// restart replays and the memory the log takes.
+        #[arg(long, default_value_t = 16 << 20)]
         max_raft_state: u64,
         /// Start a new log segment once the current one reaches this many bytes.
         #[arg(long, default_value_t = 64 << 20)]
