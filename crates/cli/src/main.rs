@@ -526,6 +526,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Prints a get's value and version, or says the key is missing (exit status 1).
+fn print_get(key: &str, found: Result<(String, u64), KvError>) -> anyhow::Result<ExitCode> {
+    match found {
+        Ok((value, version)) => println!("{value}\t(version {version})"),
+        Err(KvError::NoKey) => {
+            eprintln!("flotilla: no key {key:?}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => bail!("get failed: {e}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cluster_clerk(members: Vec<SocketAddr>) -> flotilla_kvraft::tcp::ClusterClerk {
     flotilla_kvraft::tcp::ClusterClerk::new(
         members,
@@ -576,15 +589,8 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
             tcp::serve(listener, options, shutdown).await?;
         }
         KvCommand::Get { cluster, key, .. } if !cluster.cluster.is_empty() => {
-            let mut clerk = cluster_clerk(cluster.cluster);
-            match clerk.get(&key).await? {
-                Ok((value, version)) => println!("{value}\t(version {version})"),
-                Err(KvError::NoKey) => {
-                    eprintln!("flotilla: no key {key:?}");
-                    return Ok(ExitCode::FAILURE);
-                }
-                Err(e) => bail!("get failed: {e}"),
-            }
+            let found = cluster_clerk(cluster.cluster).get(&key).await?;
+            return print_get(&key, found);
         }
         KvCommand::Put {
             cluster,
@@ -606,14 +612,8 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
             );
         }
         KvCommand::Get { server, key, .. } => {
-            match TcpClerk::connect(server, options).await?.get(&key).await? {
-                Ok((value, version)) => println!("{value}\t(version {version})"),
-                Err(KvError::NoKey) => {
-                    eprintln!("flotilla: no key {key:?}");
-                    return Ok(ExitCode::FAILURE);
-                }
-                Err(e) => bail!("get failed: {e}"),
-            }
+            let found = TcpClerk::connect(server, options).await?.get(&key).await?;
+            return print_get(&key, found);
         }
         KvCommand::Put {
             server,
