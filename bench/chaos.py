@@ -1,0 +1,1038 @@
+#!/usr/bin/env python3
+"""Chaos on real processes (issue 11, item 4): a 3-node `flotilla kvraft serve` cluster, one
+node per network namespace on a private bridge, concurrent `flotilla kv bench` clients from the
+root namespace, and a seeded fault loop (SIGKILL + restart, SIGSTOP/SIGCONT, iptables
+partitions, netem loss and delay). Afterwards everything is healed and checked: every history
+must be linearizable (alone, and with the final reads appended), and no acknowledged append may
+be lost. See bench/chaos.md.
+
+Run as root:  sudo python3 bench/chaos.py --seconds 120 --seed 1
+Python 3 standard library only.
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+
+NS_RE = re.compile(r"^flot-(\d+)-(\d+)$")         # namespaces: flot-<pid>-<i>
+LINK_RE = re.compile(r"^flot[vb](\d+)(-\d+|-p)?$")   # root-side veths flotv<pid>-<i>, bridge flotb<pid>
+CHAIN = "FLOTCHAOS"   # partitions
+LOSS = "FLOTLOSS"     # random packet loss
+PORT = 7400
+STATUS_RE = re.compile(r"^node (\d+) (\S+): (\w+) term (\d+)(?: leader (\S+))? commit (\d+) applied (\d+)")
+TOKEN_RE = re.compile(r"(\d+)\.(\d+)\.x*")        # one bench value: <client>.<n>.xxx
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(cmd, check=True, timeout=30, quiet=False, **kw):
+    """Runs a short command (bounded by timeout); returns CompletedProcess."""
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           timeout=timeout, **kw)
+    except subprocess.TimeoutExpired:
+        if check:
+            raise RuntimeError(f"timed out after {timeout}s: {' '.join(cmd)}")
+        return subprocess.CompletedProcess(cmd, 124, "", "timeout")
+    if check and p.returncode != 0:
+        raise RuntimeError(f"failed ({p.returncode}): {' '.join(cmd)}: {p.stderr.strip()}")
+    if not quiet and p.returncode != 0 and not check:
+        pass
+    return p
+
+
+def die_with_parent():
+    """preexec_fn: SIGKILL this child when chaos.py dies, even by SIGKILL (Linux prctl)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def pid_is_chaos(pid):
+    """Whether pid is a live chaos.py (another run, whose namespaces must be left alone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"chaos.py" in f.read()
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Tools and capability
+# ----------------------------------------------------------------------------------------------
+
+def ensure_tools():
+    missing = [(tool, pkg) for tool, pkg in
+               [("ip", "iproute2"), ("tc", "iproute2"), ("iptables", "iptables")]
+               if shutil.which(tool) is None]
+    if missing:
+        pkgs = sorted({p for _, p in missing})
+        log(f"installing {' '.join(pkgs)} with apt-get")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run(["apt-get", "update", "-q"], check=False, timeout=300, env=env)
+        run(["apt-get", "install", "-y", "-q", *pkgs], check=False, timeout=600, env=env)
+    still = [t for t, _ in missing if shutil.which(t) is None]
+    return still
+
+
+def capability_problem(tag, features):
+    """None if namespaces, veths, bridges and iptables work here; else why not. Fills features
+    with what the kernel offers for lossy and slow links (netem, iptables statistic, tbf)."""
+    if os.geteuid() != 0:
+        return "not running as root"
+    still = ensure_tools()
+    if still:
+        return f"tools missing after apt-get: {', '.join(still)}"
+    ns = f"flot-{tag}-probe"
+    try:
+        p = run(["ip", "netns", "add", ns], check=False)
+        if p.returncode != 0:
+            return f"cannot create a network namespace: {p.stderr.strip()}"
+        ex = ["ip", "netns", "exec", ns]
+        p = run(ex + ["iptables", "-S"], check=False)
+        if p.returncode != 0:
+            return f"iptables does not work inside a namespace: {p.stderr.strip()}"
+        run(ex + ["ip", "link", "set", "lo", "up"], check=False)
+        p = run(["ip", "link", "add", f"flotv{tag}-p", "type", "veth", "peer", "name", "flotp",
+                 "netns", ns], check=False)
+        if p.returncode != 0:
+            return f"cannot create a veth pair: {p.stderr.strip()}"
+        p = run(["ip", "link", "add", f"flotb{tag}", "type", "bridge"], check=False)
+        if p.returncode != 0:
+            return f"cannot create a bridge: {p.stderr.strip()}"
+        run(["ip", "link", "del", f"flotb{tag}"], check=False)
+        features["netem"] = run(ex + ["tc", "qdisc", "add", "dev", "flotp", "root", "netem",
+                                      "delay", "1ms"], check=False).returncode == 0
+        run(ex + ["tc", "qdisc", "del", "dev", "flotp", "root"], check=False)
+        features["tbf"] = run(ex + ["tc", "qdisc", "add", "dev", "flotp", "root", "tbf", "rate",
+                                    "1mbit", "burst", "16kb", "latency", "100ms"],
+                              check=False).returncode == 0
+        features["statistic"] = run(ex + ["iptables", "-A", "OUTPUT", "-m", "statistic", "--mode",
+                                          "random", "--probability", "0.1", "-j", "DROP"],
+                                    check=False).returncode == 0
+        return None
+    finally:
+        run(["ip", "netns", "del", ns], check=False)
+        run(["ip", "link", "del", f"flotv{tag}-p"], check=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# The network
+# ----------------------------------------------------------------------------------------------
+
+def cleanup_leftovers():
+    """Removes namespaces and links of earlier runs (their chaos.py is gone)."""
+    removed = []
+    out = run(["ip", "netns", "list"], check=False).stdout
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = NS_RE.match(name) or re.match(r"^flot-(\d+)-probe$", name)
+        if not m or pid_is_chaos(int(m.group(1))):
+            continue
+        pids = run(["ip", "netns", "pids", name], check=False).stdout.split()
+        for p in pids:
+            try:
+                os.kill(int(p), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        run(["ip", "netns", "del", name], check=False)
+        removed.append(f"netns {name}" + (f" (killed {len(pids)} processes)" if pids else ""))
+    out = run(["ip", "-o", "link", "show"], check=False).stdout
+    for line in out.splitlines():
+        parts = line.split(":")
+        if len(parts) < 2:
+            continue
+        name = parts[1].strip().split("@")[0]
+        m = LINK_RE.match(name)
+        if m and not pid_is_chaos(int(m.group(1))):
+            run(["ip", "link", "del", name], check=False)
+            removed.append(f"link {name}")
+    return removed
+
+
+class Net:
+    def __init__(self, tag, subnet):
+        self.tag = tag
+        self.subnet = subnet                   # "10.213.0"
+        self.bridge = f"flotb{tag}"
+        self.ns = [f"flot-{tag}-{i}" for i in range(3)]
+        self.host = [f"flotv{tag}-{i}" for i in range(3)]   # root side, on the bridge
+        self.inner = [f"flotn{tag}-{i}" for i in range(3)]  # inside namespace i
+        self.ip = [f"{subnet}.{i + 1}" for i in range(3)]
+        self.client_ip = f"{subnet}.254"
+        self.created = False
+
+    def check_subnet_free(self):
+        out = run(["ip", "-4", "-o", "addr", "show"], check=False).stdout
+        out += run(["ip", "-4", "route", "show"], check=False).stdout
+        if re.search(r"\b" + re.escape(self.subnet) + r"\.", out):
+            raise RuntimeError(f"subnet {self.subnet}.0/24 is already in use here; pick another "
+                               f"with --subnet")
+
+    def setup(self):
+        self.check_subnet_free()
+        self.created = True
+        run(["ip", "link", "add", self.bridge, "type", "bridge"])
+        run(["ip", "addr", "add", f"{self.client_ip}/24", "dev", self.bridge])
+        run(["ip", "link", "set", self.bridge, "up"])
+        for i in range(3):
+            ns = self.ns[i]
+            run(["ip", "netns", "add", ns])
+            run(["ip", "link", "add", self.host[i], "type", "veth", "peer", "name", self.inner[i],
+                 "netns", ns])
+            run(["ip", "link", "set", self.host[i], "master", self.bridge])
+            run(["ip", "link", "set", self.host[i], "up"])
+            ex = ["ip", "netns", "exec", ns]
+            run(ex + ["ip", "link", "set", "lo", "up"])
+            run(ex + ["ip", "addr", "add", f"{self.ip[i]}/24", "dev", self.inner[i]])
+            run(ex + ["ip", "link", "set", self.inner[i], "up"])
+            run(ex + ["iptables", "-N", CHAIN])
+            run(ex + ["iptables", "-I", "INPUT", "-j", CHAIN])
+            run(ex + ["iptables", "-I", "OUTPUT", "-j", CHAIN])
+            run(ex + ["iptables", "-N", LOSS])
+            run(ex + ["iptables", "-I", "INPUT", "-j", LOSS])
+            run(ex + ["iptables", "-I", "OUTPUT", "-j", LOSS])
+        # Connectivity: every node reaches the others and the clients.
+        deadline = time.time() + 10
+        for i in range(3 if shutil.which("ping") else 0):
+            for target in [self.ip[j] for j in range(3) if j != i] + [self.client_ip]:
+                while True:
+                    p = run(["ip", "netns", "exec", self.ns[i], "ping", "-c", "1", "-W", "1",
+                             target], check=False)
+                    if p.returncode == 0:
+                        break
+                    if time.time() > deadline:
+                        raise RuntimeError(f"namespace {self.ns[i]} cannot reach {target}")
+                    time.sleep(0.2)
+
+    def ex(self, i):
+        return ["ip", "netns", "exec", self.ns[i]]
+
+    # Partitions: DROP in the FLOTCHAOS chain of both namespaces.
+    def cut(self, i, j):
+        for a, b in ((i, j), (j, i)):
+            run(self.ex(a) + ["iptables", "-A", CHAIN, "-s", self.ip[b], "-j", "DROP"])
+            run(self.ex(a) + ["iptables", "-A", CHAIN, "-d", self.ip[b], "-j", "DROP"])
+
+    def cut_clients(self, i):
+        run(self.ex(i) + ["iptables", "-A", CHAIN, "-s", self.client_ip, "-j", "DROP"])
+        run(self.ex(i) + ["iptables", "-A", CHAIN, "-d", self.client_ip, "-j", "DROP"])
+
+    def heal_partitions(self):
+        for i in range(3):
+            run(self.ex(i) + ["iptables", "-F", CHAIN], check=False)
+
+    # Lossy or slow link of node i: tc on both ends of its veth (the egress of each side), or,
+    # for loss without netem, iptables' statistic match in the namespace (both directions).
+    def qdisc(self, i, params):
+        run(self.ex(i) + ["tc", "qdisc", "replace", "dev", self.inner[i], "root"] + params)
+        run(["tc", "qdisc", "replace", "dev", self.host[i], "root"] + params)
+
+    def loss_rule(self, i, probability):
+        run(self.ex(i) + ["iptables", "-A", LOSS, "-s", f"{self.subnet}.0/24", "-m", "statistic",
+                          "--mode", "random", "--probability", f"{probability:.2f}", "-j", "DROP"])
+
+    def clear_link(self, i):
+        run(self.ex(i) + ["tc", "qdisc", "del", "dev", self.inner[i], "root"], check=False,
+            quiet=True)
+        run(["tc", "qdisc", "del", "dev", self.host[i], "root"], check=False, quiet=True)
+        run(self.ex(i) + ["iptables", "-F", LOSS], check=False)
+
+    def teardown(self):
+        if not self.created:
+            return []
+        left = []
+        for i in range(3):
+            pids = run(["ip", "netns", "pids", self.ns[i]], check=False).stdout.split()
+            for p in pids:
+                try:
+                    os.kill(int(p), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+            run(["tc", "qdisc", "del", "dev", self.host[i], "root"], check=False)
+            run(["ip", "netns", "del", self.ns[i]], check=False)
+            run(["ip", "link", "del", self.host[i]], check=False)
+        run(["ip", "link", "del", self.bridge], check=False)
+        # Verify.
+        nss = run(["ip", "netns", "list"], check=False).stdout
+        links = run(["ip", "-o", "link", "show"], check=False).stdout
+        for n in self.ns:
+            if re.search(rf"^{re.escape(n)}\b", nss, re.M):
+                left.append(n)
+        for l in self.host + [self.bridge]:
+            if re.search(rf": {re.escape(l)}[@:]", links):
+                left.append(l)
+        self.created = False
+        return left
+
+
+# ----------------------------------------------------------------------------------------------
+# The cluster
+# ----------------------------------------------------------------------------------------------
+
+class Cluster:
+    def __init__(self, exe, net, dirpath, extra):
+        self.exe = exe
+        self.net = net
+        self.dir = dirpath
+        self.extra = extra
+        self.peers = ",".join(f"{ip}:{PORT}" for ip in net.ip)
+        self.procs = [None, None, None]
+        self.stopped = [False, False, False]
+        self.starts = [0, 0, 0]
+        self.unexpected_exits = []
+
+    def data(self, i):
+        return os.path.join(self.dir, f"node-{i}")
+
+    def logpath(self, i):
+        return os.path.join(self.dir, f"node-{i}.log")
+
+    def start(self, i):
+        assert self.procs[i] is None
+        logf = open(self.logpath(i), "ab")
+        self.starts[i] += 1
+        logf.write(f"\n==== chaos.py: start #{self.starts[i]} at {time.time():.3f} ====\n".encode())
+        logf.flush()
+        cmd = self.net.ex(i) + [self.exe, "kvraft", "serve", "--id", str(i), "--peers", self.peers,
+                                "--data", self.data(i), "--name", f"chaos{self.net.tag}"]
+        cmd += self.extra
+        # `ip netns exec` execs the command in place (no fork): the pid is the node's.
+        self.procs[i] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                         start_new_session=True, preexec_fn=die_with_parent)
+        logf.close()
+        self.stopped[i] = False
+
+    def kill(self, i):
+        p = self.procs[i]
+        if p is None:
+            return
+        try:
+            p.send_signal(signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.procs[i] = None
+        self.stopped[i] = False
+
+    def stop(self, i):
+        self.procs[i].send_signal(signal.SIGSTOP)
+        self.stopped[i] = True
+
+    def cont(self, i):
+        if self.procs[i] is not None:
+            try:
+                self.procs[i].send_signal(signal.SIGCONT)
+            except OSError:
+                pass
+        self.stopped[i] = False
+
+    def up(self, i):
+        return self.procs[i] is not None and not self.stopped[i]
+
+    def poll_exits(self):
+        """Nodes that exited on their own (not killed by us): a finding. Returns their ids."""
+        out = []
+        for i, p in enumerate(self.procs):
+            if p is not None and p.poll() is not None:
+                self.unexpected_exits.append((i, p.returncode, time.time()))
+                self.procs[i] = None
+                self.stopped[i] = False
+                out.append(i)
+        return out
+
+    def status(self):
+        """[(id, role, term, commit, applied)] of the answering nodes."""
+        p = run([self.exe, "kvraft", "status", "--cluster", self.peers], check=False, timeout=10)
+        nodes = []
+        for line in p.stdout.splitlines():
+            m = STATUS_RE.match(line)
+            if m:
+                nodes.append((int(m.group(1)), m.group(3), int(m.group(4)), int(m.group(6)),
+                              int(m.group(7))))
+        return nodes
+
+    def leader(self):
+        nodes = self.status()
+        if not nodes:
+            return None
+        top = max(n[2] for n in nodes)
+        for n in nodes:
+            if n[1] == "Leader" and n[2] == top:
+                return n[0]
+        return None
+
+    def wait_leader(self, within):
+        deadline = time.time() + within
+        while time.time() < deadline:
+            l = self.leader()
+            if l is not None:
+                return l
+            time.sleep(0.2)
+        return None
+
+    def shutdown(self):
+        for i, p in enumerate(self.procs):
+            if p is not None:
+                try:
+                    p.send_signal(signal.SIGCONT)
+                    p.send_signal(signal.SIGKILL)
+                except OSError:
+                    pass
+        for i, p in enumerate(self.procs):
+            if p is not None:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+                self.procs[i] = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Clients: groups of back-to-back `kv bench` rounds, each round a fresh key prefix and history
+# ----------------------------------------------------------------------------------------------
+
+class ClientGroup(threading.Thread):
+    def __init__(self, name, exe, peers, dirpath, total_seconds, round_seconds, bench_args,
+                 children):
+        super().__init__(daemon=True)
+        self.name_ = name
+        self.exe = exe
+        self.peers = peers
+        self.dir = dirpath
+        self.total = total_seconds
+        self.round = round_seconds
+        self.bench_args = bench_args
+        self.children = children               # shared list, for teardown
+        self.rounds = []                       # (history path, returncode, stdout tail)
+        self.hung = []
+        self.abort = threading.Event()
+
+    def run(self):
+        end = time.time() + self.total
+        n = 0
+        while n < 1000:
+            left = end - time.time()
+            if left < 1:
+                break
+            secs = min(self.round, left)
+            n += 1
+            hist = os.path.join(self.dir, f"{self.name_}-{n:03d}.jsonl")
+            cmd = [self.exe, "kv", "bench", "--cluster", self.peers, "--seconds", f"{secs:.1f}",
+                   "--history", hist] + self.bench_args
+            if self.abort.is_set():
+                break
+            outp = open(hist + ".out", "w")
+            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=outp, stderr=subprocess.STDOUT,
+                                 start_new_session=True, preexec_fn=die_with_parent)
+            outp.close()
+            self.children.append(p)
+            # A clerk gives up on one operation after 60 s, so a round ends by secs + ~70 s.
+            try:
+                rc = p.wait(timeout=secs + 120)
+            except subprocess.TimeoutExpired:
+                self.hung.append(hist)
+                p.kill()
+                rc = p.wait()
+            with open(hist + ".out") as f:
+                tail = f.read().strip().splitlines()[-2:]
+            self.rounds.append((hist, rc, tail))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks
+# ----------------------------------------------------------------------------------------------
+
+def read_history(path):
+    recs = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                recs.append(json.loads(line))
+    return recs
+
+
+def flotilla_check(exe, path, budget):
+    p = run([exe, "check", "--budget", str(budget), path], check=False, timeout=budget + 120)
+    first = (p.stdout.strip().splitlines() or [p.stderr.strip() or "no output"])[0]
+    if p.returncode == 0 and first.startswith("linearizable"):
+        return "ok", first
+    if first.startswith("unknown"):
+        return "unknown", first
+    return "violation", p.stdout.strip()[:4000] + p.stderr.strip()[:2000]
+
+
+def final_get(exe, peers, key):
+    """(value or None if no key, error or None)."""
+    p = run([exe, "kv", "get", "--cluster", peers, key], check=False, timeout=120)
+    if p.returncode == 0:
+        line = p.stdout.rstrip("\n")
+        value, sep, _ = line.rpartition("\t(version ")
+        if not sep:
+            return None, f"unparsable output {line!r}"
+        return value, None
+    if "no key" in p.stderr:
+        return None, None
+    return None, (p.stderr.strip() or f"exit {p.returncode}")[-300:]
+
+
+def check_appends(recs, finals):
+    """Append-only durability check. For every key: the final value must split into bench values;
+    every acknowledged append's value appears in it exactly once; no value appears twice; no value
+    appears that no client tried to append; and, for every acknowledged append a with old value
+    o (what the store returned), the final value starts with o + value(a): appends only ever
+    extend a value, so anything else means an acknowledged state was lost or rewritten."""
+    problems = []
+    by_key = defaultdict(list)
+    for r in recs:
+        if r["op"] == "append":
+            by_key[r["key"]].append(r)
+        elif r["op"] == "put":
+            problems.append(f"{r['key']}: a put in an append-only history")
+    for key, ops in by_key.items():
+        final = finals.get(key) or ""
+        tokens = [m.group(0) for m in TOKEN_RE.finditer(final)]
+        if "".join(tokens) != final:
+            problems.append(f"{key}: final value does not split into bench values: {final[:200]!r}")
+        count = Counter(tokens)
+        acked = {r["value"] for r in ops if r["return"] is not None}
+        tried = {r["value"] for r in ops}
+        for v in sorted(acked):
+            if count[v] == 0:
+                problems.append(f"{key}: LOST acknowledged append {v!r}")
+        for v, c in count.items():
+            if c > 1:
+                problems.append(f"{key}: value {v!r} appears {c} times (applied more than once)")
+            if v not in tried:
+                problems.append(f"{key}: value {v!r} was never appended to this key")
+        for r in ops:
+            if r["return"] is not None and r.get("output") is not None:
+                if not final.startswith(r["output"] + r["value"]):
+                    problems.append(f"{key}: acknowledged append {r['value']!r} returned old value "
+                                    f"{r['output'][-60:]!r} (len {len(r['output'])}), but the "
+                                    f"final value does not start with old+value")
+    return problems
+
+
+def failure_kind(f):
+    if f.startswith("HANG"):
+        return "hang"
+    if "append check" in f:
+        return "lost/duplicated appends"
+    if "final reads NOT" in f:
+        return "not linearizable with final reads"
+    if "NOT linearizable" in f:
+        return "not linearizable"
+    if "final read failed" in f:
+        return "final read failed"
+    if "exited on its own" in f:
+        return "node exit"
+    return "other"
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=120, help="length of the fault loop (max 3600)")
+    ap.add_argument("--seed", type=int, default=None, help="schedule seed (random if not given)")
+    ap.add_argument("--exe", default=os.environ.get(
+        "FLOTILLA", str(Path(__file__).resolve().parent.parent / "target" / "release" / "flotilla")))
+    ap.add_argument("--subnet", default="10.213.0", help="a private /24, first three octets")
+    ap.add_argument("--allow-skip", action="store_true",
+                    help="exit 0 with a SKIPPED line when namespaces cannot be made here")
+    ap.add_argument("--inject", choices=["none", "wipe-on-restart"], default="none",
+                    help="break something on purpose to see that the checks notice")
+    ap.add_argument("--round-seconds", type=float, default=15,
+                    help="each bench process runs this long (a fresh key prefix each)")
+    ap.add_argument("--settle", type=float, default=10,
+                    help="the clients go on this long after the faults are healed")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--append-clients", type=int, default=4,
+                    help="clients of the append-only group (0: none)")
+    ap.add_argument("--append-keys", type=int, default=50)
+    ap.add_argument("--max-down", type=int, default=1,
+                    help="at most this many nodes killed or stopped at once")
+    ap.add_argument("--segment-bytes", type=int, default=1 << 20)
+    ap.add_argument("--max-raft-state", type=int, default=4 << 20)
+    ap.add_argument("--check-budget", type=int, default=120)
+    ap.add_argument("--evidence", default="/tmp/chaos-evidence")
+    ap.add_argument("--keep", action="store_true", help="keep the run directory")
+    args = ap.parse_args()
+    args.seconds = max(1.0, min(args.seconds, 3600.0))
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1 << 31)
+    tag = str(os.getpid())
+
+    if not os.access(args.exe, os.X_OK):
+        print(f"flotilla executable not found: {args.exe} (build it, or give --exe)")
+        return 2
+
+    features = {}
+    problem = capability_problem(tag, features)
+    if problem:
+        if args.allow_skip:
+            print(f"SKIPPED: chaos test needs network namespaces: {problem}")
+            return 0
+        print(f"cannot run: {problem} (give --allow-skip to skip instead)")
+        return 2
+
+    removed = cleanup_leftovers()
+    for r in removed:
+        log(f"removed leftover of an earlier run: {r}")
+
+    rng = random.Random(args.seed)
+    log(f"seed {args.seed}, {args.seconds:.0f} s of faults, inject={args.inject}, exe {args.exe}")
+    log("link faults: " + ("netem loss and delay" if features.get("netem") else
+                           "no netem in this kernel: loss with iptables statistic, slow links with tbf"
+                           if features.get("statistic") and features.get("tbf") else
+                           f"limited ({features})"))
+    for old in os.listdir(tempfile.gettempdir()):   # run dirs of runs killed by SIGKILL
+        m = re.match(r"^flotilla-chaos-(\d+)-", old)
+        if m and not pid_is_chaos(int(m.group(1))):
+            shutil.rmtree(os.path.join(tempfile.gettempdir(), old), ignore_errors=True)
+            log(f"removed leftover run directory {old}")
+    rundir = tempfile.mkdtemp(prefix=f"flotilla-chaos-{tag}-")
+    net = Net(tag, args.subnet)
+    cluster = None
+    children = []
+    groups = []
+    tearing = {"down": False}
+    failures = []          # strings: violations and hangs
+    events = open(os.path.join(rundir, "events.log"), "w")
+
+    def ev(msg):
+        t = time.time() - t0
+        events.write(f"{t:8.3f} {msg}\n")
+        events.flush()
+        log(f"t={t:6.1f}s {msg}")
+
+    def on_signal(signum, frame):
+        if not tearing["down"]:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, on_signal)
+
+    t0 = time.time()
+    faults = Counter()
+    summary_lines = []
+    exit_code = 0
+    try:
+        net.setup()
+        log(f"network: bridge {net.bridge} {net.client_ip}/24, nodes {', '.join(net.ip)} in "
+            f"{', '.join(net.ns)}; run dir {rundir}")
+        extra = ["--segment-bytes", str(args.segment_bytes),
+                 "--max-raft-state", str(args.max_raft_state)]
+        cluster = Cluster(args.exe, net, rundir, extra)
+        for i in range(3):
+            cluster.start(i)
+        leader = cluster.wait_leader(30)
+        if leader is None:
+            failures.append("HANG: no leader within 30 s of the start")
+            raise RuntimeError("no leader at the start")
+        ev(f"cluster up, leader {leader}")
+
+        total = args.seconds + args.settle
+        groups.append(ClientGroup("mixed", args.exe, cluster.peers, rundir, total,
+                                  args.round_seconds,
+                                  ["--clients", str(args.clients), "--keys", "20",
+                                   "--append-share", "0.5", "--get-share", "0.5"], children))
+        if args.append_clients > 0:
+            groups.append(ClientGroup("append", args.exe, cluster.peers, rundir, total,
+                                      args.round_seconds,
+                                      ["--clients", str(args.append_clients), "--keys",
+                                       str(args.append_keys), "--append-share", "1",
+                                       "--get-share", "0.2", "--value-size", "8"], children))
+        for g in groups:
+            g.start()
+
+        # ---------------- the fault loop ----------------
+        pending = []   # [due time, description, callable]
+        partition_active = [False]
+        netem_on = [False, False, False]
+        down = set()   # killed or stopped, until healed
+
+        def restart(i):
+            if args.inject == "wipe-on-restart":
+                shutil.rmtree(cluster.data(i), ignore_errors=True)
+                faults["wipe (injected)"] += 1
+            cluster.start(i)
+            down.discard(i)
+
+        def cont(i):
+            cluster.cont(i)
+            down.discard(i)
+
+        def heal_part():
+            net.heal_partitions()
+            partition_active[0] = False
+
+        def heal_link(i):
+            net.clear_link(i)
+            netem_on[i] = False
+
+        kinds = ["kill", "stop", "part-leader", "part-follower", "part-bridge", "part-full",
+                 "netem-loss", "netem-delay"]
+        fault_end = time.time() + args.seconds
+        next_fault = time.time() + rng.uniform(1, 4)
+        iterations = 0
+        max_iterations = int(args.seconds * 40) + 1000
+        while time.time() < fault_end and iterations < max_iterations:
+            iterations += 1
+            now = time.time()
+            for item in sorted([p for p in pending if p[0] <= now], key=lambda p: p[0]):
+                pending.remove(item)
+                ev(f"heal: {item[1]}")
+                item[2]()
+            for i in cluster.poll_exits():
+                failures.append(f"node {i} exited on its own (exit status "
+                                f"{cluster.unexpected_exits[-1][1]}); see its log")
+                ev(f"!! node {i} exited on its own; restarting it")
+                cluster.start(i)
+            if now >= next_fault:
+                next_fault = now + rng.uniform(1, 4)
+                kind = rng.choice(kinds)
+                up = [i for i in range(3) if cluster.up(i) and i not in down]
+                delay = rng.uniform(0.5, 3)
+                if (args.inject == "wipe-on-restart" and kind == "kill" and not down
+                        and not partition_active[0] and rng.random() < 0.5):
+                    # The combination under which a wiped node loses acknowledged writes: F2
+                    # lags behind a partition while L and F1 commit; F1 restarts wiped; then
+                    # L is cut off and F2 rejoins, so {F1 (empty), F2 (stale)} is a majority.
+                    l = cluster.leader()
+                    if l is not None:
+                        f1, f2 = rng.sample([j for j in range(3) if j != l], 2)
+                        net.cut(f2, l)
+                        net.cut(f2, f1)
+                        ev(f"fault wipe-combo: follower {f2} cut off, lagging (leader {l}, "
+                           f"follower {f1} commit alone)")
+                        time.sleep(1.5)
+                        cluster.kill(f1)
+                        shutil.rmtree(cluster.data(f1), ignore_errors=True)
+                        faults["wipe (injected)"] += 1
+                        net.heal_partitions()
+                        net.cut(l, f1)
+                        net.cut(l, f2)
+                        cluster.start(f1)
+                        partition_active[0] = True
+                        faults["wipe-combo"] += 1
+                        ev(f"fault wipe-combo: node {f1} SIGKILLed, data wiped, restarted; leader "
+                           f"{l} cut from {f1} and {f2}, who may now elect the stale {f2}; "
+                           f"heal in 4s")
+                        pending.append([time.time() + 4, "partition (wipe-combo)", heal_part])
+                        continue
+                if kind in ("kill", "stop"):
+                    if len(down) >= args.max_down or not up:
+                        faults["skipped (too many down)"] += 1
+                        continue
+                    want_leader = rng.random() < 0.5
+                    target = rng.choice(up)
+                    if want_leader:
+                        l = cluster.leader()
+                        if l in up:
+                            target = l
+                    down.add(target)
+                    if kind == "kill":
+                        cluster.kill(target)
+                        ev(f"fault kill: SIGKILL node {target}"
+                           f"{' (leader)' if want_leader and target == l else ''}, restart in {delay:.1f}s")
+                        pending.append([now + delay, f"restart node {target}", lambda t=target: restart(t)])
+                    else:
+                        cluster.stop(target)
+                        ev(f"fault stop: SIGSTOP node {target}"
+                           f"{' (leader)' if want_leader and target == l else ''}, SIGCONT in {delay:.1f}s")
+                        pending.append([now + delay, f"SIGCONT node {target}", lambda t=target: cont(t)])
+                    faults[kind] += 1
+                elif kind.startswith("part-"):
+                    if partition_active[0]:
+                        faults["skipped (partition active)"] += 1
+                        continue
+                    heal_in = rng.uniform(1, 5)
+                    r = rng.random()
+                    if kind == "part-leader":
+                        l = cluster.leader()
+                        if l is None:
+                            faults["skipped (no leader known)"] += 1
+                            continue
+                        others = [j for j in range(3) if j != l]
+                        for j in others:
+                            net.cut(l, j)
+                        desc = f"leader {l} cut from nodes {others} (clients still reach it)"
+                    elif kind == "part-follower":
+                        l = cluster.leader()
+                        fs = [j for j in range(3) if j != l]
+                        f = rng.choice(fs)
+                        others = [j for j in range(3) if j != f]
+                        for j in others:
+                            net.cut(f, j)
+                        desc = f"follower {f} cut from {others} (majority side {others} keeps leader {l})"
+                    elif kind == "part-bridge":
+                        a = rng.randrange(3)
+                        b, c = [j for j in range(3) if j != a]
+                        net.cut(b, c)
+                        desc = f"bridge: node {a} reaches {b} and {c}, {b} and {c} cut from each other"
+                    else:
+                        a = rng.randrange(3)
+                        for j in range(3):
+                            if j != a:
+                                net.cut(a, j)
+                        net.cut_clients(a)
+                        desc = f"node {a} cut from everyone, clients included"
+                    partition_active[0] = True
+                    faults[kind] += 1
+                    ev(f"fault {kind}: {desc}, heal in {heal_in:.1f}s")
+                    pending.append([now + heal_in, f"partition ({kind})", heal_part])
+                else:
+                    free = [i for i in range(3) if not netem_on[i]]
+                    if not free:
+                        faults["skipped (netem everywhere)"] += 1
+                        continue
+                    i = rng.choice(free)
+                    heal_in = rng.uniform(2, 8)
+                    if kind == "netem-loss":
+                        pct = rng.randint(10, 30)
+                        if features.get("netem"):
+                            net.qdisc(i, ["netem", "loss", f"{pct}%"])
+                            how = f"netem loss {pct}% on both ends of its veth"
+                        else:
+                            kind = "loss-iptables"
+                            net.loss_rule(i, pct / 100)
+                            how = f"iptables statistic: drop {pct}% of its packets, both ways"
+                    else:
+                        d = rng.randint(20, 100)
+                        if features.get("netem"):
+                            j = rng.randint(5, max(5, d // 2))
+                            net.qdisc(i, ["netem", "delay", f"{d}ms", f"{j}ms", "distribution",
+                                          "normal"])
+                            how = f"netem delay {d}ms jitter {j}ms on both ends of its veth"
+                        else:
+                            kind = "slow-link-tbf"
+                            rate = rng.choice([64, 128, 256, 512])
+                            net.qdisc(i, ["tbf", "rate", f"{rate}kbit", "burst", "4kb",
+                                          "latency", f"{d * 4}ms"])
+                            how = (f"tbf rate {rate}kbit (queueing delay up to {d * 4}ms, "
+                                   f"tail drops) on both ends of its veth")
+                    netem_on[i] = True
+                    faults[kind] += 1
+                    ev(f"fault {kind}: node {i}: {how}, remove in {heal_in:.1f}s")
+                    pending.append([now + heal_in, f"link fault off node {i}", lambda t=i: heal_link(t)])
+            time.sleep(0.05)
+
+        # ---------------- heal everything ----------------
+        ev("fault loop over: healing everything")
+        for item in sorted(pending, key=lambda p: p[0]):
+            item[2]()
+        pending.clear()
+        net.heal_partitions()
+        for i in range(3):
+            net.clear_link(i)
+            cluster.cont(i)
+        cluster.poll_exits()
+        for i in range(3):
+            if cluster.procs[i] is None:
+                cluster.start(i)
+        leader = cluster.wait_leader(30)
+        if leader is None:
+            failures.append("HANG: no leader within 30 s after healing everything")
+            ev("!! no leader 30 s after the heal")
+        else:
+            ev(f"healed, leader {leader}")
+
+        # ---------------- wait for the clients ----------------
+        deadline = time.time() + args.settle + args.round_seconds + 300
+        for g in groups:
+            g.join(timeout=max(1, deadline - time.time()))
+            if g.is_alive():
+                failures.append(f"HANG: client group {g.name_} still running past its bound")
+                g.abort.set()
+                for p in children:
+                    if p.poll() is None:
+                        p.kill()
+                g.join(timeout=30)
+            for h in g.hung:
+                failures.append(f"HANG: bench round {h} did not finish within seconds+120 s")
+        ev("clients done")
+        for i in cluster.poll_exits():
+            failures.append(f"node {i} exited on its own after the faults")
+
+        # ---------------- checks ----------------
+        totals = Counter()
+        verdicts = Counter()
+        lost = []
+        read_errors = []
+        for g in groups:
+            for hist, rc, tail in g.rounds:
+                name = os.path.basename(hist)
+                if not os.path.exists(hist):
+                    failures.append(f"{name}: bench exited {rc} without a history: {tail}")
+                    continue
+                recs = read_history(hist)
+                for r in recs:
+                    totals[(g.name_, r["op"], "ack" if r["return"] is not None else "unknown")] += 1
+                verdict, text = flotilla_check(args.exe, hist, args.check_budget)
+                verdicts[("history", verdict)] += 1
+                if verdict == "violation":
+                    failures.append(f"{name}: NOT linearizable: {text[:1500]}")
+                elif verdict == "unknown":
+                    ev(f"{name}: checker undecided: {text}")
+                # final reads of every key of this round
+                keys = sorted({r["key"] for r in recs})
+                finals = {}
+                for k in keys:
+                    v, err = final_get(args.exe, cluster.peers, k)
+                    if err:
+                        read_errors.append(f"{name} {k}: {err}")
+                    finals[k] = v
+                with open(hist + ".finals.json", "w") as f:
+                    json.dump(finals, f)
+                if any(e.startswith(f"{name} ") for e in read_errors):
+                    continue
+                # the history with the final reads appended (after every return) must still be
+                # linearizable: a lost or rewritten write contradicts the final reads.
+                top = max([r["call"] for r in recs] + [r["return"] or 0 for r in recs] + [0])
+                ext = hist.replace(".jsonl", ".with-finals.jsonl")
+                with open(ext, "w") as f:
+                    for r in recs:
+                        f.write(json.dumps(r) + "\n")
+                    for n, k in enumerate(keys):
+                        call = top + 1000 + 2 * n
+                        f.write(json.dumps({"client": 100000 + n, "op": "get", "key": k,
+                                            "value": "", "output": finals[k] or "",
+                                            "call": call, "return": call + 1}) + "\n")
+                verdict2, text2 = flotilla_check(args.exe, ext, args.check_budget)
+                verdicts[("with-finals", verdict2)] += 1
+                if verdict2 == "violation":
+                    failures.append(f"{name}: history + final reads NOT linearizable "
+                                    f"(an acknowledged write lost or changed): {text2[:1500]}")
+                elif verdict2 == "unknown":
+                    ev(f"{os.path.basename(ext)}: checker undecided: {text2}")
+                if g.name_ == "append":
+                    probs = check_appends(recs, finals)
+                    for p in probs:
+                        lost.append(f"{name} {p}")
+                ev(f"checked {name}: {len(recs)} ops, {verdict}, with finals {verdict2}")
+        for e in read_errors:
+            failures.append(f"final read failed: {e}")
+        for l in lost:
+            failures.append(f"append check: {l}")
+
+        # Replicas converge: after the load, every node reaches the same commit index.
+        conv_deadline = time.time() + 30
+        converged = False
+        while time.time() < conv_deadline:
+            st = cluster.status()
+            if len(st) == 3 and len({n[3] for n in st}) == 1 and len({n[4] for n in st}) == 1:
+                converged = True
+                break
+            time.sleep(0.5)
+        if not converged:
+            failures.append(f"HANG: replicas did not converge within 30 s: {cluster.status()}")
+
+        # ---------------- summary ----------------
+        s = summary_lines
+        s.append(f"=== flotilla chaos summary: seed {args.seed}, {args.seconds:.0f} s of faults, "
+                 f"inject={args.inject} ===")
+        for gname in [g.name_ for g in groups]:
+            g = next(x for x in groups if x.name_ == gname)
+            ack = sum(v for (gn, op, st), v in totals.items() if gn == gname and st == "ack")
+            unk = sum(v for (gn, op, st), v in totals.items() if gn == gname and st == "unknown")
+            per = ", ".join(f"{op} {totals[(gname, op, 'ack')]}/{totals[(gname, op, 'unknown')]}"
+                            for op in ("get", "put", "append")
+                            if totals[(gname, op, 'ack')] + totals[(gname, op, 'unknown')])
+            s.append(f"ops [{gname}] {len(g.rounds)} bench rounds: {ack} acknowledged, {unk} unknown "
+                     f"(ack/unknown: {per})")
+        s.append("faults: " + (", ".join(f"{k} {v}" for k, v in sorted(faults.items())) or "none"))
+        s.append(f"node starts: {cluster.starts} (first start included); "
+                 f"unexpected node exits: {len(cluster.unexpected_exits)}")
+        s.append("linearizability: " + ", ".join(f"{a} {b}: {v}" for (a, b), v in sorted(verdicts.items())))
+        s.append(f"lost/duplicated acknowledged appends (append group): {len(lost)}; "
+                 f"final reads failed: {len(read_errors)}; replicas converged: {converged}")
+        cats = Counter(failure_kind(f) for f in failures)
+        s.append(f"violations and hangs: {len(failures)}" +
+                 (" (" + ", ".join(f"{k} {v}" for k, v in sorted(cats.items())) + ")" if cats else ""))
+        shown = Counter()
+        for f in failures:
+            k = failure_kind(f)
+            shown[k] += 1
+            if shown[k] <= 3:
+                s.append("  - " + f.replace("\n", "\n    ")[:900])
+        if failures:
+            with open(os.path.join(rundir, "failures.txt"), "w") as fh:
+                fh.write("\n".join(failures) + "\n")
+    except KeyboardInterrupt as e:
+        failures.append(f"interrupted ({e})")
+        summary_lines.append(f"interrupted ({e}); tearing down")
+        exit_code = 130
+    except Exception as e:  # setup trouble or a bug of this script
+        failures.append(f"chaos.py error: {type(e).__name__}: {e}")
+        summary_lines.append(f"chaos.py error: {type(e).__name__}: {e}")
+        exit_code = 3
+    finally:
+        tearing["down"] = True
+        for g in groups:
+            g.abort.set()
+        for attempt in range(2):
+            for p in list(children):
+                if p.poll() is None:
+                    try:
+                        p.kill()
+                        p.wait(timeout=10)
+                    except Exception:
+                        pass
+            for g in groups:
+                if g.is_alive():
+                    g.join(timeout=5)
+        if cluster is not None:
+            cluster.shutdown()
+        left = net.teardown()
+        events.close()
+        if left:
+            summary_lines.append(f"WARNING: could not remove {left}")
+        else:
+            summary_lines.append("teardown: namespaces, veths, bridge, rules and qdiscs removed")
+        real = [f for f in failures if not f.startswith("interrupted") and not f.startswith("chaos.py error")]
+        if real:
+            dest = os.path.join(args.evidence, f"seed{args.seed}-{args.inject}-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.makedirs(dest, exist_ok=True)
+            for name in os.listdir(rundir):
+                src = os.path.join(rundir, name)
+                if os.path.isfile(src):
+                    shutil.copy2(src, dest)
+            with open(os.path.join(dest, "summary.txt"), "w") as f:
+                f.write("\n".join(summary_lines) + "\n")
+                f.write(f"command: {' '.join(sys.argv)}\n")
+            summary_lines.append(f"evidence (node logs, histories, final values, events) kept in {dest}")
+        if args.keep:
+            summary_lines.append(f"run directory kept: {rundir}")
+        else:
+            shutil.rmtree(rundir, ignore_errors=True)
+        print("\n".join(summary_lines), flush=True)
+    if exit_code:
+        return exit_code
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
