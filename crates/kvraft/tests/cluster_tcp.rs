@@ -159,3 +159,59 @@ async fn a_peer_of_another_cluster_or_taking_the_node_for_another_is_refused() {
     .await
     .expect("the test took too long");
 }
+
+/// Garbage on the node's port — bytes that are no handshake, and a malformed Raft message on
+/// an accepted peer link — costs only that connection: the node logs it, closes it, and goes
+/// on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_port_closes_that_connection_and_the_node_serves_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(WHOLE_TEST, async {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = ClusterId {
+            name: "test".into(),
+            members: free_addrs(3),
+        };
+        // Only node 0 runs: it answers status requests, and accepts node 1's link.
+        let node = start(&cluster, 0, dir.path());
+        let addr = cluster.members[0];
+        let serving = || async {
+            for _ in 0..500 {
+                if tcp::status(addr, Duration::from_millis(200)).await.is_ok() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        };
+        assert!(serving().await, "the node never answered");
+        // Not a handshake: a length far over the handshake's limit, then noise.
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        raw.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+            .await
+            .unwrap();
+        let mut sink = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink)).await;
+        assert!(closed.is_ok(), "the node kept a garbage connection open");
+        // An accepted peer link, then a frame whose payload is no Raft message.
+        let intro = PeerIntro {
+            cluster: cluster.clone(),
+            from: 1,
+            to: 0,
+            incarnation: 7,
+        };
+        let mut link = connect(addr, &intro)
+            .await
+            .expect("the introduction is accepted");
+        link.write_all(&[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), link.read_to_end(&mut sink)).await;
+        assert!(closed.is_ok(), "the node kept a link carrying garbage open");
+        assert!(serving().await, "the node stopped serving after garbage");
+        stop(node).await;
+    })
+    .await
+    .expect("the test took too long");
+}
