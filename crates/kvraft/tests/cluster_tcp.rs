@@ -215,3 +215,32 @@ async fn garbage_on_the_port_closes_that_connection_and_the_node_serves_on() {
     .await
     .expect("the test took too long");
 }
+
+/// The KV size limits hold on the cluster's client port: a key over the limit is refused
+/// with `TooLarge` and changes nothing, and the node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_the_limit_is_refused_and_changes_nothing() {
+    tokio::time::timeout(WHOLE_TEST, async {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = ClusterId {
+            name: "test".into(),
+            members: free_addrs(1),
+        };
+        let node = start(&cluster, 0, dir.path());
+        let mut clerk =
+            ClusterClerk::new(cluster.members.clone(), 1, ClusterClerkOptions::default());
+        let long = "k".repeat(flotilla_kv::server::DEFAULT_MAX_KEY + 1);
+        match clerk.put(&long, "v").await {
+            Err(flotilla_kv::tcp::ClerkError::TooLarge(_)) => {}
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert!(
+            clerk.get(&long).await.unwrap().is_err(),
+            "the refused key exists"
+        );
+        clerk.put("k", "v").await.unwrap();
+        stop(node).await;
+    })
+    .await
+    .expect("the test took too long");
+}
