@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${1:-3}
 PORT=${MR_PORT:-17100}
-TEXTS=${TEXTS:-../shared/data/gutenberg}
+TEXTS=${FLOTILLA_TEXTS:-../shared/data/gutenberg}
 
 if [ ! -x /usr/bin/time ]; then
   apt-get update -qq >/dev/null

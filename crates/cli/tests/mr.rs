@@ -20,10 +20,6 @@ const FLOTILLA: &str = env!("CARGO_BIN_EXE_flotilla");
 const LIMIT: Duration = Duration::from_secs(45);
 const CRASH_LIMIT: Duration = Duration::from_secs(120);
 
-fn gutenberg() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/gutenberg")
-}
-
 /// A scratch area: `root/pg-*.txt` (links to the shared texts) and the working dir `root/mr-tmp`.
 struct Scratch {
     _dir: tempfile::TempDir,
@@ -37,16 +33,7 @@ impl Scratch {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
         let mut inputs = Vec::new();
-        let mut texts: Vec<_> = std::fs::read_dir(gutenberg())
-            .expect("shared/data/gutenberg")
-            .map(|e| e.expect("dir entry").path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("pg") && n.ends_with("txt"))
-            })
-            .collect();
-        texts.sort();
+        let texts = flotilla_mr::texts::lab_texts().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(texts.len(), 8, "the 8 Gutenberg texts");
         for text in texts {
             let name = text.file_name().unwrap().to_str().unwrap().to_string();

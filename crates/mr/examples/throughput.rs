@@ -4,7 +4,7 @@
 //! cargo run --release -p flotilla-mr --example throughput [-- MEGABYTES]
 //! ```
 //!
-//! The input is the eight texts of `shared/data/gutenberg` repeated to MEGABYTES (default
+//! The input is the eight texts of `shared/data/gutenberg` (or `$FLOTILLA_TEXTS`) repeated to MEGABYTES (default
 //! 100). Reports MB/s (10^6 bytes per second) for: the splitter alone over memory, `wc`'s
 //! map function over memory, and a whole `wc` map task (`run_map`, 10 reduce partitions)
 //! over a file of that size.
@@ -16,18 +16,11 @@ use flotilla_mr::apps::{by_name, AppSpec};
 use flotilla_mr::task::{run_map, MapTask};
 use flotilla_mr::words;
 
-const GUTENBERG: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/data/gutenberg"
-);
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let megabytes: usize = std::env::args().nth(1).map_or(Ok(100), |a| a.parse())?;
     let mut texts = Vec::new();
-    let mut names: Vec<_> = std::fs::read_dir(GUTENBERG)?.collect::<Result<_, _>>()?;
-    names.sort_by_key(|e| e.file_name());
-    for entry in names {
-        texts.extend_from_slice(&std::fs::read(entry.path())?);
+    for path in flotilla_mr::texts::lab_texts()? {
+        texts.extend_from_slice(&std::fs::read(path)?);
     }
     let mut data = Vec::with_capacity(megabytes << 20);
     while data.len() < megabytes * 1_000_000 {

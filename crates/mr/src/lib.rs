@@ -13,6 +13,7 @@
 //!   [`worker`]: the worker loop.
 //! - [`task`]: running one map or reduce task on the shared directory; [`partition`]: `ihash`;
 //!   [`words`]: the word splitter; [`sequential`]: the one-process reference.
+//! - [`texts`]: where the lab's input texts are (tests, examples, benchmarks).
 //! - [`run`]: a whole job in one call (coordinator and workers in this process), for Rust
 //!   programs with their own `App`.
 
@@ -26,6 +27,7 @@ mod run;
 pub mod sequential;
 pub mod server;
 pub mod task;
+pub mod texts;
 pub mod words;
 pub mod worker;
 

@@ -10,11 +10,7 @@ use flotilla_mr::sequential::{sequential, sequential_exec};
 use flotilla_mr::task::{
     output_path, run_map, run_reduce, run_reduce_exec, MapTask, ReduceTask, TaskError,
 };
-
-const GUTENBERG: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/data/gutenberg"
-);
+use flotilla_mr::texts::{lab_texts, lab_texts_dir};
 
 fn app(name: &str) -> Box<dyn App> {
     by_name(&AppSpec::builtin(name)).unwrap()
@@ -91,7 +87,7 @@ fn wc_combines_in_the_mapper() {
 
 #[test]
 fn wc_on_a_real_text_matches_a_plain_count() {
-    let path = Path::new(GUTENBERG).join("pg-metamorphosis.txt");
+    let path = lab_texts_dir().join("pg-metamorphosis.txt");
     let bytes = std::fs::read(&path).unwrap();
     let mut expected = std::collections::BTreeMap::<String, u64>::new();
     for word in flotilla_mr::words::words(&bytes) {
@@ -164,47 +160,6 @@ fn rtiming_and_early_exit_pairs() {
         reduce(app("early_exit").as_ref(), "../pg-grimm.txt", &["1"]),
         "1"
     );
-}
-
-/// mtiming, rtiming and jobcount work in the current directory, so this one test moves the
-/// process into a scratch directory (every other test here uses absolute paths).
-#[test]
-fn probing_apps_use_marker_files_in_the_working_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    std::env::set_current_dir(dir.path()).unwrap();
-    let pid = std::process::id();
-
-    // A marker of a live process (this one, under another phase's name is not counted) and
-    // of a dead pid: only live "map" markers count.
-    std::fs::write(format!("mr-worker-map-{}", u32::MAX - 1), "x").unwrap();
-    std::fs::write(format!("mr-worker-reduce-{pid}"), "x").unwrap();
-    let pairs = map_pairs(app("mtiming").as_ref(), "in", b"");
-    assert_eq!(pairs[0], (format!("parallel-{pid}"), "1".into()));
-    assert_eq!(pairs[1].0, format!("times-{pid}"));
-    let time: f64 = pairs[1].1.parse().unwrap();
-    assert!(time > 1.6e9 && pairs[1].1.split('.').nth(1).unwrap().len() == 1);
-    assert!(
-        !Path::new(&format!("mr-worker-map-{pid}")).exists(),
-        "marker removed"
-    );
-    std::fs::remove_file(format!("mr-worker-reduce-{pid}")).unwrap();
-
-    assert_eq!(reduce(app("rtiming").as_ref(), "a", &["1"]), "1");
-    assert_eq!(
-        reduce(app("mtiming").as_ref(), "k", &["2", "1", "10"]),
-        "1 10 2"
-    );
-
-    let jobcount = app("jobcount");
-    assert_eq!(
-        map_pairs(jobcount.as_ref(), "in", b""),
-        [("a".into(), "x".into())]
-    );
-    assert!(Path::new(&format!("mr-worker-jobcount-{pid}-0")).exists());
-    std::fs::write("mr-worker-jobcount-other", "x").unwrap();
-    assert_eq!(reduce(jobcount.as_ref(), "a", &["x"]), "2");
-
-    std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap();
 }
 
 #[test]
@@ -480,14 +435,11 @@ fn the_python_exec_example_equals_the_builtin_wc() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/exec");
     let map = format!("python3 '{}'", examples.join("wc_map.py").display());
     let reduce = format!("python3 '{}'", examples.join("wc_reduce.py").display());
-    let mut inputs: Vec<(String, PathBuf)> = std::fs::read_dir(GUTENBERG)
+    let mut inputs: Vec<(String, PathBuf)> = lab_texts()
         .unwrap()
-        .map(|e| {
-            let path = e.unwrap().path();
-            (path.display().to_string(), path)
-        })
+        .into_iter()
+        .map(|path| (path.display().to_string(), path))
         .collect();
-    inputs.sort();
     // Invalid UTF-8 and letters cut by the 64 KiB chunking of the script.
     let dir = tempfile::tempdir().unwrap();
     let mut odd = b"caf\xc3\xa9\xff\xfeab\xe4\xb8 ".repeat(9000);

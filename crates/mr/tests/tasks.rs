@@ -17,22 +17,16 @@ use flotilla_mr::words;
 
 mod oracle;
 
-const GUTENBERG: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/data/gutenberg"
-);
-
 /// The lab's eight inputs, named as the lab's script names them.
 fn gutenberg_inputs() -> Vec<(String, PathBuf)> {
-    let mut inputs: Vec<(String, PathBuf)> = std::fs::read_dir(GUTENBERG)
-        .expect("the gutenberg texts are in shared/data")
-        .map(|entry| {
-            let path = entry.unwrap().path();
+    let inputs: Vec<(String, PathBuf)> = flotilla_mr::texts::lab_texts()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|path| {
             let name = format!("../{}", path.file_name().unwrap().to_str().unwrap());
             (name, path)
         })
         .collect();
-    inputs.sort();
     assert_eq!(inputs.len(), 8, "eight texts");
     inputs
 }
