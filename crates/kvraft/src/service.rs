@@ -2,9 +2,8 @@
 
 use flotilla_kv::{KvServer, Reply, Request};
 use flotilla_node::Shared;
-use flotilla_raft::{NodeId, RawNode};
-use flotilla_rsm::{ReadError, Rsm, RsmHandle, StateMachine, SubmitError, Wake};
-use serde::{Deserialize, Serialize};
+use flotilla_raft::RawNode;
+use flotilla_rsm::{Replied, Rsm, RsmHandle, StateMachine, Wake};
 
 /// [`KvServer`] as an rsm state machine. Writes are commands; a `Get` is a query.
 #[derive(Debug, Default)]
@@ -46,18 +45,7 @@ impl StateMachine for KvStore {
 }
 
 /// What a replica answers a clerk.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ServerReply {
-    /// The request was executed (a write: applied through the log; a read: served after a
-    /// ReadIndex confirmation).
-    Done(Reply),
-    /// Turned away without effect: this replica does not lead (`hint`: who does, if it
-    /// knows), or the write's entry was replaced by another leader's.
-    NotApplied { hint: Option<NodeId> },
-    /// The write was proposed but its fate is unknown (no outcome in time, or the replica
-    /// stopped): it may or may not take effect.
-    Unknown,
-}
+pub type ServerReply = Replied<Reply>;
 
 /// Executes one client request on a replica: writes through [`RsmHandle::submit`], a `Get`
 /// through [`RsmHandle::read`] (its `ack` is not applied: reads change no replicated state,
@@ -69,16 +57,7 @@ where
     W: Wake,
 {
     match request {
-        Request::Get { key, .. } => match replica.read(key).await {
-            Ok(reply) => ServerReply::Done(reply),
-            Err(ReadError::WrongLeader { hint }) => ServerReply::NotApplied { hint },
-            Err(ReadError::Unknown) => ServerReply::NotApplied { hint: None },
-        },
-        write => match replica.submit(write).await {
-            Ok(reply) => ServerReply::Done(reply),
-            Err(SubmitError::WrongLeader { hint }) => ServerReply::NotApplied { hint },
-            Err(SubmitError::Overwritten) => ServerReply::NotApplied { hint: None },
-            Err(SubmitError::Unknown) => ServerReply::Unknown,
-        },
+        Request::Get { key, .. } => Replied::from_read(replica.read(key).await),
+        write => Replied::from_submit(replica.submit(write).await),
     }
 }

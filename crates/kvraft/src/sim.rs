@@ -14,21 +14,12 @@ use flotilla_kv::Request;
 use flotilla_raft_sim::cluster::{Cluster, ClusterConfig};
 use flotilla_rsm::sim::RsmGroup;
 use flotilla_rsm::RsmConfig;
-use flotilla_sim::net::{Conditions, Payload};
+use flotilla_sim::net::Conditions;
 use flotilla_sim::rpc::{ClientId as EndId, RpcNetwork};
 use flotilla_sim::sleep;
 
 use crate::leader::LeaderCursor;
 use crate::service::{serve, KvStore, ServerReply};
-
-impl Payload for ServerReply {
-    fn wire_size(&self) -> usize {
-        postcard::experimental::serialized_size(self).unwrap_or(0)
-    }
-    fn is_request(&self) -> bool {
-        false
-    }
-}
 
 /// The time every message between servers, and between a clerk and a server, takes on top
 /// of what the network's faults add.

@@ -100,6 +100,54 @@ impl std::fmt::Display for SubmitError {
 
 impl std::error::Error for SubmitError {}
 
+/// What a replica answers the client of a replicated service, whatever the service: the
+/// result, a refusal without effect, or "unknown". The one reply shape of every service on
+/// the rsm (the KV store, the shard controller, the shard groups), on the simulator and on
+/// the wire.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Replied<T> {
+    /// Executed: a command applied through the log, or a read served after a ReadIndex
+    /// confirmation.
+    Done(T),
+    /// Turned away without effect: this replica does not lead (`hint`: who does, if it
+    /// knows), or the command's entry was replaced by another leader's.
+    NotApplied { hint: Option<NodeId> },
+    /// The command was proposed but its fate is unknown (no outcome in time, or the replica
+    /// stopped): it may or may not take effect.
+    Unknown,
+}
+
+impl<T> Replied<T> {
+    /// The reply to a submission's outcome.
+    pub fn from_submit(outcome: Result<T, SubmitError>) -> Self {
+        match outcome {
+            Ok(done) => Replied::Done(done),
+            Err(SubmitError::WrongLeader { hint }) => Replied::NotApplied { hint },
+            Err(SubmitError::Overwritten) => Replied::NotApplied { hint: None },
+            Err(SubmitError::Unknown) => Replied::Unknown,
+        }
+    }
+
+    /// The reply to a read's outcome (a read that failed changed nothing).
+    pub fn from_read(outcome: Result<T, ReadError>) -> Self {
+        match outcome {
+            Ok(done) => Replied::Done(done),
+            Err(ReadError::WrongLeader { hint }) => Replied::NotApplied { hint },
+            Err(ReadError::Unknown) => Replied::NotApplied { hint: None },
+        }
+    }
+}
+
+#[cfg(feature = "sim")]
+impl<T: Serialize + 'static> flotilla_sim::net::Payload for Replied<T> {
+    fn wire_size(&self) -> usize {
+        postcard::experimental::serialized_size(self).unwrap_or(0)
+    }
+    fn is_request(&self) -> bool {
+        false
+    }
+}
+
 /// Tunables of a replica.
 #[derive(Clone, Copy, Debug)]
 pub struct RsmConfig {
