@@ -8,8 +8,6 @@
 //! - [`service`]: the state machine, the request handler every replica runs, and the
 //!   replies on the wire. Writes go through the log; reads are confirmed with ReadIndex
 //!   and served from the replica's state, so a `Get` appends nothing to the log.
-//! - [`leader`]: the clerk's choice of server (sans-IO): stay with the leader, follow a
-//!   hint, otherwise go round.
 //! - [`sim`]: the service on the simulator: a replica group, its labrpc-style client
 //!   network, clerks whose operations are logged for the linearizability checker.
 //! - [`sweep`]: random fault schedules over many seeds (`flotilla sim kvraft`).
@@ -25,7 +23,6 @@
 
 pub mod demo;
 pub mod lab4;
-pub mod leader;
 pub mod local;
 pub mod service;
 pub mod sim;

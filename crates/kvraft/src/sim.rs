@@ -18,8 +18,8 @@ use flotilla_sim::net::Conditions;
 use flotilla_sim::rpc::{ClientId as EndId, RpcNetwork};
 use flotilla_sim::sleep;
 
-use crate::leader::LeaderCursor;
 use crate::service::{serve, KvStore, ServerReply};
+use flotilla_rsm::LeaderCursor;
 
 /// The time every message between servers, and between a clerk and a server, takes on top
 /// of what the network's faults add.

@@ -17,8 +17,8 @@ use flotilla_runtime::{NodeConfig, NodeReport, NodeView, RunError};
 use flotilla_wire::{Client, Protocol, WireError, DEFAULT_MAX_FRAME};
 use serde::{Deserialize, Serialize};
 
-use crate::leader::LeaderCursor;
 use crate::service::{self, KvStore, ServerReply};
+use flotilla_rsm::LeaderCursor;
 
 /// The client protocol of a KV-on-Raft node.
 pub const PROTOCOL: Protocol = Protocol {

@@ -23,10 +23,14 @@
 //!   apply, the replica snapshots its state machine and compacts the log; a restarting
 //!   replica restores from the snapshot (see [`Rsm::new`]).
 //!
+//! For the clients of any service on it: [`Replied`], the one reply shape (done, refused
+//! without effect, unknown), and [`LeaderCursor`], which server a clerk tries next.
+//!
 //! A command's encoding in the log is postcard. An entry that does not decode (never one
 //! this library wrote) is skipped the same way on every replica, so replicas cannot diverge.
 
 mod handle;
+pub mod leader;
 #[cfg(feature = "sim")]
 pub mod scenarios;
 #[cfg(feature = "sim")]
@@ -43,6 +47,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 pub use handle::{RsmHandle, Wake};
+pub use leader::LeaderCursor;
 
 /// What a service replicates. Commands change it (through the log); queries only read it.
 pub trait StateMachine {

@@ -132,3 +132,39 @@ impl<S: StateMachine + 'static> RsmGroup<S> {
         (0..self.n()).find(|&i| self.handle(i).is_some_and(|h| h.state().1))
     }
 }
+
+/// A clerk's request to a replica group on the simulator, resent until a replica executes
+/// it: to the server `cursor` picks, following hints, pausing `pause` after each whole
+/// round that failed. For requests whose every attempt is safe to repeat (reads, and
+/// commands the state machine deduplicates). Returns `None` only if `give_up` says so
+/// between attempts.
+pub async fn call_until_done<Req, T>(
+    net: &flotilla_sim::rpc::RpcNetwork<Req, crate::Replied<T>>,
+    end: flotilla_sim::rpc::ClientId,
+    cursor: &RefCell<crate::LeaderCursor>,
+    request: &Req,
+    pause: std::time::Duration,
+    give_up: impl Fn() -> bool,
+) -> Option<T>
+where
+    Req: flotilla_sim::net::Payload + Clone,
+    T: serde::Serialize + 'static,
+{
+    loop {
+        if give_up() {
+            return None;
+        }
+        let to = cursor.borrow().target();
+        let round_failed = match net.call(end, to, request.clone()).await {
+            Some(crate::Replied::Done(answer)) => {
+                cursor.borrow_mut().answered();
+                return Some(answer);
+            }
+            Some(crate::Replied::NotApplied { hint }) => cursor.borrow_mut().failed(hint),
+            Some(crate::Replied::Unknown) | None => cursor.borrow_mut().failed(None),
+        };
+        if round_failed {
+            flotilla_sim::sleep(pause).await;
+        }
+    }
+}

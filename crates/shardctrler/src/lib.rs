@@ -7,6 +7,13 @@
 //! - [`config`]: a [`Config`] (shard → group, group → servers), the changes that make the
 //!   next one (join, leave, move) with the deterministic minimal-movement rebalance, and
 //!   the two shardings of the labs.
+//! - [`ctrler`]: the 2024 controller as a replicated state machine (changes through the
+//!   log, exactly once; queries through ReadIndex); [`sim`]: it on the simulator, and its
+//!   clerk.
+//! - [`lab5a`]: the 2024 controller scenarios of `../shared/spec/shardkv.md` §2.
 pub mod config;
+pub mod ctrler;
+pub mod lab5a;
+pub mod sim;
 
 pub use config::{Config, ConfigError, Gid, Sharding, NO_GROUP};
