@@ -1,0 +1,12 @@
+//! # flotilla-shardkv: the sharded key/value store
+//!
+//! 6.5840 Lab 5 as a store: keys are split into shards, each shard served by one replica
+//! group (a Raft group on the rsm) as the shard controller's configuration says; groups
+//! follow the configurations one at a time and hand shards to each other with their
+//! duplicate tables, so every write applies once wherever its shard goes.
+//!
+//! - [`group`]: a shard group's replicated state and the requests it serves.
+mod driver;
+pub mod group;
+
+pub use group::{GroupAnswer, GroupCommand, GroupRequest, ShardGroup, ShardState};
