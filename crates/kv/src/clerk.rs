@@ -40,6 +40,11 @@ impl Call {
         &self.request
     }
 
+    /// The request, without counting an attempt (to route it).
+    pub fn peek(&self) -> &Request {
+        &self.request
+    }
+
     /// How many times it has been sent.
     pub fn attempts(&self) -> u32 {
         self.attempts

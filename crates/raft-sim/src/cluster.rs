@@ -774,6 +774,20 @@ impl Cluster {
     }
 
     /// Largest snapshot any server has persisted, in bytes (6.5840's `SnapshotSize`).
+    /// Persisted bytes (Raft state plus snapshot) summed over every server (2024's
+    /// `TestChallenge1Delete` budget).
+    pub fn total_persisted_bytes(&self) -> u64 {
+        self.inner
+            .disks
+            .iter()
+            .map(|d| {
+                let disk = d.borrow();
+                let durable = disk.durable();
+                durable.raft_state_size() + durable.durable_state().snapshot.data.len() as u64
+            })
+            .sum()
+    }
+
     pub fn snapshot_size(&self) -> u64 {
         self.inner
             .disks

@@ -55,7 +55,11 @@ pub enum GroupCommand {
     /// Move to this configuration.
     Adopt(Config),
     /// The state of `shard` for configuration `num`, fetched from its previous owner.
-    Install { num: u64, shard: usize, state: Vec<u8> },
+    Install {
+        num: u64,
+        shard: usize,
+        state: Vec<u8>,
+    },
     /// The new owner of `shard` (at `num`) has it: drop it here.
     Delete { num: u64, shard: usize },
     /// The previous owner of `shard` (at `num`) has dropped it.
@@ -369,7 +373,8 @@ impl StateMachine for ShardGroup {
         let mut shards = BTreeMap::new();
         for (shard, state, kv_bytes) in s.shards {
             let mut kv = KvServer::new();
-            kv.restore(&kv_bytes).map_err(|e| format!("shard {shard}: {e}"))?;
+            kv.restore(&kv_bytes)
+                .map_err(|e| format!("shard {shard}: {e}"))?;
             shards.insert(shard, Shard { state, kv });
         }
         *self = ShardGroup {

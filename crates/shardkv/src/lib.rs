@@ -5,8 +5,13 @@
 //! follow the configurations one at a time and hand shards to each other with their
 //! duplicate tables, so every write applies once wherever its shard goes.
 //!
-//! - [`group`]: a shard group's replicated state and the requests it serves.
-mod driver;
+//! - [`group`]: a shard group's replicated state and the requests it serves;
+//!   [`driver`]: what its leader does beside serving (follow the controller, move shards).
+//! - [`sim`]: the store on the simulator (controller, groups, clerks) — the harness of
+//!   [`lab5b`], the 2024 shardkv scenarios.
+pub mod driver;
 pub mod group;
+pub mod lab5b;
+pub mod sim;
 
 pub use group::{GroupAnswer, GroupCommand, GroupRequest, ShardGroup, ShardState};

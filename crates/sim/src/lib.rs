@@ -72,6 +72,9 @@ pub const TEST_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(
 /// The standard simulation test: seed from [`seed_from_env`], a fresh [`Runtime`], `body`
 /// run to completion, the 120 s (virtual) limit checked, and the replay command printed if
 /// anything fails. Returns the run's trace hash and event count.
+///
+/// A body still running at the limit fails there (a test waiting for progress that never
+/// comes fails in virtual time instead of hanging).
 pub fn run_test<F, Fut>(name: &str, body: F) -> (u64, u64)
 where
     F: FnOnce() -> Fut,
@@ -80,7 +83,11 @@ where
     let seed = seed_from_env(name);
     replay_on_panic(name, seed, || {
         let rt = Runtime::new(seed);
-        rt.block_on(body());
+        let finished = rt.block_on(timeout(TEST_TIME_LIMIT, body()));
+        assert!(
+            finished.is_ok(),
+            "{name} did not finish within 120 seconds (virtual)"
+        );
         assert!(
             rt.now() <= TEST_TIME_LIMIT,
             "{name} took longer than 120 seconds (virtual: {:?})",

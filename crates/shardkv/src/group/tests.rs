@@ -58,15 +58,25 @@ fn a_shard_moves_with_its_duplicate_table_and_is_deleted_at_the_old_owner() {
     assert_eq!(a.apply(GroupCommand::Adopt(c1.clone())), GroupAnswer::Done);
     assert_eq!(b.apply(GroupCommand::Adopt(c1)), GroupAnswer::Done);
     assert_eq!(get(&b, "2"), GroupAnswer::WrongGroup);
-    assert!(matches!(a.apply(append("2", "x", 9, 1)), GroupAnswer::Kv(_)));
+    assert!(matches!(
+        a.apply(append("2", "x", 9, 1)),
+        GroupAnswer::Kv(_)
+    ));
 
     let c2 = config(2, [2, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
     a.apply(GroupCommand::Adopt(c2.clone()));
     b.apply(GroupCommand::Adopt(c2));
-    assert_eq!(a.apply(append("2", "y", 9, 2)), GroupAnswer::WrongGroup, "frozen");
+    assert_eq!(
+        a.apply(append("2", "y", 9, 2)),
+        GroupAnswer::WrongGroup,
+        "frozen"
+    );
     assert_eq!(get(&a, "2"), GroupAnswer::WrongGroup);
     assert_eq!(get(&b, "2"), GroupAnswer::WrongGroup, "awaited, not served");
-    assert!(matches!(get(&a, "3"), GroupAnswer::Kv(_)), "the others are served");
+    assert!(
+        matches!(get(&a, "3"), GroupAnswer::Kv(_)),
+        "the others are served"
+    );
     assert_eq!(b.work().fetch, [(0, 1, vec!["server-1-0".to_string()])]);
     assert_eq!(a.work().frozen, [0]);
 
@@ -84,9 +94,15 @@ fn a_shard_moves_with_its_duplicate_table_and_is_deleted_at_the_old_owner() {
     });
     assert_eq!(get(&b, "2"), value("x"));
     // The clerk's retry of its first append (reply lost) applies once at the new owner.
-    assert!(matches!(b.apply(append("2", "x", 9, 1)), GroupAnswer::Kv(_)));
+    assert!(matches!(
+        b.apply(append("2", "x", 9, 1)),
+        GroupAnswer::Kv(_)
+    ));
     assert_eq!(get(&b, "2"), value("x"));
-    assert!(matches!(b.apply(append("2", "y", 9, 2)), GroupAnswer::Kv(_)));
+    assert!(matches!(
+        b.apply(append("2", "y", 9, 2)),
+        GroupAnswer::Kv(_)
+    ));
     assert_eq!(get(&b, "2"), value("xy"));
     // A duplicate install changes nothing.
     b.apply(GroupCommand::Install {
@@ -103,14 +119,27 @@ fn a_shard_moves_with_its_duplicate_table_and_is_deleted_at_the_old_owner() {
         GroupAnswer::Refused,
         "not before the frozen shard is deleted"
     );
-    assert_eq!(a.apply(GroupCommand::Delete { num: 2, shard: 0 }), GroupAnswer::Done);
+    assert_eq!(
+        a.apply(GroupCommand::Delete { num: 2, shard: 0 }),
+        GroupAnswer::Done
+    );
     assert_eq!(a.keys(), 0);
-    assert_eq!(a.apply(GroupCommand::Delete { num: 2, shard: 0 }), GroupAnswer::Done);
-    assert_eq!(b.apply(GroupCommand::Adopt(c3.clone())), GroupAnswer::Refused);
+    assert_eq!(
+        a.apply(GroupCommand::Delete { num: 2, shard: 0 }),
+        GroupAnswer::Done
+    );
+    assert_eq!(
+        b.apply(GroupCommand::Adopt(c3.clone())),
+        GroupAnswer::Refused
+    );
     b.apply(GroupCommand::Confirmed { num: 2, shard: 0 });
     assert!(b.work().settled());
     assert_eq!(a.apply(GroupCommand::Adopt(c3.clone())), GroupAnswer::Done);
-    assert_eq!(a.apply(GroupCommand::Adopt(c3)), GroupAnswer::Done, "repeat");
+    assert_eq!(
+        a.apply(GroupCommand::Adopt(c3)),
+        GroupAnswer::Done,
+        "repeat"
+    );
     assert_eq!(
         a.apply(GroupCommand::Adopt(config(5, [1; 10]))),
         GroupAnswer::Refused,
@@ -123,7 +152,10 @@ fn snapshots_keep_shards_states_and_sessions() {
     let mut a = ShardGroup::new(1, SHARDING);
     a.apply(GroupCommand::Adopt(config(1, [1; 10])));
     a.apply(put("2", "v", 4, 1));
-    a.apply(GroupCommand::Adopt(config(2, [2, 1, 1, 1, 1, 1, 1, 1, 1, 1])));
+    a.apply(GroupCommand::Adopt(config(
+        2,
+        [2, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    )));
     let mut r = ShardGroup::new(1, SHARDING);
     r.restore(&a.snapshot()).unwrap();
     assert_eq!(r.shard_states(), a.shard_states());
