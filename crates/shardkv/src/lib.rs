@@ -8,10 +8,12 @@
 //! - [`group`]: a shard group's replicated state and the requests it serves;
 //!   [`driver`]: what its leader does beside serving (follow the controller, move shards).
 //! - [`sim`]: the store on the simulator (controller, groups, clerks) — the harness of
-//!   [`lab5b`], the 2024 shardkv scenarios.
+//!   [`lab5b`], the 2024 shardkv scenarios; [`sweep`]: random reconfigurations under faults
+//!   (`flotilla sim shardkv`).
 pub mod driver;
 pub mod group;
 pub mod lab5b;
 pub mod sim;
+pub mod sweep;
 
 pub use group::{GroupAnswer, GroupCommand, GroupRequest, ShardGroup, ShardState};

@@ -291,6 +291,11 @@ impl ShardKvSim {
         self.groups.borrow()[&gid].clone()
     }
 
+    /// Every group, in gid order.
+    pub fn groups(&self) -> Vec<Rc<GroupSim>> {
+        self.groups.borrow().values().cloned().collect()
+    }
+
     pub fn gid(&self, gi: usize) -> Gid {
         self.cfg.first_gid + gi as Gid
     }
