@@ -20,6 +20,7 @@
 pub mod bench;
 pub mod clerk;
 pub mod history;
+pub mod kvtest;
 pub mod lock;
 pub mod protocol;
 pub mod server;

@@ -47,6 +47,18 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The key the request is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Request::Get { key, .. }
+            | Request::Put { key, .. }
+            | Request::Append { key, .. }
+            | Request::PutIfVersion { key, .. } => key,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// A `Get` found the key.

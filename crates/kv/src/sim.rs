@@ -144,6 +144,15 @@ impl ClerkTransport for OneServer {
     }
 }
 
+impl SimClerk<OneServer> {
+    /// Cuts (or restores) this clerk's link to the server: calls fail while it is cut, and
+    /// a reply to a call in flight is lost (labrpc's `DisconnectAll` / `ConnectAll`).
+    pub fn set_connected(&self, connected: bool) {
+        let t = &self.transport;
+        t.net.set_client_link(t.end, 0, connected);
+    }
+}
+
 /// A clerk on the simulated network, logging what it is asked to log into its [`OpLog`].
 pub struct SimClerk<T = OneServer> {
     core: RefCell<ClerkCore>,

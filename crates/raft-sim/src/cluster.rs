@@ -773,7 +773,6 @@ impl Cluster {
         }
     }
 
-    /// Largest snapshot any server has persisted, in bytes (6.5840's `SnapshotSize`).
     /// Persisted bytes (Raft state plus snapshot) summed over every server (2024's
     /// `TestChallenge1Delete` budget).
     pub fn total_persisted_bytes(&self) -> u64 {
@@ -788,6 +787,7 @@ impl Cluster {
             .sum()
     }
 
+    /// Largest snapshot any server has persisted, in bytes (6.5840's `SnapshotSize`).
     pub fn snapshot_size(&self) -> u64 {
         self.inner
             .disks

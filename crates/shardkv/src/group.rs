@@ -312,21 +312,13 @@ impl StateMachine for ShardGroup {
 
     fn apply(&mut self, command: GroupCommand) -> GroupAnswer {
         match command {
-            GroupCommand::Client(request) => {
-                let key = match &request {
-                    Request::Get { key, .. }
-                    | Request::Put { key, .. }
-                    | Request::Append { key, .. }
-                    | Request::PutIfVersion { key, .. } => key.clone(),
-                };
-                match self.serving(&key) {
-                    Some(shard) => {
-                        let held = self.shards.get_mut(&shard).expect("served shards are held");
-                        GroupAnswer::Kv(held.kv.handle(request))
-                    }
-                    None => GroupAnswer::WrongGroup,
+            GroupCommand::Client(request) => match self.serving(request.key()) {
+                Some(shard) => {
+                    let held = self.shards.get_mut(&shard).expect("served shards are held");
+                    GroupAnswer::Kv(held.kv.handle(request))
                 }
-            }
+                None => GroupAnswer::WrongGroup,
+            },
             GroupCommand::Adopt(config) => self.adopt(config),
             GroupCommand::Install { num, shard, state } => self.install(num, shard, &state),
             GroupCommand::Delete { num, shard } => self.delete(num, shard),

@@ -15,5 +15,6 @@ pub mod group;
 pub mod lab5b;
 pub mod sim;
 pub mod sweep;
+pub mod v2025;
 
 pub use group::{GroupAnswer, GroupCommand, GroupRequest, ShardGroup, ShardState};

@@ -14,7 +14,6 @@ use std::time::Duration;
 use flotilla_kv::clerk::{Answer, Call, ClerkCore};
 use flotilla_kv::history::OpLog;
 use flotilla_kv::sim::{ClerkTransport, SimClerk};
-use flotilla_kv::Request;
 use flotilla_raft_sim::cluster::ClusterConfig;
 use flotilla_rsm::sim::{RsmGroup, SimHandle};
 use flotilla_rsm::{LeaderCursor, Replied, RsmConfig};
@@ -408,21 +407,12 @@ pub struct ShardTransport {
     cursors: RefCell<HashMap<Gid, LeaderCursor>>,
 }
 
-fn key_of(request: &Request) -> &str {
-    match request {
-        Request::Get { key, .. }
-        | Request::Put { key, .. }
-        | Request::Append { key, .. }
-        | Request::PutIfVersion { key, .. } => key,
-    }
-}
-
 impl ClerkTransport for ShardTransport {
     async fn run(&self, core: &RefCell<ClerkCore>, mut call: Call) -> Answer {
         loop {
             let (gid, servers) = {
                 let config = self.config.borrow();
-                let shard = Sharding::FirstByte10.shard_of(key_of(call.peek()));
+                let shard = Sharding::FirstByte10.shard_of(call.peek().key());
                 let gid = config.owner(shard);
                 (gid, config.groups.get(&gid).cloned().unwrap_or_default())
             };

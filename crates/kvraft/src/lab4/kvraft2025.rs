@@ -5,11 +5,11 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use flotilla_kv::KvError;
+use flotilla_kv::kvtest::{self, check_get, put_at_least_once, ClientResult};
 use flotilla_sim::{now, sleep, spawn};
 
-use super::{partitioner, rand_below, set_within, Scenario, ELECTION_TIMEOUT};
-use crate::sim::{KvRaftConfig, KvRaftSim, RaftClerk};
+use super::{partitioner, set_within, Scenario, ELECTION_TIMEOUT};
+use crate::sim::{KvRaftConfig, KvRaftSim};
 
 macro_rules! scenarios {
     ($($name:ident)*) => {
@@ -37,98 +37,10 @@ const NITER: usize = 3;
 const CLIENT_PHASE: Duration = Duration::from_secs(1);
 const MAXRAFTSTATE: u64 = 1000;
 
-/// `PutAtLeastOnce`: put until OK, stepping the version past `ErrMaybe`/`ErrVersion`;
-/// returns the key's version after the put. Assumes no one else writes the key.
-async fn put_at_least_once(ck: &RaftClerk, key: &str, value: &str, mut ver: u64) -> u64 {
-    loop {
-        match ck.logged_vput(0, key, value, ver).await {
-            Ok(()) => return ver + 1,
-            Err(KvError::Maybe) | Err(KvError::Version) => ver += 1,
-            Err(e) => assert!(ver == 0, "Put of {key} at version {ver}: {e}"),
-        }
-    }
-}
-
-/// `CheckGet`: the key holds exactly (value, version).
-async fn check_get(ck: &RaftClerk, key: &str, value: &str, version: u64) {
-    let got = ck.logged_vget(0, key).await;
-    assert_eq!(
-        got,
-        Ok((value.to_string(), version)),
-        "Get({key}) wrong value or version"
-    );
-}
-
-/// `OnePut`: put `{me, ver}` until OK or Maybe; returns the version read back and whether
-/// the put was OK.
-async fn one_put(ck: &RaftClerk, me: i64, key: &str, mut ver: u64) -> (u64, bool) {
-    loop {
-        let value = format!("{me} {ver}");
-        let result = ck.logged_vput(me, key, &value, ver).await;
-        assert!(
-            matches!(result, Ok(()) | Err(KvError::Version) | Err(KvError::Maybe)),
-            "Wrong error {result:?}"
-        );
-        let (stored, ver0) = ck.logged_vget(me, key).await.expect("Get failed");
-        if result.is_ok() && ver0 == ver + 1 {
-            let mut parts = stored.split(' ').map(|p| p.parse::<u64>().ok());
-            let (id, v) = (parts.next().flatten(), parts.next().flatten());
-            assert!(
-                id == Some(me as u64) || v == Some(ver),
-                "Wrong value {stored:?} after my put of {value:?}"
-            );
-        }
-        ver = ver0;
-        if matches!(result, Ok(()) | Err(KvError::Maybe)) {
-            return (ver, result.is_ok());
-        }
-    }
-}
-
-#[derive(Clone, Copy, Default)]
-struct ClientResult {
-    ok: u64,
-    maybe: u64,
-}
-
-/// `SpawnClientsAndWait` with `OneClientPut`: `n` clients put until told to stop after
-/// `CLIENT_PHASE`; returns their summed counts.
+/// `SpawnClientsAndWait` with `OneClientPut` for [`CLIENT_PHASE`].
 async fn spawn_clients_and_wait(sim: &KvRaftSim, n: usize, keys: Rc<Vec<String>>) -> ClientResult {
-    let done = Rc::new(Cell::new(false));
-    let tasks: Vec<_> = (0..n)
-        .map(|cli| {
-            let (sim, keys, done) = (sim.clone(), keys.clone(), done.clone());
-            spawn(async move {
-                let ck = sim.clerk();
-                let mut versions = vec![0u64; keys.len()];
-                let mut res = ClientResult::default();
-                while !done.get() {
-                    let k = if keys.len() == 1 {
-                        0
-                    } else {
-                        rand_below(keys.len())
-                    };
-                    let (ver, ok) = one_put(&ck, cli as i64, &keys[k], versions[k]).await;
-                    versions[k] = ver;
-                    if ok {
-                        res.ok += 1;
-                    } else {
-                        res.maybe += 1;
-                    }
-                }
-                res
-            })
-        })
-        .collect();
-    sleep(CLIENT_PHASE).await;
-    done.set(true);
-    let mut total = ClientResult::default();
-    for task in tasks {
-        let r = task.await;
-        total.ok += r.ok;
-        total.maybe += r.maybe;
-    }
-    total
+    let sim = sim.clone();
+    kvtest::spawn_clients_and_wait(move || sim.clerk(), n, keys, CLIENT_PHASE).await
 }
 
 #[derive(Clone, Copy)]
