@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 
 use flotilla_node::Shared;
-use flotilla_raft::RawNode;
+use flotilla_raft::{Index, RawNode};
 
 use crate::{ReadError, Rsm, StateMachine, SubmitError};
 
@@ -125,5 +125,10 @@ where
     /// Runs `f` on the replica's state machine (tests read it this way).
     pub fn with_state<R>(&self, f: impl FnOnce(&S) -> R) -> R {
         self.rsm.with(|r| f(r.state()))
+    }
+
+    /// Runs `f` on the replica's state machine and the log index it has applied through.
+    pub fn with_applied_state<R>(&self, f: impl FnOnce(Index, &S) -> R) -> R {
+        self.rsm.with(|r| f(r.applied(), r.state()))
     }
 }

@@ -28,5 +28,5 @@ tests! {
     concurrent_reliable_5c acquire_lock_concurrent_unreliable_5c
     partition_controller_join_5c partition_recovery_reliable_no_clerk_5c
     partition_recovery_unreliable_no_clerk_5c partition_recovery_reliable_clerks_5c
-    partition_recovery_unreliable_clerks_5c
+    partition_recovery_unreliable_clerks_5c a_paused_controller_is_fenced
 }

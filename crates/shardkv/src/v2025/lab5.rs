@@ -10,7 +10,11 @@
 //! - `join_leave_5b` waits its full 2 s for the join that must not finish while Gid1 is
 //!   down (the lab waits 2 ns).
 //!
-//! Every concurrent history is checked by the linearizability checker.
+//! Every concurrent history is checked by the linearizability checker, and throughout
+//! every scenario no shard is served by two groups. One scenario is ours, beyond the
+//! lab's: `a_paused_controller_is_fenced` (a controller paused between deciding a request
+//! and sending it, as a GC pause or SIGSTOP does, while another finishes its change and
+//! moves the shards on).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,7 +48,7 @@ scenarios! {
     concurrent_reliable_5c acquire_lock_concurrent_unreliable_5c
     partition_controller_join_5c partition_recovery_reliable_no_clerk_5c
     partition_recovery_unreliable_no_clerk_5c partition_recovery_reliable_clerks_5c
-    partition_recovery_unreliable_clerks_5c
+    partition_recovery_unreliable_clerks_5c a_paused_controller_is_fenced
 }
 
 /// 2025's `INTERGRPDELAY`.
@@ -756,4 +760,77 @@ async fn partition_recovery_reliable_clerks_5c() {
 
 async fn partition_recovery_unreliable_clerks_5c() {
     partition_recovery_5c(false, 3, 5).await
+}
+
+/// Ours: a controller stuck mid-join (the new group down) is paused with a request in
+/// hand; another controller finishes that join and then moves the shards back (a leave);
+/// clients overwrite the moved keys. Resumed, the paused controller's old install must be
+/// refused by the group (per-shard numbers), so the left group serves nothing again and
+/// the new values stand.
+async fn a_paused_controller_is_fenced() {
+    let sim = make(true, None).await;
+    let ck = sim.clerk();
+    let (ka, mut va) = spread_puts(&ck, NKEYS, 20).await;
+    let paused = Rc::new(sim.controller());
+    paused.init().await.expect("init");
+    let ngid = sim.new_gid();
+    sim.start_group(ngid);
+    sim.shutdown_group(ngid);
+    let result = Rc::new(RefCell::new(None));
+    let old = {
+        let (sim, paused, result) = (sim.clone(), paused.clone(), result.clone());
+        spawn(async move {
+            let r = join(&paused, ngid, sim.group(ngid).names()).await;
+            *result.borrow_mut() = Some(r);
+        })
+    };
+    sleep(secs(1)).await;
+    let finishing = paused.finishing().expect("stuck in its join");
+    assert!(finishing.own);
+    paused.links().clnt().pause();
+    sleep(ms(200)).await;
+
+    sim.start_group(ngid);
+    let other = sim.controller();
+    other.init().await.expect("init");
+    assert!(
+        other.query().await.unwrap().owns_any(ngid),
+        "the join was not finished"
+    );
+    leave(&other, ngid).await.expect("leave");
+    assert!(!other.query().await.unwrap().owns_any(ngid));
+    for (k, v) in ka.iter().zip(va.iter_mut()) {
+        let fresh = crate::lab5b::rand_string(20);
+        assert_eq!(ck.logged_vput(0, k, &fresh, 1).await, Ok(()));
+        *v = fresh;
+    }
+
+    paused.links().clnt().resume();
+    old.await;
+    assert!(
+        matches!(*result.borrow(), Some(Err(ChangeError::Superseded(_)))),
+        "the paused controller's join: {:?}",
+        result.borrow()
+    );
+    sleep(secs(1)).await;
+    let g = sim.group(ngid);
+    for i in 0..g.group().n() {
+        if let Some(replica) = g.group().handle(i) {
+            let serving: Vec<usize> = replica.with_state(|s| {
+                s.shard_states()
+                    .into_iter()
+                    .filter(|(_, (_, st))| *st == super::shardgrp::Status::Serving)
+                    .map(|(shard, _)| shard)
+                    .collect()
+            });
+            assert!(
+                serving.is_empty(),
+                "group {ngid} serves {serving:?} after it left"
+            );
+        }
+    }
+    for (k, v) in ka.iter().zip(&va) {
+        check_get(&ck, k, v, 2).await;
+    }
+    sim.end();
 }

@@ -8,7 +8,7 @@
 //! `DisconnectAll` / `ConnectAll`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use flotilla_sim::rpc::{ClientId as EndId, RpcNetwork};
 use flotilla_sim::sleep;
 
 use super::ctrler::{Controller, CtrlLinks};
-use super::shardgrp::{serve, GrpAnswer, GrpCommand, GrpRequest, ShardGrp, GID1};
+use super::shardgrp::{serve, GrpAnswer, GrpCommand, GrpRequest, ShardGrp, Status, GID1};
 use crate::sim::{parse_server_name, server_name};
 
 impl Payload for GrpRequest {
@@ -52,6 +52,8 @@ pub struct Grp1Sim {
     /// Which making of the group under this gid (one more each time it is made again).
     incarnation: u64,
     group: RsmGroup<ShardGrp>,
+    /// The highest log index any replica was seen to have applied.
+    applied_high: Cell<u64>,
     rpc: GrpNet,
 }
 
@@ -106,9 +108,21 @@ pub struct Clnt {
     /// Ends by (gid, the group's incarnation).
     ends: RefCell<HashMap<(Gid, u64), (GrpNet, EndId)>>,
     connected: Cell<bool>,
+    /// While set, calls to groups wait before they are sent (a paused process).
+    paused: Cell<bool>,
 }
 
 impl Clnt {
+    /// Holds every call to a group until [`Clnt::resume`], then sends it as it was: a
+    /// process paused (GC, SIGSTOP) between deciding a request and sending it.
+    pub fn pause(&self) {
+        self.paused.set(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.set(false);
+    }
+
     /// Cuts every link of this caller; calls fail until [`Clnt::connect_all`].
     pub fn disconnect_all(&self) {
         self.set_connected(false);
@@ -149,6 +163,9 @@ impl Clnt {
 
     /// One call to the server named `name`; `None` if it failed.
     async fn call(&self, name: &str, request: GrpRequest) -> Option<Replied<GrpAnswer>> {
+        while self.paused.get() {
+            sleep(Duration::from_millis(1)).await;
+        }
         let (gid, i) = parse_server_name(name)?;
         let Some((net, end)) = self.end(gid) else {
             // A group that exited: nobody answers.
@@ -255,12 +272,21 @@ impl Kv1Sim {
             groups: groups.clone(),
             ends: RefCell::new(HashMap::new()),
             connected: Cell::new(true),
+            paused: Cell::new(false),
         }
     }
 
     /// `setupKVService`: group [`GID1`] started, the first configuration (every shard at
-    /// it) stored by the tester's controller.
+    /// it) stored by the tester's controller; from then on, every 20 ms, no shard is
+    /// served by two groups ([`Kv1Sim::assert_one_server_per_shard`]).
     pub async fn setup_kv_service(&self) {
+        let watched = self.clone();
+        flotilla_sim::spawn(async move {
+            loop {
+                sleep(Duration::from_millis(20)).await;
+                watched.assert_one_server_per_shard();
+            }
+        });
         self.start_group(GID1);
         let first = Config::empty(Sharding::Fnv12.shards())
             .join(&[(GID1, self.group(GID1).names())].into())
@@ -362,6 +388,7 @@ impl Kv1Sim {
             gid,
             incarnation,
             group,
+            applied_high: Cell::new(0),
             rpc,
         });
         self.groups.borrow_mut().insert(gid, sim);
@@ -373,6 +400,43 @@ impl Kv1Sim {
         self.store.set_reliable(reliable);
         for g in self.groups.borrow().values() {
             g.set_reliable(reliable);
+        }
+    }
+
+    /// Panics if two groups serve one shard. A group's view is that of its live replicas
+    /// that have applied as far as any replica of the group ever did (a lagging replica, or
+    /// one replaying its log after a restart, shows an older state that serves no one).
+    pub fn assert_one_server_per_shard(&self) {
+        let mut servers: BTreeMap<usize, Vec<Gid>> = BTreeMap::new();
+        for g in self.groups.borrow().values() {
+            let replicas: Vec<_> = (0..g.group.n()).filter_map(|i| g.group.handle(i)).collect();
+            let newest = replicas
+                .iter()
+                .map(|r| r.with_applied_state(|applied, _| applied))
+                .max()
+                .unwrap_or(0);
+            g.applied_high.set(g.applied_high.get().max(newest));
+            let mut serving = BTreeSet::new();
+            for replica in &replicas {
+                replica.with_applied_state(|applied, state| {
+                    if applied == g.applied_high.get() {
+                        for (shard, (_, status)) in state.shard_states() {
+                            if status == Status::Serving {
+                                serving.insert(shard);
+                            }
+                        }
+                    }
+                });
+            }
+            for shard in serving {
+                servers.entry(shard).or_default().push(g.gid);
+            }
+        }
+        for (shard, groups) in servers {
+            assert!(
+                groups.len() <= 1,
+                "shard {shard} served by several groups: {groups:?}"
+            );
         }
     }
 
