@@ -1,8 +1,10 @@
 //! Links to the other members of the cluster: one task and one bounded queue per peer.
 //!
 //! [`PeerLinks::send`] never waits: a message goes into its peer's queue, or is dropped when
-//! the queue is full (a slow or unreachable peer costs at most [`QUEUE_MESSAGES`] messages of
-//! memory; Raft recovers from lost messages by retrying). Each link's task connects, says
+//! the queue is full — [`QUEUE_MESSAGES`] messages, or [`QUEUE_BYTES`] of entries and
+//! snapshot data (a message bigger than that is queued only into an empty queue). A slow or
+//! unreachable peer therefore costs at most about `QUEUE_BYTES` plus one message of memory;
+//! Raft recovers from lost messages by retrying. Each link's task connects, says
 //! who it is ([`PeerIntro`]: the cluster's id and member list, its own id and the one it
 //! wants), then writes every queued message as one frame, several frames per write when the
 //! queue holds more. On any error it logs once, waits (50 ms doubling to 2 s) and connects
@@ -10,11 +12,11 @@
 //! receives on the links its peers opened to it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_raft::{Message, NodeId};
+use flotilla_raft::{Message, MessageBody, NodeId};
 use flotilla_wire::{
     encode_frame, read_frame, FrameWriter, Hello, HelloReply, WireError, HANDSHAKE_MAX_FRAME,
 };
@@ -29,6 +31,9 @@ use crate::{ClusterId, PEER_PROTOCOL};
 
 /// Messages a peer's queue holds before new ones to it are dropped.
 pub const QUEUE_MESSAGES: usize = 4096;
+/// Bytes of entries and snapshot data a peer's queue holds before new messages to it are
+/// dropped.
+pub const QUEUE_BYTES: usize = 64 << 20;
 /// Largest frame on a peer link (a snapshot travels in one message).
 pub const PEER_MAX_FRAME: usize = 256 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -49,9 +54,29 @@ pub struct PeerIntro {
 /// The receiving node's answer: `None` accepts; otherwise why not.
 pub type IntroReply = Option<String>;
 
+/// One peer's queue: the channel and the payload bytes in it.
+struct Queue {
+    sender: mpsc::Sender<(Message, usize)>,
+    bytes: Arc<AtomicUsize>,
+}
+
 /// The sending side of every link.
 pub struct PeerLinks {
-    queues: Vec<Option<mpsc::Sender<Message>>>,
+    queues: Vec<Option<Queue>>,
+}
+
+/// What a message costs a queue: its entries' and snapshot's data, plus a fixed overhead
+/// per entry and per message.
+pub fn payload_bytes(message: &Message) -> usize {
+    const OVERHEAD: usize = 32;
+    OVERHEAD
+        + match &message.body {
+            MessageBody::AppendEntries { entries, .. } => {
+                entries.iter().map(|e| e.data.len() + OVERHEAD).sum()
+            }
+            MessageBody::InstallSnapshot { snapshot, .. } => snapshot.data.len(),
+            _ => 0,
+        }
 }
 
 impl PeerLinks {
@@ -69,15 +94,16 @@ impl PeerLinks {
             .map(|(id, &addr)| {
                 let id = id as NodeId;
                 (id != me).then(|| {
-                    let (tx, rx) = mpsc::channel(QUEUE_MESSAGES);
+                    let (sender, rx) = mpsc::channel(QUEUE_MESSAGES);
+                    let bytes = Arc::new(AtomicUsize::new(0));
                     let intro = PeerIntro {
                         cluster: cluster.clone(),
                         from: me,
                         to: id,
                         incarnation,
                     };
-                    tokio::spawn(link(addr, intro, rx, counters.clone()));
-                    tx
+                    tokio::spawn(link(addr, intro, rx, bytes.clone(), counters.clone()));
+                    Queue { sender, bytes }
                 })
             })
             .collect();
@@ -86,8 +112,25 @@ impl PeerLinks {
 
     /// Queues `message` for its peer; drops it if the queue is full (or the peer unknown).
     pub fn send(&self, message: Message) {
-        if let Some(Some(queue)) = self.queues.get(message.to as usize) {
-            let _ = queue.try_send(message);
+        let Some(Some(queue)) = self.queues.get(message.to as usize) else {
+            return;
+        };
+        let size = payload_bytes(&message);
+        let queued = queue.bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued + size > QUEUE_BYTES {
+            return;
+        }
+        queue.bytes.fetch_add(size, Ordering::Relaxed);
+        if queue.sender.try_send((message, size)).is_err() {
+            queue.bytes.fetch_sub(size, Ordering::Relaxed);
+        }
+    }
+
+    /// Payload bytes waiting in the queue to `peer`.
+    pub fn queued_bytes(&self, peer: NodeId) -> usize {
+        match self.queues.get(peer as usize) {
+            Some(Some(queue)) => queue.bytes.load(Ordering::Relaxed),
+            _ => 0,
         }
     }
 }
@@ -95,7 +138,8 @@ impl PeerLinks {
 async fn link(
     addr: SocketAddr,
     intro: PeerIntro,
-    mut queue: mpsc::Receiver<Message>,
+    mut queue: mpsc::Receiver<(Message, usize)>,
+    queued_bytes: Arc<AtomicUsize>,
     counters: Arc<Counters>,
 ) {
     let mut backoff = FIRST_BACKOFF;
@@ -113,7 +157,8 @@ async fn link(
                     };
                     batch.clear();
                     let mut next = Some(first);
-                    while let Some(message) = next.take() {
+                    while let Some((message, size)) = next.take() {
+                        queued_bytes.fetch_sub(size, Ordering::Relaxed);
                         if let Err(e) = encode_frame(&mut batch, &message, PEER_MAX_FRAME) {
                             warn!(peer = intro.to, "message dropped: {e}");
                         }
@@ -171,4 +216,57 @@ pub async fn connect(addr: SocketAddr, intro: &PeerIntro) -> Result<TcpStream, W
     tokio::time::timeout(CONNECT_TIMEOUT, opened)
         .await
         .unwrap_or(Err(WireError::Timeout(CONNECT_TIMEOUT)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_raft::Entry;
+
+    fn append(to: NodeId, bytes: usize) -> Message {
+        Message {
+            from: 0,
+            to,
+            term: 1,
+            body: MessageBody::AppendEntries {
+                prev_log_index: 0,
+                prev_log_term: 0,
+                entries: vec![Entry {
+                    term: 1,
+                    index: 1,
+                    data: vec![7; bytes],
+                }],
+                leader_commit: 0,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_peer_costs_at_most_the_queue_bound() {
+        // A port with nobody behind it: the link never drains its queue.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let unreachable = closed.local_addr().unwrap();
+        drop(closed);
+        let cluster = ClusterId {
+            name: "test".into(),
+            members: vec!["127.0.0.1:1".parse().unwrap(), unreachable],
+        };
+        let links = PeerLinks::start(&cluster, 0, 1, Arc::new(Counters::new(2)));
+        for _ in 0..200 {
+            links.send(append(1, 1 << 20));
+        }
+        let queued = links.queued_bytes(1);
+        assert!(
+            queued <= QUEUE_BYTES,
+            "{queued} bytes queued for a dead peer"
+        );
+        assert!(
+            queued >= QUEUE_BYTES - (2 << 20),
+            "the queue took too little: {queued}"
+        );
+        // A message bigger than the whole bound still goes through an empty queue.
+        let links = PeerLinks::start(&cluster, 0, 1, Arc::new(Counters::new(2)));
+        links.send(append(1, QUEUE_BYTES + 1));
+        assert!(links.queued_bytes(1) > QUEUE_BYTES);
+    }
 }
