@@ -11,7 +11,10 @@ fn check_config(config: &Config, gids: &[Gid]) {
     let present: BTreeSet<Gid> = config.groups.keys().copied().collect();
     assert_eq!(present, gids.iter().copied().collect(), "wrong groups");
     if gids.is_empty() {
-        assert!(config.shards.iter().all(|&g| g == NO_GROUP), "shards without groups");
+        assert!(
+            config.shards.iter().all(|&g| g == NO_GROUP),
+            "shards without groups"
+        );
         return;
     }
     let mut counts: BTreeMap<Gid, usize> = gids.iter().map(|&g| (g, 0)).collect();
@@ -20,7 +23,10 @@ fn check_config(config: &Config, gids: &[Gid]) {
             .get_mut(gid)
             .unwrap_or_else(|| panic!("shard {shard} at {gid}, not a group")) += 1;
     }
-    let (min, max) = (counts.values().min().unwrap(), counts.values().max().unwrap());
+    let (min, max) = (
+        counts.values().min().unwrap(),
+        counts.values().max().unwrap(),
+    );
     assert!(max - min <= 1, "unbalanced: {counts:?}");
 }
 
