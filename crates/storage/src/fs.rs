@@ -5,7 +5,7 @@
 //! The interface is exactly what a segmented write-ahead log with atomic-rename snapshots
 //! needs and no more: create (truncating) or open for appending, append, `set_len`,
 //! `fsync`/`fdatasync`, read a file (whole, or streamed), rename, remove, create, list and
-//! sync a directory, and ask what a path names. Writes through a [`WritableFile`] go to the end of the file; the WAL never
+//! sync a directory, and ask what a path names (and how long a file is). Writes through a [`WritableFile`] go to the end of the file; the WAL never
 //! writes anywhere else.
 //!
 //! [`StdFs`] is `std::fs`, call for call, with what the WAL did before this trait existed: a
@@ -60,6 +60,11 @@ pub trait FileSystem: fmt::Debug {
     fn kind(&self, path: &Path) -> io::Result<Option<EntryKind>>;
     /// Whether anything is at `path`, not following a symbolic link (a dangling one counts).
     fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// The length of a file in bytes; `NotFound` if there is none. By default it reads the
+    /// file through; [`StdFs`] asks its metadata.
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        io::copy(&mut self.open_read(path)?, &mut io::sink())
+    }
 }
 
 /// The real file system.
@@ -156,6 +161,11 @@ impl FileSystem for StdFs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    #[inline]
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        fs::metadata(path).map(|meta| meta.len())
     }
 }
 

@@ -22,16 +22,8 @@ use flotilla_sim::Rng;
 use flotilla_storage::{MemStorage, Persist, Storage, StorageError, WalOptions, WalStorage};
 
 mod common;
+use common::sim::*;
 use common::*;
-
-const DIR: &str = "/node/raft";
-
-/// The state after `batch` is applied to `state`.
-fn after(state: &DurableState, batch: &Persist) -> DurableState {
-    let mut mem = MemStorage::from_state(state.clone());
-    mem.persist(batch).unwrap();
-    mem.durable_state().clone()
-}
 
 /// The default segments (one holds every test's log) and small ones (a new segment every
 /// few records, deleted after snapshots).
@@ -42,35 +34,6 @@ const SEGMENT_SIZES: [WalOptions; 2] = [
     WalOptions { segment_bytes: 150 },
 ];
 const DEFAULT: WalOptions = SEGMENT_SIZES[0];
-
-/// A fresh file system holding `history`, every batch acknowledged.
-fn acknowledged(history: &[Persist], options: WalOptions) -> (SimFs, WalStorage<SimFs>) {
-    let fs = SimFs::new();
-    let (mut wal, _) = WalStorage::open_on(fs.clone(), DIR, options).unwrap();
-    fs.complete_syncs();
-    for batch in history {
-        wal.persist(batch).unwrap();
-        fs.complete_syncs();
-    }
-    (fs, wal)
-}
-
-/// What the storage reads back from its files.
-fn state(wal: &WalStorage<SimFs>) -> DurableState {
-    wal.durable_state().expect("the state reads back")
-}
-
-/// Opens `fs` after a crash; must succeed, and recover what the files then hold.
-fn reopen(fs: &SimFs, options: WalOptions, context: &str) -> (WalStorage<SimFs>, DurableState) {
-    let (wal, recovered) = WalStorage::open_on(fs.clone(), DIR, options)
-        .unwrap_or_else(|e| panic!("{context}: open after a crash failed: {e}"));
-    assert_eq!(
-        state(&wal),
-        recovered,
-        "{context}: open and a read-back disagree"
-    );
-    (wal, recovered)
-}
 
 /// Length of the segment appended to.
 fn wal_file_len(fs: &SimFs) -> u64 {
@@ -95,43 +58,23 @@ fn batches() -> Vec<Persist> {
     batches
 }
 
-/// Crashes batch `i` of `batches()` at call `k` of its `persist` (every call from the `k`-th
-/// on fails, then the machine dies): each crash model in turn, then `open`. Returns whether
-/// `persist` got through all its calls.
-fn crash_batch_at_call(i: usize, k: u64, options: WalOptions, rng: &mut Rng) -> bool {
+/// Crashes batch `i` of `batches()` at every call of its `persist` (see
+/// `common::sim::crash_at_every_call`), then `open`, and crashes that `open` at every call.
+/// Returns the number of calls `persist` makes.
+fn crash_batch_at_every_call(i: usize, options: WalOptions, rng: &mut Rng) -> u64 {
     let batches = batches();
     let before = batches[..i]
         .iter()
         .fold(DurableState::default(), |s, b| after(&s, b));
     let expected_after = after(&before, &batches[i]);
-    let mut finished = false;
-    for (model, faults) in [
-        ("synced only", CrashFaults::SYNCED_ONLY),
-        ("all faults", CrashFaults::ALL),
-    ] {
-        for complete in [true, false] {
-            let (fs, mut wal) = acknowledged(&batches[..i], options);
-            fs.fail_from(k, [Fault::Eio, Fault::Enospc][(k % 2) as usize]);
-            let result = wal.persist(&batches[i]);
-            finished = result.is_ok();
-            if let Err(e) = &result {
-                assert!(
-                    matches!(e, StorageError::Io { source, .. } if Fault::of(source).is_some()),
-                    "{e}"
-                );
-            }
-            drop(wal);
-            if complete {
-                // The process got past every call that returned: those syncs are done.
-                fs.complete_syncs();
-            }
-            let context = format!(
-                "batch {i}, crash at call {k} ({model}, syncs completed: {complete}, {options:?}): {:?}",
-                batches[i]
-            );
-            let crashed = fs.crash(rng, &faults);
+    crash_at_every_call(
+        rng,
+        || acknowledged(&batches[..i], options),
+        |mut wal| wal.persist(&batches[i]),
+        |crashed, crash, rng| {
+            let context = format!("batch {i}, {crash}, {options:?}: {:?}", batches[i]);
             let (wal, got) = reopen(&crashed.duplicate(), options, &context);
-            if finished && complete {
+            if crash.acknowledged() {
                 assert_eq!(got, expected_after, "{context}: acknowledged batch lost");
             } else {
                 assert!(
@@ -143,28 +86,22 @@ fn crash_batch_at_call(i: usize, k: u64, options: WalOptions, rng: &mut Rng) -> 
             // or cut a damaged record off) changes nothing.
             let recovered = got;
             drop(wal);
-            for r in 0.. {
-                let fs = crashed.duplicate();
-                fs.fail_from(r, Fault::Eio);
-                let opened = WalStorage::open_on(fs.clone(), DIR, options);
-                fs.clear_faults();
-                let done = opened.is_ok();
-                drop(opened);
-                let fs = fs.crash(rng, &faults);
-                let (_, again) = reopen(
-                    &fs,
-                    options,
-                    &format!("{context}, then at call {r} of open"),
-                );
-                assert_eq!(again, recovered, "{context}: recovery changed the state");
-                if done {
-                    break;
-                }
-                assert!(r < 200, "open makes too many calls");
-            }
-        }
-    }
-    finished
+            crash_recovery_at_every_call(
+                &crashed,
+                &crash.faults,
+                rng,
+                |fs| WalStorage::open_on(fs.clone(), DIR, options),
+                |fs, r| {
+                    let (_, again) = reopen(
+                        &fs,
+                        options,
+                        &format!("{context}, then at call {r} of open"),
+                    );
+                    assert_eq!(again, recovered, "{context}: recovery changed the state");
+                },
+            );
+        },
+    )
 }
 
 /// Every batch, every call inside its `persist`, two crash models with and without the syncs
@@ -180,12 +117,7 @@ fn crash_at_every_call_of_every_batch_recovers_before_or_after_it() {
         for options in SEGMENT_SIZES {
             let mut total_calls = 0;
             for i in 0..batches().len() {
-                let mut k = 0;
-                while !crash_batch_at_call(i, k, options, &mut rng) {
-                    k += 1;
-                    assert!(k < 500, "batch {i} never finished");
-                }
-                total_calls += k;
+                total_calls += crash_batch_at_every_call(i, options, &mut rng);
             }
             // The snapshot batches alone make about ten calls each.
             assert!(
@@ -235,36 +167,21 @@ fn group_commit_keeps_a_prefix_of_its_runs_and_syncs_the_log_once_per_run() {
         assert_eq!(&state(&wal), states.last().unwrap());
 
         for options in SEGMENT_SIZES {
-            let mut k = 0;
-            loop {
-                let mut finished = false;
-                for faults in [CrashFaults::SYNCED_ONLY, CrashFaults::ALL] {
-                    for complete in [true, false] {
-                        let (fs, mut wal) = acknowledged(&[], options);
-                        fs.fail_from(k, Fault::Eio);
-                        finished = wal.persist_group(&group).is_ok();
-                        drop(wal);
-                        if complete {
-                            fs.complete_syncs();
-                        }
-                        let context = format!(
-                            "group crashed at call {k} ({faults:?}, syncs completed: {complete}, {options:?})"
-                        );
-                        let (_, got) = reopen(&fs.crash(&mut rng, &faults), options, &context);
-                        let Some(run) = prefix_of_runs(&got) else {
-                            panic!("{context}: recovered a state inside a run: {got:?}");
-                        };
-                        if finished && complete {
-                            assert_eq!(run, runs, "{context}: the acknowledged group was lost");
-                        }
+            let k = crash_at_every_call(
+                &mut rng,
+                || acknowledged(&[], options),
+                |mut wal| wal.persist_group(&group),
+                |crashed, crash, _| {
+                    let context = format!("group, {crash}, {options:?}");
+                    let (_, got) = reopen(&crashed, options, &context);
+                    let Some(run) = prefix_of_runs(&got) else {
+                        panic!("{context}: recovered a state inside a run: {got:?}");
+                    };
+                    if crash.acknowledged() {
+                        assert_eq!(run, runs, "{context}: the acknowledged group was lost");
                     }
-                }
-                if finished {
-                    break;
-                }
-                k += 1;
-                assert!(k < 500, "the group never finished");
-            }
+                },
+            );
             eprintln!("{options:?}: group crashed at {k} calls");
         }
     });

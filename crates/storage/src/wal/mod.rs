@@ -169,7 +169,10 @@ use std::path::{Path, PathBuf};
 
 use flotilla_raft::{Entry, HardState, Index, Term};
 
-pub use tools::{inspect, repair, Inspection, LogEnd, RecordSummary, Repair, SegmentSummary};
+pub use tools::{
+    inspect, inspect_with, repair, repair_with, Inspection, LogEnd, RecordSummary, Repair,
+    SegmentSummary,
+};
 
 use crate::format::SegmentStart;
 use crate::fs::{EntryKind, FileSystem, StdFs, WritableFile};

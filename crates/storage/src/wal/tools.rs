@@ -1,6 +1,10 @@
 //! The operator's tools: `flotilla wal inspect` ([`inspect`]) and `flotilla wal repair`
 //! ([`repair`]). Both read the log with the same replay `open` uses, so they judge every
 //! record exactly as a starting node would.
+//!
+//! Like [`WalStorage`](super::WalStorage), they do all their I/O through a [`FileSystem`]:
+//! [`inspect`] and [`repair`] on the real one, [`inspect_with`] and [`repair_with`] on any
+//! (the crash tests run `repair` on the simulator's `SimFs` and crash it at every call).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,7 +13,7 @@ use flotilla_raft::{HardState, Index, Term};
 
 use super::replay::{corrupt, io_err, replay, resolve_snapshot, SegmentFile, StopKind};
 use super::{list_segments, sync_dir, SNAPSHOT_FILE, SNAPSHOT_TMP};
-use crate::fs::{FileSystem, StdFs};
+use crate::fs::{FileSystem, StdFs, WritableFile};
 use crate::StorageError;
 
 /// One record of a log, as [`inspect`] reports it.
@@ -124,8 +128,16 @@ impl Inspection {
 /// directory lock: it can look at the log of a running node). Errors only when the
 /// directory cannot be read.
 pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection, StorageError> {
+    inspect_with(&StdFs, dir)
+}
+
+/// [`inspect`] on the file system `fs`.
+pub fn inspect_with<F: FileSystem>(
+    fs: &F,
+    dir: impl AsRef<Path>,
+) -> Result<Inspection, StorageError> {
     let dir = dir.as_ref();
-    let mut found = list_segments(&StdFs, dir)?;
+    let mut found = list_segments(fs, dir)?;
     if found.is_empty() {
         return Err(io_err(dir)(std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -140,12 +152,12 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<Inspection, StorageError> {
                 path: s.path.clone(),
                 seq: s.seq,
                 base: s.base,
-                len: std::fs::metadata(&s.path).map_err(io_err(&s.path))?.len(),
+                len: fs.file_len(&s.path).map_err(io_err(&s.path))?,
                 records: Vec::new(),
             })
         })
         .collect::<Result<_, StorageError>>()?;
-    let replayed = replay(&StdFs, &found, None, |seen| {
+    let replayed = replay(fs, &found, None, |seen| {
         let r = seen.record;
         segments[seen.segment].records.push(RecordSummary {
             offset: seen.offset,
@@ -233,10 +245,22 @@ fn live_from(found: &[SegmentFile]) -> usize {
 ///   the segments before a sequence gap, if any, are stale leftovers that `open` deletes —
 ///   they must not become the log again (they hold an older state, or damage). Such a node's
 ///   state cannot be recovered by cutting: restore the segment, or rebuild the node.
+///
+/// Crash-safe: a crash anywhere inside it leaves every removed byte either still in the log
+/// or in its backup, and a log that opens or that `repair` can be run on again. Once it has
+/// returned, the cut is durable.
 pub fn repair(dir: impl AsRef<Path>) -> Result<Repair, StorageError> {
     let dir = dir.as_ref();
     let _lock = crate::DirLock::acquire(dir)?;
-    let found = inspect(dir)?;
+    repair_with(&StdFs, dir)
+}
+
+/// [`repair`] on the file system `fs`, without the directory lock (which only the real file
+/// system has, as with [`WalStorage::open_on`](super::WalStorage::open_on)): the caller makes
+/// sure no one else uses the directory.
+pub fn repair_with<F: FileSystem>(fs: &F, dir: impl AsRef<Path>) -> Result<Repair, StorageError> {
+    let dir = dir.as_ref();
+    let found = inspect_with(fs, dir)?;
     if let LogEnd::Incomplete { detail } = &found.end {
         return Err(corrupt(
             "log",
@@ -251,7 +275,7 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<Repair, StorageError> {
             backups: Vec::new(),
         });
     };
-    check_cut(dir, &found, at, keep)?;
+    check_cut(fs, dir, &found, at, keep)?;
     let removed = found.bytes_to_cut();
     let segment = found.segments[at].path.clone();
     let whole = keep == 0;
@@ -259,7 +283,7 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<Repair, StorageError> {
     let mut backups = Vec::new();
     let mut moved = |path: &Path| -> Result<(), StorageError> {
         let to = PathBuf::from(format!("{}.removed", path.display()));
-        StdFs.rename(path, &to).map_err(io_err(path))?;
+        fs.rename(path, &to).map_err(io_err(path))?;
         backups.push(to);
         Ok(())
     };
@@ -268,21 +292,25 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<Repair, StorageError> {
     }
     if whole {
         moved(&segment)?;
-        sync_dir(&StdFs, dir)?;
+        // The renames are the whole repair: durable before it returns, or a crash after it
+        // brings the damaged segment back.
+        sync_dir(fs, dir)?;
     } else {
-        let bytes = std::fs::read(&segment).map_err(io_err(&segment))?;
+        let bytes = fs.read(&segment).map_err(io_err(&segment))?;
         let backup = PathBuf::from(format!("{}.removed-{offset}", segment.display()));
-        let mut saved = StdFs.create(&backup).map_err(io_err(&backup))?;
+        let mut saved = fs.create(&backup).map_err(io_err(&backup))?;
+        // The backup's data, then its directory entry (and the renames above), durable
+        // before the log loses the bytes.
         saved
             .write_all(&bytes[offset as usize..])
             .and_then(|()| saved.sync_all())
             .map_err(io_err(&backup))?;
         drop(saved);
-        sync_dir(&StdFs, dir)?;
-        let log = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&segment)
-            .map_err(io_err(&segment))?;
+        sync_dir(fs, dir)?;
+        let mut log = fs.open_append(&segment).map_err(io_err(&segment))?;
+        // Durable before repair returns: the node started next may write its first record to
+        // a new segment, and the damage coming back in a segment that is no longer the last
+        // would make the log corrupt again, its new segments with it.
         log.set_len(offset)
             .and_then(|()| log.sync_all())
             .map_err(io_err(&segment))?;
@@ -294,7 +322,13 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<Repair, StorageError> {
 /// Refuses (with nothing changed) a cut of `found` at segment `at`, keeping `keep` bytes of
 /// it, unless the log it leaves opens cleanly: replayed as `open` replays it, complete, and
 /// naming the snapshot the snapshot file holds.
-fn check_cut(dir: &Path, found: &Inspection, at: usize, keep: u64) -> Result<(), StorageError> {
+fn check_cut<F: FileSystem>(
+    fs: &F,
+    dir: &Path,
+    found: &Inspection,
+    at: usize,
+    keep: u64,
+) -> Result<(), StorageError> {
     let damaged = &found.segments[at];
     let refuse = |detail: String| {
         Err(corrupt(
@@ -324,7 +358,7 @@ fn check_cut(dir: &Path, found: &Inspection, at: usize, keep: u64) -> Result<(),
         .iter()
         .map(|s| s.path.as_path())
         .collect();
-    let mut left = list_segments(&StdFs, dir)?;
+    let mut left = list_segments(fs, dir)?;
     left.retain(|s| !removed.contains(&s.path.as_path()));
     let live = left.split_off(live_from(&left));
     let expected: Vec<&Path> = found.segments[..kept]
@@ -345,7 +379,7 @@ fn check_cut(dir: &Path, found: &Inspection, at: usize, keep: u64) -> Result<(),
     if keep > 0 {
         limits[at] = keep;
     }
-    let replayed = replay(&StdFs, &live, Some(&limits), |_| {})?;
+    let replayed = replay(fs, &live, Some(&limits), |_| {})?;
     if let Some(stop) = replayed.stop {
         return refuse(match stop.kind {
             StopKind::Incomplete => {
@@ -364,7 +398,7 @@ fn check_cut(dir: &Path, found: &Inspection, at: usize, keep: u64) -> Result<(),
     }
     let mut state = replayed.state;
     match resolve_snapshot(
-        &StdFs,
+        fs,
         &dir.join(SNAPSHOT_FILE),
         &dir.join(SNAPSHOT_TMP),
         &mut state,

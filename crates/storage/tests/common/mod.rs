@@ -7,6 +7,8 @@ use flotilla_raft::{DurableState, Entry, HardState, Snapshot};
 use flotilla_storage::Persist;
 use proptest::prelude::*;
 
+pub mod sim;
+
 pub fn entry(index: u64, term: u64) -> Entry {
     Entry {
         index,
