@@ -6,8 +6,10 @@
 //!   that takes this node for another, or an unknown id is refused with a message saying
 //!   which, logged on both sides. Then its frames are Raft messages, stepped by the node
 //!   loop through the inbox. A frame that does not decode, or a message not from the
-//!   introduced peer or not to this node, is logged and closes the link (the peer
-//!   reconnects); nothing a peer sends can panic the node.
+//!   introduced peer or not to this node, is logged and dropped, and the link goes on (the
+//!   frame was whole, so the next one starts where it ended); a frame over
+//!   [`PEER_MAX_FRAME`], a stream cut inside a frame or an I/O error closes the link (the
+//!   peer reconnects). Nothing a peer sends can panic the node.
 //! - the client protocol: requests and replies as in `flotilla-wire` (`Request`/`Reply`
 //!   frames, one reply per request, in order), each request handled by the service's async
 //!   handler.
@@ -27,7 +29,7 @@ use std::time::Duration;
 use flotilla_node::Input;
 use flotilla_raft::{Message, NodeId};
 use flotilla_wire::{
-    read_frame, FrameReader, FrameWriter, Hello, HelloReply, Protocol, Reply, Request,
+    read_frame, FrameReader, FrameWriter, Hello, HelloReply, Protocol, Reply, Request, WireError,
     HANDSHAKE_MAX_FRAME, MAGIC,
 };
 use serde::de::DeserializeOwned;
@@ -245,16 +247,24 @@ async fn peer_link<H>(mut stream: TcpStream, from: SocketAddr, port: &Port<H>) {
         let _ = port.inbox.try_send(Input::PeerRestarted(intro.from));
     }
     let mut reader = FrameReader::new(PEER_MAX_FRAME);
+    // Messages dropped on this link; logged at the 1st, 2nd, 4th, 8th, ... so that a peer
+    // sending nothing but garbage cannot flood the log.
+    let mut dropped: u64 = 0;
+    let mut log_drop = |why: String| {
+        dropped += 1;
+        if dropped.is_power_of_two() {
+            warn!(%from, peer = intro.from, dropped, "{why}: dropped");
+        }
+    };
     loop {
         match reader.read_frame::<Message>(&mut stream).await {
             Ok(Some(message)) => {
                 if message.from != intro.from || message.to != port.me {
-                    return warn!(
-                        %from,
-                        peer = intro.from,
-                        "message from {} to {} on the link from {} to {}: closing the link",
+                    log_drop(format!(
+                        "message from {} to {} on the link from {} to {}",
                         message.from, message.to, intro.from, port.me
-                    );
+                    ));
+                    continue;
                 }
                 match port.inbox.try_send(Input::Message(message)) {
                     Ok(()) => {}
@@ -265,8 +275,13 @@ async fn peer_link<H>(mut stream: TcpStream, from: SocketAddr, port: &Port<H>) {
                 }
             }
             Ok(None) => return debug!(peer = intro.from, "peer closed its link"),
+            // The frame was whole (its length within the limit) and is consumed: the stream
+            // is still at a frame boundary, so only this message is lost.
+            Err(WireError::Decode(e)) => log_drop(format!("malformed message from peer ({e})")),
+            // Over the limit, cut short or an I/O error: the stream cannot be followed to
+            // the next frame boundary.
             Err(e) => {
-                return warn!(%from, peer = intro.from, "malformed message from peer, closing its link: {e}")
+                return warn!(%from, peer = intro.from, "broken link from peer, closing it: {e}")
             }
         }
     }
