@@ -18,29 +18,8 @@ pub enum KvraftCommand {
     /// (its address in --peers) serves the other nodes and clients; the Raft log and
     /// snapshots live in --data.
     Serve {
-        /// This node's index in --peers, from 0.
-        #[arg(long)]
-        id: u64,
-        /// Every node's address, the same list in the same order on every node.
-        #[arg(long, value_delimiter = ',', required = true)]
-        peers: Vec<SocketAddr>,
-        /// The data directory (created if missing; one process at a time).
-        #[arg(long)]
-        data: PathBuf,
-        /// The cluster's name: nodes with another name (or another --peers) refuse each
-        /// other.
-        #[arg(long, default_value = "flotilla")]
-        name: String,
-        /// Snapshot once the Raft log exceeds this many bytes (0: never). It bounds the log a
-        /// restart replays and the memory the log takes.
-        #[arg(long, default_value_t = 16 << 20)]
-        max_raft_state: u64,
-        /// Start a new log segment once the current one reaches this many bytes.
-        #[arg(long, default_value_t = 64 << 20)]
-        segment_bytes: u64,
-        /// Serve Prometheus metrics at http://ADDR/metrics.
-        #[arg(long)]
-        metrics: Option<SocketAddr>,
+        #[command(flatten)]
+        node: NodeArgs,
     },
     /// Print each node's role, term, commit and applied index, log and snapshot size, and on
     /// the leader each follower's progress.
@@ -48,6 +27,79 @@ pub enum KvraftCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         cluster: Vec<SocketAddr>,
     },
+}
+
+/// What every node of a replicated service is given: who it is, its cluster, its data.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// This node's index in --peers, from 0.
+    #[arg(long)]
+    id: u64,
+    /// Every node's address, the same list in the same order on every node.
+    #[arg(long, value_delimiter = ',', required = true)]
+    peers: Vec<SocketAddr>,
+    /// The data directory (created if missing; one process at a time).
+    #[arg(long)]
+    data: PathBuf,
+    /// The cluster's name: nodes with another name (or another --peers) refuse each
+    /// other.
+    #[arg(long, default_value = "flotilla")]
+    name: String,
+    /// Snapshot once the Raft log exceeds this many bytes (0: never). It bounds the log a
+    /// restart replays and the memory the log takes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_raft_state: u64,
+    /// Start a new log segment once the current one reaches this many bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    segment_bytes: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+}
+
+impl NodeArgs {
+    /// The node's configuration, or why the arguments do not make one.
+    pub fn config(self) -> anyhow::Result<NodeConfig> {
+        let NodeArgs {
+            id,
+            peers,
+            data,
+            name,
+            max_raft_state,
+            segment_bytes,
+            metrics,
+        } = self;
+        if id as usize >= peers.len() {
+            anyhow::bail!(
+                "--id {id} is not an index of --peers ({} addresses: 0 to {})",
+                peers.len(),
+                peers.len() - 1
+            );
+        }
+        let cluster = ClusterId {
+            name,
+            members: peers,
+        };
+        let mut config = NodeConfig::new(cluster, id, data);
+        config.rsm.max_raft_state = (max_raft_state > 0).then_some(max_raft_state);
+        config.wal.segment_bytes = segment_bytes;
+        config.metrics = metrics;
+        Ok(config)
+    }
+}
+
+/// Runs a node to its end: exit code 0 after a shutdown, the storage-failure exit (74) after
+/// its storage failed.
+pub fn serve_node(
+    serve: impl std::future::Future<Output = Result<(), RunError>>,
+) -> anyhow::Result<ExitCode> {
+    match crate::tokio_runtime()?.block_on(serve) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(RunError::Storage { id, source }) => {
+            flotilla_node::exit_after_storage_failure(id, source)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -66,6 +118,11 @@ pub enum ClusterCommand {
         base_port: u16,
         #[arg(long, default_value = "flotilla")]
         name: String,
+        /// Start the sharded store instead: a controller of --nodes nodes and this many
+        /// shard groups of --nodes nodes each (gids 100, 101, ...), all joined. Ports from
+        /// --base-port: the controller's first, then each group's.
+        #[arg(long, default_value_t = 0)]
+        groups: usize,
     },
 }
 
@@ -75,9 +132,13 @@ pub fn cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {
         dir,
         base_port,
         name,
+        groups,
     } = command;
     if nodes == 0 {
         anyhow::bail!("--nodes must be at least 1");
+    }
+    if groups > 0 {
+        return crate::shard::cluster_up(nodes, groups, &dir, base_port, &name);
     }
     let exe = std::env::current_exe()?;
     let members = local::loopback_addresses(nodes, base_port)?;
@@ -116,38 +177,9 @@ pub fn demo() -> anyhow::Result<ExitCode> {
 
 pub fn run(command: KvraftCommand) -> anyhow::Result<ExitCode> {
     match command {
-        KvraftCommand::Serve {
-            id,
-            peers,
-            data,
-            name,
-            max_raft_state,
-            segment_bytes,
-            metrics,
-        } => {
-            if id as usize >= peers.len() {
-                anyhow::bail!(
-                    "--id {id} is not an index of --peers ({} addresses: 0 to {})",
-                    peers.len(),
-                    peers.len() - 1
-                );
-            }
-            let cluster = ClusterId {
-                name,
-                members: peers,
-            };
-            let mut config = NodeConfig::new(cluster, id, data);
-            config.rsm.max_raft_state = (max_raft_state > 0).then_some(max_raft_state);
-            config.wal.segment_bytes = segment_bytes;
-            config.metrics = metrics;
-            let runtime = crate::tokio_runtime()?;
-            match runtime.block_on(tcp::serve(config, shutdown_signal())) {
-                Ok(()) => Ok(ExitCode::SUCCESS),
-                Err(RunError::Storage { id, source }) => {
-                    flotilla_node::exit_after_storage_failure(id, source)
-                }
-                Err(e) => Err(e.into()),
-            }
+        KvraftCommand::Serve { node } => {
+            let config = node.config()?;
+            serve_node(tcp::serve(config, shutdown_signal()))
         }
         KvraftCommand::Status { cluster } => {
             let reports = crate::tokio_runtime()?.block_on(local::reports(&cluster));
@@ -183,7 +215,7 @@ pub fn run(command: KvraftCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// Resolves at Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("a SIGTERM handler can be installed");
     tokio::select! {

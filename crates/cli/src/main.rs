@@ -18,6 +18,7 @@ use flotilla_raft_sim::{demo, lab3, sweep};
 use tracing_subscriber::EnvFilter;
 
 mod kvraft;
+mod shard;
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +58,15 @@ enum Command {
     /// The replicated key/value store: a node of the cluster over TCP.
     #[command(subcommand)]
     Kvraft(kvraft::KvraftCommand),
+    /// The shard controller of the sharded store: a node over TCP.
+    #[command(subcommand)]
+    Shardctrler(shard::ShardctrlerCommand),
+    /// A shard group of the sharded store: a node over TCP.
+    #[command(subcommand)]
+    Shardkv(shard::ShardkvCommand),
+    /// The sharded store's clients: join, leave, move, status, get, put, append, bench.
+    #[command(subcommand)]
+    Shard(shard::ShardCommand),
     /// Check a history file (JSON Lines, one operation per line) for linearizability.
     Check {
         file: PathBuf,
@@ -582,6 +592,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mr(command) => mr(command),
         Command::Wal(command) => wal(command),
         Command::Kvraft(command) => kvraft::run(command),
+        Command::Shardctrler(command) => shard::ctrler(command),
+        Command::Shardkv(command) => shard::group(command),
+        Command::Shard(command) => shard::run(command),
         Command::Check { file, budget } => check_history(&file, parse_seconds(budget)?),
     }
 }

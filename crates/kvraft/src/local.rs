@@ -1,5 +1,6 @@
-//! A cluster of `flotilla kvraft serve` child processes on loopback, for `flotilla cluster
-//! up`, the demo and the tests that kill real processes.
+//! A cluster of `flotilla kvraft serve` child processes on loopback (or of another service's
+//! nodes: [`LocalCluster::start_serving`]), for `flotilla cluster up`, the demo and the tests
+//! that kill real processes.
 //!
 //! Node `i` keeps its data in `DIR/node-i` and its log in `DIR/node-i.log`. Every wait is
 //! bounded: [`wait_for_leader`] and [`wait_until_applied`] poll the nodes' reports until a
@@ -21,7 +22,9 @@ pub struct LocalCluster {
     dir: PathBuf,
     name: String,
     members: Vec<SocketAddr>,
-    /// More arguments for every `kvraft serve`.
+    /// The subcommand that runs a node (`kvraft serve`, `shardkv serve --gid 100 ...`).
+    serve: Vec<String>,
+    /// More arguments for every node.
     extra: Vec<String>,
     children: Vec<Option<Child>>,
 }
@@ -56,11 +59,25 @@ impl LocalCluster {
         members: Vec<SocketAddr>,
         extra: &[&str],
     ) -> std::io::Result<LocalCluster> {
+        Self::start_serving(exe, dir, name, members, &["kvraft", "serve"], extra)
+    }
+
+    /// Starts `members.len()` nodes of another service, each run as `exe <serve...> --id I
+    /// --peers ... --data ... --name NAME <extra...>`.
+    pub fn start_serving(
+        exe: &Path,
+        dir: &Path,
+        name: &str,
+        members: Vec<SocketAddr>,
+        serve: &[&str],
+        extra: &[&str],
+    ) -> std::io::Result<LocalCluster> {
         std::fs::create_dir_all(dir)?;
         let mut cluster = LocalCluster {
             exe: exe.to_path_buf(),
             dir: dir.to_path_buf(),
             name: name.to_string(),
+            serve: serve.iter().map(|a| a.to_string()).collect(),
             extra: extra.iter().map(|a| a.to_string()).collect(),
             children: (0..members.len()).map(|_| None).collect(),
             members,
@@ -104,7 +121,8 @@ impl LocalCluster {
             .append(true)
             .open(self.log_path(i))?;
         let child = Command::new(&self.exe)
-            .args(["kvraft", "serve", "--id", &i.to_string(), "--peers"])
+            .args(&self.serve)
+            .args(["--id", &i.to_string(), "--peers"])
             .arg(self.members_arg())
             .arg("--data")
             .arg(self.data_dir(i))

@@ -15,5 +15,6 @@ pub mod config;
 pub mod ctrler;
 pub mod lab5a;
 pub mod sim;
+pub mod tcp;
 
 pub use config::{Config, ConfigError, Gid, Sharding, NO_GROUP};

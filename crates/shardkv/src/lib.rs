@@ -10,11 +10,15 @@
 //! - [`sim`]: the store on the simulator (controller, groups, clerks) — the harness of
 //!   [`lab5b`], the 2024 shardkv scenarios; [`sweep`]: random reconfigurations under faults
 //!   (`flotilla sim shardkv`).
+//! - [`tcp`]: a group's node over TCP with its driver, and the clerk over TCP; [`local`]:
+//!   the whole store as child processes on loopback (`flotilla cluster up --groups G`).
 pub mod driver;
 pub mod group;
 pub mod lab5b;
+pub mod local;
 pub mod sim;
 pub mod sweep;
+pub mod tcp;
 pub mod v2025;
 
 pub use group::{GroupAnswer, GroupCommand, GroupRequest, ShardGroup, ShardState};

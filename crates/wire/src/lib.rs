@@ -61,6 +61,7 @@ pub mod client;
 mod error;
 pub mod frame;
 pub mod handshake;
+pub mod pool;
 pub mod server;
 
 pub use client::Client;
@@ -69,4 +70,5 @@ pub use frame::{
     encode_frame, read_frame, write_frame, FrameReader, FrameWriter, DEFAULT_MAX_FRAME,
 };
 pub use handshake::{Hello, HelloReply, Protocol, Reply, Request, HANDSHAKE_MAX_FRAME, MAGIC};
+pub use pool::Pool;
 pub use server::{serve, ServerConfig};
