@@ -372,6 +372,40 @@ enum BenchCommand {
         #[arg(long, default_value_t = 50)]
         sweep_seeds: u64,
     },
+    /// The sharded store as processes on loopback: throughput through the sharded clerk
+    /// with 1, 2, 4 ... groups under the same load.
+    ShardkvScaling {
+        /// The group counts to measure, one fresh store each.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        groups: Vec<usize>,
+        /// Nodes per group (and in the controller).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Share of gets (the rest are puts), in [0, 1].
+        #[arg(long, default_value_t = 0.0)]
+        get_share: f64,
+    },
+    /// The sharded store as processes on loopback: one shard of --keys keys moved from one
+    /// group to another; the time until the new owner serves it and the old one dropped it.
+    ShardMove {
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Repeat with a fresh store this many times.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Wall time of the 28 Lab 3 scenarios at one seed, and the fault sweep's seeds per minute.
     Raft {
         /// Seed for the scenarios.
@@ -588,6 +622,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench_raft(seed, sweep_seeds)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::ShardkvScaling {
+            groups,
+            nodes,
+            clients,
+            seconds,
+            keys,
+            value_size,
+            get_share,
+        }) => shard::bench_scaling(
+            &groups,
+            nodes,
+            clients,
+            parse_seconds(seconds)?,
+            keys,
+            value_size,
+            get_share,
+        ),
+        Command::Bench(BenchCommand::ShardMove {
+            keys,
+            value_size,
+            nodes,
+            runs,
+        }) => shard::bench_move(keys, value_size, nodes, runs),
         Command::Kv(command) => tokio_runtime()?.block_on(kv(command)),
         Command::Mr(command) => mr(command),
         Command::Wal(command) => wal(command),

@@ -345,3 +345,75 @@ pub fn cluster_up(
     println!("flotilla cluster: stopped");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `flotilla bench shardkv-scaling`.
+pub fn bench_scaling(
+    groups: &[usize],
+    nodes: usize,
+    clients: usize,
+    duration: Duration,
+    keys: usize,
+    value_size: usize,
+    get_share: f64,
+) -> anyhow::Result<ExitCode> {
+    if groups.iter().any(|&g| g == 0) || nodes == 0 || clients == 0 {
+        bail!("--groups, --nodes and --clients must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&get_share) {
+        bail!("--get-share must be in [0, 1]");
+    }
+    let exe = std::env::current_exe()?;
+    let load = flotilla_shardkv::bench::Load {
+        clients,
+        duration,
+        keys,
+        value_size,
+        get_share,
+    };
+    let rows = crate::tokio_runtime()?
+        .block_on(flotilla_shardkv::bench::scaling(&exe, nodes, groups, load))?;
+    println!("| groups | ops/s | p50 | p99 | resends | failed |");
+    println!("|---|---|---|---|---|---|");
+    for (g, r) in rows {
+        println!(
+            "| {g} | {:.0} | {:.1} ms | {:.1} ms | {} | {} |",
+            r.ops_per_sec(),
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3,
+            r.resends,
+            r.failed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `flotilla bench shard-move`.
+pub fn bench_move(
+    keys: usize,
+    value_size: usize,
+    nodes: usize,
+    runs: usize,
+) -> anyhow::Result<ExitCode> {
+    if keys == 0 || nodes == 0 || runs == 0 {
+        bail!("--keys, --nodes and --runs must be at least 1");
+    }
+    let exe = std::env::current_exe()?;
+    let runtime = crate::tokio_runtime()?;
+    println!("| run | shard | keys | bytes | load | served after | dropped after |");
+    println!("|---|---|---|---|---|---|---|");
+    for run in 1..=runs {
+        let r = runtime.block_on(flotilla_shardkv::bench::shard_move(
+            &exe, nodes, keys, value_size,
+        ))?;
+        println!(
+            "| {run} | {} | {} | {} | {:.2} s | {:.0} ms | {:.0} ms |",
+            r.shard,
+            r.keys,
+            r.bytes,
+            r.load.as_secs_f64(),
+            r.served.as_secs_f64() * 1e3,
+            r.dropped.as_secs_f64() * 1e3
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

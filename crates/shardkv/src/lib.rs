@@ -11,7 +11,9 @@
 //!   [`lab5b`], the 2024 shardkv scenarios; [`sweep`]: random reconfigurations under faults
 //!   (`flotilla sim shardkv`).
 //! - [`tcp`]: a group's node over TCP with its driver, and the clerk over TCP; [`local`]:
-//!   the whole store as child processes on loopback (`flotilla cluster up --groups G`).
+//!   the whole store as child processes on loopback (`flotilla cluster up --groups G`);
+//!   [`bench`]: its throughput by number of groups, and one shard's migration time.
+pub mod bench;
 pub mod driver;
 pub mod group;
 pub mod lab5b;
