@@ -143,6 +143,7 @@ pub fn cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let members = local::loopback_addresses(nodes, base_port)?;
     let runtime = crate::tokio_runtime()?;
+    let stop = shutdown_signals(runtime.handle())?;
     let mut cluster = LocalCluster::start(&exe, &dir, &name, members, &[])?;
     println!(
         "flotilla cluster: {nodes} nodes, data and logs in {}",
@@ -160,7 +161,7 @@ pub fn cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {
             ),
             None => println!("no leader yet after 10 s (see the logs); Ctrl-C stops the cluster"),
         }
-        shutdown_signal().await;
+        stop.await;
     });
     cluster.stop(Duration::from_secs(5));
     println!("flotilla cluster: stopped");
@@ -214,12 +215,27 @@ pub fn run(command: KvraftCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Resolves at Ctrl-C or SIGTERM.
+/// Resolves at Ctrl-C or SIGTERM (the handlers installed when first polled).
 pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("a SIGTERM handler can be installed");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    shutdown_signals(&tokio::runtime::Handle::current())
+        .expect("SIGINT and SIGTERM handlers can be installed")
+        .await
+}
+
+/// Installs the Ctrl-C (SIGINT) and SIGTERM handlers now, on `runtime`; the future resolves
+/// at either. A program installs them before it says "Ctrl-C stops ...", so that a signal
+/// right after that line is handled, not fatal.
+pub fn shutdown_signals(
+    runtime: &tokio::runtime::Handle,
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let _context = runtime.enter();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -16,7 +16,7 @@ use flotilla_shardctrler::Gid;
 use flotilla_shardkv::local::{addresses_arg, LocalShardedStore};
 use flotilla_shardkv::tcp::{self as shard_tcp, ShardClerkOptions, TcpShardClerk, SHARDING};
 
-use crate::kvraft::{serve_node, shutdown_signal, NodeArgs};
+use crate::kvraft::{serve_node, shutdown_signal, shutdown_signals, NodeArgs};
 
 #[derive(Subcommand)]
 pub enum ShardctrlerCommand {
@@ -317,6 +317,7 @@ pub fn cluster_up(
 ) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?;
     let runtime = crate::tokio_runtime()?;
+    let stop = shutdown_signals(runtime.handle())?;
     let mut store = LocalShardedStore::start(&exe, dir, name, nodes, groups, base_port, &[])?;
     println!(
         "flotilla cluster: the sharded store, a controller and {groups} group(s) of {nodes} node(s), data and logs in {}",
@@ -340,7 +341,7 @@ pub fn cluster_up(
         Err(e) => println!("not ready: {e} (see the logs); clients: --ctrl {ctrl}"),
     }
     println!("Ctrl-C stops the store");
-    runtime.block_on(shutdown_signal());
+    runtime.block_on(stop);
     store.stop(Duration::from_secs(5));
     println!("flotilla cluster: stopped");
     Ok(ExitCode::SUCCESS)
