@@ -357,7 +357,7 @@ pub fn bench_scaling(
     value_size: usize,
     get_share: f64,
 ) -> anyhow::Result<ExitCode> {
-    if groups.iter().any(|&g| g == 0) || nodes == 0 || clients == 0 {
+    if groups.contains(&0) || nodes == 0 || clients == 0 {
         bail!("--groups, --nodes and --clients must be at least 1");
     }
     if !(0.0..=1.0).contains(&get_share) {
