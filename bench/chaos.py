@@ -412,9 +412,10 @@ class Cluster:
 
 class ClientGroup(threading.Thread):
     def __init__(self, name, exe, peers, dirpath, total_seconds, round_seconds, bench_args,
-                 children):
+                 children, bench=("kv", "bench", "--cluster")):
         super().__init__(daemon=True)
         self.name_ = name
+        self.bench = list(bench)               # the bench command and its address option
         self.exe = exe
         self.peers = peers
         self.dir = dirpath
@@ -436,7 +437,7 @@ class ClientGroup(threading.Thread):
             secs = min(self.round, left)
             n += 1
             hist = os.path.join(self.dir, f"{self.name_}-{n:03d}.jsonl")
-            cmd = [self.exe, "kv", "bench", "--cluster", self.peers, "--seconds", f"{secs:.1f}",
+            cmd = [self.exe, *self.bench, self.peers, "--seconds", f"{secs:.1f}",
                    "--history", hist] + self.bench_args
             if self.abort.is_set():
                 break
@@ -550,6 +551,839 @@ def failure_kind(f):
 
 
 # ----------------------------------------------------------------------------------------------
+# The sharded store (--store shard): three machines, each running controller node i and node i
+# of shard groups 100 and 101, every process on a port of its own at the machine's address.
+# Kills and pauses hit single processes; partitions and lossy or slow links hit machines.
+# ----------------------------------------------------------------------------------------------
+
+GIDS = (100, 101)
+SHARD_CLUSTERS = ("ctrl",) + GIDS                  # the three Raft clusters
+SHARDS = 12
+SH_CONFIG_RE = re.compile(r"^configuration (\d+)$")
+SH_GROUP_RE = re.compile(r"^  group (\d+): shards \[([\d, ]*)\] servers (\S+)$")
+SH_NODE_RE = re.compile(r"^  group (\d+) node (\d+) (\S+): (\w+) term (\d+) commit (\d+) applied "
+                        r"(\d+) at configuration (\d+) shards \{(.*)\} keys (\d+)$")
+SH_NOANSWER_RE = re.compile(r"^  group (\d+) (\S+): no answer")
+SH_APPLIED_RE = re.compile(r"configuration (\d+)")
+
+
+def other_gid(g):
+    return GIDS[1] if g == GIDS[0] else GIDS[0]
+
+
+class ShardStatus:
+    """`flotilla shard status`, parsed: the latest configuration (num, gid -> shards) and what
+    every node of the configured groups says of itself."""
+
+    def __init__(self, rc, out):
+        self.rc = rc
+        self.num = None
+        self.assign = {}                       # gid -> [shards]
+        self.nodes = []                        # dicts
+        self.silent = []                       # (gid, addr) that did not answer
+        for line in out.splitlines():
+            m = SH_CONFIG_RE.match(line)
+            if m:
+                self.num = int(m.group(1))
+                continue
+            m = SH_GROUP_RE.match(line)
+            if m:
+                self.assign[int(m.group(1))] = [int(x) for x in m.group(2).replace(",", " ").split()]
+                continue
+            m = SH_NODE_RE.match(line)
+            if m:
+                shards = {}
+                for part in m.group(9).split(","):
+                    if ":" in part:
+                        k, v = part.split(":")
+                        shards[int(k)] = v.strip()
+                self.nodes.append({"gid": int(m.group(1)), "id": int(m.group(2)),
+                                   "role": m.group(4), "term": int(m.group(5)),
+                                   "commit": int(m.group(6)), "applied": int(m.group(7)),
+                                   "config": int(m.group(8)), "shards": shards,
+                                   "keys": int(m.group(10))})
+                continue
+            m = SH_NOANSWER_RE.match(line)
+            if m:
+                self.silent.append((int(m.group(1)), m.group(2)))
+
+    def owner(self):
+        """[gid of shard s] from the configuration, or None if not known."""
+        if self.num is None:
+            return None
+        own = [0] * SHARDS
+        for g, ss in self.assign.items():
+            for s in ss:
+                if 0 <= s < SHARDS:
+                    own[s] = g
+        return own
+
+    def leader(self, gid):
+        ns = [n for n in self.nodes if n["gid"] == gid]
+        if not ns:
+            return None
+        top = max(n["term"] for n in ns)
+        for n in ns:
+            if n["role"] == "Leader" and n["term"] == top:
+                return n["id"]
+        return None
+
+    def settled(self):
+        """(True, "") when both groups are configured, every node answers, is at the latest
+        configuration and serves exactly the shards it gives its group, and each group's nodes
+        agree on commit and applied index; else (False, why not)."""
+        if self.num is None:
+            return False, "no configuration (controller unreachable?)"
+        if sorted(self.assign) != sorted(GIDS):
+            return False, f"configuration {self.num} has groups {sorted(self.assign)}"
+        if self.silent:
+            return False, f"no answer from {self.silent}"
+        for g in GIDS:
+            ns = [n for n in self.nodes if n["gid"] == g]
+            if len(ns) != 3:
+                return False, f"group {g}: {len(ns)} nodes answered"
+            want = {s: "Serving" for s in self.assign[g]}
+            for n in ns:
+                if n["config"] != self.num:
+                    return False, f"group {g} node {n['id']} at configuration {n['config']} < {self.num}"
+                if n["shards"] != want:
+                    return False, f"group {g} node {n['id']} shards {n['shards']}, want {sorted(want)} serving"
+            if len({(n["commit"], n["applied"]) for n in ns}) != 1:
+                return False, f"group {g}: commit/applied differ: {[(n['commit'], n['applied']) for n in ns]}"
+            if self.leader(g) is None:
+                return False, f"group {g}: no leader"
+        return True, ""
+
+
+class ShardStore:
+    """The nine processes: key (cluster, i), cluster "ctrl" or a gid, i the machine."""
+
+    def __init__(self, exe, net, dirpath, extra):
+        self.exe = exe
+        self.net = net
+        self.dir = dirpath
+        self.extra = extra
+        self.port = {c: PORT + k for k, c in enumerate(SHARD_CLUSTERS)}
+        self.members = {c: [f"{ip}:{self.port[c]}" for ip in net.ip] for c in SHARD_CLUSTERS}
+        self.ctrl = ",".join(self.members["ctrl"])
+        self.keys = [(c, i) for c in SHARD_CLUSTERS for i in range(3)]
+        self.procs = {k: None for k in self.keys}
+        self.stopped = {k: False for k in self.keys}
+        self.starts = Counter()
+        self.unexpected_exits = []
+
+    @staticmethod
+    def label(key):
+        c, i = key
+        return f"controller node {i}" if c == "ctrl" else f"group {c} node {i}"
+
+    def fname(self, key):
+        c, i = key
+        return f"ctrl-{i}" if c == "ctrl" else f"g{c}-{i}"
+
+    def data(self, key):
+        return os.path.join(self.dir, self.fname(key))
+
+    def start(self, key):
+        assert self.procs[key] is None
+        c, i = key
+        logf = open(os.path.join(self.dir, self.fname(key) + ".log"), "ab")
+        self.starts[key] += 1
+        logf.write(f"\n==== chaos.py: start #{self.starts[key]} at {time.time():.3f} ====\n".encode())
+        logf.flush()
+        if c == "ctrl":
+            sub = ["shardctrler", "serve"]
+        else:
+            sub = ["shardkv", "serve", "--gid", str(c), "--ctrl", self.ctrl]
+        cmd = self.net.ex(i) + [self.exe] + sub + [
+            "--id", str(i), "--peers", ",".join(self.members[c]), "--data", self.data(key),
+            "--name", f"chaos{self.net.tag}-{c}"] + self.extra
+        self.procs[key] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                           start_new_session=True, preexec_fn=die_with_parent)
+        logf.close()
+        self.stopped[key] = False
+
+    def kill(self, key):
+        p = self.procs[key]
+        if p is None:
+            return
+        try:
+            p.send_signal(signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.procs[key] = None
+        self.stopped[key] = False
+
+    def stop(self, key):
+        self.procs[key].send_signal(signal.SIGSTOP)
+        self.stopped[key] = True
+
+    def cont(self, key):
+        if self.procs[key] is not None:
+            try:
+                self.procs[key].send_signal(signal.SIGCONT)
+            except OSError:
+                pass
+        self.stopped[key] = False
+
+    def up(self, key):
+        return self.procs[key] is not None and not self.stopped[key]
+
+    def poll_exits(self):
+        out = []
+        for key, p in self.procs.items():
+            if p is not None and p.poll() is not None:
+                self.unexpected_exits.append((key, p.returncode, time.time()))
+                self.procs[key] = None
+                self.stopped[key] = False
+                out.append(key)
+        return out
+
+    def status(self, timeout=15):
+        p = run([self.exe, "shard", "status", "--ctrl", self.ctrl], check=False, timeout=timeout)
+        return ShardStatus(p.returncode, p.stdout)
+
+    def admin(self, words, timeout=40):
+        """One `flotilla shard join|leave|move`: ("ok", configuration), ("refused", why) or
+        ("timeout", why) -- the last when the outcome is unknown (it may still take effect)."""
+        p = run([self.exe, "shard", *words, "--ctrl", self.ctrl], check=False, timeout=timeout)
+        if p.returncode == 0:
+            m = SH_APPLIED_RE.search(p.stdout)
+            return "ok", int(m.group(1)) if m else None
+        if "refused" in p.stderr:
+            return "refused", p.stderr.strip()[-200:]
+        return "timeout", (p.stderr.strip() or f"exit {p.returncode}")[-200:]
+
+    def shutdown(self):
+        for p in self.procs.values():
+            if p is not None:
+                try:
+                    p.send_signal(signal.SIGCONT)
+                    p.send_signal(signal.SIGKILL)
+                except OSError:
+                    pass
+        for key, p in self.procs.items():
+            if p is not None:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+                self.procs[key] = None
+
+
+class Mover(threading.Thread):
+    """Reconfigures the store under load until `end`: at random intervals it moves a random
+    shard to the group that does not hold it, and now and then makes one group leave and, a
+    few seconds later, join back. Commands whose outcome is unknown are retried. It never lets
+    both groups be out at once, even through a timed-out `leave` that takes effect late: once a
+    leave of group X timed out, only X may leave from then on (an acknowledged leave's earlier
+    attempts are deduplicated by the controller; a timed-out one may still commit later)."""
+
+    def __init__(self, store, seed, end, ev, abort):
+        super().__init__(daemon=True)
+        self.store = store
+        self.rng = random.Random(seed * 1000003 + 11)
+        self.end = end
+        self.ev = ev
+        self.abort = abort
+        self.stats = Counter()
+        self.joined = {g: True for g in GIDS}
+        self.leave_timed_out = {g: False for g in GIDS}
+        self.rejoin_at = {}
+        self.owner = None
+        self.last_num = None
+        self.error = None
+
+    def command(self, words, what, attempts=4):
+        """Runs a command until it is acknowledged or refused (bounded); returns the verdict."""
+        verdict = "timeout"
+        for n in range(attempts):
+            if self.abort.is_set():
+                break
+            verdict, detail = self.store.admin(words)
+            if verdict == "ok":
+                self.last_num = detail
+                self.ev(f"mover: {what}: configuration {detail}" + (f" (attempt {n + 1})" if n else ""))
+                return verdict
+            if verdict == "refused":
+                self.stats["refused"] += 1
+                self.ev(f"mover: {what} refused: {detail}")
+                return verdict
+            self.stats["timed out (retried)"] += 1
+            self.ev(f"mover: {what}: outcome unknown ({detail}); retrying")
+            if time.time() > self.end + 30:
+                break
+        return verdict
+
+    def refresh(self):
+        st = self.store.status(timeout=12)
+        own = st.owner()
+        if own is not None:
+            self.owner = own
+            present = set(st.assign)
+            for g in GIDS:
+                if self.joined[g] and g not in present:
+                    # A leave that timed out took effect late: join it back soon.
+                    self.stats["late leave seen"] += 1
+                    self.ev(f"mover: group {g} is not in configuration {st.num}: a timed-out "
+                            f"leave took effect late; joining it back")
+                    self.joined[g] = False
+                    self.rejoin_at[g] = time.time()
+        return st
+
+    def join_group(self, g):
+        servers = ",".join(self.store.members[g])
+        v = self.command(["join", "--gid", str(g), "--servers", servers], f"join of group {g}")
+        if v in ("ok", "refused"):
+            self.stats["joins"] += 1 if v == "ok" else 0
+            self.joined[g] = True
+            self.rejoin_at.pop(g, None)
+            return True
+        return False
+
+    def run(self):
+        try:
+            self.loop()
+        except Exception as e:   # a bug of this script: reported, never silent
+            self.error = f"{type(e).__name__}: {e}"
+
+    def loop(self):
+        n = 0
+        while time.time() < self.end and n < 2000 and not self.abort.is_set():
+            n += 1
+            self.abort.wait(self.rng.uniform(0.2, 2.0))
+            if time.time() >= self.end or self.abort.is_set():
+                break
+            now = time.time()
+            due = [g for g, t in self.rejoin_at.items() if t <= now]
+            if due:
+                self.join_group(due[0])
+                continue
+            both = all(self.joined.values())
+            if both and self.rng.random() < 0.1:
+                allowed = [g for g in GIDS if not self.leave_timed_out[other_gid(g)]]
+                g = self.rng.choice(allowed)
+                st = self.refresh()
+                if not all(self.joined.values()) or st.num is None:
+                    continue
+                v = self.command(["leave", "--gid", str(g)], f"leave of group {g}")
+                if v != "ok":
+                    self.leave_timed_out[g] = self.leave_timed_out[g] or v == "timeout"
+                if v == "ok":
+                    self.stats["leaves"] += 1
+                # Out (or maybe out): join it back in a few seconds either way.
+                self.joined[g] = False
+                self.rejoin_at[g] = time.time() + self.rng.uniform(2, 6)
+                continue
+            if not both:
+                self.stats["moves skipped (one group out)"] += 1
+                continue
+            self.refresh()
+            s = self.rng.randrange(SHARDS)
+            before = self.owner[s] if self.owner else None
+            if before in GIDS:
+                g = other_gid(before)
+            else:
+                g = self.rng.choice(GIDS)
+            v = self.command(["move", "--shard", str(s), "--gid", str(g)],
+                             f"move of shard {s} from group {before} to {g}")
+            if v == "ok":
+                self.stats["moves"] += 1
+                if before != g:
+                    self.stats["moves to another group"] += 1
+                if self.owner:
+                    self.owner[s] = g
+
+
+def final_get_shard(exe, ctrl, key):
+    """(value or None if no key, error or None), through the sharded clerk."""
+    p = run([exe, "shard", "get", "--ctrl", ctrl, key], check=False, timeout=120)
+    if p.returncode == 0:
+        return p.stdout[:-1] if p.stdout.endswith("\n") else p.stdout, None
+    if "ErrNoKey" in p.stderr:
+        return None, None
+    return None, (p.stderr.strip() or f"exit {p.returncode}")[-300:]
+
+
+def shard_main(args, features, tag):
+    rng = random.Random(args.seed)
+    log(f"sharded store: seed {args.seed}, {args.seconds:.0f} s of faults and shard moves, "
+        f"inject={args.inject}, exe {args.exe}")
+    log("link faults: " + ("netem loss and delay" if features.get("netem") else
+                           "no netem in this kernel: loss with iptables statistic, slow links with tbf"
+                           if features.get("statistic") and features.get("tbf") else
+                           f"limited ({features})"))
+    for old in os.listdir(tempfile.gettempdir()):   # run dirs of runs killed by SIGKILL
+        m = re.match(r"^flotilla-chaos-(\d+)-", old)
+        if m and not pid_is_chaos(int(m.group(1))):
+            shutil.rmtree(os.path.join(tempfile.gettempdir(), old), ignore_errors=True)
+            log(f"removed leftover run directory {old}")
+    rundir = tempfile.mkdtemp(prefix=f"flotilla-chaos-{tag}-")
+    net = Net(tag, args.subnet)
+    store = None
+    mover = None
+    children = []
+    groups = []
+    tearing = {"down": False}
+    failures = []
+    abort = threading.Event()
+    events = open(os.path.join(rundir, "events.log"), "w")
+    ev_lock = threading.Lock()
+
+    def ev(msg):
+        t = time.time() - t0
+        with ev_lock:
+            events.write(f"{t:8.3f} {msg}\n")
+            events.flush()
+            log(f"t={t:6.1f}s {msg}")
+
+    def on_signal(signum, frame):
+        if not tearing["down"]:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    t0 = time.time()
+    faults = Counter()
+    summary_lines = []
+    exit_code = 0
+    settled = (False, "not reached")
+    final_status = None
+    try:
+        net.setup()
+        extra = ["--segment-bytes", str(args.segment_bytes),
+                 "--max-raft-state", str(args.max_raft_state)]
+        store = ShardStore(args.exe, net, rundir, extra)
+        log(f"network: bridge {net.bridge} {net.client_ip}/24, machines {', '.join(net.ip)} in "
+            f"{', '.join(net.ns)}; controller port {store.port['ctrl']}, group 100 port "
+            f"{store.port[100]}, group 101 port {store.port[101]}; run dir {rundir}")
+        for key in store.keys:
+            store.start(key)
+        for g in GIDS:
+            deadline = time.time() + 60
+            while True:
+                v, detail = store.admin(["join", "--gid", str(g), "--servers",
+                                         ",".join(store.members[g])])
+                if v == "ok":
+                    ev(f"group {g} joined: configuration {detail}")
+                    break
+                if time.time() > deadline:
+                    failures.append(f"HANG: group {g} could not join within 60 s: {detail}")
+                    raise RuntimeError(f"join of group {g}: {detail}")
+                time.sleep(0.5)
+        deadline = time.time() + 60
+        while True:
+            st = store.status()
+            ok, why = st.settled()
+            if ok:
+                break
+            if time.time() > deadline:
+                failures.append(f"HANG: the store did not settle within 60 s of the start: {why}")
+                raise RuntimeError("not settled at the start")
+            time.sleep(0.5)
+        ev(f"store up: configuration {st.num}, " +
+           ", ".join(f"group {g} shards {st.assign[g]} leader {st.leader(g)}" for g in GIDS))
+
+        total = args.seconds + args.settle
+        bench = ("shard", "bench", "--ctrl")
+        groups.append(ClientGroup("mixed", args.exe, store.ctrl, rundir, total, args.round_seconds,
+                                  ["--clients", str(args.clients), "--keys", str(args.mixed_keys),
+                                   "--append-share", "0.5", "--get-share", "0.5"], children,
+                                  bench=bench))
+        if args.append_clients > 0:
+            groups.append(ClientGroup("append", args.exe, store.ctrl, rundir, total,
+                                      args.round_seconds,
+                                      ["--clients", str(args.append_clients), "--keys",
+                                       str(args.append_keys), "--append-share", "1",
+                                       "--get-share", "0.2", "--value-size", "8"], children,
+                                      bench=bench))
+        for g in groups:
+            g.start()
+        fault_end = time.time() + args.seconds
+        mover = Mover(store, args.seed, fault_end, ev, abort)
+        mover.start()
+
+        # ---------------- the fault loop ----------------
+        pending = []   # [due time, description, callable]
+        partition_active = [False]
+        netem_on = [False, False, False]
+        down = set()   # process keys killed or stopped, until healed
+
+        def restart(key):
+            if args.inject == "wipe-on-restart":
+                shutil.rmtree(store.data(key), ignore_errors=True)
+                faults["wipe (injected)"] += 1
+            store.start(key)
+            down.discard(key)
+
+        def cont(key):
+            store.cont(key)
+            down.discard(key)
+
+        def heal_part():
+            net.heal_partitions()
+            partition_active[0] = False
+
+        def heal_link(i):
+            net.clear_link(i)
+            netem_on[i] = False
+
+        kinds = ["kill", "stop", "part-leader", "part-machine", "part-bridge", "part-full",
+                 "netem-loss", "netem-delay"]
+        next_fault = time.time() + rng.uniform(1, 4)
+        iterations = 0
+        max_iterations = int(args.seconds * 40) + 1000
+        while time.time() < fault_end and iterations < max_iterations:
+            iterations += 1
+            now = time.time()
+            for item in sorted([p for p in pending if p[0] <= now], key=lambda p: p[0]):
+                pending.remove(item)
+                ev(f"heal: {item[1]}")
+                item[2]()
+            for key in store.poll_exits():
+                failures.append(f"{store.label(key)} exited on its own (exit status "
+                                f"{store.unexpected_exits[-1][1]}); see its log")
+                ev(f"!! {store.label(key)} exited on its own; restarting it")
+                store.start(key)
+            if now >= next_fault:
+                next_fault = now + rng.uniform(1, 4)
+                kind = rng.choice(kinds)
+                delay = rng.uniform(0.5, 3)
+                if kind in ("kill", "stop"):
+                    free = [c for c in SHARD_CLUSTERS
+                            if sum(1 for k in down if k[0] == c) < args.max_down]
+                    if not free:
+                        faults["skipped (too many down)"] += 1
+                        continue
+                    c = rng.choice(free)
+                    up = [k for k in store.keys if k[0] == c and store.up(k) and k not in down]
+                    if not up:
+                        faults["skipped (too many down)"] += 1
+                        continue
+                    target = rng.choice(up)
+                    lead = ""
+                    if c != "ctrl" and rng.random() < 0.5:
+                        l = store.status(timeout=8).leader(c)
+                        if l is not None and (c, l) in up:
+                            target, lead = (c, l), " (leader)"
+                    down.add(target)
+                    if kind == "kill":
+                        store.kill(target)
+                        ev(f"fault kill: SIGKILL {store.label(target)}{lead}, restart in {delay:.1f}s")
+                        pending.append([time.time() + delay, f"restart {store.label(target)}",
+                                        lambda t=target: restart(t)])
+                    else:
+                        store.stop(target)
+                        ev(f"fault stop: SIGSTOP {store.label(target)}{lead}, SIGCONT in {delay:.1f}s")
+                        pending.append([time.time() + delay, f"SIGCONT {store.label(target)}",
+                                        lambda t=target: cont(t)])
+                    faults[f"{kind} {'controller' if c == 'ctrl' else 'group'}"] += 1
+                elif kind.startswith("part-"):
+                    if partition_active[0]:
+                        faults["skipped (partition active)"] += 1
+                        continue
+                    heal_in = rng.uniform(1, 5)
+                    if kind == "part-leader":
+                        g = rng.choice(GIDS)
+                        l = store.status(timeout=8).leader(g)
+                        if l is None:
+                            faults["skipped (no leader known)"] += 1
+                            continue
+                        others = [j for j in range(3) if j != l]
+                        for j in others:
+                            net.cut(l, j)
+                        desc = (f"machine {l} (group {g}'s leader) cut from machines {others} "
+                                f"(clients still reach it)")
+                    elif kind == "part-machine":
+                        a = rng.randrange(3)
+                        others = [j for j in range(3) if j != a]
+                        for j in others:
+                            net.cut(a, j)
+                        desc = f"machine {a} cut from machines {others} (clients still reach it)"
+                    elif kind == "part-bridge":
+                        a = rng.randrange(3)
+                        b, c2 = [j for j in range(3) if j != a]
+                        net.cut(b, c2)
+                        desc = f"bridge: machine {a} reaches {b} and {c2}, {b} and {c2} cut from each other"
+                    else:
+                        a = rng.randrange(3)
+                        for j in range(3):
+                            if j != a:
+                                net.cut(a, j)
+                        net.cut_clients(a)
+                        desc = f"machine {a} cut from everyone, clients included"
+                    partition_active[0] = True
+                    faults[kind] += 1
+                    ev(f"fault {kind}: {desc}, heal in {heal_in:.1f}s")
+                    pending.append([time.time() + heal_in, f"partition ({kind})", heal_part])
+                else:
+                    free = [i for i in range(3) if not netem_on[i]]
+                    if not free:
+                        faults["skipped (netem everywhere)"] += 1
+                        continue
+                    i = rng.choice(free)
+                    heal_in = rng.uniform(2, 8)
+                    if kind == "netem-loss":
+                        pct = rng.randint(10, 30)
+                        if features.get("netem"):
+                            net.qdisc(i, ["netem", "loss", f"{pct}%"])
+                            how = f"netem loss {pct}% on both ends of its veth"
+                        else:
+                            kind = "loss-iptables"
+                            net.loss_rule(i, pct / 100)
+                            how = f"iptables statistic: drop {pct}% of its packets, both ways"
+                    else:
+                        d = rng.randint(20, 100)
+                        if features.get("netem"):
+                            j = rng.randint(5, max(5, d // 2))
+                            net.qdisc(i, ["netem", "delay", f"{d}ms", f"{j}ms", "distribution",
+                                          "normal"])
+                            how = f"netem delay {d}ms jitter {j}ms on both ends of its veth"
+                        else:
+                            kind = "slow-link-tbf"
+                            rate = rng.choice([64, 128, 256, 512])
+                            net.qdisc(i, ["tbf", "rate", f"{rate}kbit", "burst", "4kb",
+                                          "latency", f"{d * 4}ms"])
+                            how = (f"tbf rate {rate}kbit (queueing delay up to {d * 4}ms, "
+                                   f"tail drops) on both ends of its veth")
+                    netem_on[i] = True
+                    faults[kind] += 1
+                    ev(f"fault {kind}: machine {i}: {how}, remove in {heal_in:.1f}s")
+                    pending.append([time.time() + heal_in, f"link fault off machine {i}",
+                                    lambda t=i: heal_link(t)])
+            time.sleep(0.05)
+
+        # ---------------- heal everything ----------------
+        ev("fault loop over: healing everything")
+        for item in sorted(pending, key=lambda p: p[0]):
+            item[2]()
+        pending.clear()
+        net.heal_partitions()
+        for i in range(3):
+            net.clear_link(i)
+        for key in store.keys:
+            store.cont(key)
+        for key in store.poll_exits():
+            failures.append(f"{store.label(key)} exited on its own after the faults")
+        for key in store.keys:
+            if store.procs[key] is None:
+                store.start(key)
+        mover.join(timeout=120)
+        if mover.is_alive():
+            failures.append("HANG: the mover's last command did not end within 120 s of the heal")
+            abort.set()
+            mover.join(timeout=60)
+        if mover.error:
+            failures.append(f"chaos.py error in the mover: {mover.error}")
+        # Both groups in the configuration again (a group may be out, or maybe out).
+        join_deadline = time.time() + 60
+        while time.time() < join_deadline:
+            st = store.status()
+            missing = [g for g in GIDS if st.num is not None and g not in st.assign]
+            if st.num is not None and not missing:
+                break
+            for g in missing:
+                if mover.join_group(g):
+                    ev(f"heal: group {g} joined back")
+            time.sleep(0.5)
+        else:
+            failures.append("HANG: both groups not in the configuration 60 s after the heal")
+        ev("healed")
+
+        # ---------------- wait for the clients ----------------
+        deadline = time.time() + args.settle + args.round_seconds + 300
+        for g in groups:
+            g.join(timeout=max(1, deadline - time.time()))
+            if g.is_alive():
+                failures.append(f"HANG: client group {g.name_} still running past its bound")
+                g.abort.set()
+                for p in children:
+                    if p.poll() is None:
+                        p.kill()
+                g.join(timeout=30)
+            for h in g.hung:
+                failures.append(f"HANG: bench round {h} did not finish within seconds+120 s")
+        ev("clients done")
+        for key in store.poll_exits():
+            failures.append(f"{store.label(key)} exited on its own after the faults")
+
+        # ---------------- settled: every node answers, at the latest configuration ----------------
+        settle_deadline = time.time() + 60
+        while True:
+            final_status = store.status()
+            settled = final_status.settled()
+            if settled[0] or time.time() > settle_deadline:
+                break
+            time.sleep(0.5)
+        if settled[0]:
+            ev(f"settled at configuration {final_status.num}: " +
+               ", ".join(f"group {g} shards {final_status.assign[g]}" for g in GIDS))
+        else:
+            failures.append(f"HANG: the store did not settle within 60 s after the clients: "
+                            f"{settled[1]}")
+            ev(f"!! not settled: {settled[1]}")
+
+        # ---------------- checks ----------------
+        totals = Counter()
+        verdicts = Counter()
+        lost = []
+        read_errors = []
+        for g in groups:
+            for hist, rc, tail in g.rounds:
+                name = os.path.basename(hist)
+                if not os.path.exists(hist):
+                    failures.append(f"{name}: bench exited {rc} without a history: {tail}")
+                    continue
+                recs = read_history(hist)
+                for r in recs:
+                    totals[(g.name_, r["op"], "ack" if r["return"] is not None else "unknown")] += 1
+                verdict, text = flotilla_check(args.exe, hist, args.check_budget)
+                verdicts[("history", verdict)] += 1
+                if verdict == "violation":
+                    failures.append(f"{name}: NOT linearizable: {text[:1500]}")
+                elif verdict == "unknown":
+                    ev(f"{name}: checker undecided: {text}")
+                keys = sorted({r["key"] for r in recs})
+                finals = {}
+                for k in keys:
+                    v, err = final_get_shard(args.exe, store.ctrl, k)
+                    if err:
+                        read_errors.append(f"{name} {k}: {err}")
+                    finals[k] = v
+                with open(hist + ".finals.json", "w") as f:
+                    json.dump(finals, f)
+                if any(e.startswith(f"{name} ") for e in read_errors):
+                    continue
+                top = max([r["call"] for r in recs] + [r["return"] or 0 for r in recs] + [0])
+                ext = hist.replace(".jsonl", ".with-finals.jsonl")
+                with open(ext, "w") as f:
+                    for r in recs:
+                        f.write(json.dumps(r) + "\n")
+                    for n, k in enumerate(keys):
+                        call = top + 1000 + 2 * n
+                        f.write(json.dumps({"client": 100000 + n, "op": "get", "key": k,
+                                            "value": "", "output": finals[k] or "",
+                                            "call": call, "return": call + 1}) + "\n")
+                verdict2, text2 = flotilla_check(args.exe, ext, args.check_budget)
+                verdicts[("with-finals", verdict2)] += 1
+                if verdict2 == "violation":
+                    failures.append(f"{name}: history + final reads NOT linearizable "
+                                    f"(an acknowledged write lost or changed): {text2[:1500]}")
+                elif verdict2 == "unknown":
+                    ev(f"{os.path.basename(ext)}: checker undecided: {text2}")
+                if g.name_ == "append":
+                    for p in check_appends(recs, finals):
+                        lost.append(f"{name} {p}")
+                ev(f"checked {name}: {len(recs)} ops, {verdict}, with finals {verdict2}")
+        for e in read_errors:
+            failures.append(f"final read failed: {e}")
+        for l in lost:
+            failures.append(f"append check: {l}")
+
+        # ---------------- summary ----------------
+        s = summary_lines
+        s.append(f"=== flotilla chaos summary (sharded store): seed {args.seed}, {args.seconds:.0f} s "
+                 f"of faults and shard moves, inject={args.inject} ===")
+        for g in groups:
+            gname = g.name_
+            ack = sum(v for (gn, op, st_), v in totals.items() if gn == gname and st_ == "ack")
+            unk = sum(v for (gn, op, st_), v in totals.items() if gn == gname and st_ == "unknown")
+            per = ", ".join(f"{op} {totals[(gname, op, 'ack')]}/{totals[(gname, op, 'unknown')]}"
+                            for op in ("get", "put", "append")
+                            if totals[(gname, op, 'ack')] + totals[(gname, op, 'unknown')])
+            s.append(f"ops [{gname}] {len(g.rounds)} bench rounds: {ack} acknowledged, {unk} unknown "
+                     f"(ack/unknown: {per})")
+        s.append("faults: " + (", ".join(f"{k} {v}" for k, v in sorted(faults.items())) or "none"))
+        ms = mover.stats
+        parts = [f"{ms['moves']} shard moves acknowledged ({ms['moves to another group']} to "
+                 f"the group not holding the shard), {ms['leaves']} leaves, {ms['joins']} joins back"]
+        parts += [f"{k} {ms[k]}" for k in ("timed out (retried)", "refused", "late leave seen",
+                                            "moves skipped (one group out)") if ms[k]]
+        parts.append(f"configuration at the end: {final_status.num if final_status else None}")
+        s.append("reconfigurations: " + "; ".join(parts))
+        s.append("process starts: " + ", ".join(
+            f"{c if c == 'ctrl' else 'g' + str(c)} {[store.starts[(c, i)] for i in range(3)]}"
+            for c in SHARD_CLUSTERS) + f" (first start included); unexpected exits: "
+            f"{len(store.unexpected_exits)}")
+        s.append("linearizability: " + ", ".join(f"{a} {b}: {v}" for (a, b), v in sorted(verdicts.items())))
+        s.append(f"lost/duplicated acknowledged appends (append group): {len(lost)}; "
+                 f"final reads failed: {len(read_errors)}; settled (all nodes answer, latest "
+                 f"configuration, every shard served, replicas agree): {settled[0]}")
+        cats = Counter(failure_kind(f) for f in failures)
+        s.append(f"violations and hangs: {len(failures)}" +
+                 (" (" + ", ".join(f"{k} {v}" for k, v in sorted(cats.items())) + ")" if cats else ""))
+        shown = Counter()
+        for f in failures:
+            k = failure_kind(f)
+            shown[k] += 1
+            if shown[k] <= 3:
+                s.append("  - " + f.replace("\n", "\n    ")[:900])
+        if failures:
+            with open(os.path.join(rundir, "failures.txt"), "w") as fh:
+                fh.write("\n".join(failures) + "\n")
+    except KeyboardInterrupt as e:
+        failures.append(f"interrupted ({e})")
+        summary_lines.append(f"interrupted ({e}); tearing down")
+        exit_code = 130
+    except Exception as e:  # setup trouble or a bug of this script
+        failures.append(f"chaos.py error: {type(e).__name__}: {e}")
+        summary_lines.append(f"chaos.py error: {type(e).__name__}: {e}")
+        exit_code = 3
+    finally:
+        tearing["down"] = True
+        abort.set()
+        for g in groups:
+            g.abort.set()
+        for attempt in range(2):
+            for p in list(children):
+                if p.poll() is None:
+                    try:
+                        p.kill()
+                        p.wait(timeout=10)
+                    except Exception:
+                        pass
+            for g in groups:
+                if g.is_alive():
+                    g.join(timeout=5)
+        if mover is not None and mover.is_alive():
+            mover.join(timeout=45)
+        if store is not None:
+            store.shutdown()
+        left = net.teardown()
+        events.close()
+        if left:
+            summary_lines.append(f"WARNING: could not remove {left}")
+        else:
+            summary_lines.append("teardown: namespaces, veths, bridge, rules and qdiscs removed")
+        real = [f for f in failures if not f.startswith("interrupted") and not f.startswith("chaos.py error")]
+        if real:
+            dest = os.path.join(args.evidence, f"shard-seed{args.seed}-{args.inject}-"
+                                               f"{time.strftime('%Y%m%d-%H%M%S')}")
+            os.makedirs(dest, exist_ok=True)
+            for name in os.listdir(rundir):
+                src = os.path.join(rundir, name)
+                if os.path.isfile(src):
+                    shutil.copy2(src, dest)
+            with open(os.path.join(dest, "summary.txt"), "w") as f:
+                f.write("\n".join(summary_lines) + "\n")
+                f.write(f"command: {' '.join(sys.argv)}\n")
+            summary_lines.append(f"evidence (node logs, histories, final values, events) kept in {dest}")
+        if args.keep:
+            summary_lines.append(f"run directory kept: {rundir}")
+        else:
+            shutil.rmtree(rundir, ignore_errors=True)
+        print("\n".join(summary_lines), flush=True)
+    if exit_code:
+        return exit_code
+    return 1 if failures else 0
+
+
+# ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
 
@@ -573,14 +1407,26 @@ def main():
                     help="clients of the append-only group (0: none)")
     ap.add_argument("--append-keys", type=int, default=50)
     ap.add_argument("--max-down", type=int, default=1,
-                    help="at most this many nodes killed or stopped at once")
+                    help="at most this many nodes killed or stopped at once (with --store shard: "
+                         "in each Raft cluster, controller and groups)")
+    ap.add_argument("--store", choices=["kv", "shard"], default="kv",
+                    help="kv: the replicated store (kvraft serve); shard: the sharded store "
+                         "(a controller and groups 100, 101 on the three machines, shards moved "
+                         "under load)")
+    ap.add_argument("--mixed-keys", type=int, default=None,
+                    help="keys of the mixed group's rounds (default 20; 36 with --store shard)")
     ap.add_argument("--segment-bytes", type=int, default=1 << 20)
-    ap.add_argument("--max-raft-state", type=int, default=4 << 20)
+    ap.add_argument("--max-raft-state", type=int, default=None,
+                    help="snapshot threshold of every node (default 4 MiB; 1 MiB with --store shard)")
     ap.add_argument("--check-budget", type=int, default=120)
     ap.add_argument("--evidence", default="/tmp/chaos-evidence")
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
     args = ap.parse_args()
     args.seconds = max(1.0, min(args.seconds, 3600.0))
+    if args.max_raft_state is None:
+        args.max_raft_state = (1 << 20) if args.store == "shard" else (4 << 20)
+    if args.mixed_keys is None:
+        args.mixed_keys = 36 if args.store == "shard" else 20
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
     tag = str(os.getpid())
@@ -601,6 +1447,9 @@ def main():
     removed = cleanup_leftovers()
     for r in removed:
         log(f"removed leftover of an earlier run: {r}")
+
+    if args.store == "shard":
+        return shard_main(args, features, tag)
 
     rng = random.Random(args.seed)
     log(f"seed {args.seed}, {args.seconds:.0f} s of faults, inject={args.inject}, exe {args.exe}")
@@ -657,7 +1506,7 @@ def main():
         total = args.seconds + args.settle
         groups.append(ClientGroup("mixed", args.exe, cluster.peers, rundir, total,
                                   args.round_seconds,
-                                  ["--clients", str(args.clients), "--keys", "20",
+                                  ["--clients", str(args.clients), "--keys", str(args.mixed_keys),
                                    "--append-share", "0.5", "--get-share", "0.5"], children))
         if args.append_clients > 0:
             groups.append(ClientGroup("append", args.exe, cluster.peers, rundir, total,
