@@ -628,17 +628,17 @@ class ShardStatus:
                 return n["id"]
         return None
 
-    def settled(self):
-        """(True, "") when both groups are configured, every node answers, is at the latest
-        configuration and serves exactly the shards it gives its group, and each group's nodes
-        agree on commit and applied index; else (False, why not)."""
+    def settled(self, gids=GIDS):
+        """(True, "") when exactly the groups gids are configured, every node answers, is at
+        the latest configuration and serves exactly the shards it gives its group, and each
+        group's nodes agree on commit and applied index; else (False, why not)."""
         if self.num is None:
             return False, "no configuration (controller unreachable?)"
-        if sorted(self.assign) != sorted(GIDS):
+        if sorted(self.assign) != sorted(gids):
             return False, f"configuration {self.num} has groups {sorted(self.assign)}"
         if self.silent:
             return False, f"no answer from {self.silent}"
-        for g in GIDS:
+        for g in gids:
             ns = [n for n in self.nodes if n["gid"] == g]
             if len(ns) != 3:
                 return False, f"group {g}: {len(ns)} nodes answered"
@@ -775,10 +775,15 @@ class ShardStore:
                 self.procs[key] = None
 
 
+class StoreHang(Exception):
+    """The store did not come up (the failure is already recorded)."""
+
+
 class Mover(threading.Thread):
-    """Reconfigures the store under load until `end`: at random intervals it moves a random
-    shard to the group that does not hold it, and now and then makes one group leave and, a
-    few seconds later, join back. Commands whose outcome is unknown are retried. It never lets
+    """Reconfigures the store under load until `end`: it first joins group 101 (the store
+    starts with group 100 alone, so the first rebalance happens under load), then at random
+    intervals moves a random shard to the group that does not hold it, and now and then makes
+    one group leave and, a few seconds later, join back. Commands whose outcome is unknown are retried. It never lets
     both groups be out at once, even through a timed-out `leave` that takes effect late: once a
     leave of group X timed out, only X may leave from then on (an acknowledged leave's earlier
     attempts are deduplicated by the controller; a timed-out one may still commit later)."""
@@ -791,9 +796,9 @@ class Mover(threading.Thread):
         self.ev = ev
         self.abort = abort
         self.stats = Counter()
-        self.joined = {g: True for g in GIDS}
+        self.joined = {GIDS[0]: True, GIDS[1]: False}
         self.leave_timed_out = {g: False for g in GIDS}
-        self.rejoin_at = {}
+        self.rejoin_at = {GIDS[1]: time.time() + 2}
         self.owner = None
         self.last_num = None
         self.error = None
@@ -899,14 +904,42 @@ class Mover(threading.Thread):
                     self.owner[s] = g
 
 
-def final_get_shard(exe, ctrl, key):
-    """(value or None if no key, error or None), through the sharded clerk."""
-    p = run([exe, "shard", "get", "--ctrl", ctrl, key], check=False, timeout=120)
-    if p.returncode == 0:
-        return p.stdout[:-1] if p.stdout.endswith("\n") else p.stdout, None
-    if "ErrNoKey" in p.stderr:
-        return None, None
-    return None, (p.stderr.strip() or f"exit {p.returncode}")[-300:]
+def final_reads(exe, ctrl, wanted, budget, per_read):
+    """{(history, key): (value, error)} for every wanted pair, read by 8 threads; a read
+    takes at most per_read seconds, and none starts once budget seconds have passed."""
+    out = {}
+    lock = threading.Lock()
+    queue = list(reversed(wanted))
+    deadline = time.time() + budget
+
+    def worker():
+        while True:
+            with lock:
+                if not queue:
+                    return
+                item = queue.pop()
+            if time.time() > deadline:
+                res = (None, f"not read: the final reads' budget ({budget} s) was spent")
+            else:
+                p = run([exe, "shard", "get", "--ctrl", ctrl, item[1]], check=False,
+                        timeout=per_read)
+                if p.returncode == 0:
+                    res = (p.stdout[:-1] if p.stdout.endswith("\n") else p.stdout, None)
+                elif "ErrNoKey" in p.stderr:
+                    res = (None, None)
+                else:
+                    res = (None, (p.stderr.strip() or f"exit {p.returncode}")[-300:])
+            with lock:
+                out[item] = res
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=budget + per_read + 60)
+    for item in wanted:
+        out.setdefault(item, (None, "not read: a reader thread did not finish"))
+    return out
 
 
 def shard_main(args, features, tag):
@@ -964,30 +997,31 @@ def shard_main(args, features, tag):
             f"{store.port[100]}, group 101 port {store.port[101]}; run dir {rundir}")
         for key in store.keys:
             store.start(key)
-        for g in GIDS:
-            deadline = time.time() + 60
-            while True:
-                v, detail = store.admin(["join", "--gid", str(g), "--servers",
-                                         ",".join(store.members[g])])
-                if v == "ok":
-                    ev(f"group {g} joined: configuration {detail}")
-                    break
-                if time.time() > deadline:
-                    failures.append(f"HANG: group {g} could not join within 60 s: {detail}")
-                    raise RuntimeError(f"join of group {g}: {detail}")
-                time.sleep(0.5)
+        # Group 100 alone first; the mover joins 101 once the clients run.
+        g = GIDS[0]
+        deadline = time.time() + 60
+        while True:
+            v, detail = store.admin(["join", "--gid", str(g), "--servers",
+                                     ",".join(store.members[g])])
+            if v == "ok":
+                ev(f"group {g} joined: configuration {detail}")
+                break
+            if time.time() > deadline:
+                failures.append(f"HANG: group {g} could not join within 60 s: {detail}")
+                raise StoreHang()
+            time.sleep(0.5)
         deadline = time.time() + 60
         while True:
             st = store.status()
-            ok, why = st.settled()
+            ok, why = st.settled(gids=(g,))
             if ok:
                 break
             if time.time() > deadline:
                 failures.append(f"HANG: the store did not settle within 60 s of the start: {why}")
-                raise RuntimeError("not settled at the start")
+                raise StoreHang()
             time.sleep(0.5)
-        ev(f"store up: configuration {st.num}, " +
-           ", ".join(f"group {g} shards {st.assign[g]} leader {st.leader(g)}" for g in GIDS))
+        ev(f"store up: configuration {st.num}, group {g} shards {st.assign[g]} leader "
+           f"{st.leader(g)}; group {GIDS[1]} joins under load")
 
         total = args.seconds + args.settle
         bench = ("shard", "bench", "--ctrl")
@@ -1233,6 +1267,17 @@ def shard_main(args, features, tag):
         verdicts = Counter()
         lost = []
         read_errors = []
+        # The final reads of every round's keys first, 8 at a time, within a budget (a shard
+        # no group serves would hold each read for the clerk's 60 s).
+        wanted = []
+        for g in groups:
+            for hist, rc, tail in g.rounds:
+                if os.path.exists(hist):
+                    wanted += [(hist, k) for k in sorted({r["key"] for r in read_history(hist)})]
+        got = final_reads(args.exe, store.ctrl, wanted, args.final_read_budget,
+                          20 if settled[0] else 10)
+        ev(f"final reads: {len(wanted)} keys, "
+           f"{sum(1 for v in got.values() if v[1] is None)} read")
         for g in groups:
             for hist, rc, tail in g.rounds:
                 name = os.path.basename(hist)
@@ -1251,13 +1296,17 @@ def shard_main(args, features, tag):
                 keys = sorted({r["key"] for r in recs})
                 finals = {}
                 for k in keys:
-                    v, err = final_get_shard(args.exe, store.ctrl, k)
+                    v, err = got[(hist, k)]
                     if err:
                         read_errors.append(f"{name} {k}: {err}")
-                    finals[k] = v
+                    else:
+                        finals[k] = v
                 with open(hist + ".finals.json", "w") as f:
                     json.dump(finals, f)
-                if any(e.startswith(f"{name} ") for e in read_errors):
+                # Keys whose final read failed (reported) are left out of the two checks
+                # below; the others are checked.
+                keys = [k for k in keys if k in finals]
+                if not keys:
                     continue
                 top = max([r["call"] for r in recs] + [r["return"] or 0 for r in recs] + [0])
                 ext = hist.replace(".jsonl", ".with-finals.jsonl")
@@ -1277,9 +1326,10 @@ def shard_main(args, features, tag):
                 elif verdict2 == "unknown":
                     ev(f"{os.path.basename(ext)}: checker undecided: {text2}")
                 if g.name_ == "append":
-                    for p in check_appends(recs, finals):
+                    for p in check_appends([r for r in recs if r["key"] in finals], finals):
                         lost.append(f"{name} {p}")
-                ev(f"checked {name}: {len(recs)} ops, {verdict}, with finals {verdict2}")
+                ev(f"checked {name}: {len(recs)} ops, {verdict}, with finals of {len(keys)} keys "
+                   f"{verdict2}")
         for e in read_errors:
             failures.append(f"final read failed: {e}")
         for l in lost:
@@ -1301,7 +1351,7 @@ def shard_main(args, features, tag):
         s.append("faults: " + (", ".join(f"{k} {v}" for k, v in sorted(faults.items())) or "none"))
         ms = mover.stats
         parts = [f"{ms['moves']} shard moves acknowledged ({ms['moves to another group']} to "
-                 f"the group not holding the shard), {ms['leaves']} leaves, {ms['joins']} joins back"]
+                 f"the group not holding the shard), {ms['leaves']} leaves, {ms['joins']} joins (101's first one included)"]
         parts += [f"{k} {ms[k]}" for k in ("timed out (retried)", "refused", "late leave seen",
                                             "moves skipped (one group out)") if ms[k]]
         parts.append(f"configuration at the end: {final_status.num if final_status else None}")
@@ -1326,6 +1376,8 @@ def shard_main(args, features, tag):
         if failures:
             with open(os.path.join(rundir, "failures.txt"), "w") as fh:
                 fh.write("\n".join(failures) + "\n")
+    except StoreHang:
+        summary_lines.append("the store did not come up: " + "; ".join(failures))
     except KeyboardInterrupt as e:
         failures.append(f"interrupted ({e})")
         summary_lines.append(f"interrupted ({e}); tearing down")
@@ -1419,6 +1471,8 @@ def main():
     ap.add_argument("--max-raft-state", type=int, default=None,
                     help="snapshot threshold of every node (default 4 MiB; 1 MiB with --store shard)")
     ap.add_argument("--check-budget", type=int, default=120)
+    ap.add_argument("--final-read-budget", type=int, default=120,
+                    help="--store shard: seconds for all the final reads")
     ap.add_argument("--evidence", default="/tmp/chaos-evidence")
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
     args = ap.parse_args()
