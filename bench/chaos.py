@@ -6,7 +6,16 @@ partitions, netem loss and delay). Afterwards everything is healed and checked: 
 must be linearizable (alone, and with the final reads appended), and no acknowledged append may
 be lost. See bench/chaos.md.
 
+--store shard runs the sharded store instead: each namespace (a "machine") runs controller node
+i and node i of shard groups 100 and 101, each process on its own port; `flotilla shard bench`
+clients; a mover that joins group 101 under load, then moves shards between the groups and makes
+one group leave and join back, while single processes are killed or paused and machines are
+partitioned or get lossy or slow links. Afterwards: every process restarted, both groups in the
+configuration, the store settled (every node answers, at the latest configuration, serving its
+shards), then the same checks, with the final reads through `flotilla shard get`.
+
 Run as root:  sudo python3 bench/chaos.py --seconds 120 --seed 1
+              sudo python3 bench/chaos.py --store shard --seconds 60 --seed 1
 Python 3 standard library only.
 """
 
