@@ -27,6 +27,30 @@ fn a_loaded_shard_moves_between_groups_of_real_processes_with_every_key() {
     assert!(text.contains("| 1 | "), "no result row in:\n{text}");
 }
 
+/// Stops `cluster up` if the test ends early (a failed assertion): SIGINT, so that it stops
+/// its nodes, then SIGKILL after 15 s.
+struct StopOnDrop(std::process::Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe {
+                libc::kill(self.0.id() as libc::pid_t, libc::SIGINT);
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn cluster_up_with_groups_serves_shard_clients_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,8 +71,9 @@ fn cluster_up_with_groups_serves_shard_clients_and_stops_on_ctrl_c() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (lines_tx, lines) = mpsc::channel::<String>();
     let stdout = up.stdout.take().unwrap();
+    let mut up = StopOnDrop(up);
+    let (lines_tx, lines) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if lines_tx.send(line).is_err() {
@@ -140,11 +165,11 @@ fn cluster_up_with_groups_serves_shard_clients_and_stops_on_ctrl_c() {
 
     // SAFETY: kill(2) on our own child, not yet reaped.
     unsafe {
-        libc::kill(up.id() as libc::pid_t, libc::SIGINT);
+        libc::kill(up.0.id() as libc::pid_t, libc::SIGINT);
     }
     let stopped = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = up.try_wait().unwrap() {
+        if let Some(status) = up.0.try_wait().unwrap() {
             break status;
         }
         assert!(
