@@ -12,14 +12,19 @@
 //!   keys/count only, revision filters), Put (prev_kv, ignore_value, ignore_lease),
 //!   DeleteRange, Txn (compares on version, create and mod revision, value and lease;
 //!   nested transactions), Compact, leases (grant, revoke with their keys) and the events a
-//!   watch sees, replayable from any revision not compacted away.
+//!   watch sees, replayable from any revision not compacted away;
+//! - [`watch`]: one client stream's watchers — replay from a start revision, then every
+//!   applied change of each watcher's range exactly once, in order; cancel; progress;
+//! - [`lessor`]: the leader's lease deadlines (keep-alive, time to live, which expired).
 //!
 //! What etcd decides by a node's clock — when a lease expires — is not decided here: the
 //! leader proposes a revoke through the log, and every replica deletes the lease's keys at
 //! the same point of its history.
 
+pub mod lessor;
 pub mod store;
 pub mod types;
+pub mod watch;
 
 pub use store::{MvccStore, MAX_TXN_OPS};
 pub use types::*;
