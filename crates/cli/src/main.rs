@@ -242,24 +242,59 @@ enum KvCommand {
         server: SocketAddr,
         #[command(flatten)]
         cluster: ClusterArg,
-        #[arg(long, default_value_t = 16)]
-        clients: usize,
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        #[arg(long, default_value_t = 100)]
-        keys: usize,
-        #[arg(long, default_value_t = 16)]
-        value_size: usize,
-        /// Share of writes that are appends (the rest are puts), in [0, 1].
-        #[arg(long, default_value_t = 0.0)]
-        append_share: f64,
-        /// Share of operations that are gets (the rest are writes), in [0, 1].
-        #[arg(long, default_value_t = 0.5)]
-        get_share: f64,
-        /// Write every operation here (JSON Lines) for `flotilla check`.
-        #[arg(long)]
-        history: Option<PathBuf>,
+        #[command(flatten)]
+        load: BenchLoad,
     },
+}
+
+/// The load of `kv bench` and `shard bench`.
+#[derive(clap::Args)]
+struct BenchLoad {
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    #[arg(long, default_value_t = 100)]
+    keys: usize,
+    #[arg(long, default_value_t = 16)]
+    value_size: usize,
+    /// Share of writes that are appends (the rest are puts), in [0, 1].
+    #[arg(long, default_value_t = 0.0)]
+    append_share: f64,
+    /// Share of operations that are gets (the rest are writes), in [0, 1].
+    #[arg(long, default_value_t = 0.5)]
+    get_share: f64,
+    /// Write every operation here (JSON Lines) for `flotilla check`.
+    #[arg(long)]
+    history: Option<PathBuf>,
+}
+
+impl BenchLoad {
+    /// The bench's configuration, or why these flags make none.
+    fn config(&self, server: SocketAddr, clerk: ClerkOptions) -> anyhow::Result<BenchConfig> {
+        if !(0.0..=1.0).contains(&self.get_share) || !(0.0..=1.0).contains(&self.append_share) {
+            bail!("--get-share and --append-share must be in [0, 1]");
+        }
+        Ok(BenchConfig {
+            append_share: self.append_share,
+            get_share: self.get_share,
+            server,
+            clients: self.clients,
+            duration: parse_seconds(self.seconds)?,
+            keys: self.keys,
+            value_size: self.value_size,
+            history: self.history.clone(),
+            clerk,
+        })
+    }
+
+    /// Prints a run's report (and where its history went).
+    fn print(&self, report: &bench::BenchReport) {
+        println!("{} clients: {report}", self.clients);
+        if let Some(path) = &self.history {
+            println!("history written to {}", path.display());
+        }
+    }
 }
 
 /// `--cluster A1,A2,A3`: talk to a replicated cluster (any node; the clerk finds the
@@ -775,40 +810,18 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
         KvCommand::Bench {
             server,
             cluster,
-            clients,
-            seconds,
-            keys,
-            value_size,
-            append_share,
-            get_share,
-            history,
+            load,
         } => {
-            if !(0.0..=1.0).contains(&get_share) || !(0.0..=1.0).contains(&append_share) {
-                bail!("--get-share and --append-share must be in [0, 1]");
-            }
-            let config = BenchConfig {
-                append_share,
-                get_share,
-                server,
-                clients,
-                duration: parse_seconds(seconds)?,
-                keys,
-                value_size,
-                history: history.clone(),
-                clerk: options,
-            };
+            let config = load.config(server, options)?;
             let report = if cluster.cluster.is_empty() {
                 bench::run(config).await?
             } else {
-                let clerks = (0..clients)
+                let clerks = (0..load.clients)
                     .map(|_| cluster_clerk(cluster.cluster.clone()))
                     .collect();
                 bench::run_clerks(&config, clerks).await?
             };
-            println!("{clients} clients: {report}");
-            if let Some(path) = history {
-                println!("history written to {}", path.display());
-            }
+            load.print(&report);
         }
     }
     Ok(ExitCode::SUCCESS)

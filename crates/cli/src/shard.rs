@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::bail;
 use clap::Subcommand;
-use flotilla_kv::bench::{self, BenchConfig};
+use flotilla_kv::bench;
 use flotilla_kv::tcp::{random_client_id, ClerkOptions};
 use flotilla_shardctrler::tcp::TcpCtrlClerk;
 use flotilla_shardctrler::Gid;
@@ -108,22 +108,8 @@ pub enum ShardCommand {
     Bench {
         #[command(flatten)]
         ctrl: CtrlArg,
-        #[arg(long, default_value_t = 16)]
-        clients: usize,
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        #[arg(long, default_value_t = 1000)]
-        keys: usize,
-        #[arg(long, default_value_t = 16)]
-        value_size: usize,
-        /// Share of writes that are appends (the rest are puts), in [0, 1].
-        #[arg(long, default_value_t = 0.0)]
-        append_share: f64,
-        /// Share of operations that are gets (the rest are writes), in [0, 1].
-        #[arg(long, default_value_t = 0.5)]
-        get_share: f64,
-        #[arg(long)]
-        history: Option<PathBuf>,
+        #[command(flatten)]
+        load: crate::BenchLoad,
     },
 }
 
@@ -230,39 +216,11 @@ async fn shard(command: ShardCommand) -> anyhow::Result<ExitCode> {
             println!("{}", clerk(&ctrl).append(&key, &value).await?);
             Ok(ExitCode::SUCCESS)
         }
-        ShardCommand::Bench {
-            ctrl,
-            clients,
-            seconds,
-            keys,
-            value_size,
-            append_share,
-            get_share,
-            history,
-        } => {
-            if !(0.0..=1.0).contains(&get_share) || !(0.0..=1.0).contains(&append_share) {
-                bail!("--get-share and --append-share must be in [0, 1]");
-            }
-            if !(seconds > 0.0 && seconds <= 86_400.0) {
-                bail!("--seconds must be in (0, 86400]");
-            }
-            let config = BenchConfig {
-                append_share,
-                get_share,
-                server: ctrl.ctrl[0],
-                clients,
-                duration: Duration::from_secs_f64(seconds),
-                keys,
-                value_size,
-                history: history.clone(),
-                clerk: ClerkOptions::default(),
-            };
-            let clerks = (0..clients).map(|_| clerk(&ctrl)).collect();
+        ShardCommand::Bench { ctrl, load } => {
+            let config = load.config(ctrl.ctrl[0], ClerkOptions::default())?;
+            let clerks = (0..load.clients).map(|_| clerk(&ctrl)).collect();
             let report = bench::run_clerks(&config, clerks).await?;
-            println!("{clients} clients: {report}");
-            if let Some(path) = history {
-                println!("history written to {}", path.display());
-            }
+            load.print(&report);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -288,7 +246,7 @@ async fn status(ctrl: &CtrlArg) -> anyhow::Result<ExitCode> {
                 all_answered = false;
                 continue;
             };
-            match shard_tcp::status(addr, Duration::from_millis(500)).await {
+            match shard_tcp::status(addr, Duration::from_secs(2)).await {
                 Ok(s) => println!(
                     "  group {gid} node {} {addr}: {} term {} commit {} applied {} at configuration {} shards {:?} keys {}",
                     s.node.id, s.node.role, s.node.term, s.node.commit, s.node.applied, s.config, s.shards, s.keys

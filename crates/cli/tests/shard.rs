@@ -109,8 +109,19 @@ fn cluster_up_with_groups_serves_shard_clients_and_stops_on_ctrl_c() {
 
     let (ok, text) = flotilla(&["shard", "put", "--ctrl", &ctrl, "greeting", "hello"]);
     assert!(ok, "{text}");
-    let (ok, text) = flotilla(&["shard", "status", "--ctrl", &ctrl]);
-    assert!(ok, "{text}");
+    // Every node answers once it has started (the join needed only each group's majority).
+    let answered = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (ok, text) = flotilla(&["shard", "status", "--ctrl", &ctrl]);
+        if ok {
+            break text;
+        }
+        assert!(
+            Instant::now() < answered,
+            "not every node answers after 30 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(text.contains("configuration 1"), "{text}");
     // Move one of group 100's shards to group 101.
     let line = text
@@ -153,15 +164,23 @@ fn cluster_up_with_groups_serves_shard_clients_and_stops_on_ctrl_c() {
     assert!(ok, "{text}");
     let (ok, text) = flotilla(&["check", history_arg]);
     assert!(ok, "{text}");
-    let (ok, text) = flotilla(&["shard", "status", "--ctrl", &ctrl]);
-    assert!(ok, "{text}");
-    assert_eq!(
-        text.lines()
+    // Every group node reaches configuration 2 (followers apply it after their leader).
+    let settled = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, text) = flotilla(&["shard", "status", "--ctrl", &ctrl]);
+        let at_2 = text
+            .lines()
             .filter(|l| l.contains("at configuration 2"))
-            .count(),
-        6,
-        "every group node at configuration 2:\n{text}"
-    );
+            .count();
+        if ok && at_2 == 6 {
+            break;
+        }
+        assert!(
+            Instant::now() < settled,
+            "not every group node at configuration 2 after 30 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // SAFETY: kill(2) on our own child, not yet reaped.
     unsafe {

@@ -41,6 +41,24 @@ pub trait Links {
     ) -> impl Future<Output = Option<Replied<GroupAnswer>>>;
 }
 
+/// [`Links::call_group`] over one attempt at a single server (`None`: no answer): each of
+/// `servers` in turn until one executes the request; else the last answer heard, if any.
+pub async fn call_each<F, Fut>(servers: &[String], mut call: F) -> Option<Replied<GroupAnswer>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Option<Replied<GroupAnswer>>>,
+{
+    let mut last = None;
+    for name in servers {
+        match call(name.clone()).await {
+            Some(Replied::Done(answer)) => return Some(Replied::Done(answer)),
+            Some(other) => last = Some(other),
+            None => {}
+        }
+    }
+    last
+}
+
 /// One round of a leader's work. Returns whether it changed anything.
 pub async fn round(links: &impl Links) -> bool {
     if !links.leads() {

@@ -185,14 +185,11 @@ impl Links for SimLinks {
         servers: &[String],
         request: GroupRequest,
     ) -> Option<Replied<GroupAnswer>> {
-        let mut last = None;
-        for name in servers {
-            match self.directory.call(name, request.clone()).await {
-                Some(Replied::Done(answer)) => return Some(Replied::Done(answer)),
-                other => last = other,
-            }
-        }
-        last
+        driver::call_each(servers, |name| {
+            let request = request.clone();
+            async move { self.directory.call(&name, request).await }
+        })
+        .await
     }
 }
 

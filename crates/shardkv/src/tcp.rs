@@ -191,23 +191,22 @@ impl Links for TcpLinks {
         servers: &[String],
         request: GroupRequest,
     ) -> Option<Replied<GroupAnswer>> {
-        let mut pool = self.groups.lock().await;
         let request = GroupNodeRequest::Group(request);
-        let mut last = None;
-        for name in servers {
-            let Ok(addr) = name.parse::<SocketAddr>() else {
-                debug!("server {name:?} is no address");
-                continue;
-            };
-            match pool.call(addr, &request, CALL_TIMEOUT).await {
-                Ok(GroupNodeReply::Group(Replied::Done(answer))) => {
-                    return Some(Replied::Done(answer))
+        driver::call_each(servers, |name| {
+            let request = &request;
+            async move {
+                let Ok(addr) = name.parse::<SocketAddr>() else {
+                    debug!("server {name:?} is no address");
+                    return None;
+                };
+                let mut pool = self.groups.lock().await;
+                match pool.call(addr, request, CALL_TIMEOUT).await {
+                    Ok(GroupNodeReply::Group(replied)) => Some(replied),
+                    Ok(GroupNodeReply::Status(_)) | Err(_) => None,
                 }
-                Ok(GroupNodeReply::Group(other)) => last = Some(other),
-                Ok(GroupNodeReply::Status(_)) | Err(_) => {}
             }
-        }
-        last
+        })
+        .await
     }
 }
 
