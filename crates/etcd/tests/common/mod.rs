@@ -1,0 +1,63 @@
+//! A server on 127.0.0.1:0 over a [`MemoryBackend`], stopped when dropped.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_etcd::{serve, MemoryBackend};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const CLUSTER_ID: u64 = 0x1234_5678_9abc_def0;
+pub const MEMBER_ID: u64 = 0x0fed_cba9_8765_4321;
+
+/// The bound on any one wait of these tests.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub backend: Arc<MemoryBackend>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let backend = Arc::new(MemoryBackend::new(CLUSTER_ID, MEMBER_ID));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, Arc::clone(&backend), async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            backend,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits (bounded) until it has stopped.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().expect("not stopped yet").send(());
+        let task = self.task.take().expect("not stopped yet");
+        let result = tokio::time::timeout(WAIT, task)
+            .await
+            .expect("the server stops within the bound once told to")
+            .expect("the server task did not panic");
+        result.expect("the server ran without a transport error");
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
