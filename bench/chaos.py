@@ -291,44 +291,52 @@ class Net:
 
 
 # ----------------------------------------------------------------------------------------------
-# The cluster
+# The server processes
 # ----------------------------------------------------------------------------------------------
 
-class Cluster:
-    def __init__(self, exe, net, dirpath, extra):
-        self.exe = exe
-        self.net = net
+class ProcessSet:
+    """The server processes of a run, each under a key of its own (a node id; a (cluster,
+    machine) pair), each with its own command line, data directory and log file: starting one
+    (its log appended to), SIGKILL, SIGSTOP and SIGCONT, noticing the ones that exited on their
+    own, and killing them all at the end. A subclass says what runs: command(key), fname(key)
+    (the name of its data directory and, with ".log", of its log, in dirpath) and label(key)
+    (what the events call it)."""
+
+    def __init__(self, dirpath, keys):
         self.dir = dirpath
-        self.extra = extra
-        self.peers = ",".join(f"{ip}:{PORT}" for ip in net.ip)
-        self.procs = [None, None, None]
-        self.stopped = [False, False, False]
-        self.starts = [0, 0, 0]
-        self.unexpected_exits = []
+        self.keys = list(keys)
+        self.procs = {k: None for k in self.keys}     # key -> Popen, None while not running
+        self.stopped = {k: False for k in self.keys}
+        self.starts = Counter()
+        self.unexpected_exits = []                   # (key, exit status, time)
 
-    def data(self, i):
-        return os.path.join(self.dir, f"node-{i}")
+    def command(self, key):
+        raise NotImplementedError
 
-    def logpath(self, i):
-        return os.path.join(self.dir, f"node-{i}.log")
+    def fname(self, key):
+        raise NotImplementedError
 
-    def start(self, i):
-        assert self.procs[i] is None
-        logf = open(self.logpath(i), "ab")
-        self.starts[i] += 1
-        logf.write(f"\n==== chaos.py: start #{self.starts[i]} at {time.time():.3f} ====\n".encode())
+    def label(self, key):
+        raise NotImplementedError
+
+    def data(self, key):
+        return os.path.join(self.dir, self.fname(key))
+
+    def start(self, key):
+        assert self.procs[key] is None
+        logf = open(os.path.join(self.dir, self.fname(key) + ".log"), "ab")
+        self.starts[key] += 1
+        logf.write(f"\n==== chaos.py: start #{self.starts[key]} at {time.time():.3f} ====\n".encode())
         logf.flush()
-        cmd = self.net.ex(i) + [self.exe, "kvraft", "serve", "--id", str(i), "--peers", self.peers,
-                                "--data", self.data(i), "--name", f"chaos{self.net.tag}"]
-        cmd += self.extra
-        # `ip netns exec` execs the command in place (no fork): the pid is the node's.
-        self.procs[i] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                         start_new_session=True, preexec_fn=die_with_parent)
+        # `ip netns exec` execs the command in place (no fork): the pid is the server's.
+        self.procs[key] = subprocess.Popen(self.command(key), stdin=subprocess.DEVNULL, stdout=logf,
+                                           stderr=logf, start_new_session=True,
+                                           preexec_fn=die_with_parent)
         logf.close()
-        self.stopped[i] = False
+        self.stopped[key] = False
 
-    def kill(self, i):
-        p = self.procs[i]
+    def kill(self, key):
+        p = self.procs[key]
         if p is None:
             return
         try:
@@ -339,34 +347,77 @@ class Cluster:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        self.procs[i] = None
-        self.stopped[i] = False
+        self.procs[key] = None
+        self.stopped[key] = False
 
-    def stop(self, i):
-        self.procs[i].send_signal(signal.SIGSTOP)
-        self.stopped[i] = True
+    def stop(self, key):
+        self.procs[key].send_signal(signal.SIGSTOP)
+        self.stopped[key] = True
 
-    def cont(self, i):
-        if self.procs[i] is not None:
+    def cont(self, key):
+        if self.procs[key] is not None:
             try:
-                self.procs[i].send_signal(signal.SIGCONT)
+                self.procs[key].send_signal(signal.SIGCONT)
             except OSError:
                 pass
-        self.stopped[i] = False
+        self.stopped[key] = False
 
-    def up(self, i):
-        return self.procs[i] is not None and not self.stopped[i]
+    def up(self, key):
+        return self.procs[key] is not None and not self.stopped[key]
 
     def poll_exits(self):
-        """Nodes that exited on their own (not killed by us): a finding. Returns their ids."""
+        """Processes that exited on their own (not killed by us): a finding. Returns their keys."""
         out = []
-        for i, p in enumerate(self.procs):
+        for key, p in self.procs.items():
             if p is not None and p.poll() is not None:
-                self.unexpected_exits.append((i, p.returncode, time.time()))
-                self.procs[i] = None
-                self.stopped[i] = False
-                out.append(i)
+                self.unexpected_exits.append((key, p.returncode, time.time()))
+                self.procs[key] = None
+                self.stopped[key] = False
+                out.append(key)
         return out
+
+    def start_missing(self):
+        for key in self.keys:
+            if self.procs[key] is None:
+                self.start(key)
+
+    def shutdown(self):
+        for p in self.procs.values():
+            if p is not None:
+                try:
+                    p.send_signal(signal.SIGCONT)
+                    p.send_signal(signal.SIGKILL)
+                except OSError:
+                    pass
+        for key, p in self.procs.items():
+            if p is not None:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+                self.procs[key] = None
+
+
+class Cluster(ProcessSet):
+    """The replicated store (--store kv): `flotilla kvraft serve` node i in namespace i, all on
+    PORT, keyed by i; and what `flotilla kvraft status` says of them (the leader)."""
+
+    def __init__(self, exe, net, dirpath, extra):
+        super().__init__(dirpath, range(3))
+        self.exe = exe
+        self.net = net
+        self.extra = extra
+        self.peers = ",".join(f"{ip}:{PORT}" for ip in net.ip)
+
+    def fname(self, i):
+        return f"node-{i}"
+
+    def label(self, i):
+        return f"node {i}"
+
+    def command(self, i):
+        return self.net.ex(i) + [self.exe, "kvraft", "serve", "--id", str(i), "--peers", self.peers,
+                                 "--data", self.data(i), "--name", f"chaos{self.net.tag}"] + self.extra
 
     def status(self):
         """[(id, role, term, commit, applied)] of the answering nodes."""
@@ -397,22 +448,6 @@ class Cluster:
                 return l
             time.sleep(0.2)
         return None
-
-    def shutdown(self):
-        for i, p in enumerate(self.procs):
-            if p is not None:
-                try:
-                    p.send_signal(signal.SIGCONT)
-                    p.send_signal(signal.SIGKILL)
-                except OSError:
-                    pass
-        for i, p in enumerate(self.procs):
-            if p is not None:
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
-                self.procs[i] = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -664,25 +699,21 @@ class ShardStatus:
         return True, ""
 
 
-class ShardStore:
-    """The nine processes: key (cluster, i), cluster "ctrl" or a gid, i the machine."""
+class ShardStore(ProcessSet):
+    """The sharded store's nine processes, keyed (cluster, i): cluster "ctrl" (`flotilla
+    shardctrler serve`) or a gid (`flotilla shardkv serve`), i the machine; each cluster on a
+    port of its own. Also its status and its admin commands (join, leave, move)."""
 
     def __init__(self, exe, net, dirpath, extra):
+        super().__init__(dirpath, [(c, i) for c in SHARD_CLUSTERS for i in range(3)])
         self.exe = exe
         self.net = net
-        self.dir = dirpath
         self.extra = extra
         self.port = {c: PORT + k for k, c in enumerate(SHARD_CLUSTERS)}
         self.members = {c: [f"{ip}:{self.port[c]}" for ip in net.ip] for c in SHARD_CLUSTERS}
         self.ctrl = ",".join(self.members["ctrl"])
-        self.keys = [(c, i) for c in SHARD_CLUSTERS for i in range(3)]
-        self.procs = {k: None for k in self.keys}
-        self.stopped = {k: False for k in self.keys}
-        self.starts = Counter()
-        self.unexpected_exits = []
 
-    @staticmethod
-    def label(key):
+    def label(self, key):
         c, i = key
         return f"controller node {i}" if c == "ctrl" else f"group {c} node {i}"
 
@@ -690,67 +721,15 @@ class ShardStore:
         c, i = key
         return f"ctrl-{i}" if c == "ctrl" else f"g{c}-{i}"
 
-    def data(self, key):
-        return os.path.join(self.dir, self.fname(key))
-
-    def start(self, key):
-        assert self.procs[key] is None
+    def command(self, key):
         c, i = key
-        logf = open(os.path.join(self.dir, self.fname(key) + ".log"), "ab")
-        self.starts[key] += 1
-        logf.write(f"\n==== chaos.py: start #{self.starts[key]} at {time.time():.3f} ====\n".encode())
-        logf.flush()
         if c == "ctrl":
             sub = ["shardctrler", "serve"]
         else:
             sub = ["shardkv", "serve", "--gid", str(c), "--ctrl", self.ctrl]
-        cmd = self.net.ex(i) + [self.exe] + sub + [
+        return self.net.ex(i) + [self.exe] + sub + [
             "--id", str(i), "--peers", ",".join(self.members[c]), "--data", self.data(key),
             "--name", f"chaos{self.net.tag}-{c}"] + self.extra
-        self.procs[key] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                           start_new_session=True, preexec_fn=die_with_parent)
-        logf.close()
-        self.stopped[key] = False
-
-    def kill(self, key):
-        p = self.procs[key]
-        if p is None:
-            return
-        try:
-            p.send_signal(signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        self.procs[key] = None
-        self.stopped[key] = False
-
-    def stop(self, key):
-        self.procs[key].send_signal(signal.SIGSTOP)
-        self.stopped[key] = True
-
-    def cont(self, key):
-        if self.procs[key] is not None:
-            try:
-                self.procs[key].send_signal(signal.SIGCONT)
-            except OSError:
-                pass
-        self.stopped[key] = False
-
-    def up(self, key):
-        return self.procs[key] is not None and not self.stopped[key]
-
-    def poll_exits(self):
-        out = []
-        for key, p in self.procs.items():
-            if p is not None and p.poll() is not None:
-                self.unexpected_exits.append((key, p.returncode, time.time()))
-                self.procs[key] = None
-                self.stopped[key] = False
-                out.append(key)
-        return out
 
     def status(self, timeout=15):
         p = run([self.exe, "shard", "status", "--ctrl", self.ctrl], check=False, timeout=timeout)
@@ -766,22 +745,6 @@ class ShardStore:
         if "refused" in p.stderr:
             return "refused", p.stderr.strip()[-200:]
         return "timeout", (p.stderr.strip() or f"exit {p.returncode}")[-200:]
-
-    def shutdown(self):
-        for p in self.procs.values():
-            if p is not None:
-                try:
-                    p.send_signal(signal.SIGCONT)
-                    p.send_signal(signal.SIGKILL)
-                except OSError:
-                    pass
-        for key, p in self.procs.items():
-            if p is not None:
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
-                self.procs[key] = None
 
 
 class StoreHang(Exception):
@@ -951,59 +914,234 @@ def final_reads(exe, ctrl, wanted, budget, per_read):
     return out
 
 
-def shard_main(args, features, tag):
-    rng = random.Random(args.seed)
-    log(f"sharded store: seed {args.seed}, {args.seconds:.0f} s of faults and shard moves, "
-        f"inject={args.inject}, exe {args.exe}")
-    log("link faults: " + ("netem loss and delay" if features.get("netem") else
-                           "no netem in this kernel: loss with iptables statistic, slow links with tbf"
-                           if features.get("statistic") and features.get("tbf") else
-                           f"limited ({features})"))
-    for old in os.listdir(tempfile.gettempdir()):   # run dirs of runs killed by SIGKILL
-        m = re.match(r"^flotilla-chaos-(\d+)-", old)
-        if m and not pid_is_chaos(int(m.group(1))):
-            shutil.rmtree(os.path.join(tempfile.gettempdir(), old), ignore_errors=True)
-            log(f"removed leftover run directory {old}")
-    rundir = tempfile.mkdtemp(prefix=f"flotilla-chaos-{tag}-")
-    net = Net(tag, args.subnet)
-    store = None
-    mover = None
-    children = []
-    groups = []
-    tearing = {"down": False}
-    failures = []
-    abort = threading.Event()
-    events = open(os.path.join(rundir, "events.log"), "w")
-    ev_lock = threading.Lock()
+# ----------------------------------------------------------------------------------------------
+# The two stores under test: what run_chaos and FaultLoop need to know of each
+# ----------------------------------------------------------------------------------------------
 
-    def ev(msg):
-        t = time.time() - t0
-        with ev_lock:
-            events.write(f"{t:8.3f} {msg}\n")
-            events.flush()
-            log(f"t={t:6.1f}s {msg}")
+def other_machines(a):
+    return [j for j in range(3) if j != a]
 
-    def on_signal(signum, frame):
-        if not tearing["down"]:
-            raise KeyboardInterrupt(f"signal {signum}")
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+class Store:
+    """What differs between the stores under test, for run_chaos and FaultLoop: the processes
+    (self.procs, a ProcessSet, made by create), how the store comes up and settles, which
+    process a kill or stop hits and which machine a partition cuts off (some faults go for the
+    leader of a Raft cluster), the final reads and the store's own summary lines. The texts:
+    `what` (the run is "N s of <what>"), `machine` (what events call a namespace), `title_note`
+    (in the summary's title), `evidence_prefix`; `kinds` (the fault kinds drawn), `bench` (the
+    bench command and its address option; the address is self.address)."""
 
-    t0 = time.time()
-    faults = Counter()
-    summary_lines = []
-    exit_code = 0
-    settled = (False, "not reached")
-    final_status = None
-    try:
-        net.setup()
-        extra = ["--segment-bytes", str(args.segment_bytes),
-                 "--max-raft-state", str(args.max_raft_state)]
-        store = ShardStore(args.exe, net, rundir, extra)
-        log(f"network: bridge {net.bridge} {net.client_ip}/24, machines {', '.join(net.ip)} in "
-            f"{', '.join(net.ns)}; controller port {store.port['ctrl']}, group 100 port "
-            f"{store.port[100]}, group 101 port {store.port[101]}; run dir {rundir}")
+    what = "faults"
+    machine = "node"
+    title_note = ""
+    evidence_prefix = ""
+    heal_from_tick = False    # see KvStore
+
+    def __init__(self, args):
+        self.args = args
+        self.procs = None
+        self.address = None
+
+    def partition(self, kind, rng):
+        """([(a, b)] machine pairs to cut apart, machine cut from the clients too or None,
+        description), or None when the partition needs a leader and none is known."""
+        m = self.machine
+        if kind == "part-bridge":
+            a = rng.randrange(3)
+            b, c = other_machines(a)
+            return [(b, c)], None, f"bridge: {m} {a} reaches {b} and {c}, {b} and {c} cut from each other"
+        if kind == "part-full":
+            a = rng.randrange(3)
+            return [(a, j) for j in other_machines(a)], a, f"{m} {a} cut from everyone, clients included"
+        one = self.isolate(kind, rng)
+        if one is None:
+            return None
+        a, desc = one
+        return [(a, j) for j in other_machines(a)], None, desc
+
+    def isolate(self, kind, rng):
+        """The other partition kinds (part-leader and the store's own): (the machine to cut off
+        from the two others, description), or None when no leader is known."""
+        raise NotImplementedError
+
+    def extra_fault(self, loop, kind, rng):
+        """A fault of this store's own, tried before the drawn kind; True if it was done."""
+        return False
+
+    def start_background(self, fault_end, ev, abort):
+        """Threads that work on the store beside the clients, until fault_end."""
+
+    def stop_background(self):
+        pass
+
+    def read_note(self, n_keys):
+        return f"with finals of {n_keys} keys"
+
+
+class KvStore(Store):
+    """--store kv: three `kvraft serve` nodes, node i on machine i. Kills and pauses hit any
+    node (half the time the leader), at most --max-down at once; partitions isolate the leader
+    or a follower, bridge, or cut a node off from everyone; --inject wipe-on-restart adds the
+    wipe combination. Up and healed: a leader is elected; settled: the replicas converge; the
+    final reads: `flotilla kv get`, one at a time."""
+
+    kinds = ["kill", "stop", "part-leader", "part-follower", "part-bridge", "part-full",
+             "netem-loss", "netem-delay"]
+    bench = ("kv", "bench", "--cluster")
+    # A fault is undone its drawn delay after the tick that drew it (before any leader lookup),
+    # not after it is in place as with the sharded store: both as they always were, so that a
+    # seed keeps its schedule.
+    heal_from_tick = True
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.converged = False
+
+    def intro(self):
+        return f"seed {self.args.seed}, {self.args.seconds:.0f} s of faults"
+
+    def create(self, net, rundir, extra):
+        """Makes the processes; returns what the network line adds."""
+        self.procs = Cluster(self.args.exe, net, rundir, extra)
+        self.address = self.procs.peers
+        return ""
+
+    def bring_up(self, ev, failures):
+        for i in self.procs.keys:
+            self.procs.start(i)
+        leader = self.procs.wait_leader(30)
+        if leader is None:
+            failures.append("HANG: no leader within 30 s of the start")
+            raise RuntimeError("no leader at the start")
+        ev(f"cluster up, leader {leader}")
+
+    def pick_process(self, rng, down):
+        """(node to kill or stop, " (leader)" or "", suffix of the fault's count), or None when
+        too many are down."""
+        up = [i for i in self.procs.keys if self.procs.up(i) and i not in down]
+        if len(down) >= self.args.max_down or not up:
+            return None
+        want_leader = rng.random() < 0.5
+        target = rng.choice(up)
+        if want_leader:
+            l = self.procs.leader()
+            if l in up:
+                return l, " (leader)", ""
+        return target, "", ""
+
+    def partition(self, kind, rng):
+        rng.random()   # drawn (and unused) since the first version: kept, so seeds keep their schedules
+        return super().partition(kind, rng)
+
+    def isolate(self, kind, rng):
+        l = self.procs.leader()
+        if kind == "part-leader":
+            if l is None:
+                return None
+            return l, f"leader {l} cut from nodes {other_machines(l)} (clients still reach it)"
+        f = rng.choice(other_machines(l))   # part-follower
+        return f, f"follower {f} cut from {other_machines(f)} (majority side {other_machines(f)} keeps leader {l})"
+
+    def extra_fault(self, loop, kind, rng):
+        """--inject wipe-on-restart: the combination under which a wiped node loses acknowledged
+        writes: F2 lags behind a partition while L and F1 commit; F1 restarts wiped; then L is
+        cut off and F2 rejoins, so {F1 (empty), F2 (stale)} is a majority."""
+        if not (self.args.inject == "wipe-on-restart" and kind == "kill" and not loop.down
+                and not loop.partition_active and rng.random() < 0.5):
+            return False
+        l = self.procs.leader()
+        if l is None:
+            return False
+        net, ev = loop.net, loop.ev
+        f1, f2 = rng.sample(other_machines(l), 2)
+        net.cut(f2, l)
+        net.cut(f2, f1)
+        ev(f"fault wipe-combo: follower {f2} cut off, lagging (leader {l}, follower {f1} commit alone)")
+        time.sleep(1.5)
+        self.procs.kill(f1)
+        shutil.rmtree(self.procs.data(f1), ignore_errors=True)
+        loop.faults["wipe (injected)"] += 1
+        net.heal_partitions()
+        net.cut(l, f1)
+        net.cut(l, f2)
+        self.procs.start(f1)
+        loop.partition_active = True
+        loop.faults["wipe-combo"] += 1
+        ev(f"fault wipe-combo: node {f1} SIGKILLed, data wiped, restarted; leader {l} cut from "
+           f"{f1} and {f2}, who may now elect the stale {f2}; heal in 4s")
+        loop.later(4, "partition (wipe-combo)", loop.heal_partition)
+        return True
+
+    def after_heal(self, ev, failures):
+        leader = self.procs.wait_leader(30)
+        if leader is None:
+            failures.append("HANG: no leader within 30 s after healing everything")
+            ev("!! no leader 30 s after the heal")
+        else:
+            ev(f"healed, leader {leader}")
+
+    def settle(self, ev, failures):
+        """Replicas converge: after the load, every node reaches the same commit index."""
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            st = self.procs.status()
+            if len(st) == 3 and len({n[3] for n in st}) == 1 and len({n[4] for n in st}) == 1:
+                self.converged = True
+                return
+            time.sleep(0.5)
+        failures.append(f"HANG: replicas did not converge within 30 s: {self.procs.status()}")
+
+    def final_reads(self, wanted):
+        return {item: final_get(self.args.exe, self.address, item[1]) for item in wanted}
+
+    def read_note(self, n_keys):
+        return "with finals"
+
+    def summary(self):
+        starts = [self.procs.starts[i] for i in self.procs.keys]
+        return [f"node starts: {starts} (first start included); "
+                f"unexpected node exits: {len(self.procs.unexpected_exits)}"]
+
+    def settled_note(self):
+        return f"replicas converged: {self.converged}"
+
+
+class ShardedStore(Store):
+    """--store shard: a ShardStore (controller and groups 100 and 101, node i of each on machine
+    i), group 100 alone at the start and a Mover reconfiguring it under load. Kills and pauses
+    hit single processes (group nodes half the time their group's leader), at most --max-down of
+    each Raft cluster at once; partitions and lossy or slow links hit machines (part-leader: the
+    machine of a group's leader; part-machine: any). Up: group 100 joined and settled; healed:
+    the mover done, both groups in the configuration; settled: every node answers, at the
+    latest configuration, serving its shards; the final reads: `flotilla shard get`, 8 at a
+    time within --final-read-budget."""
+
+    what = "faults and shard moves"
+    machine = "machine"
+    title_note = " (sharded store)"
+    evidence_prefix = "shard-"
+    kinds = ["kill", "stop", "part-leader", "part-machine", "part-bridge", "part-full",
+             "netem-loss", "netem-delay"]
+    bench = ("shard", "bench", "--ctrl")
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.mover = None
+        self.settled = (False, "not reached")
+        self.final_status = None
+
+    def intro(self):
+        return (f"sharded store: seed {self.args.seed}, {self.args.seconds:.0f} s of faults and "
+                f"shard moves")
+
+    def create(self, net, rundir, extra):
+        self.procs = ShardStore(self.args.exe, net, rundir, extra)
+        self.address = self.procs.ctrl
+        port = self.procs.port
+        return f"; controller port {port['ctrl']}, group 100 port {port[100]}, group 101 port {port[101]}"
+
+    def bring_up(self, ev, failures):
+        store = self.procs
         for key in store.keys:
             store.start(key)
         # Group 100 alone first; the mover joins 101 once the clients run.
@@ -1032,201 +1170,56 @@ def shard_main(args, features, tag):
         ev(f"store up: configuration {st.num}, group {g} shards {st.assign[g]} leader "
            f"{st.leader(g)}; group {GIDS[1]} joins under load")
 
-        total = args.seconds + args.settle
-        bench = ("shard", "bench", "--ctrl")
-        groups.append(ClientGroup("mixed", args.exe, store.ctrl, rundir, total, args.round_seconds,
-                                  ["--clients", str(args.clients), "--keys", str(args.mixed_keys),
-                                   "--append-share", "0.5", "--get-share", "0.5"], children,
-                                  bench=bench))
-        if args.append_clients > 0:
-            groups.append(ClientGroup("append", args.exe, store.ctrl, rundir, total,
-                                      args.round_seconds,
-                                      ["--clients", str(args.append_clients), "--keys",
-                                       str(args.append_keys), "--append-share", "1",
-                                       "--get-share", "0.2", "--value-size", "8"], children,
-                                      bench=bench))
-        for g in groups:
-            g.start()
-        fault_end = time.time() + args.seconds
-        mover = Mover(store, args.seed, fault_end, ev, abort)
-        mover.start()
+    def start_background(self, fault_end, ev, abort):
+        self.mover = Mover(self.procs, self.args.seed, fault_end, ev, abort)
+        self.mover.start()
 
-        # ---------------- the fault loop ----------------
-        pending = []   # [due time, description, callable]
-        partition_active = [False]
-        netem_on = [False, False, False]
-        down = set()   # process keys killed or stopped, until healed
+    def stop_background(self):
+        if self.mover is not None and self.mover.is_alive():
+            self.mover.join(timeout=45)
 
-        def restart(key):
-            if args.inject == "wipe-on-restart":
-                shutil.rmtree(store.data(key), ignore_errors=True)
-                faults["wipe (injected)"] += 1
-            store.start(key)
-            down.discard(key)
+    def pick_process(self, rng, down):
+        """(process to kill or stop, " (leader)" or "", " controller" or " group" for the
+        fault's count), or None when every cluster, or the drawn one, has too many down."""
+        free = [c for c in SHARD_CLUSTERS if sum(1 for k in down if k[0] == c) < self.args.max_down]
+        if not free:
+            return None
+        c = rng.choice(free)
+        up = [k for k in self.procs.keys if k[0] == c and self.procs.up(k) and k not in down]
+        if not up:
+            return None
+        target = rng.choice(up)
+        count = " controller" if c == "ctrl" else " group"
+        if c != "ctrl" and rng.random() < 0.5:
+            l = self.procs.status(timeout=8).leader(c)
+            if l is not None and (c, l) in up:
+                return (c, l), " (leader)", count
+        return target, "", count
 
-        def cont(key):
-            store.cont(key)
-            down.discard(key)
+    def isolate(self, kind, rng):
+        if kind == "part-leader":
+            g = rng.choice(GIDS)
+            l = self.procs.status(timeout=8).leader(g)
+            if l is None:
+                return None
+            return l, (f"machine {l} (group {g}'s leader) cut from machines {other_machines(l)} "
+                       f"(clients still reach it)")
+        a = rng.randrange(3)   # part-machine
+        return a, f"machine {a} cut from machines {other_machines(a)} (clients still reach it)"
 
-        def heal_part():
-            net.heal_partitions()
-            partition_active[0] = False
-
-        def heal_link(i):
-            net.clear_link(i)
-            netem_on[i] = False
-
-        kinds = ["kill", "stop", "part-leader", "part-machine", "part-bridge", "part-full",
-                 "netem-loss", "netem-delay"]
-        next_fault = time.time() + rng.uniform(1, 4)
-        iterations = 0
-        max_iterations = int(args.seconds * 40) + 1000
-        while time.time() < fault_end and iterations < max_iterations:
-            iterations += 1
-            now = time.time()
-            for item in sorted([p for p in pending if p[0] <= now], key=lambda p: p[0]):
-                pending.remove(item)
-                ev(f"heal: {item[1]}")
-                item[2]()
-            for key in store.poll_exits():
-                failures.append(f"{store.label(key)} exited on its own (exit status "
-                                f"{store.unexpected_exits[-1][1]}); see its log")
-                ev(f"!! {store.label(key)} exited on its own; restarting it")
-                store.start(key)
-            if now >= next_fault:
-                next_fault = now + rng.uniform(1, 4)
-                kind = rng.choice(kinds)
-                delay = rng.uniform(0.5, 3)
-                if kind in ("kill", "stop"):
-                    free = [c for c in SHARD_CLUSTERS
-                            if sum(1 for k in down if k[0] == c) < args.max_down]
-                    if not free:
-                        faults["skipped (too many down)"] += 1
-                        continue
-                    c = rng.choice(free)
-                    up = [k for k in store.keys if k[0] == c and store.up(k) and k not in down]
-                    if not up:
-                        faults["skipped (too many down)"] += 1
-                        continue
-                    target = rng.choice(up)
-                    lead = ""
-                    if c != "ctrl" and rng.random() < 0.5:
-                        l = store.status(timeout=8).leader(c)
-                        if l is not None and (c, l) in up:
-                            target, lead = (c, l), " (leader)"
-                    down.add(target)
-                    if kind == "kill":
-                        store.kill(target)
-                        ev(f"fault kill: SIGKILL {store.label(target)}{lead}, restart in {delay:.1f}s")
-                        pending.append([time.time() + delay, f"restart {store.label(target)}",
-                                        lambda t=target: restart(t)])
-                    else:
-                        store.stop(target)
-                        ev(f"fault stop: SIGSTOP {store.label(target)}{lead}, SIGCONT in {delay:.1f}s")
-                        pending.append([time.time() + delay, f"SIGCONT {store.label(target)}",
-                                        lambda t=target: cont(t)])
-                    faults[f"{kind} {'controller' if c == 'ctrl' else 'group'}"] += 1
-                elif kind.startswith("part-"):
-                    if partition_active[0]:
-                        faults["skipped (partition active)"] += 1
-                        continue
-                    heal_in = rng.uniform(1, 5)
-                    if kind == "part-leader":
-                        g = rng.choice(GIDS)
-                        l = store.status(timeout=8).leader(g)
-                        if l is None:
-                            faults["skipped (no leader known)"] += 1
-                            continue
-                        others = [j for j in range(3) if j != l]
-                        for j in others:
-                            net.cut(l, j)
-                        desc = (f"machine {l} (group {g}'s leader) cut from machines {others} "
-                                f"(clients still reach it)")
-                    elif kind == "part-machine":
-                        a = rng.randrange(3)
-                        others = [j for j in range(3) if j != a]
-                        for j in others:
-                            net.cut(a, j)
-                        desc = f"machine {a} cut from machines {others} (clients still reach it)"
-                    elif kind == "part-bridge":
-                        a = rng.randrange(3)
-                        b, c2 = [j for j in range(3) if j != a]
-                        net.cut(b, c2)
-                        desc = f"bridge: machine {a} reaches {b} and {c2}, {b} and {c2} cut from each other"
-                    else:
-                        a = rng.randrange(3)
-                        for j in range(3):
-                            if j != a:
-                                net.cut(a, j)
-                        net.cut_clients(a)
-                        desc = f"machine {a} cut from everyone, clients included"
-                    partition_active[0] = True
-                    faults[kind] += 1
-                    ev(f"fault {kind}: {desc}, heal in {heal_in:.1f}s")
-                    pending.append([time.time() + heal_in, f"partition ({kind})", heal_part])
-                else:
-                    free = [i for i in range(3) if not netem_on[i]]
-                    if not free:
-                        faults["skipped (netem everywhere)"] += 1
-                        continue
-                    i = rng.choice(free)
-                    heal_in = rng.uniform(2, 8)
-                    if kind == "netem-loss":
-                        pct = rng.randint(10, 30)
-                        if features.get("netem"):
-                            net.qdisc(i, ["netem", "loss", f"{pct}%"])
-                            how = f"netem loss {pct}% on both ends of its veth"
-                        else:
-                            kind = "loss-iptables"
-                            net.loss_rule(i, pct / 100)
-                            how = f"iptables statistic: drop {pct}% of its packets, both ways"
-                    else:
-                        d = rng.randint(20, 100)
-                        if features.get("netem"):
-                            j = rng.randint(5, max(5, d // 2))
-                            net.qdisc(i, ["netem", "delay", f"{d}ms", f"{j}ms", "distribution",
-                                          "normal"])
-                            how = f"netem delay {d}ms jitter {j}ms on both ends of its veth"
-                        else:
-                            kind = "slow-link-tbf"
-                            rate = rng.choice([64, 128, 256, 512])
-                            net.qdisc(i, ["tbf", "rate", f"{rate}kbit", "burst", "4kb",
-                                          "latency", f"{d * 4}ms"])
-                            how = (f"tbf rate {rate}kbit (queueing delay up to {d * 4}ms, "
-                                   f"tail drops) on both ends of its veth")
-                    netem_on[i] = True
-                    faults[kind] += 1
-                    ev(f"fault {kind}: machine {i}: {how}, remove in {heal_in:.1f}s")
-                    pending.append([time.time() + heal_in, f"link fault off machine {i}",
-                                    lambda t=i: heal_link(t)])
-            time.sleep(0.05)
-
-        # ---------------- heal everything ----------------
-        ev("fault loop over: healing everything")
-        for item in sorted(pending, key=lambda p: p[0]):
-            item[2]()
-        pending.clear()
-        net.heal_partitions()
-        for i in range(3):
-            net.clear_link(i)
-        for key in store.keys:
-            store.cont(key)
-        for key in store.poll_exits():
-            failures.append(f"{store.label(key)} exited on its own after the faults")
-        for key in store.keys:
-            if store.procs[key] is None:
-                store.start(key)
+    def after_heal(self, ev, failures):
+        mover = self.mover
         mover.join(timeout=120)
         if mover.is_alive():
             failures.append("HANG: the mover's last command did not end within 120 s of the heal")
-            abort.set()
+            mover.abort.set()
             mover.join(timeout=60)
         if mover.error:
             failures.append(f"chaos.py error in the mover: {mover.error}")
         # Both groups in the configuration again (a group may be out, or maybe out).
         join_deadline = time.time() + 60
         while time.time() < join_deadline:
-            st = store.status()
+            st = self.procs.status()
             missing = [g for g in GIDS if st.num is not None and g not in st.assign]
             if st.num is not None and not missing:
                 break
@@ -1237,6 +1230,366 @@ def shard_main(args, features, tag):
         else:
             failures.append("HANG: both groups not in the configuration 60 s after the heal")
         ev("healed")
+
+    def settle(self, ev, failures):
+        """Settled: every node answers, at the latest configuration, serving its shards."""
+        settle_deadline = time.time() + 60
+        while True:
+            self.final_status = self.procs.status()
+            self.settled = self.final_status.settled()
+            if self.settled[0] or time.time() > settle_deadline:
+                break
+            time.sleep(0.5)
+        st = self.final_status
+        if self.settled[0]:
+            ev(f"settled at configuration {st.num}: " +
+               ", ".join(f"group {g} shards {st.assign[g]}" for g in GIDS))
+        else:
+            failures.append(f"HANG: the store did not settle within 60 s after the clients: "
+                            f"{self.settled[1]}")
+            ev(f"!! not settled: {self.settled[1]}")
+
+    def final_reads(self, wanted):
+        # Within a budget: a shard no group serves would hold each read for the clerk's 60 s.
+        return final_reads(self.args.exe, self.address, wanted, self.args.final_read_budget,
+                           20 if self.settled[0] else 10)
+
+    def summary(self):
+        ms = self.mover.stats
+        parts = [f"{ms['moves']} shard moves acknowledged ({ms['moves to another group']} to "
+                 f"the group not holding the shard), {ms['leaves']} leaves, {ms['joins']} joins "
+                 f"(101's first one included)"]
+        parts += [f"{k} {ms[k]}" for k in ("timed out (retried)", "refused", "late leave seen",
+                                            "moves skipped (one group out)") if ms[k]]
+        parts.append(f"configuration at the end: {self.final_status.num if self.final_status else None}")
+        starts = self.procs.starts
+        return ["reconfigurations: " + "; ".join(parts),
+                "process starts: " + ", ".join(
+                    f"{c if c == 'ctrl' else 'g' + str(c)} {[starts[(c, i)] for i in range(3)]}"
+                    for c in SHARD_CLUSTERS) + f" (first start included); unexpected exits: "
+                f"{len(self.procs.unexpected_exits)}"]
+
+    def settled_note(self):
+        return (f"settled (all nodes answer, latest configuration, every shard served, replicas "
+                f"agree): {self.settled[0]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The fault loop and the run
+# ----------------------------------------------------------------------------------------------
+
+class FaultLoop:
+    """The seeded fault schedule, the same for both stores: every 1-4 s a fault of a kind drawn
+    from store.kinds -- SIGKILL and restart, or SIGSTOP and SIGCONT, of the process
+    store.pick_process chooses; a partition of the machines (store.partition); a lossy or slow
+    link of one machine -- each undone after a drawn delay. A process that exits on its own is a
+    finding and is started again. heal_all undoes whatever is still in force."""
+
+    def __init__(self, args, features, net, store, rng, ev, failures):
+        self.args = args
+        self.features = features
+        self.net = net
+        self.store = store
+        self.procs = store.procs
+        self.rng = rng
+        self.ev = ev
+        self.failures = failures
+        self.faults = Counter()
+        self.pending = []                  # [due time, description, callable]
+        self.partition_active = False
+        self.link_on = [False, False, False]
+        self.down = set()                  # processes killed or stopped, until healed
+        self.tick = None                   # when the current fault was drawn
+
+    def later(self, seconds, what, fn, since=None):
+        """Runs fn (an event "heal: what") seconds after since (default: now)."""
+        self.pending.append([(since or time.time()) + seconds, what, fn])
+
+    def undo_later(self, seconds, what, fn):
+        """later, for a drawn fault: from its tick or from now, as store.heal_from_tick says."""
+        self.later(seconds, what, fn, since=self.tick if self.store.heal_from_tick else None)
+
+    def restart(self, key):
+        if self.args.inject == "wipe-on-restart":
+            shutil.rmtree(self.procs.data(key), ignore_errors=True)
+            self.faults["wipe (injected)"] += 1
+        self.procs.start(key)
+        self.down.discard(key)
+
+    def cont(self, key):
+        self.procs.cont(key)
+        self.down.discard(key)
+
+    def heal_partition(self):
+        self.net.heal_partitions()
+        self.partition_active = False
+
+    def heal_link(self, i):
+        self.net.clear_link(i)
+        self.link_on[i] = False
+
+    def run(self, fault_end):
+        rng = self.rng
+        next_fault = time.time() + rng.uniform(1, 4)
+        iterations = 0
+        max_iterations = int(self.args.seconds * 40) + 1000
+        while time.time() < fault_end and iterations < max_iterations:
+            iterations += 1
+            now = time.time()
+            for item in sorted([p for p in self.pending if p[0] <= now], key=lambda p: p[0]):
+                self.pending.remove(item)
+                self.ev(f"heal: {item[1]}")
+                item[2]()
+            for key in self.procs.poll_exits():
+                label = self.procs.label(key)
+                self.failures.append(f"{label} exited on its own (exit status "
+                                     f"{self.procs.unexpected_exits[-1][1]}); see its log")
+                self.ev(f"!! {label} exited on its own; restarting it")
+                self.procs.start(key)
+            if now >= next_fault:
+                self.tick = now
+                next_fault = now + rng.uniform(1, 4)
+                kind = rng.choice(self.store.kinds)
+                delay = rng.uniform(0.5, 3)
+                if self.store.extra_fault(self, kind, rng):
+                    pass
+                elif kind in ("kill", "stop"):
+                    self.process_fault(kind, delay)
+                elif kind.startswith("part-"):
+                    self.partition(kind)
+                else:
+                    self.link_fault(kind)
+            time.sleep(0.05)
+
+    def process_fault(self, kind, delay):
+        pick = self.store.pick_process(self.rng, self.down)
+        if pick is None:
+            self.faults["skipped (too many down)"] += 1
+            return
+        target, lead, count = pick
+        label = self.procs.label(target)
+        self.down.add(target)
+        if kind == "kill":
+            self.procs.kill(target)
+            self.ev(f"fault kill: SIGKILL {label}{lead}, restart in {delay:.1f}s")
+            self.undo_later(delay, f"restart {label}", lambda t=target: self.restart(t))
+        else:
+            self.procs.stop(target)
+            self.ev(f"fault stop: SIGSTOP {label}{lead}, SIGCONT in {delay:.1f}s")
+            self.undo_later(delay, f"SIGCONT {label}", lambda t=target: self.cont(t))
+        self.faults[kind + count] += 1
+
+    def partition(self, kind):
+        if self.partition_active:
+            self.faults["skipped (partition active)"] += 1
+            return
+        heal_in = self.rng.uniform(1, 5)
+        plan = self.store.partition(kind, self.rng)
+        if plan is None:
+            self.faults["skipped (no leader known)"] += 1
+            return
+        cuts, no_clients, desc = plan
+        for a, b in cuts:
+            self.net.cut(a, b)
+        if no_clients is not None:
+            self.net.cut_clients(no_clients)
+        self.partition_active = True
+        self.faults[kind] += 1
+        self.ev(f"fault {kind}: {desc}, heal in {heal_in:.1f}s")
+        self.undo_later(heal_in, f"partition ({kind})", self.heal_partition)
+
+    def link_fault(self, kind):
+        rng, net, m = self.rng, self.net, self.store.machine
+        free = [i for i in range(3) if not self.link_on[i]]
+        if not free:
+            self.faults["skipped (netem everywhere)"] += 1
+            return
+        i = rng.choice(free)
+        heal_in = rng.uniform(2, 8)
+        if kind == "netem-loss":
+            pct = rng.randint(10, 30)
+            if self.features.get("netem"):
+                net.qdisc(i, ["netem", "loss", f"{pct}%"])
+                how = f"netem loss {pct}% on both ends of its veth"
+            else:
+                kind = "loss-iptables"
+                net.loss_rule(i, pct / 100)
+                how = f"iptables statistic: drop {pct}% of its packets, both ways"
+        else:
+            d = rng.randint(20, 100)
+            if self.features.get("netem"):
+                j = rng.randint(5, max(5, d // 2))
+                net.qdisc(i, ["netem", "delay", f"{d}ms", f"{j}ms", "distribution", "normal"])
+                how = f"netem delay {d}ms jitter {j}ms on both ends of its veth"
+            else:
+                kind = "slow-link-tbf"
+                rate = rng.choice([64, 128, 256, 512])
+                net.qdisc(i, ["tbf", "rate", f"{rate}kbit", "burst", "4kb", "latency", f"{d * 4}ms"])
+                how = (f"tbf rate {rate}kbit (queueing delay up to {d * 4}ms, tail drops) on both "
+                       f"ends of its veth")
+        self.link_on[i] = True
+        self.faults[kind] += 1
+        self.ev(f"fault {kind}: {m} {i}: {how}, remove in {heal_in:.1f}s")
+        self.undo_later(heal_in, f"link fault off {m} {i}", lambda t=i: self.heal_link(t))
+
+    def heal_all(self):
+        """Undoes every fault still in force: the pending heals, then every partition and link
+        fault, SIGCONT to all; processes found exited on their own are findings; all run again."""
+        for item in sorted(self.pending, key=lambda p: p[0]):
+            item[2]()
+        self.pending.clear()
+        self.net.heal_partitions()
+        for i in range(3):
+            self.net.clear_link(i)
+        for key in self.procs.keys:
+            self.procs.cont(key)
+        for key in self.procs.poll_exits():
+            self.failures.append(f"{self.procs.label(key)} exited on its own after the faults")
+        self.procs.start_missing()
+
+
+def check_rounds(args, groups, got, ev, failures, note):
+    """Every round's history checked alone and with the final reads (got) appended, and the
+    append group's appends against the final values. Returns (totals, verdicts, lost,
+    read_errors). Keys whose final read failed are reported and left out of the checks of the
+    others."""
+    totals = Counter()
+    verdicts = Counter()
+    lost = []
+    read_errors = []
+    for g in groups:
+        for hist, rc, tail in g.rounds:
+            name = os.path.basename(hist)
+            if not os.path.exists(hist):
+                failures.append(f"{name}: bench exited {rc} without a history: {tail}")
+                continue
+            recs = read_history(hist)
+            for r in recs:
+                totals[(g.name_, r["op"], "ack" if r["return"] is not None else "unknown")] += 1
+            verdict, text = flotilla_check(args.exe, hist, args.check_budget)
+            verdicts[("history", verdict)] += 1
+            if verdict == "violation":
+                failures.append(f"{name}: NOT linearizable: {text[:1500]}")
+            elif verdict == "unknown":
+                ev(f"{name}: checker undecided: {text}")
+            keys = sorted({r["key"] for r in recs})
+            finals = {}
+            for k in keys:
+                v, err = got[(hist, k)]
+                if err:
+                    read_errors.append(f"{name} {k}: {err}")
+                else:
+                    finals[k] = v
+            with open(hist + ".finals.json", "w") as f:
+                json.dump(finals, f)
+            keys = [k for k in keys if k in finals]
+            if not keys:
+                continue
+            # The history with the final reads appended (after every return) must still be
+            # linearizable: a lost or rewritten write contradicts the final reads.
+            top = max([r["call"] for r in recs] + [r["return"] or 0 for r in recs] + [0])
+            ext = hist.replace(".jsonl", ".with-finals.jsonl")
+            with open(ext, "w") as f:
+                for r in recs:
+                    f.write(json.dumps(r) + "\n")
+                for n, k in enumerate(keys):
+                    call = top + 1000 + 2 * n
+                    f.write(json.dumps({"client": 100000 + n, "op": "get", "key": k,
+                                        "value": "", "output": finals[k] or "",
+                                        "call": call, "return": call + 1}) + "\n")
+            verdict2, text2 = flotilla_check(args.exe, ext, args.check_budget)
+            verdicts[("with-finals", verdict2)] += 1
+            if verdict2 == "violation":
+                failures.append(f"{name}: history + final reads NOT linearizable "
+                                f"(an acknowledged write lost or changed): {text2[:1500]}")
+            elif verdict2 == "unknown":
+                ev(f"{os.path.basename(ext)}: checker undecided: {text2}")
+            if g.name_ == "append":
+                for p in check_appends([r for r in recs if r["key"] in finals], finals):
+                    lost.append(f"{name} {p}")
+            ev(f"checked {name}: {len(recs)} ops, {verdict}, {note(len(keys))} {verdict2}")
+    for e in read_errors:
+        failures.append(f"final read failed: {e}")
+    for l in lost:
+        failures.append(f"append check: {l}")
+    return totals, verdicts, lost, read_errors
+
+
+def run_chaos(args, features, tag, store):
+    """One run against store (a KvStore or a ShardedStore): the network, the processes, the
+    client groups, the fault loop (and the store's background threads), healing, settling, the
+    checks and the summary; teardown whatever happens. Returns the exit status."""
+    rng = random.Random(args.seed)
+    log(f"{store.intro()}, inject={args.inject}, exe {args.exe}")
+    log("link faults: " + ("netem loss and delay" if features.get("netem") else
+                           "no netem in this kernel: loss with iptables statistic, slow links with tbf"
+                           if features.get("statistic") and features.get("tbf") else
+                           f"limited ({features})"))
+    for old in os.listdir(tempfile.gettempdir()):   # run dirs of runs killed by SIGKILL
+        m = re.match(r"^flotilla-chaos-(\d+)-", old)
+        if m and not pid_is_chaos(int(m.group(1))):
+            shutil.rmtree(os.path.join(tempfile.gettempdir(), old), ignore_errors=True)
+            log(f"removed leftover run directory {old}")
+    rundir = tempfile.mkdtemp(prefix=f"flotilla-chaos-{tag}-")
+    net = Net(tag, args.subnet)
+    children = []
+    groups = []
+    tearing = {"down": False}
+    failures = []          # strings: violations and hangs
+    abort = threading.Event()
+    events = open(os.path.join(rundir, "events.log"), "w")
+    ev_lock = threading.Lock()
+
+    def ev(msg):
+        t = time.time() - t0
+        with ev_lock:
+            events.write(f"{t:8.3f} {msg}\n")
+            events.flush()
+            log(f"t={t:6.1f}s {msg}")
+
+    def on_signal(signum, frame):
+        if not tearing["down"]:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    t0 = time.time()
+    loop = None
+    summary_lines = []
+    exit_code = 0
+    try:
+        net.setup()
+        extra = ["--segment-bytes", str(args.segment_bytes),
+                 "--max-raft-state", str(args.max_raft_state)]
+        ports = store.create(net, rundir, extra)
+        log(f"network: bridge {net.bridge} {net.client_ip}/24, {store.machine}s {', '.join(net.ip)} "
+            f"in {', '.join(net.ns)}{ports}; run dir {rundir}")
+        store.bring_up(ev, failures)
+
+        total = args.seconds + args.settle
+        groups.append(ClientGroup("mixed", args.exe, store.address, rundir, total, args.round_seconds,
+                                  ["--clients", str(args.clients), "--keys", str(args.mixed_keys),
+                                   "--append-share", "0.5", "--get-share", "0.5"], children,
+                                  bench=store.bench))
+        if args.append_clients > 0:
+            groups.append(ClientGroup("append", args.exe, store.address, rundir, total,
+                                      args.round_seconds,
+                                      ["--clients", str(args.append_clients), "--keys",
+                                       str(args.append_keys), "--append-share", "1",
+                                       "--get-share", "0.2", "--value-size", "8"], children,
+                                      bench=store.bench))
+        for g in groups:
+            g.start()
+        fault_end = time.time() + args.seconds
+        store.start_background(fault_end, ev, abort)
+
+        loop = FaultLoop(args, features, net, store, rng, ev, failures)
+        loop.run(fault_end)
+
+        ev("fault loop over: healing everything")
+        loop.heal_all()
+        store.after_heal(ev, failures)
 
         # ---------------- wait for the clients ----------------
         deadline = time.time() + args.settle + args.round_seconds + 300
@@ -1252,127 +1605,40 @@ def shard_main(args, features, tag):
             for h in g.hung:
                 failures.append(f"HANG: bench round {h} did not finish within seconds+120 s")
         ev("clients done")
-        for key in store.poll_exits():
-            failures.append(f"{store.label(key)} exited on its own after the faults")
+        for key in store.procs.poll_exits():
+            failures.append(f"{store.procs.label(key)} exited on its own after the faults")
 
-        # ---------------- settled: every node answers, at the latest configuration ----------------
-        settle_deadline = time.time() + 60
-        while True:
-            final_status = store.status()
-            settled = final_status.settled()
-            if settled[0] or time.time() > settle_deadline:
-                break
-            time.sleep(0.5)
-        if settled[0]:
-            ev(f"settled at configuration {final_status.num}: " +
-               ", ".join(f"group {g} shards {final_status.assign[g]}" for g in GIDS))
-        else:
-            failures.append(f"HANG: the store did not settle within 60 s after the clients: "
-                            f"{settled[1]}")
-            ev(f"!! not settled: {settled[1]}")
+        store.settle(ev, failures)
 
-        # ---------------- checks ----------------
-        totals = Counter()
-        verdicts = Counter()
-        lost = []
-        read_errors = []
-        # The final reads of every round's keys first, 8 at a time, within a budget (a shard
-        # no group serves would hold each read for the clerk's 60 s).
+        # ---------------- checks: the final reads of every round's keys first ----------------
         wanted = []
         for g in groups:
             for hist, rc, tail in g.rounds:
                 if os.path.exists(hist):
                     wanted += [(hist, k) for k in sorted({r["key"] for r in read_history(hist)})]
-        got = final_reads(args.exe, store.ctrl, wanted, args.final_read_budget,
-                          20 if settled[0] else 10)
-        ev(f"final reads: {len(wanted)} keys, "
-           f"{sum(1 for v in got.values() if v[1] is None)} read")
-        for g in groups:
-            for hist, rc, tail in g.rounds:
-                name = os.path.basename(hist)
-                if not os.path.exists(hist):
-                    failures.append(f"{name}: bench exited {rc} without a history: {tail}")
-                    continue
-                recs = read_history(hist)
-                for r in recs:
-                    totals[(g.name_, r["op"], "ack" if r["return"] is not None else "unknown")] += 1
-                verdict, text = flotilla_check(args.exe, hist, args.check_budget)
-                verdicts[("history", verdict)] += 1
-                if verdict == "violation":
-                    failures.append(f"{name}: NOT linearizable: {text[:1500]}")
-                elif verdict == "unknown":
-                    ev(f"{name}: checker undecided: {text}")
-                keys = sorted({r["key"] for r in recs})
-                finals = {}
-                for k in keys:
-                    v, err = got[(hist, k)]
-                    if err:
-                        read_errors.append(f"{name} {k}: {err}")
-                    else:
-                        finals[k] = v
-                with open(hist + ".finals.json", "w") as f:
-                    json.dump(finals, f)
-                # Keys whose final read failed (reported) are left out of the two checks
-                # below; the others are checked.
-                keys = [k for k in keys if k in finals]
-                if not keys:
-                    continue
-                top = max([r["call"] for r in recs] + [r["return"] or 0 for r in recs] + [0])
-                ext = hist.replace(".jsonl", ".with-finals.jsonl")
-                with open(ext, "w") as f:
-                    for r in recs:
-                        f.write(json.dumps(r) + "\n")
-                    for n, k in enumerate(keys):
-                        call = top + 1000 + 2 * n
-                        f.write(json.dumps({"client": 100000 + n, "op": "get", "key": k,
-                                            "value": "", "output": finals[k] or "",
-                                            "call": call, "return": call + 1}) + "\n")
-                verdict2, text2 = flotilla_check(args.exe, ext, args.check_budget)
-                verdicts[("with-finals", verdict2)] += 1
-                if verdict2 == "violation":
-                    failures.append(f"{name}: history + final reads NOT linearizable "
-                                    f"(an acknowledged write lost or changed): {text2[:1500]}")
-                elif verdict2 == "unknown":
-                    ev(f"{os.path.basename(ext)}: checker undecided: {text2}")
-                if g.name_ == "append":
-                    for p in check_appends([r for r in recs if r["key"] in finals], finals):
-                        lost.append(f"{name} {p}")
-                ev(f"checked {name}: {len(recs)} ops, {verdict}, with finals of {len(keys)} keys "
-                   f"{verdict2}")
-        for e in read_errors:
-            failures.append(f"final read failed: {e}")
-        for l in lost:
-            failures.append(f"append check: {l}")
+        got = store.final_reads(wanted)
+        ev(f"final reads: {len(wanted)} keys, {sum(1 for v in got.values() if v[1] is None)} read")
+        totals, verdicts, lost, read_errors = check_rounds(args, groups, got, ev, failures,
+                                                           store.read_note)
 
         # ---------------- summary ----------------
         s = summary_lines
-        s.append(f"=== flotilla chaos summary (sharded store): seed {args.seed}, {args.seconds:.0f} s "
-                 f"of faults and shard moves, inject={args.inject} ===")
+        s.append(f"=== flotilla chaos summary{store.title_note}: seed {args.seed}, "
+                 f"{args.seconds:.0f} s of {store.what}, inject={args.inject} ===")
         for g in groups:
             gname = g.name_
-            ack = sum(v for (gn, op, st_), v in totals.items() if gn == gname and st_ == "ack")
-            unk = sum(v for (gn, op, st_), v in totals.items() if gn == gname and st_ == "unknown")
+            ack = sum(v for (gn, op, st), v in totals.items() if gn == gname and st == "ack")
+            unk = sum(v for (gn, op, st), v in totals.items() if gn == gname and st == "unknown")
             per = ", ".join(f"{op} {totals[(gname, op, 'ack')]}/{totals[(gname, op, 'unknown')]}"
                             for op in ("get", "put", "append")
                             if totals[(gname, op, 'ack')] + totals[(gname, op, 'unknown')])
             s.append(f"ops [{gname}] {len(g.rounds)} bench rounds: {ack} acknowledged, {unk} unknown "
                      f"(ack/unknown: {per})")
-        s.append("faults: " + (", ".join(f"{k} {v}" for k, v in sorted(faults.items())) or "none"))
-        ms = mover.stats
-        parts = [f"{ms['moves']} shard moves acknowledged ({ms['moves to another group']} to "
-                 f"the group not holding the shard), {ms['leaves']} leaves, {ms['joins']} joins (101's first one included)"]
-        parts += [f"{k} {ms[k]}" for k in ("timed out (retried)", "refused", "late leave seen",
-                                            "moves skipped (one group out)") if ms[k]]
-        parts.append(f"configuration at the end: {final_status.num if final_status else None}")
-        s.append("reconfigurations: " + "; ".join(parts))
-        s.append("process starts: " + ", ".join(
-            f"{c if c == 'ctrl' else 'g' + str(c)} {[store.starts[(c, i)] for i in range(3)]}"
-            for c in SHARD_CLUSTERS) + f" (first start included); unexpected exits: "
-            f"{len(store.unexpected_exits)}")
+        s.append("faults: " + (", ".join(f"{k} {v}" for k, v in sorted(loop.faults.items())) or "none"))
+        s += store.summary()
         s.append("linearizability: " + ", ".join(f"{a} {b}: {v}" for (a, b), v in sorted(verdicts.items())))
         s.append(f"lost/duplicated acknowledged appends (append group): {len(lost)}; "
-                 f"final reads failed: {len(read_errors)}; settled (all nodes answer, latest "
-                 f"configuration, every shard served, replicas agree): {settled[0]}")
+                 f"final reads failed: {len(read_errors)}; {store.settled_note()}")
         cats = Counter(failure_kind(f) for f in failures)
         s.append(f"violations and hangs: {len(failures)}" +
                  (" (" + ", ".join(f"{k} {v}" for k, v in sorted(cats.items())) + ")" if cats else ""))
@@ -1411,10 +1677,9 @@ def shard_main(args, features, tag):
             for g in groups:
                 if g.is_alive():
                     g.join(timeout=5)
-        if mover is not None and mover.is_alive():
-            mover.join(timeout=45)
-        if store is not None:
-            store.shutdown()
+        store.stop_background()
+        if store.procs is not None:
+            store.procs.shutdown()
         left = net.teardown()
         events.close()
         if left:
@@ -1423,7 +1688,7 @@ def shard_main(args, features, tag):
             summary_lines.append("teardown: namespaces, veths, bridge, rules and qdiscs removed")
         real = [f for f in failures if not f.startswith("interrupted") and not f.startswith("chaos.py error")]
         if real:
-            dest = os.path.join(args.evidence, f"shard-seed{args.seed}-{args.inject}-"
+            dest = os.path.join(args.evidence, f"{store.evidence_prefix}seed{args.seed}-{args.inject}-"
                                                f"{time.strftime('%Y%m%d-%H%M%S')}")
             os.makedirs(dest, exist_ok=True)
             for name in os.listdir(rundir):
@@ -1511,439 +1776,8 @@ def main():
     for r in removed:
         log(f"removed leftover of an earlier run: {r}")
 
-    if args.store == "shard":
-        return shard_main(args, features, tag)
-
-    rng = random.Random(args.seed)
-    log(f"seed {args.seed}, {args.seconds:.0f} s of faults, inject={args.inject}, exe {args.exe}")
-    log("link faults: " + ("netem loss and delay" if features.get("netem") else
-                           "no netem in this kernel: loss with iptables statistic, slow links with tbf"
-                           if features.get("statistic") and features.get("tbf") else
-                           f"limited ({features})"))
-    for old in os.listdir(tempfile.gettempdir()):   # run dirs of runs killed by SIGKILL
-        m = re.match(r"^flotilla-chaos-(\d+)-", old)
-        if m and not pid_is_chaos(int(m.group(1))):
-            shutil.rmtree(os.path.join(tempfile.gettempdir(), old), ignore_errors=True)
-            log(f"removed leftover run directory {old}")
-    rundir = tempfile.mkdtemp(prefix=f"flotilla-chaos-{tag}-")
-    net = Net(tag, args.subnet)
-    cluster = None
-    children = []
-    groups = []
-    tearing = {"down": False}
-    failures = []          # strings: violations and hangs
-    events = open(os.path.join(rundir, "events.log"), "w")
-
-    def ev(msg):
-        t = time.time() - t0
-        events.write(f"{t:8.3f} {msg}\n")
-        events.flush()
-        log(f"t={t:6.1f}s {msg}")
-
-    def on_signal(signum, frame):
-        if not tearing["down"]:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(s, on_signal)
-
-    t0 = time.time()
-    faults = Counter()
-    summary_lines = []
-    exit_code = 0
-    try:
-        net.setup()
-        log(f"network: bridge {net.bridge} {net.client_ip}/24, nodes {', '.join(net.ip)} in "
-            f"{', '.join(net.ns)}; run dir {rundir}")
-        extra = ["--segment-bytes", str(args.segment_bytes),
-                 "--max-raft-state", str(args.max_raft_state)]
-        cluster = Cluster(args.exe, net, rundir, extra)
-        for i in range(3):
-            cluster.start(i)
-        leader = cluster.wait_leader(30)
-        if leader is None:
-            failures.append("HANG: no leader within 30 s of the start")
-            raise RuntimeError("no leader at the start")
-        ev(f"cluster up, leader {leader}")
-
-        total = args.seconds + args.settle
-        groups.append(ClientGroup("mixed", args.exe, cluster.peers, rundir, total,
-                                  args.round_seconds,
-                                  ["--clients", str(args.clients), "--keys", str(args.mixed_keys),
-                                   "--append-share", "0.5", "--get-share", "0.5"], children))
-        if args.append_clients > 0:
-            groups.append(ClientGroup("append", args.exe, cluster.peers, rundir, total,
-                                      args.round_seconds,
-                                      ["--clients", str(args.append_clients), "--keys",
-                                       str(args.append_keys), "--append-share", "1",
-                                       "--get-share", "0.2", "--value-size", "8"], children))
-        for g in groups:
-            g.start()
-
-        # ---------------- the fault loop ----------------
-        pending = []   # [due time, description, callable]
-        partition_active = [False]
-        netem_on = [False, False, False]
-        down = set()   # killed or stopped, until healed
-
-        def restart(i):
-            if args.inject == "wipe-on-restart":
-                shutil.rmtree(cluster.data(i), ignore_errors=True)
-                faults["wipe (injected)"] += 1
-            cluster.start(i)
-            down.discard(i)
-
-        def cont(i):
-            cluster.cont(i)
-            down.discard(i)
-
-        def heal_part():
-            net.heal_partitions()
-            partition_active[0] = False
-
-        def heal_link(i):
-            net.clear_link(i)
-            netem_on[i] = False
-
-        kinds = ["kill", "stop", "part-leader", "part-follower", "part-bridge", "part-full",
-                 "netem-loss", "netem-delay"]
-        fault_end = time.time() + args.seconds
-        next_fault = time.time() + rng.uniform(1, 4)
-        iterations = 0
-        max_iterations = int(args.seconds * 40) + 1000
-        while time.time() < fault_end and iterations < max_iterations:
-            iterations += 1
-            now = time.time()
-            for item in sorted([p for p in pending if p[0] <= now], key=lambda p: p[0]):
-                pending.remove(item)
-                ev(f"heal: {item[1]}")
-                item[2]()
-            for i in cluster.poll_exits():
-                failures.append(f"node {i} exited on its own (exit status "
-                                f"{cluster.unexpected_exits[-1][1]}); see its log")
-                ev(f"!! node {i} exited on its own; restarting it")
-                cluster.start(i)
-            if now >= next_fault:
-                next_fault = now + rng.uniform(1, 4)
-                kind = rng.choice(kinds)
-                up = [i for i in range(3) if cluster.up(i) and i not in down]
-                delay = rng.uniform(0.5, 3)
-                if (args.inject == "wipe-on-restart" and kind == "kill" and not down
-                        and not partition_active[0] and rng.random() < 0.5):
-                    # The combination under which a wiped node loses acknowledged writes: F2
-                    # lags behind a partition while L and F1 commit; F1 restarts wiped; then
-                    # L is cut off and F2 rejoins, so {F1 (empty), F2 (stale)} is a majority.
-                    l = cluster.leader()
-                    if l is not None:
-                        f1, f2 = rng.sample([j for j in range(3) if j != l], 2)
-                        net.cut(f2, l)
-                        net.cut(f2, f1)
-                        ev(f"fault wipe-combo: follower {f2} cut off, lagging (leader {l}, "
-                           f"follower {f1} commit alone)")
-                        time.sleep(1.5)
-                        cluster.kill(f1)
-                        shutil.rmtree(cluster.data(f1), ignore_errors=True)
-                        faults["wipe (injected)"] += 1
-                        net.heal_partitions()
-                        net.cut(l, f1)
-                        net.cut(l, f2)
-                        cluster.start(f1)
-                        partition_active[0] = True
-                        faults["wipe-combo"] += 1
-                        ev(f"fault wipe-combo: node {f1} SIGKILLed, data wiped, restarted; leader "
-                           f"{l} cut from {f1} and {f2}, who may now elect the stale {f2}; "
-                           f"heal in 4s")
-                        pending.append([time.time() + 4, "partition (wipe-combo)", heal_part])
-                        continue
-                if kind in ("kill", "stop"):
-                    if len(down) >= args.max_down or not up:
-                        faults["skipped (too many down)"] += 1
-                        continue
-                    want_leader = rng.random() < 0.5
-                    target = rng.choice(up)
-                    if want_leader:
-                        l = cluster.leader()
-                        if l in up:
-                            target = l
-                    down.add(target)
-                    if kind == "kill":
-                        cluster.kill(target)
-                        ev(f"fault kill: SIGKILL node {target}"
-                           f"{' (leader)' if want_leader and target == l else ''}, restart in {delay:.1f}s")
-                        pending.append([now + delay, f"restart node {target}", lambda t=target: restart(t)])
-                    else:
-                        cluster.stop(target)
-                        ev(f"fault stop: SIGSTOP node {target}"
-                           f"{' (leader)' if want_leader and target == l else ''}, SIGCONT in {delay:.1f}s")
-                        pending.append([now + delay, f"SIGCONT node {target}", lambda t=target: cont(t)])
-                    faults[kind] += 1
-                elif kind.startswith("part-"):
-                    if partition_active[0]:
-                        faults["skipped (partition active)"] += 1
-                        continue
-                    heal_in = rng.uniform(1, 5)
-                    r = rng.random()
-                    if kind == "part-leader":
-                        l = cluster.leader()
-                        if l is None:
-                            faults["skipped (no leader known)"] += 1
-                            continue
-                        others = [j for j in range(3) if j != l]
-                        for j in others:
-                            net.cut(l, j)
-                        desc = f"leader {l} cut from nodes {others} (clients still reach it)"
-                    elif kind == "part-follower":
-                        l = cluster.leader()
-                        fs = [j for j in range(3) if j != l]
-                        f = rng.choice(fs)
-                        others = [j for j in range(3) if j != f]
-                        for j in others:
-                            net.cut(f, j)
-                        desc = f"follower {f} cut from {others} (majority side {others} keeps leader {l})"
-                    elif kind == "part-bridge":
-                        a = rng.randrange(3)
-                        b, c = [j for j in range(3) if j != a]
-                        net.cut(b, c)
-                        desc = f"bridge: node {a} reaches {b} and {c}, {b} and {c} cut from each other"
-                    else:
-                        a = rng.randrange(3)
-                        for j in range(3):
-                            if j != a:
-                                net.cut(a, j)
-                        net.cut_clients(a)
-                        desc = f"node {a} cut from everyone, clients included"
-                    partition_active[0] = True
-                    faults[kind] += 1
-                    ev(f"fault {kind}: {desc}, heal in {heal_in:.1f}s")
-                    pending.append([now + heal_in, f"partition ({kind})", heal_part])
-                else:
-                    free = [i for i in range(3) if not netem_on[i]]
-                    if not free:
-                        faults["skipped (netem everywhere)"] += 1
-                        continue
-                    i = rng.choice(free)
-                    heal_in = rng.uniform(2, 8)
-                    if kind == "netem-loss":
-                        pct = rng.randint(10, 30)
-                        if features.get("netem"):
-                            net.qdisc(i, ["netem", "loss", f"{pct}%"])
-                            how = f"netem loss {pct}% on both ends of its veth"
-                        else:
-                            kind = "loss-iptables"
-                            net.loss_rule(i, pct / 100)
-                            how = f"iptables statistic: drop {pct}% of its packets, both ways"
-                    else:
-                        d = rng.randint(20, 100)
-                        if features.get("netem"):
-                            j = rng.randint(5, max(5, d // 2))
-                            net.qdisc(i, ["netem", "delay", f"{d}ms", f"{j}ms", "distribution",
-                                          "normal"])
-                            how = f"netem delay {d}ms jitter {j}ms on both ends of its veth"
-                        else:
-                            kind = "slow-link-tbf"
-                            rate = rng.choice([64, 128, 256, 512])
-                            net.qdisc(i, ["tbf", "rate", f"{rate}kbit", "burst", "4kb",
-                                          "latency", f"{d * 4}ms"])
-                            how = (f"tbf rate {rate}kbit (queueing delay up to {d * 4}ms, "
-                                   f"tail drops) on both ends of its veth")
-                    netem_on[i] = True
-                    faults[kind] += 1
-                    ev(f"fault {kind}: node {i}: {how}, remove in {heal_in:.1f}s")
-                    pending.append([now + heal_in, f"link fault off node {i}", lambda t=i: heal_link(t)])
-            time.sleep(0.05)
-
-        # ---------------- heal everything ----------------
-        ev("fault loop over: healing everything")
-        for item in sorted(pending, key=lambda p: p[0]):
-            item[2]()
-        pending.clear()
-        net.heal_partitions()
-        for i in range(3):
-            net.clear_link(i)
-            cluster.cont(i)
-        cluster.poll_exits()
-        for i in range(3):
-            if cluster.procs[i] is None:
-                cluster.start(i)
-        leader = cluster.wait_leader(30)
-        if leader is None:
-            failures.append("HANG: no leader within 30 s after healing everything")
-            ev("!! no leader 30 s after the heal")
-        else:
-            ev(f"healed, leader {leader}")
-
-        # ---------------- wait for the clients ----------------
-        deadline = time.time() + args.settle + args.round_seconds + 300
-        for g in groups:
-            g.join(timeout=max(1, deadline - time.time()))
-            if g.is_alive():
-                failures.append(f"HANG: client group {g.name_} still running past its bound")
-                g.abort.set()
-                for p in children:
-                    if p.poll() is None:
-                        p.kill()
-                g.join(timeout=30)
-            for h in g.hung:
-                failures.append(f"HANG: bench round {h} did not finish within seconds+120 s")
-        ev("clients done")
-        for i in cluster.poll_exits():
-            failures.append(f"node {i} exited on its own after the faults")
-
-        # ---------------- checks ----------------
-        totals = Counter()
-        verdicts = Counter()
-        lost = []
-        read_errors = []
-        for g in groups:
-            for hist, rc, tail in g.rounds:
-                name = os.path.basename(hist)
-                if not os.path.exists(hist):
-                    failures.append(f"{name}: bench exited {rc} without a history: {tail}")
-                    continue
-                recs = read_history(hist)
-                for r in recs:
-                    totals[(g.name_, r["op"], "ack" if r["return"] is not None else "unknown")] += 1
-                verdict, text = flotilla_check(args.exe, hist, args.check_budget)
-                verdicts[("history", verdict)] += 1
-                if verdict == "violation":
-                    failures.append(f"{name}: NOT linearizable: {text[:1500]}")
-                elif verdict == "unknown":
-                    ev(f"{name}: checker undecided: {text}")
-                # final reads of every key of this round
-                keys = sorted({r["key"] for r in recs})
-                finals = {}
-                for k in keys:
-                    v, err = final_get(args.exe, cluster.peers, k)
-                    if err:
-                        read_errors.append(f"{name} {k}: {err}")
-                    finals[k] = v
-                with open(hist + ".finals.json", "w") as f:
-                    json.dump(finals, f)
-                if any(e.startswith(f"{name} ") for e in read_errors):
-                    continue
-                # the history with the final reads appended (after every return) must still be
-                # linearizable: a lost or rewritten write contradicts the final reads.
-                top = max([r["call"] for r in recs] + [r["return"] or 0 for r in recs] + [0])
-                ext = hist.replace(".jsonl", ".with-finals.jsonl")
-                with open(ext, "w") as f:
-                    for r in recs:
-                        f.write(json.dumps(r) + "\n")
-                    for n, k in enumerate(keys):
-                        call = top + 1000 + 2 * n
-                        f.write(json.dumps({"client": 100000 + n, "op": "get", "key": k,
-                                            "value": "", "output": finals[k] or "",
-                                            "call": call, "return": call + 1}) + "\n")
-                verdict2, text2 = flotilla_check(args.exe, ext, args.check_budget)
-                verdicts[("with-finals", verdict2)] += 1
-                if verdict2 == "violation":
-                    failures.append(f"{name}: history + final reads NOT linearizable "
-                                    f"(an acknowledged write lost or changed): {text2[:1500]}")
-                elif verdict2 == "unknown":
-                    ev(f"{os.path.basename(ext)}: checker undecided: {text2}")
-                if g.name_ == "append":
-                    probs = check_appends(recs, finals)
-                    for p in probs:
-                        lost.append(f"{name} {p}")
-                ev(f"checked {name}: {len(recs)} ops, {verdict}, with finals {verdict2}")
-        for e in read_errors:
-            failures.append(f"final read failed: {e}")
-        for l in lost:
-            failures.append(f"append check: {l}")
-
-        # Replicas converge: after the load, every node reaches the same commit index.
-        conv_deadline = time.time() + 30
-        converged = False
-        while time.time() < conv_deadline:
-            st = cluster.status()
-            if len(st) == 3 and len({n[3] for n in st}) == 1 and len({n[4] for n in st}) == 1:
-                converged = True
-                break
-            time.sleep(0.5)
-        if not converged:
-            failures.append(f"HANG: replicas did not converge within 30 s: {cluster.status()}")
-
-        # ---------------- summary ----------------
-        s = summary_lines
-        s.append(f"=== flotilla chaos summary: seed {args.seed}, {args.seconds:.0f} s of faults, "
-                 f"inject={args.inject} ===")
-        for gname in [g.name_ for g in groups]:
-            g = next(x for x in groups if x.name_ == gname)
-            ack = sum(v for (gn, op, st), v in totals.items() if gn == gname and st == "ack")
-            unk = sum(v for (gn, op, st), v in totals.items() if gn == gname and st == "unknown")
-            per = ", ".join(f"{op} {totals[(gname, op, 'ack')]}/{totals[(gname, op, 'unknown')]}"
-                            for op in ("get", "put", "append")
-                            if totals[(gname, op, 'ack')] + totals[(gname, op, 'unknown')])
-            s.append(f"ops [{gname}] {len(g.rounds)} bench rounds: {ack} acknowledged, {unk} unknown "
-                     f"(ack/unknown: {per})")
-        s.append("faults: " + (", ".join(f"{k} {v}" for k, v in sorted(faults.items())) or "none"))
-        s.append(f"node starts: {cluster.starts} (first start included); "
-                 f"unexpected node exits: {len(cluster.unexpected_exits)}")
-        s.append("linearizability: " + ", ".join(f"{a} {b}: {v}" for (a, b), v in sorted(verdicts.items())))
-        s.append(f"lost/duplicated acknowledged appends (append group): {len(lost)}; "
-                 f"final reads failed: {len(read_errors)}; replicas converged: {converged}")
-        cats = Counter(failure_kind(f) for f in failures)
-        s.append(f"violations and hangs: {len(failures)}" +
-                 (" (" + ", ".join(f"{k} {v}" for k, v in sorted(cats.items())) + ")" if cats else ""))
-        shown = Counter()
-        for f in failures:
-            k = failure_kind(f)
-            shown[k] += 1
-            if shown[k] <= 3:
-                s.append("  - " + f.replace("\n", "\n    ")[:900])
-        if failures:
-            with open(os.path.join(rundir, "failures.txt"), "w") as fh:
-                fh.write("\n".join(failures) + "\n")
-    except KeyboardInterrupt as e:
-        failures.append(f"interrupted ({e})")
-        summary_lines.append(f"interrupted ({e}); tearing down")
-        exit_code = 130
-    except Exception as e:  # setup trouble or a bug of this script
-        failures.append(f"chaos.py error: {type(e).__name__}: {e}")
-        summary_lines.append(f"chaos.py error: {type(e).__name__}: {e}")
-        exit_code = 3
-    finally:
-        tearing["down"] = True
-        for g in groups:
-            g.abort.set()
-        for attempt in range(2):
-            for p in list(children):
-                if p.poll() is None:
-                    try:
-                        p.kill()
-                        p.wait(timeout=10)
-                    except Exception:
-                        pass
-            for g in groups:
-                if g.is_alive():
-                    g.join(timeout=5)
-        if cluster is not None:
-            cluster.shutdown()
-        left = net.teardown()
-        events.close()
-        if left:
-            summary_lines.append(f"WARNING: could not remove {left}")
-        else:
-            summary_lines.append("teardown: namespaces, veths, bridge, rules and qdiscs removed")
-        real = [f for f in failures if not f.startswith("interrupted") and not f.startswith("chaos.py error")]
-        if real:
-            dest = os.path.join(args.evidence, f"seed{args.seed}-{args.inject}-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.makedirs(dest, exist_ok=True)
-            for name in os.listdir(rundir):
-                src = os.path.join(rundir, name)
-                if os.path.isfile(src):
-                    shutil.copy2(src, dest)
-            with open(os.path.join(dest, "summary.txt"), "w") as f:
-                f.write("\n".join(summary_lines) + "\n")
-                f.write(f"command: {' '.join(sys.argv)}\n")
-            summary_lines.append(f"evidence (node logs, histories, final values, events) kept in {dest}")
-        if args.keep:
-            summary_lines.append(f"run directory kept: {rundir}")
-        else:
-            shutil.rmtree(rundir, ignore_errors=True)
-        print("\n".join(summary_lines), flush=True)
-    if exit_code:
-        return exit_code
-    return 1 if failures else 0
+    store = ShardedStore(args) if args.store == "shard" else KvStore(args)
+    return run_chaos(args, features, tag, store)
 
 
 if __name__ == "__main__":
