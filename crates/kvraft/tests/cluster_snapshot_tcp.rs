@@ -12,9 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flotilla_kvraft::tcp::{self, ClusterClerk, ClusterClerkOptions};
-use flotilla_runtime::{ClusterId, NodeConfig, NodeReport};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use flotilla_runtime::{free_loopback_addrs, ClusterId, NodeConfig, NodeReport, NodeTask};
 
 /// The bound on the whole test; reaching it fails it.
 const WHOLE_TEST: Duration = Duration::from_secs(120);
@@ -33,31 +31,20 @@ const WHILE_DOWN: usize = 300;
 /// Keys written once the old leader has stopped.
 const AFTER: usize = 10;
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), flotilla_runtime::RunError>>,
-}
+type Running = NodeTask;
 
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+    free_loopback_addrs(n)
 }
 
 fn start(cluster: &ClusterId, id: usize, dir: &Path) -> Running {
     let mut config = NodeConfig::new(cluster.clone(), id as u64, dir.to_path_buf());
     config.rsm.max_raft_state = Some(MAX_RAFT_STATE);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(tcp::serve(config, async move {
-        let _ = stopped.await;
-    }));
-    Running { stop, task }
+    NodeTask::spawn(|shutdown| tcp::serve(config, shutdown))
 }
 
 async fn stop(node: Running) {
-    let _ = node.stop.send(());
-    node.task.await.unwrap().unwrap();
+    node.stop().await.unwrap();
 }
 
 fn key(i: usize) -> String {

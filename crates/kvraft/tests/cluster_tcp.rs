@@ -11,27 +11,19 @@ use flotilla_kvraft::tcp::{
     self, ClusterClerk, ClusterClerkOptions, NodeReply, NodeRequest, PROTOCOL,
 };
 use flotilla_runtime::peer::{connect, PeerIntro};
-use flotilla_runtime::{ClusterId, NodeConfig, PortConfig};
+use flotilla_runtime::{free_loopback_addrs, ClusterId, NodeConfig, NodeTask, PortConfig};
 use flotilla_wire::{
     read_frame, write_frame, Client, Hello, HelloReply, Reply as WireReply, Request as WireRequest,
     WireError, DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME,
 };
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// The bound on the whole test; reaching it fails it.
 const WHOLE_TEST: Duration = Duration::from_secs(120);
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), flotilla_runtime::RunError>>,
-}
+type Running = NodeTask;
 
 fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+    free_loopback_addrs(n)
 }
 
 fn start(cluster: &ClusterId, id: u64, dir: &Path) -> Running {
@@ -39,16 +31,11 @@ fn start(cluster: &ClusterId, id: u64, dir: &Path) -> Running {
 }
 
 fn start_with(config: NodeConfig) -> Running {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(tcp::serve(config, async move {
-        let _ = stopped.await;
-    }));
-    Running { stop, task }
+    NodeTask::spawn(|shutdown| tcp::serve(config, shutdown))
 }
 
 async fn stop(node: Running) {
-    let _ = node.stop.send(());
-    node.task.await.unwrap().unwrap();
+    node.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,6 +11,7 @@
 //! - [`port`]: the one port: peer links in, client requests to the service's handler.
 //! - [`metrics`]: the Prometheus text endpoint (`--metrics ADDR`).
 //! - [`report`]: what a node says about itself (role, term, indexes, storage, followers).
+//! - [`task`]: a node as a task of this process ([`NodeTask`]), for embedding and tests.
 //!
 //! Guarantees: the node acknowledges nothing (sends no message, applies nothing) of a
 //! `Ready` before its batch is durable; a storage error stops the node loop and
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod peer;
 pub mod port;
 pub mod report;
+pub mod task;
 
 use std::fmt;
 use std::future::Future;
@@ -45,6 +47,7 @@ use tracing::info;
 
 pub use port::PortConfig;
 pub use report::{FollowerReport, NodeReport, NodeView};
+pub use task::{free_loopback_addrs, NodeTask};
 
 /// The wire protocol of peer links.
 pub const PEER_PROTOCOL: Protocol = Protocol {

@@ -9,31 +9,19 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flotilla_runtime::{ClusterId, NodeConfig, RunError};
+use flotilla_runtime::{free_loopback_addrs as free_addrs, ClusterId, NodeConfig, NodeTask};
 use flotilla_shardctrler::tcp::TcpCtrlClerk;
 use flotilla_shardkv::tcp::{self, ShardClerkOptions, TcpShardClerk, SHARDING};
 use flotilla_shardkv::ShardState;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The bound on the whole test; reaching it fails it.
 const WHOLE_TEST: Duration = Duration::from_secs(150);
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), RunError>>,
-}
+type Running = NodeTask;
 
 async fn stop(node: Running) {
-    let _ = node.stop.send(());
-    node.task.await.unwrap().unwrap();
-}
-
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+    node.stop().await.unwrap();
 }
 
 fn node_config(name: &str, members: &[SocketAddr], id: u64, dir: &Path) -> NodeConfig {
@@ -49,15 +37,9 @@ fn node_config(name: &str, members: &[SocketAddr], id: u64, dir: &Path) -> NodeC
 
 fn start_controller(members: &[SocketAddr], id: u64, dir: &Path) -> Running {
     let config = node_config("ctrl", members, id, dir);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(flotilla_shardctrler::tcp::serve(
-        config,
-        SHARDING.shards(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Running { stop, task }
+    NodeTask::spawn(|shutdown| {
+        flotilla_shardctrler::tcp::serve(config, SHARDING.shards(), shutdown)
+    })
 }
 
 fn start_group_node(
@@ -68,11 +50,8 @@ fn start_group_node(
     dir: &Path,
 ) -> Running {
     let config = node_config(&format!("group-{gid}"), members, id, dir);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(tcp::serve(config, gid, controller.to_vec(), async move {
-        let _ = stopped.await;
-    }));
-    Running { stop, task }
+    let controller = controller.to_vec();
+    NodeTask::spawn(move |shutdown| tcp::serve(config, gid, controller, shutdown))
 }
 
 fn names(members: &[SocketAddr]) -> Vec<String> {
