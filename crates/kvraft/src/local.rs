@@ -43,10 +43,7 @@ pub fn loopback_addresses(nodes: usize, base_port: u16) -> std::io::Result<Vec<S
             })
             .collect();
     }
-    let listeners = (0..nodes)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners.iter().map(|l| l.local_addr()).collect()
+    Ok(flotilla_runtime::free_loopback_addrs(nodes))
 }
 
 impl LocalCluster {
