@@ -276,6 +276,11 @@ async fn etcdctl_put_get_del_txn_compaction() {
     );
     let rev = json(&etcdctl.ok(&["get", "a/1", "-w", "json"]).await);
     assert_eq!(rev["header"]["revision"].as_i64(), Some(10), "{rev}");
+    // Created at 3, changed by the txn at 9: two puts.
+    let kv = &rev["kvs"][0];
+    assert_eq!(kv["create_revision"].as_i64(), Some(3), "{rev}");
+    assert_eq!(kv["mod_revision"].as_i64(), Some(9), "{rev}");
+    assert_eq!(kv["version"].as_i64(), Some(2), "{rev}");
 
     // Reads of old revisions, then a compaction.
     assert_eq!(etcdctl.ok(&["get", "a/1", "--rev", "3"]).await, "a/1\nz\n");
