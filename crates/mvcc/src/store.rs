@@ -172,19 +172,20 @@ impl MvccStore {
         let mut kvs: Vec<KeyValue> = self
             .histories(&request.range)
             .filter_map(|(k, h)| Self::at(k, h, revision))
-            .filter(|kv| {
-                within(
-                    kv.mod_revision,
-                    request.min_mod_revision,
-                    request.max_mod_revision,
-                ) && within(
-                    kv.create_revision,
-                    request.min_create_revision,
-                    request.max_create_revision,
-                )
-            })
             .collect();
+        // etcd counts the keys of the range before the revision filters.
         let count = kvs.len() as i64;
+        kvs.retain(|kv| {
+            within(
+                kv.mod_revision,
+                request.min_mod_revision,
+                request.max_mod_revision,
+            ) && within(
+                kv.create_revision,
+                request.min_create_revision,
+                request.max_create_revision,
+            )
+        });
         // etcd: no order given but a target other than the key means ascending.
         let order = match (request.sort_order, request.sort_target) {
             (SortOrder::None, SortTarget::Key) => SortOrder::None,
@@ -383,8 +384,9 @@ impl MvccStore {
             .filter_map(|(k, h)| Self::at(k, h, revision))
             .map(Some)
             .collect();
-        if kvs.is_empty() && compare.range.is_single() {
-            // An absent key: version, revisions and lease 0; no value.
+        if kvs.is_empty() {
+            // No key in the range (etcd: compared as one absent key): version, revisions
+            // and lease 0; no value.
             kvs.push(None);
         }
         kvs.iter().all(|kv| {

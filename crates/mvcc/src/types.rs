@@ -140,7 +140,8 @@ pub struct RangeResponse {
     pub kvs: Vec<KeyValue>,
     /// More keys matched than `limit` let through.
     pub more: bool,
-    /// Keys that matched (before `limit`).
+    /// Keys in the range at the read revision (before the revision filters and `limit`, as
+    /// etcd counts).
     pub count: i64,
 }
 

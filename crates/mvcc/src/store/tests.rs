@@ -180,6 +180,10 @@ fn ranges_prefixes_limits_sorting_and_filters() {
         })
         .unwrap();
     assert_eq!(keys(&newer), ["b/2", "b/3"]);
+    assert_eq!(
+        newer.count, 5,
+        "etcd counts the range's keys before the revision filters"
+    );
     assert_eq!(KeyRange::prefix(vec![b'a', 0xff]).range_end, b"b");
     assert_eq!(KeyRange::prefix(vec![0xff]).range_end, [0]);
 }
@@ -272,6 +276,50 @@ fn transactions_compare_then_run_one_branch_at_one_revision() {
     assert!(matches!(&r.responses[1], ResponseOp::Txn(t) if t.succeeded));
     assert_eq!(get(&s, "inner").unwrap().value, b"saw-no-n");
     assert_eq!(s.revision(), before + 1);
+}
+
+#[test]
+fn a_compare_over_an_empty_range_compares_one_absent_key() {
+    let mut s = MvccStore::new();
+    put(&mut s, "z", "1");
+    let empty = KeyRange {
+        key: b"a".to_vec(),
+        range_end: b"c".to_vec(),
+    };
+    let holds = |s: &mut MvccStore, target: CompareTarget, result: CompareResult| {
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                range: empty.clone(),
+                target,
+                result,
+            }],
+            success: vec![],
+            failure: vec![],
+        };
+        s.txn(&txn).unwrap().0.succeeded
+    };
+    // etcd: an empty range is compared as a zero KeyValue, and fails every value compare.
+    assert!(holds(
+        &mut s,
+        CompareTarget::Version(0),
+        CompareResult::Equal
+    ));
+    assert!(!holds(
+        &mut s,
+        CompareTarget::Version(0),
+        CompareResult::Greater
+    ));
+    assert!(!holds(&mut s, CompareTarget::Mod(5), CompareResult::Equal));
+    assert!(!holds(
+        &mut s,
+        CompareTarget::Value(b"1".to_vec()),
+        CompareResult::Equal
+    ));
+    assert!(!holds(
+        &mut s,
+        CompareTarget::Value(b"1".to_vec()),
+        CompareResult::NotEqual
+    ));
 }
 
 #[test]
