@@ -5,8 +5,9 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use flotilla_mvcc::changes::RecentChanges;
 use flotilla_mvcc::{
-    Applied, MvccCommand, MvccError, MvccOutput, MvccStore, RangeRequest, RangeResponse, Revision,
+    Applied, LeaseId, MvccCommand, MvccOutput, MvccStore, RangeRequest, RangeResponse, Revision,
 };
 use tokio::net::TcpListener;
 use tonic::codegen::BoxStream;
@@ -22,7 +23,12 @@ use pb::maintenance_server::{Maintenance, MaintenanceServer};
 use pb::watch_server::{Watch, WatchServer};
 
 /// What the services run on: a store that reads and applies commands (one node's, a
-/// replicated group's), and what a response header tells about where it ran.
+/// replicated group's), the replica's view of its own state for watches, the leader's
+/// lease clock, and what a response header and the cluster services tell about where it
+/// runs.
+///
+/// Errors are gRPC statuses as etcd sends them: a store's refusal inside [`Applied`], a
+/// request that could not be carried out (no leader, outcome unknown) as the `Err` status.
 pub trait Backend: Send + Sync + 'static {
     /// Reads: linearizable unless `serializable` (then this member's state as it is). The
     /// store's revision at the read (the header's) and what was read.
@@ -30,14 +36,72 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         request: RangeRequest,
         serializable: bool,
-    ) -> impl Future<Output = Result<(Revision, RangeResponse), MvccError>> + Send;
+    ) -> impl Future<Output = Result<(Revision, RangeResponse), Status>> + Send;
 
     /// Applies one command (through the log, for a replicated store) and says what it did.
-    fn apply(&self, command: MvccCommand) -> impl Future<Output = Applied> + Send;
+    fn apply(&self, command: MvccCommand) -> impl Future<Output = Result<Applied, Status>> + Send;
+
+    /// Runs `f` on this member's store as applied so far and its recent changes (watch
+    /// streams feed themselves from these).
+    fn with_store<R>(&self, f: impl FnOnce(&MvccStore, &RecentChanges) -> R) -> R;
+
+    /// Changes (to the applied log index, or any counter) after this member applied
+    /// something: watch streams wait on it.
+    fn applied(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// A keep-alive of lease `id` on the leader: its TTL in seconds, renewed, or 0 if there
+    /// is no such lease (expired or revoked).
+    fn lease_keep_alive(&self, id: LeaseId) -> impl Future<Output = Result<i64, Status>> + Send;
+
+    /// Lease `id`'s granted TTL, seconds left by the leader's clock, and (if `keys`) its
+    /// keys; `None` if there is no such lease.
+    fn lease_time_to_live(
+        &self,
+        id: LeaseId,
+        keys: bool,
+    ) -> impl Future<Output = Result<Option<LeaseTtl>, Status>> + Send;
+
+    /// The members of the cluster.
+    fn members(&self) -> Vec<MemberInfo>;
+
+    /// This member's status (`Maintenance.Status`).
+    fn status(&self) -> MemberStatus;
 
     fn cluster_id(&self) -> u64;
     fn member_id(&self) -> u64;
     fn raft_term(&self) -> u64;
+}
+
+/// A member, as `Cluster.MemberList` lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    /// Where its peers reach it (`http://host:port`).
+    pub peer_urls: Vec<String>,
+    /// Where clients reach its gRPC API (`http://host:port`), if known.
+    pub client_urls: Vec<String>,
+}
+
+/// A member's state, as `Maintenance.Status` reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// The member id of the leader this member knows of (0: none).
+    pub leader: u64,
+    pub raft_index: u64,
+    pub raft_term: u64,
+    pub raft_applied_index: u64,
+    /// Bytes of the store on disk (log and snapshot).
+    pub db_size: i64,
+}
+
+/// A lease's time to live.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseTtl {
+    pub granted_ttl: i64,
+    /// Seconds left.
+    pub ttl: i64,
+    pub keys: Vec<Vec<u8>>,
 }
 
 fn header<B: Backend>(backend: &B, revision: Revision) -> pb::ResponseHeader {
@@ -70,7 +134,7 @@ impl<B: Backend> KvService<B> {
         &self,
         command: MvccCommand,
     ) -> Result<(pb::ResponseHeader, MvccOutput), Status> {
-        let applied = self.backend.apply(command).await;
+        let applied = self.backend.apply(command).await?;
         let output = applied.result.map_err(convert::status)?;
         Ok((header(&*self.backend, applied.revision), output))
     }
@@ -83,11 +147,7 @@ impl<B: Backend> Kv for KvService<B> {
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let (request, serializable) = convert::range_request(request.into_inner())?;
-        let (revision, response) = self
-            .backend
-            .range(request, serializable)
-            .await
-            .map_err(convert::status)?;
+        let (revision, response) = self.backend.range(request, serializable).await?;
         Ok(Response::new(convert::range_response(
             header(&*self.backend, revision),
             response,
@@ -245,18 +305,31 @@ pub async fn serve<B: Backend>(
 }
 
 /// One store in memory, for tests: every read is current, so linearizable and serializable
-/// reads are alike.
-#[derive(Debug, Default)]
+/// reads are alike; this one member leads, and its lease clock is the process's.
+#[derive(Debug)]
 pub struct MemoryBackend {
-    store: Arc<Mutex<MvccStore>>,
+    state: Mutex<MemoryState>,
+    applied: tokio::sync::watch::Sender<u64>,
+    started: std::time::Instant,
     header: Header,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    store: MvccStore,
+    recent: RecentChanges,
+    lessor: flotilla_mvcc::lessor::Lessor,
 }
 
 impl MemoryBackend {
     /// An empty store; its headers say cluster `cluster_id`, member `member_id`, term 1.
     pub fn new(cluster_id: u64, member_id: u64) -> Self {
+        let mut state = MemoryState::default();
+        state.lessor.promote([], 0);
         MemoryBackend {
-            store: Arc::default(),
+            state: Mutex::new(state),
+            applied: tokio::sync::watch::channel(0).0,
+            started: std::time::Instant::now(),
             header: Header {
                 cluster_id,
                 member_id,
@@ -265,15 +338,44 @@ impl MemoryBackend {
         }
     }
 
-    /// The store itself.
-    pub fn store(&self) -> Arc<Mutex<MvccStore>> {
-        Arc::clone(&self.store)
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, MvccStore> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         // A panic while holding the lock happens only in a broken invariant of the store,
         // which must not be served past.
-        self.store.lock().expect("the store's lock is not poisoned")
+        self.state.lock().expect("the store's lock is not poisoned")
+    }
+
+    /// Runs `f` on the store.
+    pub fn with_store_mut<R>(&self, f: impl FnOnce(&mut MvccStore) -> R) -> R {
+        f(&mut self.lock().store)
+    }
+
+    fn apply_locked(&self, state: &mut MemoryState, command: MvccCommand) -> Applied {
+        let now = self.now_ms();
+        let granted = match &command {
+            MvccCommand::LeaseGrant { ttl, .. } => Some(*ttl),
+            _ => None,
+        };
+        let applied = state.store.apply_command(command);
+        state.recent.record(applied.revision, &applied.events);
+        if let (Ok(MvccOutput::LeaseGranted(id)), Some(ttl)) = (&applied.result, granted) {
+            state.lessor.granted(*id, ttl, now);
+        }
+        self.applied.send_modify(|n| *n += 1);
+        applied
+    }
+
+    /// Revokes the leases whose time is up, as a leader does through its log.
+    pub fn expire_leases(&self) {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        for id in state.lessor.expired(now) {
+            state.lessor.revoked(id);
+            self.apply_locked(&mut state, MvccCommand::LeaseRevoke(id));
+        }
     }
 }
 
@@ -282,13 +384,68 @@ impl Backend for MemoryBackend {
         &self,
         request: RangeRequest,
         _serializable: bool,
-    ) -> Result<(Revision, RangeResponse), MvccError> {
-        let store = self.lock();
-        Ok((store.revision(), store.range(&request)?))
+    ) -> Result<(Revision, RangeResponse), Status> {
+        let state = self.lock();
+        let response = state.store.range(&request).map_err(convert::status)?;
+        Ok((state.store.revision(), response))
     }
 
-    async fn apply(&self, command: MvccCommand) -> Applied {
-        self.lock().apply_command(command)
+    async fn apply(&self, command: MvccCommand) -> Result<Applied, Status> {
+        let mut state = self.lock();
+        if let MvccCommand::LeaseRevoke(id) = &command {
+            state.lessor.revoked(*id);
+        }
+        Ok(self.apply_locked(&mut state, command))
+    }
+
+    fn with_store<R>(&self, f: impl FnOnce(&MvccStore, &RecentChanges) -> R) -> R {
+        let state = self.lock();
+        f(&state.store, &state.recent)
+    }
+
+    fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64, Status> {
+        let now = self.now_ms();
+        Ok(self.lock().lessor.keep_alive(id, now).unwrap_or(0))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        id: LeaseId,
+        keys: bool,
+    ) -> Result<Option<LeaseTtl>, Status> {
+        let now = self.now_ms();
+        let state = self.lock();
+        let Some(info) = state.store.lease(id) else {
+            return Ok(None);
+        };
+        Ok(Some(LeaseTtl {
+            granted_ttl: info.granted_ttl,
+            ttl: state.lessor.remaining(id, now).unwrap_or(0),
+            keys: if keys { info.keys } else { Vec::new() },
+        }))
+    }
+
+    fn members(&self) -> Vec<MemberInfo> {
+        vec![MemberInfo {
+            id: self.header.member_id,
+            name: "memory".into(),
+            ..MemberInfo::default()
+        }]
+    }
+
+    fn status(&self) -> MemberStatus {
+        let state = self.lock();
+        MemberStatus {
+            leader: self.header.member_id,
+            raft_index: *self.applied.borrow(),
+            raft_term: self.header.raft_term,
+            raft_applied_index: *self.applied.borrow(),
+            db_size: state.store.len() as i64,
+        }
     }
 
     fn cluster_id(&self) -> u64 {

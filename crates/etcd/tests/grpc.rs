@@ -373,7 +373,7 @@ async fn txn_compare_and_set_and_compaction() {
         e.message(),
         "etcdserver: mvcc: required revision has been compacted"
     );
-    assert_eq!(server.backend.store().lock().unwrap().compacted(), 4);
+    assert_eq!(server.backend.with_store_mut(|s| s.compacted()), 4);
 
     server.stop().await;
 }

@@ -15,12 +15,15 @@
 //!   watch sees, replayable from any revision not compacted away;
 //! - [`watch`]: one client stream's watchers — replay from a start revision, then every
 //!   applied change of each watcher's range exactly once, in order; cancel; progress;
+//! - [`changes`]: the last revisions' changes, which the watch streams of a replica
+//!   follow;
 //! - [`lessor`]: the leader's lease deadlines (keep-alive, time to live, which expired).
 //!
 //! What etcd decides by a node's clock — when a lease expires — is not decided here: the
 //! leader proposes a revoke through the log, and every replica deletes the lease's keys at
 //! the same point of its history.
 
+pub mod changes;
 pub mod lessor;
 pub mod store;
 pub mod types;
