@@ -294,6 +294,36 @@ fn response_op(inner: pb::ResponseHeader, op: mvcc::ResponseOp) -> pb::ResponseO
     }
 }
 
+/// A change as a watcher sees it.
+pub fn event(e: mvcc::Event) -> mvccpb::Event {
+    let kind = match e.kind {
+        mvcc::EventKind::Put => mvccpb::event::EventType::Put,
+        mvcc::EventKind::Delete => mvccpb::event::EventType::Delete,
+    };
+    mvccpb::Event {
+        r#type: kind as i32,
+        kv: Some(key_value(e.kv)),
+        prev_kv: e.prev_kv.map(key_value),
+    }
+}
+
+/// A watch stream's response, its header made by `header` from the response's revision.
+pub fn watch_response(
+    header: impl FnOnce(Revision) -> pb::ResponseHeader,
+    r: mvcc::watch::WatchResponse,
+) -> pb::WatchResponse {
+    pb::WatchResponse {
+        header: Some(header(r.revision)),
+        watch_id: r.watch_id,
+        created: r.created,
+        canceled: r.canceled,
+        compact_revision: r.compact_revision,
+        cancel_reason: r.cancel_reason,
+        fragment: false,
+        events: r.events.into_iter().map(event).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,14 +9,22 @@
 //!   field numbers and types), compiled by protox in `build.rs` (no system `protoc`);
 //! - [`convert`]: protobuf to and from [`flotilla_mvcc`]'s types, with etcd's request checks
 //!   and error statuses;
-//! - [`server`]: the [`Backend`] trait, the `KV` service, the services still to come
-//!   (`Watch`, `Lease`, `Cluster`, `Maintenance`: `UNIMPLEMENTED` for now), [`serve`], and
-//!   [`MemoryBackend`] for tests.
+//! - [`server`]: the [`Backend`] trait, [`ServeOptions`] and [`serve`];
+//! - the services: [`kv`] (`KV`), [`watch`] (`Watch`), [`lease`] (`Lease`), [`cluster`]
+//!   (`Cluster.MemberList`, `Maintenance.Status`); every other method is `UNIMPLEMENTED`;
+//! - [`memory`]: [`MemoryBackend`], a store in memory for tests.
 
+pub mod cluster;
 pub mod convert;
+pub mod kv;
+pub mod lease;
+pub mod memory;
 pub mod server;
+pub mod watch;
 
-pub use server::{serve, Backend, KvService, MemoryBackend};
+pub use kv::KvService;
+pub use memory::MemoryBackend;
+pub use server::{serve, serve_with, Backend, ServeOptions};
 
 /// Generated from `proto/` (see `build.rs`).
 pub mod pb {

@@ -1,26 +1,43 @@
-//! The gRPC services over a [`Backend`]: etcd's `KV` in full; `Watch`, `Lease`, `Cluster`
-//! and `Maintenance` answer `UNIMPLEMENTED` at once for now (as does every method these
-//! protos leave out, such as the `Auth` service's).
+//! What the services run on and how they are served: the [`Backend`] trait (a store that
+//! reads and applies, one member's view of it, the leader's lease clock, the cluster's
+//! members and status), the options of a server ([`ServeOptions`]) and [`serve`].
+//!
+//! The services themselves are in their own modules: [`crate::kv`] (`KV`), [`crate::watch`]
+//! (`Watch`), [`crate::lease`] (`Lease`), [`crate::cluster`] (`Cluster.MemberList` and
+//! `Maintenance.Status`). Every method these protos leave out (the `Auth` service, member
+//! changes, defragmentation, snapshots, alarms…) is answered `UNIMPLEMENTED` at once by
+//! tonic's router.
+//!
+//! Guarantees of [`serve`]: a call that fails is answered with a gRPC status (never a panic
+//! on what a client sent); once `shutdown` completes, the streams in progress (watches,
+//! lease keep-alives) end with `UNAVAILABLE` so that the server's graceful stop does not
+//! wait for clients that never hang up, and clients that retry go to another member.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use flotilla_mvcc::changes::RecentChanges;
 use flotilla_mvcc::{
-    Applied, LeaseId, MvccCommand, MvccOutput, MvccStore, RangeRequest, RangeResponse, Revision,
+    Applied, LeaseId, MvccCommand, MvccStore, RangeRequest, RangeResponse, Revision,
 };
 use tokio::net::TcpListener;
-use tonic::codegen::BoxStream;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
-use crate::convert::{self, Header};
+use crate::cluster::{ClusterService, MaintenanceService};
+use crate::convert::Header;
+use crate::kv::KvService;
+use crate::lease::LeaseService;
 use crate::pb::etcdserverpb as pb;
-use pb::cluster_server::{Cluster, ClusterServer};
-use pb::kv_server::{Kv, KvServer};
-use pb::lease_server::{Lease, LeaseServer};
-use pb::maintenance_server::{Maintenance, MaintenanceServer};
-use pb::watch_server::{Watch, WatchServer};
+use crate::watch::WatchService;
+use pb::cluster_server::ClusterServer;
+use pb::kv_server::KvServer;
+use pb::lease_server::LeaseServer;
+use pb::maintenance_server::MaintenanceServer;
+use pb::watch_server::WatchServer;
+
+pub use crate::memory::MemoryBackend;
 
 /// What the services run on: a store that reads and applies commands (one node's, a
 /// replicated group's), the replica's view of its own state for watches, the leader's
@@ -104,7 +121,8 @@ pub struct LeaseTtl {
     pub keys: Vec<Vec<u8>>,
 }
 
-fn header<B: Backend>(backend: &B, revision: Revision) -> pb::ResponseHeader {
+/// The header of a response made at `revision`, with the backend's cluster, member and term.
+pub(crate) fn header<B: Backend>(backend: &B, revision: Revision) -> pb::ResponseHeader {
     Header {
         cluster_id: backend.cluster_id(),
         member_id: backend.member_id(),
@@ -113,350 +131,97 @@ fn header<B: Backend>(backend: &B, revision: Revision) -> pb::ResponseHeader {
     .at(revision)
 }
 
-/// etcd's `KV` service.
-pub struct KvService<B> {
-    backend: Arc<B>,
+/// The revision of this member's store now.
+pub(crate) fn current_revision<B: Backend>(backend: &B) -> Revision {
+    backend.with_store(|store, _| store.revision())
 }
 
-impl<B> KvService<B> {
-    pub fn new(backend: Arc<B>) -> Self {
-        KvService { backend }
-    }
+/// How a server behaves where etcd has a setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// How often a watcher created with `progress_notify` is told the store's revision when
+    /// no event was sent to it in the meantime (etcd: 10 minutes, without its jitter).
+    pub progress_notify_interval: Duration,
+    /// The shortest lease TTL granted, in seconds: a grant asking for less gets this (etcd:
+    /// `ceil(3 * election timeout / 2)`, 2 s with its default 1 s election timeout).
+    pub min_lease_ttl: i64,
+    /// Responses a watch stream holds for a client that has not read them (at least 2).
+    pub watch_buffer: usize,
+    /// How long a watch stream waits with a full buffer before it gives up on its client:
+    /// the stream ends with `UNAVAILABLE`, which etcd's clients answer by watching again
+    /// from the revision after the last one they saw (so nothing is lost, and a client that
+    /// stopped reading costs the server no more than the buffer).
+    pub slow_watch_timeout: Duration,
 }
 
-fn unexpected(output: &MvccOutput) -> Status {
-    Status::internal(format!("the store answered {output:?}"))
-}
+/// etcd's default progress notification interval.
+pub const DEFAULT_PROGRESS_NOTIFY_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
-impl<B: Backend> KvService<B> {
-    /// Applies a command: the header and the output, or the store's refusal.
-    async fn apply(
-        &self,
-        command: MvccCommand,
-    ) -> Result<(pb::ResponseHeader, MvccOutput), Status> {
-        let applied = self.backend.apply(command).await?;
-        let output = applied.result.map_err(convert::status)?;
-        Ok((header(&*self.backend, applied.revision), output))
-    }
-}
+/// etcd's minimum lease TTL with its default election timeout.
+pub const DEFAULT_MIN_LEASE_TTL: i64 = 2;
 
-#[tonic::async_trait]
-impl<B: Backend> Kv for KvService<B> {
-    async fn range(
-        &self,
-        request: Request<pb::RangeRequest>,
-    ) -> Result<Response<pb::RangeResponse>, Status> {
-        let (request, serializable) = convert::range_request(request.into_inner())?;
-        let (revision, response) = self.backend.range(request, serializable).await?;
-        Ok(Response::new(convert::range_response(
-            header(&*self.backend, revision),
-            response,
-        )))
-    }
-
-    async fn put(
-        &self,
-        request: Request<pb::PutRequest>,
-    ) -> Result<Response<pb::PutResponse>, Status> {
-        let put = convert::put_request(request.into_inner())?;
-        match self.apply(MvccCommand::Put(put)).await? {
-            (h, MvccOutput::Put(r)) => Ok(Response::new(convert::put_response(h, r))),
-            (_, other) => Err(unexpected(&other)),
-        }
-    }
-
-    async fn delete_range(
-        &self,
-        request: Request<pb::DeleteRangeRequest>,
-    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let delete = convert::delete_range_request(request.into_inner())?;
-        match self.apply(MvccCommand::DeleteRange(delete)).await? {
-            (h, MvccOutput::DeleteRange(r)) => {
-                Ok(Response::new(convert::delete_range_response(h, r)))
-            }
-            (_, other) => Err(unexpected(&other)),
-        }
-    }
-
-    async fn txn(
-        &self,
-        request: Request<pb::TxnRequest>,
-    ) -> Result<Response<pb::TxnResponse>, Status> {
-        let txn = convert::txn_request(request.into_inner())?;
-        match self.apply(MvccCommand::Txn(txn)).await? {
-            (h, MvccOutput::Txn(r)) => Ok(Response::new(convert::txn_response(h, r))),
-            (_, other) => Err(unexpected(&other)),
-        }
-    }
-
-    async fn compact(
-        &self,
-        request: Request<pb::CompactionRequest>,
-    ) -> Result<Response<pb::CompactionResponse>, Status> {
-        // `physical` asks to wait until the compaction is on disk: this store compacts as
-        // it applies, so every compaction is physical once answered.
-        let revision = request.into_inner().revision;
-        match self.apply(MvccCommand::Compact(revision)).await? {
-            (h, MvccOutput::Compacted) => {
-                Ok(Response::new(pb::CompactionResponse { header: Some(h) }))
-            }
-            (_, other) => Err(unexpected(&other)),
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            progress_notify_interval: DEFAULT_PROGRESS_NOTIFY_INTERVAL,
+            min_lease_ttl: DEFAULT_MIN_LEASE_TTL,
+            watch_buffer: 256,
+            slow_watch_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// The services not served yet: every call is answered `UNIMPLEMENTED` at once.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NotYet;
+/// Told once the server is stopping: the long-lived streams end when it is.
+pub(crate) type Stopping = tokio::sync::watch::Receiver<bool>;
 
-fn not_yet<T>(what: &str) -> Result<T, Status> {
-    Err(Status::unimplemented(format!(
-        "{what} is not implemented by this server yet"
-    )))
+/// Completes when the server is stopping (or is gone).
+pub(crate) async fn stopped(stopping: &mut Stopping) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
-#[tonic::async_trait]
-impl Watch for NotYet {
-    type WatchStream = BoxStream<pb::WatchResponse>;
-
-    async fn watch(
-        &self,
-        _: Request<Streaming<pb::WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        not_yet("Watch")
-    }
+/// The status a stream ends with when the server stops.
+pub(crate) fn server_stopping() -> Status {
+    Status::unavailable("etcdserver: server stopped")
 }
 
-#[tonic::async_trait]
-impl Lease for NotYet {
-    type LeaseKeepAliveStream = BoxStream<pb::LeaseKeepAliveResponse>;
-
-    async fn lease_grant(
-        &self,
-        _: Request<pb::LeaseGrantRequest>,
-    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
-        not_yet("LeaseGrant")
-    }
-
-    async fn lease_revoke(
-        &self,
-        _: Request<pb::LeaseRevokeRequest>,
-    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        not_yet("LeaseRevoke")
-    }
-
-    async fn lease_keep_alive(
-        &self,
-        _: Request<Streaming<pb::LeaseKeepAliveRequest>>,
-    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        not_yet("LeaseKeepAlive")
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        _: Request<pb::LeaseTimeToLiveRequest>,
-    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
-        not_yet("LeaseTimeToLive")
-    }
-
-    async fn lease_leases(
-        &self,
-        _: Request<pb::LeaseLeasesRequest>,
-    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
-        not_yet("LeaseLeases")
-    }
-}
-
-#[tonic::async_trait]
-impl Cluster for NotYet {
-    async fn member_list(
-        &self,
-        _: Request<pb::MemberListRequest>,
-    ) -> Result<Response<pb::MemberListResponse>, Status> {
-        not_yet("MemberList")
-    }
-}
-
-#[tonic::async_trait]
-impl Maintenance for NotYet {
-    async fn status(
-        &self,
-        _: Request<pb::StatusRequest>,
-    ) -> Result<Response<pb::StatusResponse>, Status> {
-        not_yet("Status")
-    }
-}
-
-/// Serves etcd's gRPC API over `backend` on `listener` until `shutdown` completes (then
-/// waits for the calls in progress).
+/// Serves etcd's gRPC API over `backend` on `listener` with the default options until
+/// `shutdown` completes (then ends the open streams and waits for the calls in progress).
 pub async fn serve<B: Backend>(
     listener: TcpListener,
     backend: Arc<B>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with(listener, backend, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve`] with `options`.
+pub async fn serve_with<B: Backend>(
+    listener: TcpListener,
+    backend: Arc<B>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     tonic::transport::Server::builder()
-        .add_service(KvServer::new(KvService::new(backend)))
-        .add_service(WatchServer::new(NotYet))
-        .add_service(LeaseServer::new(NotYet))
-        .add_service(ClusterServer::new(NotYet))
-        .add_service(MaintenanceServer::new(NotYet))
+        .add_service(KvServer::new(KvService::new(Arc::clone(&backend))))
+        .add_service(WatchServer::new(WatchService::new(
+            Arc::clone(&backend),
+            &options,
+            stopping.clone(),
+        )))
+        .add_service(LeaseServer::new(LeaseService::new(
+            Arc::clone(&backend),
+            &options,
+            stopping,
+        )))
+        .add_service(ClusterServer::new(ClusterService::new(Arc::clone(
+            &backend,
+        ))))
+        .add_service(MaintenanceServer::new(MaintenanceService::new(backend)))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
-}
-
-/// One store in memory, for tests: every read is current, so linearizable and serializable
-/// reads are alike; this one member leads, and its lease clock is the process's.
-#[derive(Debug)]
-pub struct MemoryBackend {
-    state: Mutex<MemoryState>,
-    applied: tokio::sync::watch::Sender<u64>,
-    started: std::time::Instant,
-    header: Header,
-}
-
-#[derive(Debug, Default)]
-struct MemoryState {
-    store: MvccStore,
-    recent: RecentChanges,
-    lessor: flotilla_mvcc::lessor::Lessor,
-}
-
-impl MemoryBackend {
-    /// An empty store; its headers say cluster `cluster_id`, member `member_id`, term 1.
-    pub fn new(cluster_id: u64, member_id: u64) -> Self {
-        let mut state = MemoryState::default();
-        state.lessor.promote([], 0);
-        MemoryBackend {
-            state: Mutex::new(state),
-            applied: tokio::sync::watch::channel(0).0,
-            started: std::time::Instant::now(),
-            header: Header {
-                cluster_id,
-                member_id,
-                raft_term: 1,
-            },
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
-        // A panic while holding the lock happens only in a broken invariant of the store,
-        // which must not be served past.
-        self.state.lock().expect("the store's lock is not poisoned")
-    }
-
-    /// Runs `f` on the store.
-    pub fn with_store_mut<R>(&self, f: impl FnOnce(&mut MvccStore) -> R) -> R {
-        f(&mut self.lock().store)
-    }
-
-    fn apply_locked(&self, state: &mut MemoryState, command: MvccCommand) -> Applied {
-        let now = self.now_ms();
-        let granted = match &command {
-            MvccCommand::LeaseGrant { ttl, .. } => Some(*ttl),
-            _ => None,
-        };
-        let applied = state.store.apply_command(command);
-        state.recent.record(applied.revision, &applied.events);
-        if let (Ok(MvccOutput::LeaseGranted(id)), Some(ttl)) = (&applied.result, granted) {
-            state.lessor.granted(*id, ttl, now);
-        }
-        self.applied.send_modify(|n| *n += 1);
-        applied
-    }
-
-    /// Revokes the leases whose time is up, as a leader does through its log.
-    pub fn expire_leases(&self) {
-        let now = self.now_ms();
-        let mut state = self.lock();
-        for id in state.lessor.expired(now) {
-            state.lessor.revoked(id);
-            self.apply_locked(&mut state, MvccCommand::LeaseRevoke(id));
-        }
-    }
-}
-
-impl Backend for MemoryBackend {
-    async fn range(
-        &self,
-        request: RangeRequest,
-        _serializable: bool,
-    ) -> Result<(Revision, RangeResponse), Status> {
-        let state = self.lock();
-        let response = state.store.range(&request).map_err(convert::status)?;
-        Ok((state.store.revision(), response))
-    }
-
-    async fn apply(&self, command: MvccCommand) -> Result<Applied, Status> {
-        let mut state = self.lock();
-        if let MvccCommand::LeaseRevoke(id) = &command {
-            state.lessor.revoked(*id);
-        }
-        Ok(self.apply_locked(&mut state, command))
-    }
-
-    fn with_store<R>(&self, f: impl FnOnce(&MvccStore, &RecentChanges) -> R) -> R {
-        let state = self.lock();
-        f(&state.store, &state.recent)
-    }
-
-    fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.applied.subscribe()
-    }
-
-    async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64, Status> {
-        let now = self.now_ms();
-        Ok(self.lock().lessor.keep_alive(id, now).unwrap_or(0))
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        id: LeaseId,
-        keys: bool,
-    ) -> Result<Option<LeaseTtl>, Status> {
-        let now = self.now_ms();
-        let state = self.lock();
-        let Some(info) = state.store.lease(id) else {
-            return Ok(None);
-        };
-        Ok(Some(LeaseTtl {
-            granted_ttl: info.granted_ttl,
-            ttl: state.lessor.remaining(id, now).unwrap_or(0),
-            keys: if keys { info.keys } else { Vec::new() },
-        }))
-    }
-
-    fn members(&self) -> Vec<MemberInfo> {
-        vec![MemberInfo {
-            id: self.header.member_id,
-            name: "memory".into(),
-            ..MemberInfo::default()
-        }]
-    }
-
-    fn status(&self) -> MemberStatus {
-        let state = self.lock();
-        MemberStatus {
-            leader: self.header.member_id,
-            raft_index: *self.applied.borrow(),
-            raft_term: self.header.raft_term,
-            raft_applied_index: *self.applied.borrow(),
-            db_size: state.store.len() as i64,
-        }
-    }
-
-    fn cluster_id(&self) -> u64 {
-        self.header.cluster_id
-    }
-
-    fn member_id(&self) -> u64 {
-        self.header.member_id
-    }
-
-    fn raft_term(&self) -> u64 {
-        self.header.raft_term
-    }
 }

@@ -1,6 +1,9 @@
 //! etcd's own command-line client against `serve` on loopback: `etcdctl` (Debian package
 //! `etcd-client`, v3 API) runs put, get (one key, a prefix, sorted and limited, as JSON),
-//! del, txn from standard input and compaction, and its outputs are checked. Where
+//! del, txn from standard input and compaction; watch (as a running child whose output
+//! lines are read, and interactively for a progress request); lease grant, keep-alive,
+//! time to live, list, revoke and a key vanishing with its expired lease; member list and
+//! endpoint status; and its outputs are checked. Where
 //! `etcdctl` is missing the test installs it once with apt-get, and fails saying so if it
 //! still cannot be had: it never passes without having run it.
 
@@ -8,9 +11,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use common::{TestServer, CLUSTER_ID, MEMBER_ID, WAIT};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::OnceCell;
 
 /// What a command printed and whether it succeeded.
@@ -135,6 +140,29 @@ impl Etcdctl {
             .unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}"))
     }
 
+    /// Starts a command that runs until stopped (`watch`, `lease keep-alive`), its output
+    /// read line by line; killed when dropped.
+    fn spawn(&self, args: &[&str]) -> Running {
+        let mut all = vec!["--endpoints", &self.endpoint, "--dial-timeout", "5s"];
+        all.extend_from_slice(args);
+        let mut child = tokio::process::Command::new(&self.program)
+            .args(&all)
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run etcdctl {args:?}: {e}"));
+        let stdout = child.stdout.take().expect("piped");
+        Running {
+            what: format!("etcdctl {args:?}"),
+            stdin: child.stdin.take(),
+            lines: BufReader::new(stdout).lines(),
+            _child: child,
+        }
+    }
+
     /// The output of a command that must succeed.
     async fn ok(&self, args: &[&str]) -> String {
         self.ok_with(args, None).await
@@ -155,6 +183,44 @@ impl Etcdctl {
         let r = self.run(args, None).await;
         assert!(!r.ok, "etcdctl {args:?} should fail\nstdout: {}", r.stdout);
         r.stderr
+    }
+}
+
+/// A command running in the background.
+struct Running {
+    what: String,
+    stdin: Option<ChildStdin>,
+    lines: Lines<BufReader<ChildStdout>>,
+    _child: Child,
+}
+
+impl Running {
+    /// The next line it prints (bounded by [`WAIT`]).
+    async fn line(&mut self) -> String {
+        match tokio::time::timeout(WAIT, self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => panic!("{} ended its output", self.what),
+            Ok(Err(e)) => panic!("reading {}: {e}", self.what),
+            Err(_) => panic!("{} printed nothing more within {WAIT:?}", self.what),
+        }
+    }
+
+    async fn lines(&mut self, n: usize) -> Vec<String> {
+        let mut lines = Vec::with_capacity(n);
+        for _ in 0..n {
+            lines.push(self.line().await);
+        }
+        lines
+    }
+
+    /// Writes a line to its standard input.
+    async fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("piped");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write to etcdctl");
+        stdin.flush().await.expect("flush");
     }
 }
 
@@ -303,16 +369,315 @@ async fn etcdctl_put_get_del_txn_compaction() {
     server.stop().await;
 }
 
+/// The store's revision, as `etcdctl get` reports it.
+async fn store_revision(etcdctl: &Etcdctl) -> i64 {
+    let got = json(&etcdctl.ok(&["get", "none", "-w", "json"]).await);
+    got["header"]["revision"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{got}"))
+}
+
 #[tokio::test]
-async fn etcdctl_commands_of_services_not_served_yet_fail_at_once() {
+async fn etcdctl_watch() {
+    let server = TestServer::start().await;
+    let etcdctl = Etcdctl::new(&server).await;
+    etcdctl.ok(&["put", "foo/a", "1"]).await; // 2
+
+    // A prefix from revision 2 with previous values: the history first, then each change
+    // as it is made (the watch starts from a known revision, so none can be missed).
+    let mut watch = etcdctl.spawn(&["watch", "--prefix", "foo/", "--rev", "2", "--prev-kv"]);
+    assert_eq!(watch.lines(3).await, ["PUT", "foo/a", "1"]);
+    etcdctl.ok(&["put", "foo/b", "2"]).await; // 3
+    assert_eq!(watch.lines(3).await, ["PUT", "foo/b", "2"]);
+    etcdctl.ok(&["put", "bar", "not watched"]).await; // 4
+    etcdctl.ok(&["put", "foo/a", "11"]).await; // 5
+    assert_eq!(
+        watch.lines(5).await,
+        ["PUT", "foo/a", "1", "foo/a", "11"],
+        "the previous value, then the new one"
+    );
+    assert_eq!(etcdctl.ok(&["del", "foo/a"]).await, "1\n"); // 6
+    assert_eq!(
+        watch.lines(5).await,
+        ["DELETE", "foo/a", "11", "foo/a", ""],
+        "a delete: the previous value, then the key without one"
+    );
+    // A transaction that changes two watched keys: both events.
+    let txn = "\nput foo/c 3\nput foo/d 4\n\n\n";
+    etcdctl.ok_with(&["txn"], Some(txn)).await; // 7
+    assert_eq!(
+        watch.lines(6).await,
+        ["PUT", "foo/c", "3", "PUT", "foo/d", "4"]
+    );
+
+    // A key, from now on, as JSON: the header's revision and the event.
+    let from = store_revision(&etcdctl).await + 1;
+    let mut json_watch = etcdctl.spawn(&["watch", "bar", "-w", "json", "--rev", &from.to_string()]);
+    etcdctl.ok(&["put", "bar", "seen"]).await; // 8
+    let got = json(&json_watch.line().await);
+    assert_eq!(got["Header"]["revision"].as_i64(), Some(8), "{got}");
+    assert_eq!(
+        got["Header"]["cluster_id"].as_u64(),
+        Some(CLUSTER_ID),
+        "{got}"
+    );
+    let event = &got["Events"][0];
+    assert_eq!(event["kv"]["key"], "YmFy", "base64 of bar: {got}");
+    assert_eq!(event["kv"]["value"], "c2Vlbg==", "base64 of seen: {got}");
+    assert_eq!(event["kv"]["mod_revision"].as_i64(), Some(8), "{got}");
+    assert_eq!(event["kv"]["version"].as_i64(), Some(2), "{got}");
+    assert!(event.get("type").is_none(), "PUT is the zero value: {got}");
+    drop(json_watch);
+
+    // Interactive: a watch, then a progress request, answered with the store's revision.
+    let mut interactive = etcdctl.spawn(&["watch", "-i"]);
+    interactive.say("watch foo/b").await;
+    // The progress request may reach the server before the watch is created: ask until
+    // the answer comes (bounded), as the watch's creation is not printed.
+    let started = Instant::now();
+    loop {
+        interactive.say("progress").await;
+        let line =
+            tokio::time::timeout(Duration::from_millis(500), interactive.lines.next_line()).await;
+        if let Ok(line) = line {
+            let line = line.expect("read").expect("etcdctl watch -i runs");
+            assert_eq!(line, "progress notify: 8");
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "no progress notification");
+    }
+    etcdctl.ok(&["put", "foo/b", "22"]).await; // 9
+    assert_eq!(interactive.lines(3).await, ["PUT", "foo/b", "22"]);
+    drop(interactive);
+
+    // The first watch saw nothing it should not have: its next event is the put at 9.
+    assert_eq!(watch.lines(5).await, ["PUT", "foo/b", "2", "foo/b", "22"]);
+    drop(watch);
+
+    // From a compacted revision: canceled, and etcdctl says why.
+    assert_eq!(
+        etcdctl.ok(&["compaction", "5"]).await,
+        "compacted revision 5\n"
+    );
+    let r = etcdctl
+        .run(&["watch", "--prefix", "foo/", "--rev", "2"], None)
+        .await;
+    assert!(!r.ok, "the watch is canceled: {}", r.stdout);
+    assert!(
+        r.stderr.contains(
+            "watch was canceled (etcdserver: mvcc: required revision has been compacted)"
+        ),
+        "{}",
+        r.stderr
+    );
+    server.stop().await;
+}
+
+/// The lease id in a line `lease <16 hex digits> ...`.
+fn lease_id(line: &str) -> String {
+    let id = line
+        .strip_prefix("lease ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("not a lease line: {line}"));
+    assert_eq!(id.len(), 16, "{line}");
+    id.to_string()
+}
+
+#[tokio::test]
+async fn etcdctl_leases() {
+    let server = TestServer::start().await;
+    let etcdctl = Etcdctl::new(&server).await;
+
+    let granted = etcdctl.ok(&["lease", "grant", "60"]).await;
+    let id = lease_id(&granted);
+    assert_eq!(granted, format!("lease {id} granted with TTL(60s)\n"));
+    let lease_flag = format!("--lease={id}");
+    etcdctl.ok(&["put", "k1", "v", &lease_flag]).await;
+    etcdctl.ok(&["put", "k2", "v", &lease_flag]).await;
+    let got = json(&etcdctl.ok(&["get", "k1", "-w", "json"]).await);
+    assert_eq!(
+        got["kvs"][0]["lease"].as_i64(),
+        Some(i64::from_str_radix(&id, 16).unwrap()),
+        "{got}"
+    );
+
+    let ttl = etcdctl.ok(&["lease", "timetolive", &id, "--keys"]).await;
+    let remaining = [59, 60].map(|left| {
+        format!("lease {id} granted with TTL(60s), remaining({left}s), attached keys([k1 k2])\n")
+    });
+    assert!(remaining.contains(&ttl), "{ttl}");
+    assert_eq!(
+        etcdctl.ok(&["lease", "keep-alive", "--once", &id]).await,
+        format!("lease {id} keepalived with TTL(60)\n")
+    );
+    assert_eq!(
+        etcdctl.ok(&["lease", "list"]).await,
+        format!("found 1 leases\n{id}\n")
+    );
+    assert_eq!(
+        etcdctl.ok(&["lease", "revoke", &id]).await,
+        format!("lease {id} revoked\n")
+    );
+    assert_eq!(
+        etcdctl.ok(&["get", "--prefix", "k"]).await,
+        "",
+        "its keys are gone"
+    );
+    assert_eq!(
+        etcdctl.ok(&["lease", "timetolive", &id]).await,
+        format!("lease {id} already expired\n")
+    );
+    let e = etcdctl.fails(&["lease", "revoke", &id]).await;
+    assert!(e.contains("etcdserver: requested lease not found"), "{e}");
+    let e = etcdctl.fails(&["lease", "keep-alive", "--once", &id]).await;
+    assert!(e.contains("etcdserver: requested lease not found"), "{e}");
+    assert_eq!(etcdctl.ok(&["lease", "list"]).await, "found 0 leases\n");
+
+    // A lease kept alive by `etcdctl lease keep-alive` outlives its TTL (2 s, raised from
+    // 1); revoked, the keep-alive says so and ends.
+    let granted = etcdctl.ok(&["lease", "grant", "1"]).await;
+    let id = lease_id(&granted);
+    assert_eq!(
+        granted,
+        format!("lease {id} granted with TTL(2s)\n"),
+        "raised to the minimum"
+    );
+    let started = Instant::now();
+    etcdctl
+        .ok(&["put", "kept", "v", &format!("--lease={id}")])
+        .await;
+    let mut keep_alive = etcdctl.spawn(&["lease", "keep-alive", &id]);
+    // etcd's client renews every third of the TTL: well past 2 s after 6 renewals.
+    for _ in 0..6 {
+        assert_eq!(
+            keep_alive.line().await,
+            format!("lease {id} keepalived with TTL(2)")
+        );
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        etcdctl.ok(&["get", "kept"]).await,
+        "kept\nv\n",
+        "kept alive"
+    );
+    etcdctl.ok(&["lease", "revoke", &id]).await;
+    loop {
+        let line = keep_alive.line().await;
+        if line == format!("lease {id} expired or revoked.") {
+            break;
+        }
+        assert_eq!(line, format!("lease {id} keepalived with TTL(2)"));
+    }
+    drop(keep_alive);
+
+    // A lease not kept alive: its key vanishes once the 2 s are up, not before.
+    let granted = etcdctl.ok(&["lease", "grant", "2"]).await;
+    let started = Instant::now();
+    let id = lease_id(&granted);
+    etcdctl
+        .ok(&["put", "brief", "v", &format!("--lease={id}")])
+        .await;
+    while !etcdctl.ok(&["get", "brief"]).await.is_empty() {
+        assert!(started.elapsed() < WAIT, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "expired early: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        etcdctl.ok(&["lease", "timetolive", &id]).await,
+        format!("lease {id} already expired\n")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn etcdctl_member_list_and_endpoint_status() {
+    let server = TestServer::start().await;
+    let etcdctl = Etcdctl::new(&server).await;
+    etcdctl.ok(&["put", "k", "v"]).await; // 2
+
+    let member = format!("{MEMBER_ID:x}");
+    assert_eq!(
+        etcdctl.ok(&["member", "list"]).await,
+        format!("{member}, started, m0, http://127.0.0.1:2380, http://127.0.0.1:2379, false\n")
+    );
+    let got = json(&etcdctl.ok(&["member", "list", "-w", "json"]).await);
+    assert_eq!(
+        got["header"]["cluster_id"].as_u64(),
+        Some(CLUSTER_ID),
+        "{got}"
+    );
+    assert_eq!(
+        got["header"]["member_id"].as_u64(),
+        Some(MEMBER_ID),
+        "{got}"
+    );
+    assert_eq!(got["header"]["raft_term"].as_u64(), Some(1), "{got}");
+    let members = got["members"].as_array().unwrap_or_else(|| panic!("{got}"));
+    assert_eq!(members.len(), 1, "{got}");
+    assert_eq!(members[0]["ID"].as_u64(), Some(MEMBER_ID), "{got}");
+    assert_eq!(members[0]["name"], "m0", "{got}");
+    assert_eq!(members[0]["peerURLs"][0], "http://127.0.0.1:2380", "{got}");
+    assert_eq!(
+        members[0]["clientURLs"][0], "http://127.0.0.1:2379",
+        "{got}"
+    );
+
+    let status = flotilla_etcd::Backend::status(&*server.backend);
+    let got = json(&etcdctl.ok(&["endpoint", "status", "-w", "json"]).await);
+    let s = &got[0]["Status"];
+    assert_eq!(got[0]["Endpoint"], server.addr.to_string(), "{got}");
+    assert_eq!(
+        s["header"]["cluster_id"].as_u64(),
+        Some(CLUSTER_ID),
+        "{got}"
+    );
+    assert_eq!(s["header"]["member_id"].as_u64(), Some(MEMBER_ID), "{got}");
+    assert_eq!(s["header"]["revision"].as_i64(), Some(2), "{got}");
+    assert_eq!(s["version"], "3.4.23", "{got}");
+    assert_eq!(s["leader"].as_u64(), Some(MEMBER_ID), "{got}");
+    assert_eq!(s["raftTerm"].as_u64(), Some(1), "{got}");
+    assert_eq!(s["raftIndex"].as_u64(), Some(status.raft_index), "{got}");
+    assert_eq!(
+        s["raftIndex"].as_u64(),
+        Some(1),
+        "one command applied: {got}"
+    );
+    assert_eq!(
+        s["raftAppliedIndex"].as_u64(),
+        Some(status.raft_applied_index),
+        "{got}"
+    );
+    assert_eq!(s["dbSize"].as_i64(), Some(status.db_size), "{got}");
+    assert!(s.get("errors").is_none(), "no errors: {got}");
+    // The table row: endpoint, member id, version, size, leader, learner, term, indexes.
+    let row = etcdctl.ok(&["endpoint", "status"]).await;
+    assert!(
+        row.starts_with(&format!("{}, {member}, 3.4.23, ", server.addr)),
+        "{row}"
+    );
+    assert!(row.ends_with(", true, false, 1, 1, 1, \n"), "{row}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn etcdctl_commands_not_served_fail_at_once() {
     let server = TestServer::start().await;
     let etcdctl = Etcdctl::new(&server).await;
     for args in [
-        &["member", "list"][..],
-        &["endpoint", "status"],
-        &["lease", "grant", "10"],
-        &["lease", "list"],
-        &["auth", "enable"],
+        &["auth", "enable"][..],
+        &["defrag"],
+        &["alarm", "list"],
+        &["member", "add", "m1", "--peer-urls=http://127.0.0.1:2381"],
+        &["move-leader", "1"],
+        &["endpoint", "hashkv"],
     ] {
         let started = std::time::Instant::now();
         let e = etcdctl.fails(args).await;

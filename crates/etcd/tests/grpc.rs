@@ -1,19 +1,30 @@
 //! The generated tonic clients against `serve` on loopback: etcd's KV semantics through
-//! the wire, response headers, etcd's error statuses, and the services not served yet
-//! answering UNIMPLEMENTED at once.
+//! the wire, response headers, etcd's error statuses; watches (keys, prefixes, history,
+//! filters, prev_kv, cancel, compacted starts, progress, a client that stops reading, the
+//! stream's end); leases (grant, keep-alive, time to live, list, revoke, expiry); member
+//! list and status; and the methods not served answering UNIMPLEMENTED at once.
 
 mod common;
 
 use std::future::Future;
 
+use std::time::{Duration, Instant};
+
 use common::{TestServer, CLUSTER_ID, MEMBER_ID, WAIT};
 use flotilla_etcd::pb::etcdserverpb as pb;
+use flotilla_etcd::pb::mvccpb::event::EventType;
+use flotilla_etcd::pb::mvccpb::Event;
 use flotilla_etcd::pb::mvccpb::KeyValue;
+use flotilla_etcd::ServeOptions;
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use pb::kv_client::KvClient;
 use pb::range_request::{SortOrder, SortTarget};
 use pb::request_op::Request as Op;
 use pb::response_op::Response as OpResponse;
+use pb::watch_create_request::FilterType;
+use pb::watch_request::RequestUnion;
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 /// Any call, bounded.
@@ -378,78 +389,777 @@ async fn txn_compare_and_set_and_compaction() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn services_not_served_yet_answer_unimplemented_at_once() {
-    use tonic::codegen::tokio_stream;
-    let server = TestServer::start().await;
+async fn channel(server: &TestServer) -> Channel {
     let url = format!("http://{}", server.addr);
-    let channel = within(Channel::from_shared(url).unwrap().connect())
+    within(Channel::from_shared(url).unwrap().connect())
         .await
-        .unwrap();
-    let unimplemented = |r: Result<(), tonic::Status>, what: &str| {
-        let e = r.expect_err(what);
-        assert_eq!(e.code(), tonic::Code::Unimplemented, "{what}: {e:?}");
-    };
+        .expect("connect")
+}
 
-    let mut watch = pb::watch_client::WatchClient::new(channel.clone());
-    let create = pb::WatchRequest {
-        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-            pb::WatchCreateRequest {
-                key: b"k".to_vec(),
-                ..Default::default()
-            },
-        )),
+/// One watch stream: the requests the test sends, the responses it reads.
+struct WatchSession {
+    requests: Option<mpsc::Sender<pb::WatchRequest>>,
+    responses: tonic::Streaming<pb::WatchResponse>,
+}
+
+impl WatchSession {
+    async fn open(channel: &Channel) -> WatchSession {
+        let (requests, rx) = mpsc::channel(16);
+        let mut client = pb::watch_client::WatchClient::new(channel.clone());
+        let responses = within(client.watch(ReceiverStream::new(rx)))
+            .await
+            .expect("the watch stream opens")
+            .into_inner();
+        WatchSession {
+            requests: Some(requests),
+            responses,
+        }
+    }
+
+    async fn send(&self, request: RequestUnion) {
+        let requests = self.requests.as_ref().expect("still sending");
+        within(requests.send(pb::WatchRequest {
+            request_union: Some(request),
+        }))
+        .await
+        .expect("the stream takes requests");
+    }
+
+    /// Sends a create and returns the response that answers it.
+    async fn create(&mut self, create: pb::WatchCreateRequest) -> pb::WatchResponse {
+        self.send(RequestUnion::CreateRequest(create)).await;
+        let created = self.next().await;
+        assert!(created.created, "a create is answered created: {created:?}");
+        created
+    }
+
+    async fn cancel(&self, watch_id: i64) {
+        self.send(RequestUnion::CancelRequest(pb::WatchCancelRequest {
+            watch_id,
+        }))
+        .await;
+    }
+
+    async fn progress(&self) {
+        self.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}))
+            .await;
+    }
+
+    /// The next response (bounded; the stream must not fail or end).
+    async fn next(&mut self) -> pb::WatchResponse {
+        within(self.responses.message())
+            .await
+            .expect("the watch stream does not fail")
+            .expect("the watch stream does not end")
+    }
+
+    /// The next response, after a progress request: proof that nothing else was owed.
+    async fn nothing_more(&mut self, revision: i64) {
+        self.progress().await;
+        let r = self.next().await;
+        assert_eq!(
+            (r.watch_id, r.events.len(), r.created, r.canceled),
+            (-1, 0, false, false),
+            "nothing before the progress response: {r:?}"
+        );
+        assert_eq!(revision_of(&r), revision, "{r:?}");
+    }
+}
+
+fn revision_of(r: &pb::WatchResponse) -> i64 {
+    r.header.as_ref().expect("a header").revision
+}
+
+fn watch_key(key: &str) -> pb::WatchCreateRequest {
+    pb::WatchCreateRequest {
+        key: key.into(),
+        ..Default::default()
+    }
+}
+
+fn watch_prefix(prefix: &str) -> pb::WatchCreateRequest {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    pb::WatchCreateRequest {
+        key: prefix.into(),
+        range_end: end,
+        ..Default::default()
+    }
+}
+
+/// (type, key, value, mod revision) of each event.
+fn events(r: &pb::WatchResponse) -> Vec<(EventType, String, String, i64)> {
+    r.events
+        .iter()
+        .map(|e: &Event| {
+            let kv = e.kv.as_ref().expect("an event has its key");
+            (
+                EventType::try_from(e.r#type).expect("a known event type"),
+                String::from_utf8(kv.key.clone()).unwrap(),
+                String::from_utf8(kv.value.clone()).unwrap(),
+                kv.mod_revision,
+            )
+        })
+        .collect()
+}
+
+fn prev_value(e: &Event) -> Option<String> {
+    e.prev_kv
+        .as_ref()
+        .map(|kv| String::from_utf8(kv.value.clone()).unwrap())
+}
+
+async fn delete(kv: &mut KvClient<Channel>, key: &str) -> i64 {
+    let r = within(kv.delete_range(pb::DeleteRangeRequest {
+        key: key.into(),
+        ..Default::default()
+    }))
+    .await
+    .expect("delete")
+    .into_inner();
+    revision(r.header)
+}
+
+#[tokio::test]
+async fn watch_keys_prefixes_history_filters_prev_kv_and_cancel() {
+    use EventType::{Delete, Put};
+    let server = TestServer::start().await;
+    let mut kv = client(&server).await;
+    let channel = channel(&server).await;
+    put(&mut kv, "a/1", "x").await; // 2
+    put(&mut kv, "b", "y").await; // 3
+    put(&mut kv, "a/2", "z").await; // 4
+
+    let mut w = WatchSession::open(&channel).await;
+    // A key from now on: created with the first free id and the store's revision.
+    let created = w.create(watch_key("a/1")).await;
+    assert_eq!(
+        created,
+        pb::WatchResponse {
+            header: Some(pb::ResponseHeader {
+                cluster_id: CLUSTER_ID,
+                member_id: MEMBER_ID,
+                revision: 4,
+                raft_term: 1,
+            }),
+            watch_id: 0,
+            created: true,
+            ..Default::default()
+        }
+    );
+    // A prefix from revision 2, with previous values: its history replayed, one response
+    // per revision, each with the store's revision in the header.
+    let created = w
+        .create(pb::WatchCreateRequest {
+            start_revision: 2,
+            prev_kv: true,
+            ..watch_prefix("a/")
+        })
+        .await;
+    assert_eq!((created.watch_id, created.canceled), (1, false));
+    let r = w.next().await;
+    assert_eq!(r.watch_id, 1);
+    assert_eq!(events(&r), [(Put, "a/1".into(), "x".into(), 2)]);
+    assert_eq!(revision_of(&r), 4);
+    let r = w.next().await;
+    assert_eq!(events(&r), [(Put, "a/2".into(), "z".into(), 4)]);
+
+    // A change seen by both, in watch id order; prev_kv only for the one that asked.
+    put(&mut kv, "a/1", "x2").await; // 5
+    let r = w.next().await;
+    assert_eq!((r.watch_id, revision_of(&r)), (0, 5));
+    assert_eq!(events(&r), [(Put, "a/1".into(), "x2".into(), 5)]);
+    let kv0 = r.events[0].kv.as_ref().unwrap();
+    assert_eq!((kv0.create_revision, kv0.version), (2, 2));
+    assert_eq!(prev_value(&r.events[0]), None, "not asked for");
+    let r = w.next().await;
+    assert_eq!(r.watch_id, 1);
+    assert_eq!(events(&r), [(Put, "a/1".into(), "x2".into(), 5)]);
+    assert_eq!(prev_value(&r.events[0]).as_deref(), Some("x"));
+
+    // A delete under the prefix, with the value before it.
+    assert_eq!(delete(&mut kv, "a/2").await, 6);
+    let r = w.next().await;
+    assert_eq!(r.watch_id, 1);
+    assert_eq!(events(&r), [(Delete, "a/2".into(), "".into(), 6)]);
+    assert_eq!(prev_value(&r.events[0]).as_deref(), Some("z"));
+
+    // Outside both ranges: nothing (the progress response comes next, at revision 7).
+    put(&mut kv, "b", "y2").await; // 7
+    w.nothing_more(7).await;
+
+    // Cancel the prefix watcher: canceled, and nothing more for it.
+    w.cancel(1).await;
+    let r = w.next().await;
+    assert_eq!((r.watch_id, r.canceled, r.created), (1, true, false));
+    put(&mut kv, "a/3", "only the canceled one would see this").await; // 8
+    put(&mut kv, "a/1", "x3").await; // 9
+    let r = w.next().await;
+    assert_eq!(r.watch_id, 0, "not the canceled watcher: {r:?}");
+    assert_eq!(events(&r), [(Put, "a/1".into(), "x3".into(), 9)]);
+
+    // Filters: deletes only (id 7, asked for), puts only (the next free id, 1 again).
+    let created = w
+        .create(pb::WatchCreateRequest {
+            watch_id: 7,
+            filters: vec![FilterType::Noput as i32],
+            ..watch_key("a/1")
+        })
+        .await;
+    assert_eq!(created.watch_id, 7);
+    let created = w
+        .create(pb::WatchCreateRequest {
+            filters: vec![FilterType::Nodelete as i32],
+            ..watch_key("a/1")
+        })
+        .await;
+    assert_eq!(created.watch_id, 1);
+    assert_eq!(delete(&mut kv, "a/1").await, 10);
+    let r = w.next().await;
+    assert_eq!(r.watch_id, 0);
+    assert_eq!(events(&r), [(Delete, "a/1".into(), "".into(), 10)]);
+    let r = w.next().await;
+    assert_eq!(r.watch_id, 7, "the deletes-only watcher: {r:?}");
+    assert_eq!(events(&r), [(Delete, "a/1".into(), "".into(), 10)]);
+    put(&mut kv, "a/1", "x4").await; // 11
+    let r = w.next().await;
+    assert_eq!(r.watch_id, 0);
+    let r = w.next().await;
+    assert_eq!(r.watch_id, 1, "the puts-only watcher: {r:?}");
+    assert_eq!(events(&r), [(Put, "a/1".into(), "x4".into(), 11)]);
+    w.nothing_more(11).await;
+
+    // Refused at once, for no watcher: an id in use, a negative start.
+    let r = w
+        .create(pb::WatchCreateRequest {
+            watch_id: 7,
+            ..watch_key("c")
+        })
+        .await;
+    assert_eq!((r.watch_id, r.canceled), (-1, true));
+    assert_eq!(
+        r.cancel_reason,
+        "mvcc: duplicate watch ID provided on the WatchStream"
+    );
+    let r = w
+        .create(pb::WatchCreateRequest {
+            start_revision: -3,
+            ..watch_key("c")
+        })
+        .await;
+    assert_eq!((r.watch_id, r.canceled), (-1, true));
+    assert_eq!(
+        r.cancel_reason,
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    // A future start waits for its revision.
+    let r = w
+        .create(pb::WatchCreateRequest {
+            start_revision: 13,
+            ..watch_key("c")
+        })
+        .await;
+    let future = r.watch_id;
+    put(&mut kv, "c", "before its start").await; // 12
+    put(&mut kv, "c", "at its start").await; // 13
+    let r = w.next().await;
+    assert_eq!(r.watch_id, future);
+    assert_eq!(events(&r), [(Put, "c".into(), "at its start".into(), 13)]);
+    w.nothing_more(13).await;
+
+    drop(w);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn watch_from_a_compacted_revision_is_canceled_with_the_compaction_revision() {
+    let server = TestServer::start().await;
+    let mut kv = client(&server).await;
+    let channel = channel(&server).await;
+    for v in ["1", "2", "3", "4"] {
+        put(&mut kv, "k", v).await; // 2, 3, 4, 5
+    }
+    within(kv.compact(pb::CompactionRequest {
+        revision: 4,
+        physical: false,
+    }))
+    .await
+    .expect("compact");
+
+    let mut w = WatchSession::open(&channel).await;
+    // As etcd: created, then canceled with the compaction revision.
+    let created = w
+        .create(pb::WatchCreateRequest {
+            start_revision: 2,
+            ..watch_key("k")
+        })
+        .await;
+    assert_eq!(
+        (created.watch_id, created.canceled, created.compact_revision),
+        (0, false, 0),
+        "{created:?}"
+    );
+    let r = w.next().await;
+    assert_eq!(
+        (r.watch_id, r.canceled, r.compact_revision, r.created),
+        (0, true, 4, false),
+        "{r:?}"
+    );
+    assert!(r.events.is_empty());
+    // From the compaction revision itself: served.
+    let created = w
+        .create(pb::WatchCreateRequest {
+            start_revision: 4,
+            ..watch_key("k")
+        })
+        .await;
+    assert!(!created.canceled);
+    let r = w.next().await;
+    assert_eq!(
+        events(&r),
+        [(EventType::Put, "k".into(), "3".into(), 4)],
+        "{r:?}"
+    );
+    let r = w.next().await;
+    assert_eq!(events(&r), [(EventType::Put, "k".into(), "4".into(), 5)]);
+    w.nothing_more(5).await;
+    drop(w);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn watch_progress_notifications_at_the_configured_interval() {
+    let server = TestServer::start_with(ServeOptions {
+        progress_notify_interval: Duration::from_millis(150),
+        ..ServeOptions::default()
+    })
+    .await;
+    let mut kv = client(&server).await;
+    let channel = channel(&server).await;
+    let mut w = WatchSession::open(&channel).await;
+    let asked = w
+        .create(pb::WatchCreateRequest {
+            progress_notify: true,
+            ..watch_key("p")
+        })
+        .await
+        .watch_id;
+    let not_asked = w.create(watch_key("q")).await.watch_id;
+    // Only the watcher that asked is told, with its id, nothing else in the response.
+    for _ in 0..3 {
+        let r = w.next().await;
+        assert_eq!(
+            (
+                r.watch_id,
+                r.events.len(),
+                r.created,
+                r.canceled,
+                revision_of(&r)
+            ),
+            (asked, 0, false, false, 1),
+            "{r:?}"
+        );
+    }
+    // A change of the other watcher's key: its event, then notifications carry revision 2.
+    put(&mut kv, "q", "v").await; // 2
+    let mut seen_event = false;
+    let mut bound = 0;
+    loop {
+        let r = w.next().await;
+        if r.watch_id == not_asked {
+            assert_eq!(events(&r).len(), 1, "{r:?}");
+            seen_event = true;
+            continue;
+        }
+        assert_eq!((r.watch_id, r.events.len()), (asked, 0), "{r:?}");
+        if revision_of(&r) == 2 {
+            break;
+        }
+        bound += 1;
+        assert!(bound < 20, "no notification with revision 2 after {bound}");
+    }
+    assert!(
+        seen_event,
+        "the event came before the notification of its revision"
+    );
+    drop(w);
+    server.stop().await;
+}
+
+/// The backend's references: one more per open stream (each stream's task holds one).
+fn backend_refs(server: &TestServer) -> usize {
+    std::sync::Arc::strong_count(&server.backend)
+}
+
+/// Waits (bounded, polling) until the backend's references are back to `count`.
+async fn refs_back_to(server: &TestServer, count: usize, what: &str) {
+    let started = Instant::now();
+    while backend_refs(server) != count {
+        assert!(
+            started.elapsed() < WAIT,
+            "{what}: the stream's task did not end ({} references, {count} expected)",
+            backend_refs(server)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_watch_client_that_stops_reading_is_ended_unavailable() {
+    let server = TestServer::start_with(ServeOptions {
+        watch_buffer: 4,
+        slow_watch_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    })
+    .await;
+    let mut kv = client(&server).await;
+    let baseline = backend_refs(&server);
+    // Its own connection, so that what it leaves unread does not hold up the puts.
+    let watch_channel = channel(&server).await;
+    let mut w = WatchSession::open(&watch_channel).await;
+    w.create(watch_prefix("big/")).await;
+    // About 10 MB of changes, more than the connection's windows and the stream's buffer.
+    const PUTS: usize = 150;
+    let value = "v".repeat(64 * 1024);
+    for i in 0..PUTS {
+        put(&mut kv, &format!("big/{i:03}"), &value).await;
+    }
+    // The stream ends (its task too) while the client reads nothing.
+    refs_back_to(&server, baseline, "a client that does not read").await;
+    // What it reads: the responses before the end, then UNAVAILABLE.
+    let mut seen = 0;
+    let status = loop {
+        match within(w.responses.message()).await {
+            Ok(Some(r)) => seen += r.events.len(),
+            Ok(None) => panic!("the stream ended without a status after {seen} events"),
+            Err(status) => break status,
+        }
     };
-    // The request stream stays open: the answer must not wait for it to end.
-    let requests =
-        tokio_stream::StreamExt::chain(tokio_stream::iter(vec![create]), tokio_stream::pending());
-    unimplemented(within(watch.watch(requests)).await.map(drop), "Watch");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("watch stream too slow"),
+        "{status:?}"
+    );
+    assert!(seen < PUTS, "ended before everything was sent: {seen}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn streams_end_when_their_client_goes_away_and_when_the_server_stops() {
+    let server = TestServer::start().await;
+    let channel = channel(&server).await;
+    let baseline = backend_refs(&server);
+
+    let mut w = WatchSession::open(&channel).await;
+    w.create(watch_key("k")).await;
+    assert_eq!(backend_refs(&server), baseline + 1, "the stream's task");
+    drop(w);
+    refs_back_to(&server, baseline, "a watch whose client dropped it").await;
+
+    // A client that closes its sending side keeps its watchers (as etcd).
+    let mut kv = client(&server).await;
+    let mut w = WatchSession::open(&channel).await;
+    w.create(watch_key("k")).await;
+    w.requests = None;
+    put(&mut kv, "k", "after the half-close").await;
+    assert_eq!(events(&w.next().await).len(), 1);
 
     let mut lease = pb::lease_client::LeaseClient::new(channel.clone());
-    unimplemented(
-        within(lease.lease_grant(pb::LeaseGrantRequest { ttl: 5, id: 0 }))
-            .await
-            .map(drop),
-        "LeaseGrant",
+    let (requests, rx) = mpsc::channel(4);
+    let mut keep_alive = within(lease.lease_keep_alive(ReceiverStream::new(rx)))
+        .await
+        .expect("keep-alive stream")
+        .into_inner();
+    requests
+        .send(pb::LeaseKeepAliveRequest { id: 1 })
+        .await
+        .unwrap();
+    within(keep_alive.message()).await.unwrap().unwrap();
+    assert_eq!(backend_refs(&server), baseline + 2);
+    drop((keep_alive, requests));
+    refs_back_to(
+        &server,
+        baseline + 1,
+        "a keep-alive whose client dropped it",
+    )
+    .await;
+
+    // The server stops with the watch open: it ends UNAVAILABLE, and the stop completes.
+    let stop = tokio::spawn(server.stop());
+    let status = match within(w.responses.message()).await {
+        Ok(Some(r)) => panic!("nothing more was owed: {r:?}"),
+        Ok(None) => panic!("ended without a status"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    within(stop).await.expect("the server stopped");
+}
+
+fn lease_ids(r: &pb::LeaseLeasesResponse) -> Vec<i64> {
+    r.leases.iter().map(|l| l.id).collect()
+}
+
+#[tokio::test]
+async fn leases_grant_keep_alive_time_to_live_list_revoke_and_expire() {
+    let server = TestServer::start().await;
+    let channel = channel(&server).await;
+    let mut kv = client(&server).await;
+    let mut lease = pb::lease_client::LeaseClient::new(channel.clone());
+
+    // Below the minimum TTL: raised to it (2 s); id 0: the store picks one.
+    let granted_at = Instant::now();
+    let short = within(lease.lease_grant(pb::LeaseGrantRequest { ttl: 1, id: 0 }))
+        .await
+        .expect("grant")
+        .into_inner();
+    assert_eq!(short.ttl, 2, "raised to the minimum: {short:?}");
+    assert_ne!(short.id, 0);
+    assert_eq!(revision(short.header), 1);
+    assert_eq!(short.header.unwrap().member_id, MEMBER_ID);
+    // An id asked for; again: refused; too long a TTL: refused.
+    let long = within(lease.lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 1000 }))
+        .await
+        .expect("grant")
+        .into_inner();
+    assert_eq!((long.id, long.ttl), (1000, 60));
+    let e = within(lease.lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 1000 }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: lease already exists"
+        )
     );
-    unimplemented(
-        within(lease.lease_revoke(pb::LeaseRevokeRequest { id: 1 }))
-            .await
-            .map(drop),
-        "LeaseRevoke",
+    let e = within(lease.lease_grant(pb::LeaseGrantRequest {
+        ttl: 9_000_000_001,
+        id: 0,
+    }))
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::OutOfRange, "etcdserver: too large lease TTL")
     );
-    unimplemented(
-        within(lease.lease_keep_alive(tokio_stream::pending()))
+
+    // Keys on the long lease.
+    for key in ["l/1", "l/2"] {
+        within(kv.put(pb::PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease: 1000,
+            ..Default::default()
+        }))
+        .await
+        .expect("put with a lease"); // 2, 3
+    }
+    assert_eq!(range(&mut kv, get("l/1")).await.kvs[0].lease, 1000);
+    let ttl = within(lease.lease_time_to_live(pb::LeaseTimeToLiveRequest {
+        id: 1000,
+        keys: true,
+    }))
+    .await
+    .expect("time to live")
+    .into_inner();
+    assert_eq!((ttl.id, ttl.granted_ttl), (1000, 60));
+    assert!((58..=60).contains(&ttl.ttl), "{ttl:?}");
+    assert_eq!(ttl.keys, [b"l/1".to_vec(), b"l/2".to_vec()]);
+    assert_eq!(revision(ttl.header), 3);
+    let ttl = within(lease.lease_time_to_live(pb::LeaseTimeToLiveRequest {
+        id: 1000,
+        keys: false,
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert!(ttl.keys.is_empty(), "keys only when asked: {ttl:?}");
+    let listed = within(lease.lease_leases(pb::LeaseLeasesRequest {}))
+        .await
+        .expect("leases")
+        .into_inner();
+    let mut want = vec![short.id, 1000];
+    want.sort();
+    assert_eq!(lease_ids(&listed), want);
+    assert_eq!(revision(listed.header), 3);
+
+    // Keep-alives: each answered in order, an unknown lease with TTL 0; the stream ends
+    // cleanly when the client closes its side.
+    let (requests, rx) = mpsc::channel(4);
+    let mut keep_alive = within(lease.lease_keep_alive(ReceiverStream::new(rx)))
+        .await
+        .expect("keep-alive stream")
+        .into_inner();
+    for (id, ttl) in [(1000, 60), (12345, 0), (1000, 60)] {
+        requests
+            .send(pb::LeaseKeepAliveRequest { id })
             .await
-            .map(drop),
-        "LeaseKeepAlive",
-    );
-    unimplemented(
-        within(lease.lease_time_to_live(pb::LeaseTimeToLiveRequest { id: 1, keys: true }))
+            .unwrap();
+        let r = within(keep_alive.message())
             .await
-            .map(drop),
-        "LeaseTimeToLive",
-    );
-    unimplemented(
-        within(lease.lease_leases(pb::LeaseLeasesRequest {}))
+            .expect("a keep-alive answer")
+            .expect("the stream goes on");
+        assert_eq!((r.id, r.ttl), (id, ttl), "{r:?}");
+        assert_eq!(revision(r.header), 3);
+    }
+    drop(requests);
+    assert!(
+        within(keep_alive.message())
             .await
-            .map(drop),
-        "LeaseLeases",
+            .expect("ends cleanly")
+            .is_none(),
+        "the stream ends when the client closes its side"
     );
+
+    // Revoke: the lease's keys go at one revision; then it is not found.
+    let r = within(lease.lease_revoke(pb::LeaseRevokeRequest { id: 1000 }))
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert_eq!(revision(r.header), 4);
+    assert_eq!(range(&mut kv, get("l/1")).await.count, 0);
+    assert_eq!(range(&mut kv, get("l/2")).await.count, 0);
+    let e = within(lease.lease_revoke(pb::LeaseRevokeRequest { id: 1000 }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found"
+        )
+    );
+    let ttl = within(lease.lease_time_to_live(pb::LeaseTimeToLiveRequest {
+        id: 1000,
+        keys: true,
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!((ttl.id, ttl.ttl, ttl.granted_ttl), (1000, -1, 0));
+
+    // Expiry: a key on the short lease vanishes once its 2 s are up (not before), seen by
+    // a watcher as a delete.
+    within(kv.put(pb::PutRequest {
+        key: b"e".to_vec(),
+        value: b"v".to_vec(),
+        lease: short.id,
+        ..Default::default()
+    }))
+    .await
+    .expect("put with a lease"); // 5
+    let mut w = WatchSession::open(&channel).await;
+    w.create(watch_key("e")).await;
+    while range(&mut kv, get("e")).await.count != 0 {
+        assert!(granted_at.elapsed() < WAIT, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lived = granted_at.elapsed();
+    assert!(
+        lived >= Duration::from_millis(1900),
+        "expired early: {lived:?}"
+    );
+    let r = w.next().await;
+    assert_eq!(events(&r), [(EventType::Delete, "e".into(), "".into(), 6)]);
+    let ttl = within(lease.lease_time_to_live(pb::LeaseTimeToLiveRequest {
+        id: short.id,
+        keys: false,
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(ttl.ttl, -1, "gone: {ttl:?}");
+    let listed = within(lease.lease_leases(pb::LeaseLeasesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.leases.is_empty(), "{listed:?}");
+    drop(w);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn member_list_and_status() {
+    let server = TestServer::start().await;
+    let channel = channel(&server).await;
+    let mut kv = client(&server).await;
+    put(&mut kv, "k", "v").await; // 2
+
     let mut cluster = pb::cluster_client::ClusterClient::new(channel.clone());
-    unimplemented(
-        within(cluster.member_list(pb::MemberListRequest::default()))
-            .await
-            .map(drop),
-        "MemberList",
+    let r = within(cluster.member_list(pb::MemberListRequest::default()))
+        .await
+        .expect("member list")
+        .into_inner();
+    assert_eq!(
+        r.header,
+        Some(pb::ResponseHeader {
+            cluster_id: CLUSTER_ID,
+            member_id: MEMBER_ID,
+            revision: 0,
+            raft_term: 1,
+        }),
+        "as etcd's: no revision"
     );
+    assert_eq!(
+        r.members,
+        [pb::Member {
+            id: MEMBER_ID,
+            name: "m0".into(),
+            peer_ur_ls: vec!["http://127.0.0.1:2380".into()],
+            client_ur_ls: vec!["http://127.0.0.1:2379".into()],
+            is_learner: false,
+        }]
+    );
+
     let mut maintenance = pb::maintenance_client::MaintenanceClient::new(channel.clone());
-    unimplemented(
-        within(maintenance.status(pb::StatusRequest {}))
-            .await
-            .map(drop),
-        "Status",
+    let r = within(maintenance.status(pb::StatusRequest {}))
+        .await
+        .expect("status")
+        .into_inner();
+    let want = flotilla_etcd::Backend::status(&*server.backend);
+    assert_eq!(
+        r.header,
+        Some(pb::ResponseHeader {
+            cluster_id: CLUSTER_ID,
+            member_id: MEMBER_ID,
+            revision: 2,
+            raft_term: 1,
+        })
     );
-    drop((watch, lease, cluster, maintenance, channel));
+    assert_eq!(r.version, "3.4.23");
+    assert_eq!(r.leader, MEMBER_ID);
+    assert_eq!(
+        (r.raft_index, r.raft_term, r.raft_applied_index),
+        (want.raft_index, 1, want.raft_applied_index)
+    );
+    assert_eq!(r.raft_index, 1, "one command applied");
+    assert_eq!((r.db_size, r.db_size_in_use), (want.db_size, want.db_size));
+    assert!(r.errors.is_empty(), "{r:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn methods_not_served_answer_unimplemented_at_once() {
+    let server = TestServer::start().await;
+    let channel = channel(&server).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for path in [
+        "/etcdserverpb.Auth/AuthEnable",
+        "/etcdserverpb.Cluster/MemberAdd",
+        "/etcdserverpb.Maintenance/Defragment",
+        "/etcdserverpb.Maintenance/Snapshot",
+        "/etcdserverpb.Lease/LeaseCheckpoint",
+    ] {
+        within(grpc.ready()).await.expect("ready");
+        let codec = tonic_prost::ProstCodec::<pb::StatusRequest, pb::StatusResponse>::default();
+        let e = within(grpc.unary(
+            tonic::Request::new(pb::StatusRequest {}),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            codec,
+        ))
+        .await
+        .expect_err(path);
+        assert_eq!(e.code(), tonic::Code::Unimplemented, "{path}: {e:?}");
+    }
     server.stop().await;
 }
