@@ -601,7 +601,10 @@ async fn etcdctl_leases() {
 async fn etcdctl_member_list_and_endpoint_status() {
     let server = TestServer::start().await;
     let etcdctl = Etcdctl::new(&server).await;
-    etcdctl.ok(&["put", "k", "v"]).await; // 2
+    // Three commands, two keys, revision 4: each number told apart from the others.
+    etcdctl.ok(&["put", "k1", "v"]).await; // 2
+    etcdctl.ok(&["put", "k2", "v"]).await; // 3
+    etcdctl.ok(&["put", "k1", "w"]).await; // 4
 
     let member = format!("{MEMBER_ID:x}");
     assert_eq!(
@@ -640,22 +643,19 @@ async fn etcdctl_member_list_and_endpoint_status() {
         "{got}"
     );
     assert_eq!(s["header"]["member_id"].as_u64(), Some(MEMBER_ID), "{got}");
-    assert_eq!(s["header"]["revision"].as_i64(), Some(2), "{got}");
+    assert_eq!(s["header"]["revision"].as_i64(), Some(4), "{got}");
     assert_eq!(s["version"], "3.4.23", "{got}");
     assert_eq!(s["leader"].as_u64(), Some(MEMBER_ID), "{got}");
     assert_eq!(s["raftTerm"].as_u64(), Some(1), "{got}");
     assert_eq!(s["raftIndex"].as_u64(), Some(status.raft_index), "{got}");
-    assert_eq!(
-        s["raftIndex"].as_u64(),
-        Some(1),
-        "one command applied: {got}"
-    );
+    assert_eq!(s["raftIndex"].as_u64(), Some(3), "three commands: {got}");
     assert_eq!(
         s["raftAppliedIndex"].as_u64(),
         Some(status.raft_applied_index),
         "{got}"
     );
     assert_eq!(s["dbSize"].as_i64(), Some(status.db_size), "{got}");
+    assert_eq!(s["dbSize"].as_i64(), Some(2), "{got}");
     assert!(s.get("errors").is_none(), "no errors: {got}");
     // The table row: endpoint, member id, version, size, leader, learner, term, indexes.
     let row = etcdctl.ok(&["endpoint", "status"]).await;
@@ -663,7 +663,7 @@ async fn etcdctl_member_list_and_endpoint_status() {
         row.starts_with(&format!("{}, {member}, 3.4.23, ", server.addr)),
         "{row}"
     );
-    assert!(row.ends_with(", true, false, 1, 1, 1, \n"), "{row}");
+    assert!(row.ends_with(", true, false, 1, 3, 3, \n"), "{row}");
     server.stop().await;
 }
 

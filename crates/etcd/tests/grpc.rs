@@ -1083,7 +1083,10 @@ async fn member_list_and_status() {
     let server = TestServer::start().await;
     let channel = channel(&server).await;
     let mut kv = client(&server).await;
-    put(&mut kv, "k", "v").await; // 2
+    // Three commands, two keys, revision 4: each number told apart from the others.
+    put(&mut kv, "k1", "v").await; // 2
+    put(&mut kv, "k2", "v").await; // 3
+    put(&mut kv, "k1", "w").await; // 4
 
     let mut cluster = pb::cluster_client::ClusterClient::new(channel.clone());
     let r = within(cluster.member_list(pb::MemberListRequest::default()))
@@ -1122,7 +1125,7 @@ async fn member_list_and_status() {
         Some(pb::ResponseHeader {
             cluster_id: CLUSTER_ID,
             member_id: MEMBER_ID,
-            revision: 2,
+            revision: 4,
             raft_term: 1,
         })
     );
@@ -1132,8 +1135,12 @@ async fn member_list_and_status() {
         (r.raft_index, r.raft_term, r.raft_applied_index),
         (want.raft_index, 1, want.raft_applied_index)
     );
-    assert_eq!(r.raft_index, 1, "one command applied");
+    assert_eq!(r.raft_index, 3, "three commands applied");
     assert_eq!((r.db_size, r.db_size_in_use), (want.db_size, want.db_size));
+    assert_eq!(
+        want.db_size, 2,
+        "the memory backend's size is its key count"
+    );
     assert!(r.errors.is_empty(), "{r:?}");
     server.stop().await;
 }
