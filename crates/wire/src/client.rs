@@ -125,6 +125,66 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
     /// request, and a request refused before sending ([`WireError::FrameTooLarge`],
     /// [`WireError::Encode`]). Any other error closes the connection for good.
     pub async fn call(&mut self, req: &Req, timeout: Duration) -> Result<Resp, WireError> {
+        let id = self.enqueue(req)?;
+        match tokio::time::timeout(timeout, self.exchange(id)).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                if !matches!(e, WireError::Remote(_)) {
+                    self.usable = false;
+                }
+                Err(e)
+            }
+            Err(_) => Err(WireError::Timeout(timeout)),
+        }
+    }
+
+    /// [`Client::call`] for a reply that may be large: `timeout` bounds sending the request
+    /// and the wait until the reply starts to arrive, as in `call`; if it runs out while a
+    /// reply's frame is coming in, the call is given `per_mib` more for each MiB of that
+    /// frame (once), so a large reply that keeps arriving is not cut off while a server that
+    /// never answers is given up on as soon as with `call`. The whole call takes at most
+    /// `timeout` plus `per_mib` for each MiB of the frame limit.
+    pub async fn call_sized(
+        &mut self,
+        req: &Req,
+        timeout: Duration,
+        per_mib: Duration,
+    ) -> Result<Resp, WireError> {
+        let id = self.enqueue(req)?;
+        let mut budget = timeout;
+        let mut extended = false;
+        loop {
+            // `exchange` keeps all its progress in `self`, so a timed-out one goes on where
+            // it stopped when called again.
+            match tokio::time::timeout(budget, self.exchange(id)).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) => {
+                    if !matches!(e, WireError::Remote(_)) {
+                        self.usable = false;
+                    }
+                    return Err(e);
+                }
+                Err(_) => match self.reader.pending_frame_len() {
+                    Some(len) if !extended => {
+                        extended = true;
+                        let mib = len.min(self.max_frame).div_ceil(1 << 20).max(1);
+                        budget = per_mib.saturating_mul(u32::try_from(mib).unwrap_or(u32::MAX));
+                        debug!(peer = %self.peer, len, ?budget, "a large reply is arriving");
+                    }
+                    _ => {
+                        return Err(WireError::Timeout(timeout.saturating_add(if extended {
+                            budget
+                        } else {
+                            Duration::ZERO
+                        })))
+                    }
+                },
+            }
+        }
+    }
+
+    /// Encodes `req` as the next request, to be written by [`Client::exchange`]; its id.
+    fn enqueue(&mut self, req: &Req) -> Result<u64, WireError> {
         if !self.usable {
             return Err(WireError::Closed);
         }
@@ -139,16 +199,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
         // Appended behind whatever a cancelled call left unsent, which goes out first.
         encode_frame(&mut self.out, &Request { id, body: req }, self.max_frame)?;
         self.next_id += 1;
-        match tokio::time::timeout(timeout, self.exchange(id)).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => {
-                if !matches!(e, WireError::Remote(_)) {
-                    self.usable = false;
-                }
-                Err(e)
-            }
-            Err(_) => Err(WireError::Timeout(timeout)),
-        }
+        Ok(id)
     }
 
     /// Writes the pending requests and reads replies until the one to request `id`.

@@ -217,6 +217,14 @@ impl FrameReader {
         self.buf.len() - self.pos
     }
 
+    /// The payload length of the frame being received, once its header is in (`None`
+    /// before): how much a reader still in the middle of a frame is waiting for.
+    pub fn pending_frame_len(&self) -> Option<usize> {
+        self.buf[self.pos..]
+            .first_chunk::<HEADER_LEN>()
+            .map(|header| u32::from_be_bytes(*header) as usize)
+    }
+
     /// Reads the next frame and decodes it as a `T`; `Ok(None)` if the stream ends cleanly at
     /// a frame boundary.
     ///
