@@ -250,6 +250,34 @@ impl Config {
         Ok(())
     }
 
+    /// [`Config::validate`], and the shape a store of `shards` shards can use: exactly
+    /// `shards` shard owners, no group 0 among the groups, and servers for every group.
+    /// What a group or clerk checks of a configuration that came from another process
+    /// before it indexes the shards by number or adopts it.
+    pub fn validate_for(&self, shards: usize) -> Result<(), String> {
+        if self.shards.len() != shards {
+            return Err(format!(
+                "configuration {} has {} shards, not {shards}",
+                self.num,
+                self.shards.len()
+            ));
+        }
+        if self.groups.contains_key(&NO_GROUP) {
+            return Err(format!(
+                "configuration {} has a group 0 (no group)",
+                self.num
+            ));
+        }
+        if let Some((gid, _)) = self.groups.iter().find(|(_, servers)| servers.is_empty()) {
+            return Err(format!(
+                "configuration {}: group {gid} has no servers",
+                self.num
+            ));
+        }
+        self.validate()
+            .map_err(|e| format!("configuration {}: {e}", self.num))
+    }
+
     /// 2025's `String()`: the configuration as JSON (how the 2025 controller stores it).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a configuration encodes")

@@ -35,6 +35,7 @@ use flotilla_raft::RawNode;
 use flotilla_rsm::{Replied, Rsm, RsmHandle, StateMachine, Wake};
 use flotilla_shardctrler::{Config, Gid, Sharding, NO_GROUP};
 use serde::{Deserialize, Serialize};
+use tracing::error;
 
 /// Where a shard this group holds stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +208,13 @@ impl ShardGroup {
             return GroupAnswer::Done;
         }
         if next.num != self.config.num + 1 || !self.work().settled() {
+            return GroupAnswer::Refused;
+        }
+        // It came from another process: a configuration this group cannot use (another
+        // number of shards, shards at groups it does not name) is refused, the same on
+        // every replica, and never indexed.
+        if let Err(e) = next.validate_for(self.sharding.shards()) {
+            error!("group {}: refusing to adopt {e}", self.gid);
             return GroupAnswer::Refused;
         }
         for shard in 0..next.shards.len() {
@@ -403,6 +411,10 @@ where
     W: Wake,
 {
     match request {
+        // A `Get` is read through ReadIndex, so its `ack` is not applied (as in kvraft): a
+        // read changes no replicated state. What the ack would free stays bounded: one
+        // session per writing clerk, each keeping at most one owed old value, released by
+        // that clerk's next write to the shard.
         GroupRequest::Client(Request::Get { key, .. }) => {
             Replied::from_read(replica.read(GroupQuery::Get(key)).await)
         }

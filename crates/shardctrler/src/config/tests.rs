@@ -210,3 +210,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn validate_for_refuses_what_a_store_of_that_many_shards_cannot_use() {
+    let c1 = join(&Config::empty(12), &[1, 2]);
+    c1.validate_for(12).unwrap();
+    Config::empty(12).validate_for(12).unwrap();
+    assert!(c1
+        .validate_for(10)
+        .unwrap_err()
+        .contains("12 shards, not 10"));
+    let mut short = c1.clone();
+    short.shards.pop();
+    assert!(short.validate_for(12).is_err(), "11 shards");
+    let mut none = c1.clone();
+    none.shards.clear();
+    assert!(none.validate_for(12).is_err(), "no shards");
+    let mut stray = c1.clone();
+    stray.shards[3] = 7;
+    assert!(
+        stray.validate_for(12).is_err(),
+        "a shard at a group not in it"
+    );
+    let mut zero = c1.clone();
+    zero.groups.insert(NO_GROUP, servers(0));
+    assert!(zero.validate_for(12).is_err(), "group 0");
+    let mut empty = c1.clone();
+    empty.groups.insert(3, vec![]);
+    assert!(empty.validate_for(12).is_err(), "a group without servers");
+}

@@ -178,3 +178,34 @@ fn shards_given_to_no_group_wait_at_their_last_owner() {
     a.apply(GroupCommand::Adopt(config(3, [1; 10])));
     assert_eq!(get(&a, "2"), value("v"));
 }
+
+/// A configuration from another process that this group cannot use is refused, not
+/// indexed: it would panic every replica that applies it, at every restart (it is in the log).
+#[test]
+fn a_configuration_of_another_shape_is_refused_without_a_panic() {
+    let mut g = ShardGroup::new(1, SHARDING);
+    let mut short = config(1, [1; 10]);
+    short.shards.truncate(7);
+    let mut long = config(1, [1; 10]);
+    long.shards.extend([1, 1]);
+    let mut empty = config(1, [1; 10]);
+    empty.shards.clear();
+    let mut stray = config(1, [1; 10]);
+    stray.shards[4] = 9;
+    let mut serverless = config(1, [1; 10]);
+    serverless.groups.insert(1, vec![]);
+    for bad in [short, long, empty, stray, serverless] {
+        assert_eq!(
+            g.apply(GroupCommand::Adopt(bad.clone())),
+            GroupAnswer::Refused,
+            "{bad:?}"
+        );
+        assert_eq!(g.config().num, 0, "nothing changed");
+        assert!(g.shard_states().is_empty());
+    }
+    assert_eq!(
+        g.apply(GroupCommand::Adopt(config(1, [1; 10]))),
+        GroupAnswer::Done
+    );
+    assert_eq!(g.shard_states().len(), 10);
+}
