@@ -119,10 +119,11 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "flotilla")]
         name: String,
         /// Start the sharded store instead: a controller of --nodes nodes and this many
-        /// shard groups of --nodes nodes each (gids 100, 101, ...), all joined. Ports from
-        /// --base-port: the controller's first, then each group's.
-        #[arg(long, default_value_t = 0)]
-        groups: usize,
+        /// shard groups (1 to 12, the store's shards) of --nodes nodes each (gids 100, 101,
+        /// ...), all joined. Ports from --base-port: the controller's first, then each
+        /// group's.
+        #[arg(long, value_parser = crate::shard::parse_groups)]
+        groups: Option<usize>,
     },
 }
 
@@ -137,7 +138,7 @@ pub fn cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {
     if nodes == 0 {
         anyhow::bail!("--nodes must be at least 1");
     }
-    if groups > 0 {
+    if let Some(groups) = groups {
         return crate::shard::cluster_up(nodes, groups, &dir, base_port, &name);
     }
     let exe = std::env::current_exe()?;

@@ -132,12 +132,12 @@ pub fn group(command: ShardkvCommand) -> anyhow::Result<ExitCode> {
     serve_node(shard_tcp::serve(config, gid, ctrl, shutdown_signal()))
 }
 
-fn clerk(ctrl: &CtrlArg) -> TcpShardClerk {
-    TcpShardClerk::new(
+fn clerk(ctrl: &CtrlArg) -> anyhow::Result<TcpShardClerk> {
+    Ok(TcpShardClerk::new(
         ctrl.ctrl.clone(),
         random_client_id(),
         ShardClerkOptions::default(),
-    )
+    )?)
 }
 
 pub fn run(command: ShardCommand) -> anyhow::Result<ExitCode> {
@@ -154,7 +154,7 @@ async fn change(
         flotilla_shardctrler::tcp::CtrlUnreachable,
     >,
 ) -> anyhow::Result<ExitCode> {
-    let mut admin = TcpCtrlClerk::new(ctrl.ctrl.clone(), random_client_id());
+    let mut admin = TcpCtrlClerk::new(ctrl.ctrl.clone(), random_client_id())?;
     match change(&mut admin).await? {
         Ok(num) => {
             println!("{what}: configuration {num}");
@@ -197,7 +197,7 @@ async fn shard(command: ShardCommand) -> anyhow::Result<ExitCode> {
             .await
         }
         ShardCommand::Status { ctrl } => status(&ctrl).await,
-        ShardCommand::Get { ctrl, key } => match clerk(&ctrl).get(&key).await? {
+        ShardCommand::Get { ctrl, key } => match clerk(&ctrl)?.get(&key).await? {
             Ok((value, version)) => {
                 println!("{value}");
                 eprintln!("(version {version})");
@@ -209,16 +209,18 @@ async fn shard(command: ShardCommand) -> anyhow::Result<ExitCode> {
             }
         },
         ShardCommand::Put { ctrl, key, value } => {
-            clerk(&ctrl).put(&key, &value).await?;
+            clerk(&ctrl)?.put(&key, &value).await?;
             Ok(ExitCode::SUCCESS)
         }
         ShardCommand::Append { ctrl, key, value } => {
-            println!("{}", clerk(&ctrl).append(&key, &value).await?);
+            println!("{}", clerk(&ctrl)?.append(&key, &value).await?);
             Ok(ExitCode::SUCCESS)
         }
         ShardCommand::Bench { ctrl, load } => {
             let config = load.config(ctrl.ctrl[0], ClerkOptions::default())?;
-            let clerks = (0..load.clients).map(|_| clerk(&ctrl)).collect();
+            let clerks = (0..load.clients)
+                .map(|_| clerk(&ctrl))
+                .collect::<anyhow::Result<_>>()?;
             let report = bench::run_clerks(&config, clerks).await?;
             load.print(&report);
             Ok(ExitCode::SUCCESS)
@@ -227,7 +229,7 @@ async fn shard(command: ShardCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn status(ctrl: &CtrlArg) -> anyhow::Result<ExitCode> {
-    let mut admin = TcpCtrlClerk::new(ctrl.ctrl.clone(), random_client_id());
+    let mut admin = TcpCtrlClerk::new(ctrl.ctrl.clone(), random_client_id())?;
     admin.deadline = Duration::from_secs(5);
     let config = admin.query(None).await?;
     println!("configuration {}", config.num);
@@ -263,6 +265,18 @@ async fn status(ctrl: &CtrlArg) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `--groups G` of `cluster up`: 1 to the store's number of shards (a group beyond that
+/// would hold no shard).
+pub fn parse_groups(text: &str) -> Result<usize, String> {
+    let shards = SHARDING.shards();
+    match text.parse::<usize>() {
+        Ok(groups) if (1..=shards).contains(&groups) => Ok(groups),
+        _ => Err(format!(
+            "{text:?} is no number of groups from 1 to {shards} (the store has {shards} shards)"
+        )),
+    }
 }
 
 /// `flotilla cluster up --groups G`.
@@ -317,6 +331,12 @@ pub fn bench_scaling(
 ) -> anyhow::Result<ExitCode> {
     if groups.contains(&0) || nodes == 0 || clients == 0 {
         bail!("--groups, --nodes and --clients must be at least 1");
+    }
+    if let Some(g) = groups.iter().find(|&&g| g > SHARDING.shards()) {
+        bail!(
+            "--groups {g}: at most {} (the store's shards)",
+            SHARDING.shards()
+        );
     }
     if !(0.0..=1.0).contains(&get_share) {
         bail!("--get-share must be in [0, 1]");

@@ -205,3 +205,45 @@ fn cluster_up_with_groups_serves_shard_clients_and_stops_on_ctrl_c() {
         );
     }
 }
+
+#[test]
+fn cluster_up_refuses_a_number_of_groups_the_store_cannot_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shards");
+    for groups in ["0", "13", "2000", "18446744073709551615", "-1"] {
+        let up = Command::new(FLOTILLA)
+            .args(["cluster", "up", "--base-port", "0"])
+            .arg(format!("--groups={groups}"))
+            .arg("--dir")
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run flotilla");
+        let mut up = StopOnDrop(up);
+        // A refusal is at once; a store that starts runs until Ctrl-C (StopOnDrop sends it).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = up.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "--groups {groups}: cluster up is still running"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(up.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "--groups {groups}: {status:?}\n{err}"
+        );
+        assert!(
+            err.contains("from 1 to 12"),
+            "--groups {groups}: no clear error:\n{err}"
+        );
+        assert!(!data.exists(), "--groups {groups}: nodes were started");
+    }
+}

@@ -96,6 +96,11 @@ pub struct CtrlUnreachable {
     pub last: String,
 }
 
+/// [`TcpCtrlClerk::new`] was given no controller nodes.
+#[derive(Debug, thiserror::Error)]
+#[error("a controller clerk needs at least one controller node; none was given")]
+pub struct NoMembers;
+
 /// A clerk of a controller cluster. One operation at a time.
 pub struct TcpCtrlClerk {
     id: u64,
@@ -112,18 +117,21 @@ pub struct TcpCtrlClerk {
 
 impl TcpCtrlClerk {
     /// A clerk of the controller nodes `members`, as client `id` (unique among the
-    /// controller's clerks: it keys the exactly-once table).
-    pub fn new(members: Vec<SocketAddr>, id: u64) -> Self {
+    /// controller's clerks: it keys the exactly-once table). `members` must not be empty.
+    pub fn new(members: Vec<SocketAddr>, id: u64) -> Result<Self, NoMembers> {
         let n = members.len();
-        TcpCtrlClerk {
+        if n == 0 {
+            return Err(NoMembers);
+        }
+        Ok(TcpCtrlClerk {
             id,
             seq: 0,
-            cursor: LeaderCursor::new(n, (id as usize) % n.max(1)),
+            cursor: LeaderCursor::new(n, (id % n as u64) as usize),
             members,
             pool: Pool::new(PROTOCOL, DEFAULT_MAX_FRAME),
             attempt_timeout: Duration::from_secs(4),
             deadline: Duration::from_secs(30),
-        }
+        })
     }
 
     pub fn members(&self) -> &[SocketAddr] {
@@ -135,7 +143,7 @@ impl TcpCtrlClerk {
         let request = CtrlNodeRequest::Ctrl(request);
         let mut attempts = 0;
         let mut last = String::from("none");
-        while started.elapsed() < self.deadline && !self.members.is_empty() {
+        while started.elapsed() < self.deadline {
             attempts += 1;
             let to = self.cursor.target();
             let addr = self.members[to];
@@ -219,5 +227,17 @@ impl TcpCtrlClerk {
                 last: "a change result in answer to a query".into(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clerk_of_no_controller_nodes_is_an_error_not_a_panic() {
+        assert!(TcpCtrlClerk::new(vec![], 7).is_err());
+        let one = TcpCtrlClerk::new(vec![([127, 0, 0, 1], 1).into()], u64::MAX).unwrap();
+        assert_eq!(one.members().len(), 1);
     }
 }

@@ -33,7 +33,7 @@ pub struct Load {
     pub get_share: f64,
 }
 
-fn clerks(ctrl: &[SocketAddr], n: usize) -> Vec<TcpShardClerk> {
+fn clerks(ctrl: &[SocketAddr], n: usize) -> anyhow::Result<Vec<TcpShardClerk>> {
     (0..n)
         .map(|_| {
             TcpShardClerk::new(
@@ -41,6 +41,7 @@ fn clerks(ctrl: &[SocketAddr], n: usize) -> Vec<TcpShardClerk> {
                 random_client_id(),
                 ShardClerkOptions::default(),
             )
+            .map_err(anyhow::Error::from)
         })
         .collect()
 }
@@ -86,7 +87,7 @@ pub async fn scaling(
             history: None,
             clerk: ClerkOptions::default(),
         };
-        let report = bench::run_clerks(&config, clerks(&ctrl, load.clients)).await;
+        let report = bench::run_clerks(&config, clerks(&ctrl, load.clients)?).await;
         store.stop(Duration::from_secs(5));
         rows.push((g, report?));
     }
@@ -157,7 +158,7 @@ async fn measure_move(
 ) -> anyhow::Result<MoveReport> {
     let (from, to): (Gid, Gid) = (FIRST_GID, FIRST_GID + 1);
     let ctrl = store.controller_members().to_vec();
-    let mut admin = TcpCtrlClerk::new(ctrl.clone(), random_client_id());
+    let mut admin = TcpCtrlClerk::new(ctrl.clone(), random_client_id())?;
     let config = admin.query(None).await?;
     let shard = *config
         .shards_of(from)
@@ -180,7 +181,7 @@ async fn measure_move(
     let loaded = Instant::now();
     let writers = 32.min(keys.max(1));
     let mut tasks = Vec::new();
-    for (w, mut clerk) in clerks(&ctrl, writers).into_iter().enumerate() {
+    for (w, mut clerk) in clerks(&ctrl, writers)?.into_iter().enumerate() {
         let mine: Vec<String> = names.iter().skip(w).step_by(writers).cloned().collect();
         tasks.push(tokio::spawn(async move {
             for key in mine {
@@ -230,7 +231,7 @@ async fn measure_move(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let mut reader = clerks(&ctrl, 1).pop().expect("one clerk");
+    let mut reader = clerks(&ctrl, 1)?.pop().expect("one clerk");
     for key in &names {
         match reader.get(key).await? {
             Ok((v, _)) if v == value(key) => {}

@@ -43,7 +43,9 @@ impl LocalShardedStore {
     /// Starts the controller and `groups` groups of `nodes` nodes each from the `flotilla`
     /// executable `exe`. Ports: the controller's `base_port ..`, group `k`'s
     /// `base_port + (k + 1) × nodes ..`; `base_port` 0 picks free ones. Groups join nothing
-    /// yet ([`LocalShardedStore::join_all`]).
+    /// yet ([`LocalShardedStore::join_all`]). At most one group per shard
+    /// ([`tcp::SHARDING`]), and at least one node; `InvalidInput` otherwise, or if the ports
+    /// would pass 65535.
     pub fn start(
         exe: &Path,
         dir: &Path,
@@ -53,7 +55,21 @@ impl LocalShardedStore {
         base_port: u16,
         extra: &[&str],
     ) -> std::io::Result<LocalShardedStore> {
-        let all = local::loopback_addresses(nodes * (groups + 1), base_port)?;
+        let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+        let shards = tcp::SHARDING.shards();
+        if groups > shards {
+            return Err(invalid(format!(
+                "{groups} groups: at most {shards}, one per shard"
+            )));
+        }
+        if nodes == 0 {
+            return Err(invalid("a group of no nodes".into()));
+        }
+        let total = groups
+            .checked_add(1)
+            .and_then(|g| g.checked_mul(nodes))
+            .ok_or_else(|| invalid(format!("{nodes} nodes × {groups} groups")))?;
+        let all = local::loopback_addresses(total, base_port)?;
         let ctrl_members = all[..nodes].to_vec();
         let ctrl_arg = addresses_arg(&ctrl_members);
         let controller = LocalCluster::start_serving(
@@ -66,7 +82,10 @@ impl LocalShardedStore {
         )?;
         let mut started = Vec::new();
         for k in 0..groups {
-            let gid = FIRST_GID + k as Gid;
+            let gid = Gid::try_from(k)
+                .ok()
+                .and_then(|k| FIRST_GID.checked_add(k))
+                .ok_or_else(|| invalid(format!("group {k} has no gid")))?;
             let members = all[(k + 1) * nodes..(k + 2) * nodes].to_vec();
             let gid_arg = gid.to_string();
             let cluster = LocalCluster::start_serving(
@@ -137,7 +156,8 @@ impl LocalShardedStore {
         let mut admin = TcpCtrlClerk::new(
             self.controller.members().to_vec(),
             flotilla_kv::tcp::random_client_id(),
-        );
+        )
+        .map_err(|e| e.to_string())?;
         match admin.join(groups).await {
             Ok(Ok(num)) => Ok(num),
             Ok(Err(e)) => Err(format!("join refused: {e}")),
@@ -170,4 +190,26 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(format!("{what} has no leader yet"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_groups_than_shards_or_sizes_that_overflow_are_refused_before_any_process() {
+        let exe = Path::new("/nonexistent/flotilla");
+        let dir = Path::new("/nonexistent/dir");
+        for (nodes, groups) in [(3, 13), (3, 2000), (3, usize::MAX), (usize::MAX, 2), (0, 2)] {
+            let started = LocalShardedStore::start(exe, dir, "t", nodes, groups, 7100, &[]);
+            match started {
+                Err(e) => assert_eq!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidInput,
+                    "{nodes}×{groups}: {e}"
+                ),
+                Ok(_) => panic!("{nodes} nodes × {groups} groups started"),
+            }
+        }
+    }
 }

@@ -21,11 +21,11 @@ use flotilla_kv::tcp::ClerkError;
 use flotilla_kv::{Answer, Call, ClerkCore, ClientId, KvError};
 use flotilla_rsm::{LeaderCursor, Replied};
 use flotilla_runtime::{NodeConfig, NodeReport, NodeView, Replica, RunError};
-use flotilla_shardctrler::tcp::TcpCtrlClerk;
+use flotilla_shardctrler::tcp::{NoMembers, TcpCtrlClerk};
 use flotilla_shardctrler::{Config, Gid, Sharding};
-use flotilla_wire::{Pool, Protocol, DEFAULT_MAX_FRAME};
+use flotilla_wire::{Pool, Protocol, SharedPool, DEFAULT_MAX_FRAME};
 use serde::{Deserialize, Serialize};
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::driver::{self, Links};
 use crate::group::{serve as serve_request, GroupAnswer, GroupCommand, GroupRequest, ShardGroup};
@@ -76,6 +76,13 @@ pub async fn serve(
     controller: Vec<SocketAddr>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    let controller =
+        TcpCtrlClerk::new(controller, flotilla_kv::tcp::random_client_id()).map_err(|e| {
+            RunError::Config {
+                id: config.id,
+                detail: e.to_string(),
+            }
+        })?;
     let driver_task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
     let slot = driver_task.clone();
     let result = flotilla_runtime::run(
@@ -85,11 +92,8 @@ pub async fn serve(
         move |view: NodeView<ShardGroup>| {
             let links = TcpLinks {
                 replica: view.replica.clone(),
-                controller: tokio::sync::Mutex::new(TcpCtrlClerk::new(
-                    controller,
-                    flotilla_kv::tcp::random_client_id(),
-                )),
-                groups: tokio::sync::Mutex::new(Pool::new(PROTOCOL, DEFAULT_MAX_FRAME)),
+                controller: tokio::sync::Mutex::new(controller),
+                groups: group_pool(),
             };
             let task = tokio::spawn(async move {
                 loop {
@@ -150,14 +154,83 @@ pub async fn status(addr: SocketAddr, timeout: Duration) -> Result<GroupStatus, 
     }
 }
 
-/// How long one call to another group's server, or to the controller, may take.
+/// How long one call to another group's server, or to the controller, may take (for a
+/// fetch: until its reply starts to arrive; see [`FETCH_PER_MIB`]).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a shard's transfer may take beyond [`CALL_TIMEOUT`], per MiB of the fetch's reply
+/// (no slower than 2 MiB/s): a 64 MiB shard, the largest a frame holds, gets 32 s more.
+const FETCH_PER_MIB: Duration = Duration::from_millis(500);
+
+/// Idle connections a group node keeps to each server of another group (a round has at
+/// most one call per shard in flight).
+const IDLE_PER_SERVER: usize = 4;
+
+fn group_pool() -> SharedPool<GroupNodeRequest, GroupNodeReply> {
+    SharedPool::new(PROTOCOL, DEFAULT_MAX_FRAME, IDLE_PER_SERVER)
+}
+
+/// Asks `controller` for configuration `num` (the latest for `None`) within `deadline`,
+/// and checks that it is one this store can use ([`Config::validate_for`] its shards): a
+/// configuration from another process is never indexed or adopted unchecked.
+async fn query_controller(
+    controller: &mut TcpCtrlClerk,
+    num: Option<u64>,
+    deadline: Duration,
+    attempt_timeout: Duration,
+) -> Result<Config, String> {
+    controller.deadline = deadline;
+    controller.attempt_timeout = attempt_timeout.min(deadline);
+    let config = controller.query(num).await.map_err(|e| e.to_string())?;
+    if let Err(e) = config.validate_for(SHARDING.shards()) {
+        let e = format!("the controller's answer is no usable configuration: {e}");
+        error!("{e}");
+        return Err(e);
+    }
+    Ok(config)
+}
+
+/// [`Links::call_group`] over TCP: each of `servers` in turn until one executes `request`.
+/// A fetch's reply (a whole shard) gets time for its size ([`FETCH_PER_MIB`]).
+async fn call_group_over(
+    pool: &SharedPool<GroupNodeRequest, GroupNodeReply>,
+    servers: &[String],
+    request: GroupRequest,
+) -> Option<Replied<GroupAnswer>> {
+    let fetch = matches!(request, GroupRequest::Fetch { .. });
+    let request = GroupNodeRequest::Group(request);
+    driver::call_each(servers, |name| {
+        let request = &request;
+        async move {
+            let Ok(addr) = name.parse::<SocketAddr>() else {
+                debug!("server {name:?} is no address");
+                return None;
+            };
+            let reply = if fetch {
+                pool.call_sized(addr, request, CALL_TIMEOUT, FETCH_PER_MIB)
+                    .await
+            } else {
+                pool.call(addr, request, CALL_TIMEOUT).await
+            };
+            match reply {
+                Ok(GroupNodeReply::Group(replied)) => Some(replied),
+                Ok(GroupNodeReply::Status(_)) => None,
+                Err(e) => {
+                    debug!("{addr}: {e}");
+                    None
+                }
+            }
+        }
+    })
+    .await
+}
 
 /// A group node's [`Links`] over TCP.
 struct TcpLinks {
     replica: Replica<ShardGroup>,
     controller: tokio::sync::Mutex<TcpCtrlClerk>,
-    groups: tokio::sync::Mutex<Pool<GroupNodeRequest, GroupNodeReply>>,
+    /// Shared by the round's calls, which run at once.
+    groups: SharedPool<GroupNodeRequest, GroupNodeReply>,
 }
 
 impl Links for TcpLinks {
@@ -175,9 +248,7 @@ impl Links for TcpLinks {
 
     async fn query(&self, num: u64) -> Option<Config> {
         let mut controller = self.controller.lock().await;
-        controller.deadline = CALL_TIMEOUT * 2;
-        controller.attempt_timeout = CALL_TIMEOUT;
-        match controller.query(Some(num)).await {
+        match query_controller(&mut controller, Some(num), CALL_TIMEOUT * 2, CALL_TIMEOUT).await {
             Ok(config) => Some(config),
             Err(e) => {
                 debug!("controller query: {e}");
@@ -191,22 +262,7 @@ impl Links for TcpLinks {
         servers: &[String],
         request: GroupRequest,
     ) -> Option<Replied<GroupAnswer>> {
-        let request = GroupNodeRequest::Group(request);
-        driver::call_each(servers, |name| {
-            let request = &request;
-            async move {
-                let Ok(addr) = name.parse::<SocketAddr>() else {
-                    debug!("server {name:?} is no address");
-                    return None;
-                };
-                let mut pool = self.groups.lock().await;
-                match pool.call(addr, request, CALL_TIMEOUT).await {
-                    Ok(GroupNodeReply::Group(replied)) => Some(replied),
-                    Ok(GroupNodeReply::Status(_)) | Err(_) => None,
-                }
-            }
-        })
-        .await
+        call_group_over(&self.groups, servers, request).await
     }
 }
 
@@ -250,17 +306,21 @@ pub struct TcpShardClerk {
 }
 
 impl TcpShardClerk {
-    /// A clerk of the store whose controller nodes are `controller`.
-    pub fn new(controller: Vec<SocketAddr>, client: ClientId, options: ShardClerkOptions) -> Self {
-        TcpShardClerk {
+    /// A clerk of the store whose controller nodes are `controller` (at least one).
+    pub fn new(
+        controller: Vec<SocketAddr>,
+        client: ClientId,
+        options: ShardClerkOptions,
+    ) -> Result<Self, NoMembers> {
+        Ok(TcpShardClerk {
             core: ClerkCore::new(client),
-            controller: TcpCtrlClerk::new(controller, client),
+            controller: TcpCtrlClerk::new(controller, client)?,
             config: Config::empty(SHARDING.shards()),
             pool: Pool::new(PROTOCOL, DEFAULT_MAX_FRAME),
             cursors: HashMap::new(),
             options,
             resends: 0,
-        }
+        })
     }
 
     pub fn id(&self) -> ClientId {
@@ -271,7 +331,10 @@ impl TcpShardClerk {
         let started = Instant::now();
         let mut last = String::from("no configuration gives the key's shard to a group yet");
         let mut first = true;
-        while started.elapsed() < self.options.deadline {
+        // Everything below, controller queries included, within the deadline.
+        let deadline = self.options.deadline;
+        let left = move || deadline.saturating_sub(started.elapsed());
+        while !left().is_zero() {
             let shard = SHARDING.shard_of(call.peek().key());
             let gid = self.config.owner(shard);
             let servers: Vec<SocketAddr> = self
@@ -286,6 +349,10 @@ impl TcpShardClerk {
                     .remove(&gid)
                     .unwrap_or_else(|| LeaderCursor::new(servers.len(), 0));
                 for _ in 0..servers.len() {
+                    let attempt = self.options.attempt_timeout.min(left());
+                    if attempt.is_zero() {
+                        break;
+                    }
                     if !first {
                         self.resends += 1;
                     }
@@ -293,23 +360,26 @@ impl TcpShardClerk {
                     let addr = servers[cursor.target() % servers.len()];
                     let request =
                         GroupNodeRequest::Group(GroupRequest::Client(call.request().clone()));
-                    match self
-                        .pool
-                        .call(addr, &request, self.options.attempt_timeout)
-                        .await
-                    {
+                    match self.pool.call(addr, &request, attempt).await {
                         Ok(GroupNodeReply::Group(Replied::Done(GroupAnswer::Kv(reply)))) => {
-                            cursor.answered();
-                            self.cursors.insert(gid, cursor);
-                            return match self.core.finish(&call, reply) {
-                                Some(Answer::TooLarge(too_large)) => {
-                                    Err(ClerkError::TooLarge(too_large))
+                            match self.core.finish(&call, reply) {
+                                Some(answer) => {
+                                    cursor.answered();
+                                    self.cursors.insert(gid, cursor);
+                                    return match answer {
+                                        Answer::TooLarge(too_large) => {
+                                            Err(ClerkError::TooLarge(too_large))
+                                        }
+                                        answer => Ok(answer),
+                                    };
                                 }
-                                Some(answer) => Ok(answer),
-                                None => Err(ClerkError::Refused(format!(
-                                    "{addr}: a reply that does not fit the request"
-                                ))),
-                            };
+                                // A stale duplicate's reply, or a confused server: resend
+                                // (as the other clerks do), up to the deadline.
+                                None => {
+                                    last = format!("{addr}: a reply that does not fit the request");
+                                    cursor.failed(None);
+                                }
+                            }
                         }
                         Ok(GroupNodeReply::Group(Replied::Done(_))) => {
                             last = format!("{addr}: group {gid} does not serve shard {shard}");
@@ -336,11 +406,21 @@ impl TcpShardClerk {
                 }
                 self.cursors.insert(gid, cursor);
             }
-            tokio::time::sleep(self.options.refresh_pause).await;
-            match self.controller.query(None).await {
+            tokio::time::sleep(self.options.refresh_pause.min(left())).await;
+            let remaining = left();
+            if remaining.is_zero() {
+                break;
+            }
+            let query = query_controller(
+                &mut self.controller,
+                None,
+                remaining,
+                self.options.attempt_timeout,
+            );
+            match query.await {
                 Ok(latest) if latest.num >= self.config.num => self.config = latest,
                 Ok(_) => {}
-                Err(e) => last = e.to_string(),
+                Err(e) => last = e,
             }
         }
         Err(ClerkError::GaveUp {
@@ -401,3 +481,6 @@ impl flotilla_kv::bench::BenchClerk for TcpShardClerk {
         self.resends
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -114,7 +114,7 @@ async fn scenario() {
         .map(|i| start_group_node(101, &g101, i, &ctrl, dir.path()))
         .collect();
 
-    let mut admin = TcpCtrlClerk::new(ctrl.clone(), 1);
+    let mut admin = TcpCtrlClerk::new(ctrl.clone(), 1).unwrap();
     let joined = admin
         .join(BTreeMap::from([(100, names(&g100))]))
         .await
@@ -130,7 +130,8 @@ async fn scenario() {
             let ctrl = ctrl.clone();
             let done = done_rx.clone();
             tokio::spawn(async move {
-                let mut clerk = TcpShardClerk::new(ctrl, 1000 + c, ShardClerkOptions::default());
+                let mut clerk =
+                    TcpShardClerk::new(ctrl, 1000 + c, ShardClerkOptions::default()).unwrap();
                 let mut acked = Vec::new();
                 let mut n = 0u64;
                 while !*done.borrow() {
@@ -225,7 +226,7 @@ async fn scenario() {
         }
     }
     assert!(total >= 50, "only {total} appends acknowledged");
-    let mut reader = TcpShardClerk::new(ctrl.clone(), 9, ShardClerkOptions::default());
+    let mut reader = TcpShardClerk::new(ctrl.clone(), 9, ShardClerkOptions::default()).unwrap();
     for key in (0..KEYS).map(|k| format!("key-{k}")) {
         let value = match reader.get(&key).await.unwrap() {
             Ok((value, _)) => value,
