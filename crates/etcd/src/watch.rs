@@ -180,8 +180,9 @@ impl<B: Backend> StreamTask<B> {
                     reading = false;
                     Ok(())
                 }
-                // The call was reset or broken: no one to answer.
-                Wake::Request(Err(_)) => Err(End::Gone),
+                // A request that could not be read, or the call was reset: said to the
+                // client if it still listens.
+                Wake::Request(Err(status)) => Err(End::Error(status)),
                 Wake::Applied(true) => self.catch_up().await,
                 Wake::Applied(false) => Err(End::Error(server::server_stopping())),
                 Wake::Tick => self.on_tick().await,

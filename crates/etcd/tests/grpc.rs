@@ -672,6 +672,55 @@ async fn watch_keys_prefixes_history_filters_prev_kv_and_cancel() {
 }
 
 #[tokio::test]
+async fn watch_odd_ranges_and_requests_are_served_without_harm() {
+    let server = TestServer::start().await;
+    let mut kv = client(&server).await;
+    let channel = channel(&server).await;
+    let mut w = WatchSession::open(&channel).await;
+    // An empty key with range end \0: every key.
+    let all = w
+        .create(pb::WatchCreateRequest {
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await
+        .watch_id;
+    // A range that ends before it starts, a start far in the future: nothing, ever.
+    w.create(pb::WatchCreateRequest {
+        key: b"z".to_vec(),
+        range_end: b"a".to_vec(),
+        ..Default::default()
+    })
+    .await;
+    w.create(pb::WatchCreateRequest {
+        start_revision: i64::MAX,
+        ..watch_key("k")
+    })
+    .await;
+    // A request of no known kind, a cancel of no watcher: ignored.
+    let requests = w.requests.as_ref().unwrap();
+    within(requests.send(pb::WatchRequest {
+        request_union: None,
+    }))
+    .await
+    .unwrap();
+    w.cancel(99).await;
+    put(&mut kv, "k", "v").await; // 2
+    put(&mut kv, "\u{ff}", "v").await; // 3
+    for (revision, key) in [(2, "k"), (3, "\u{ff}")] {
+        let r = w.next().await;
+        assert_eq!(r.watch_id, all, "{r:?}");
+        assert_eq!(
+            events(&r),
+            [(EventType::Put, key.into(), "v".into(), revision)]
+        );
+    }
+    w.nothing_more(3).await;
+    drop(w);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn watch_from_a_compacted_revision_is_canceled_with_the_compaction_revision() {
     let server = TestServer::start().await;
     let mut kv = client(&server).await;
