@@ -894,6 +894,69 @@ async fn a_watch_client_that_stops_reading_is_ended_unavailable() {
 }
 
 #[tokio::test]
+async fn a_watch_stream_left_behind_past_a_compaction_cancels_its_watchers() {
+    use flotilla_mvcc::{MvccCommand, PutRequest};
+    let server = TestServer::start_with(ServeOptions {
+        watch_buffer: 2,
+        slow_watch_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    })
+    .await;
+    let mut kv = client(&server).await;
+    let watch_channel = channel(&server).await;
+    let mut w = WatchSession::open(&watch_channel).await;
+    let id = w.create(watch_prefix("w/")).await.watch_id;
+    // More than the connection's windows: the stream's task waits for its client to read.
+    let value = "v".repeat(100 * 1024);
+    for i in 0..60 {
+        put(&mut kv, &format!("w/{i:02}"), &value).await;
+    }
+    // Meanwhile more revisions than the recent changes keep, then a compaction of them all.
+    for i in 0..4200 {
+        let applied = flotilla_etcd::Backend::apply(
+            &*server.backend,
+            MvccCommand::Put(PutRequest {
+                key: format!("other/{i}").into_bytes(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("applied");
+        assert!(applied.result.is_ok());
+    }
+    let current = revision(range(&mut kv, get("w/00")).await.header);
+    within(kv.compact(pb::CompactionRequest {
+        revision: current,
+        physical: false,
+    }))
+    .await
+    .expect("compact");
+    // The client reads again: the events it was sent, then its watcher canceled with the
+    // compaction revision (the revisions it is owed are gone), as etcd cancels a compacted
+    // slow watcher.
+    let mut seen = 0;
+    let canceled = loop {
+        let r = w.next().await;
+        if r.canceled {
+            break r;
+        }
+        assert_eq!(r.watch_id, id, "{r:?}");
+        seen += r.events.len();
+        assert!(seen <= 60, "more events than puts");
+    };
+    assert!(seen < 60, "left behind before the last put: {seen}");
+    assert_eq!(
+        (canceled.watch_id, canceled.compact_revision),
+        (id, current),
+        "{canceled:?}"
+    );
+    w.nothing_more(current).await;
+    drop(w);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn streams_end_when_their_client_goes_away_and_when_the_server_stops() {
     let server = TestServer::start().await;
     let channel = channel(&server).await;
