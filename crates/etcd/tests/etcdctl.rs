@@ -502,10 +502,11 @@ async fn etcdctl_leases() {
     );
 
     let ttl = etcdctl.ok(&["lease", "timetolive", &id, "--keys"]).await;
-    let remaining = [59, 60].map(|left| {
+    // Seconds left: 60 or a little less, however slow this machine is.
+    let remaining = (50..=60).map(|left| {
         format!("lease {id} granted with TTL(60s), remaining({left}s), attached keys([k1 k2])\n")
     });
-    assert!(remaining.contains(&ttl), "{ttl}");
+    assert!(remaining.into_iter().any(|want| want == ttl), "{ttl}");
     assert_eq!(
         etcdctl.ok(&["lease", "keep-alive", "--once", &id]).await,
         format!("lease {id} keepalived with TTL(60)\n")

@@ -1075,7 +1075,10 @@ async fn leases_grant_keep_alive_time_to_live_list_revoke_and_expire() {
     .expect("time to live")
     .into_inner();
     assert_eq!((ttl.id, ttl.granted_ttl), (1000, 60));
-    assert!((58..=60).contains(&ttl.ttl), "{ttl:?}");
+    assert!(
+        (50..=60).contains(&ttl.ttl),
+        "60 s or a little less: {ttl:?}"
+    );
     assert_eq!(ttl.keys, [b"l/1".to_vec(), b"l/2".to_vec()]);
     assert_eq!(revision(ttl.header), 3);
     let ttl = within(lease.lease_time_to_live(pb::LeaseTimeToLiveRequest {
