@@ -14,6 +14,7 @@
 //!   (`Cluster.MemberList`, `Maintenance.Status`); every other method is `UNIMPLEMENTED`;
 //! - [`memory`]: [`MemoryBackend`], a store in memory for tests.
 
+pub mod bench;
 pub mod cluster;
 pub mod convert;
 pub mod kv;
