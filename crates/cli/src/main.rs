@@ -17,6 +17,7 @@ use flotilla_lincheck::{history, CheckResult};
 use flotilla_raft_sim::{demo, lab3, sweep};
 use tracing_subscriber::EnvFilter;
 
+mod etcd_bench;
 mod kvraft;
 mod shard;
 
@@ -244,6 +245,8 @@ enum KvCommand {
         cluster: ClusterArg,
         #[command(flatten)]
         load: BenchLoad,
+        #[command(flatten)]
+        etcd: etcd_bench::EtcdArgs,
     },
 }
 
@@ -811,7 +814,11 @@ async fn kv(command: KvCommand) -> anyhow::Result<ExitCode> {
             server,
             cluster,
             load,
+            etcd,
         } => {
+            if etcd.given() {
+                return etcd_bench::bench(&etcd, &load).await;
+            }
             let config = load.config(server, options)?;
             let report = if cluster.cluster.is_empty() {
                 bench::run(config).await?
