@@ -20,6 +20,8 @@ pub enum KvraftCommand {
     Serve {
         #[command(flatten)]
         node: NodeArgs,
+        #[command(flatten)]
+        grpc: GrpcArgs,
     },
     /// Print each node's role, term, commit and applied index, log and snapshot size, and on
     /// the leader each follower's progress.
@@ -55,6 +57,50 @@ pub struct NodeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+}
+
+/// Where a node serves etcd's v3 API.
+#[derive(clap::Args)]
+pub struct GrpcArgs {
+    /// Serve etcd's v3 gRPC API (KV, Watch, Lease, Cluster, Maintenance) at ADDR, so that
+    /// etcdctl and etcd's client libraries work against the cluster.
+    #[arg(long)]
+    grpc: Option<SocketAddr>,
+    /// Every node's gRPC address, in --peers order (what `member list` reports as client
+    /// URLs); this node's entry is its --grpc address if that is not given.
+    #[arg(long, value_delimiter = ',')]
+    grpc_members: Vec<SocketAddr>,
+}
+
+impl GrpcArgs {
+    /// The node's gRPC configuration (none if it serves no gRPC), or why the arguments do
+    /// not make one.
+    pub fn config(self, id: u64, peers: usize) -> anyhow::Result<Option<tcp::GrpcConfig>> {
+        let GrpcArgs { grpc, grpc_members } = self;
+        if !grpc_members.is_empty() && grpc_members.len() != peers {
+            anyhow::bail!(
+                "--grpc-members has {} addresses but --peers has {peers}",
+                grpc_members.len()
+            );
+        }
+        let Some(addr) = grpc.or_else(|| grpc_members.get(id as usize).copied()) else {
+            return Ok(None);
+        };
+        let mut members: Vec<Option<SocketAddr>> = if grpc_members.is_empty() {
+            vec![None; peers]
+        } else {
+            grpc_members.into_iter().map(Some).collect()
+        };
+        if let Some(mine) = members.get_mut(id as usize) {
+            *mine = Some(addr);
+        }
+        Ok(Some(tcp::GrpcConfig {
+            addr,
+            etcd: flotilla_kvraft::etcd::EtcdConfig {
+                grpc_members: members,
+            },
+        }))
+    }
 }
 
 impl NodeArgs {
@@ -118,6 +164,10 @@ pub enum ClusterCommand {
         base_port: u16,
         #[arg(long, default_value = "flotilla")]
         name: String,
+        /// Node I serves etcd's v3 API on 127.0.0.1:(PORT + I); 0 picks free ports. By
+        /// default PORT is --base-port + 100 (free ports if --base-port is 0).
+        #[arg(long)]
+        grpc_base_port: Option<u16>,
         /// Start the sharded store instead: a controller of --nodes nodes and this many
         /// shard groups (1 to 12, the store's shards) of --nodes nodes each (gids 100, 101,
         /// ...), all joined. Ports from --base-port: the controller's first, then each
@@ -133,6 +183,7 @@ pub fn cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {
         dir,
         base_port,
         name,
+        grpc_base_port,
         groups,
     } = command;
     if nodes == 0 {
@@ -142,18 +193,46 @@ pub fn cluster(command: ClusterCommand) -> anyhow::Result<ExitCode> {
         return crate::shard::cluster_up(nodes, groups, &dir, base_port, &name);
     }
     let exe = std::env::current_exe()?;
-    let members = local::loopback_addresses(nodes, base_port)?;
+    let grpc_base = grpc_base_port.unwrap_or(if base_port == 0 {
+        0
+    } else {
+        base_port.checked_add(100).ok_or_else(|| {
+            anyhow::anyhow!("--base-port {base_port} + 100 is past 65535: give --grpc-base-port")
+        })?
+    });
+    let (members, grpc) = if base_port == 0 && grpc_base == 0 {
+        // Free ports for both, asked for at once so that none is handed out twice.
+        let mut free = local::loopback_addresses(2 * nodes, 0)?;
+        let grpc = free.split_off(nodes);
+        (free, grpc)
+    } else {
+        (
+            local::loopback_addresses(nodes, base_port)?,
+            local::loopback_addresses(nodes, grpc_base)?,
+        )
+    };
+    let grpc_arg = grpc
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let runtime = crate::tokio_runtime()?;
     let stop = shutdown_signals(runtime.handle())?;
-    let mut cluster = LocalCluster::start(&exe, &dir, &name, members, &[])?;
+    let mut cluster =
+        LocalCluster::start(&exe, &dir, &name, members, &["--grpc-members", &grpc_arg])?;
     println!(
         "flotilla cluster: {nodes} nodes, data and logs in {}",
         dir.display()
     );
     for (i, addr) in cluster.members().iter().enumerate() {
-        println!("  node {i}: {addr} (pid {})", cluster.pid(i).unwrap_or(0));
+        println!(
+            "  node {i}: {addr} (pid {}), etcd API {}",
+            cluster.pid(i).unwrap_or(0),
+            grpc[i]
+        );
     }
     println!("clients: --cluster {}", cluster.members_arg());
+    println!("etcd clients: --endpoints {grpc_arg}");
     runtime.block_on(async {
         match local::wait_for_leader(cluster.members(), Duration::from_secs(10)).await {
             Some(leader) => println!(
@@ -179,9 +258,10 @@ pub fn demo() -> anyhow::Result<ExitCode> {
 
 pub fn run(command: KvraftCommand) -> anyhow::Result<ExitCode> {
     match command {
-        KvraftCommand::Serve { node } => {
+        KvraftCommand::Serve { node, grpc } => {
             let config = node.config()?;
-            serve_node(tcp::serve(config, shutdown_signal()))
+            let grpc = grpc.config(config.id, config.cluster.members.len())?;
+            serve_node(tcp::serve(config, grpc, shutdown_signal()))
         }
         KvraftCommand::Status { cluster } => {
             let reports = crate::tokio_runtime()?.block_on(local::reports(&cluster));

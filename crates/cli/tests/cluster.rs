@@ -222,11 +222,14 @@ fn cluster_up_serves_reports_one_leader_and_stops_its_nodes_on_sigint() {
         all
     };
 
-    // Its stdout: "  node I: ADDR (pid P)" for each node, then "clients: --cluster A,B,C",
+    // Its stdout: "  node I: ADDR (pid P), etcd API G" for each node, then "clients:
+    // --cluster A,B,C" and "etcd clients: --endpoints G,G,G",
     // then whether a node leads; the last line says Ctrl-C stops the cluster.
     let deadline = Instant::now() + STEP;
     let mut printed = Vec::new();
     let mut cluster_arg = None;
+    let mut grpc_addrs: Vec<SocketAddr> = Vec::new();
+    let mut endpoints_arg = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match lines.recv_timeout(left) {
@@ -242,19 +245,34 @@ fn cluster_up_serves_reports_one_leader_and_stops_its_nodes_on_sigint() {
                 if let Some((addr, pid)) = rest.split_once(" (pid ") {
                     let i: usize = i.parse().unwrap();
                     assert_eq!(i, up.nodes.len(), "{printed:#?}");
-                    let pid = pid.trim_end_matches(')').parse().unwrap();
-                    up.nodes.push((addr.parse().unwrap(), pid));
+                    let (pid, grpc) = pid
+                        .split_once("), etcd API ")
+                        .unwrap_or_else(|| panic!("no etcd API address: {line}"));
+                    up.nodes.push((addr.parse().unwrap(), pid.parse().unwrap()));
+                    grpc_addrs.push(grpc.parse::<SocketAddr>().unwrap());
                 }
             }
         }
         if let Some(arg) = line.strip_prefix("clients: --cluster ") {
             cluster_arg = Some(arg.to_string());
         }
+        if let Some(arg) = line.strip_prefix("etcd clients: --endpoints ") {
+            endpoints_arg = Some(arg.to_string());
+        }
         if line.contains("Ctrl-C stops the cluster") {
             break;
         }
     }
     assert_eq!(up.nodes.len(), 3, "{printed:#?}");
+    let listed: Vec<String> = grpc_addrs.iter().map(|a| a.to_string()).collect();
+    assert_eq!(endpoints_arg, Some(listed.join(",")), "{printed:#?}");
+    for addr in &grpc_addrs {
+        assert!(
+            TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_ok(),
+            "nothing serves the etcd API at {addr}\n{}",
+            logs(dir.path())
+        );
+    }
     let members = up
         .nodes
         .iter()
@@ -354,6 +372,18 @@ fn cluster_up_serves_reports_one_leader_and_stops_its_nodes_on_sigint() {
         "{rest:#?}"
     );
     let deadline = Instant::now() + STEP;
+    for addr in &grpc_addrs {
+        while !matches!(
+            TcpStream::connect_timeout(addr, Duration::from_millis(500)),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused
+        ) {
+            assert!(
+                Instant::now() < deadline,
+                "the etcd API at {addr} still there {STEP:?} after cluster up exited"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     for &(addr, pid) in &up.nodes {
         loop {
             let refused = matches!(

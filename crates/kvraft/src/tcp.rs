@@ -17,13 +17,15 @@ use flotilla_runtime::{NodeConfig, NodeReport, NodeView, RunError};
 use flotilla_wire::{Client, Protocol, WireError, DEFAULT_MAX_FRAME};
 use serde::{Deserialize, Serialize};
 
+use crate::etcd::{EtcdAnswer, EtcdConfig, EtcdRequest, ReplicaBackend};
 use crate::service::{self, KvStore, ServerReply};
-use flotilla_rsm::LeaderCursor;
+use flotilla_rsm::{LeaderCursor, Replied};
+use std::sync::Arc;
 
 /// The client protocol of a KV-on-Raft node.
 pub const PROTOCOL: Protocol = Protocol {
     service: "kvraft",
-    version: 2,
+    version: 3,
 };
 
 /// What a client asks a node.
@@ -32,6 +34,8 @@ pub enum NodeRequest {
     Kv(Request),
     /// The node's state ([`NodeReport`]), answered by any node, leader or not.
     Status,
+    /// A request of the etcd API, handed to the leader by another node.
+    Etcd(EtcdRequest),
 }
 
 /// A node's answer.
@@ -39,6 +43,7 @@ pub enum NodeRequest {
 pub enum NodeReply {
     Kv(ServerReply),
     Status(Box<NodeReport>),
+    Etcd(Replied<EtcdAnswer>),
 }
 
 /// Asks the node at `addr` for its report.
@@ -48,8 +53,8 @@ pub async fn status(addr: SocketAddr, timeout: Duration) -> Result<NodeReport, W
             Client::<NodeRequest, NodeReply>::connect(addr, PROTOCOL, DEFAULT_MAX_FRAME).await?;
         match client.call(&NodeRequest::Status, timeout).await? {
             NodeReply::Status(report) => Ok(*report),
-            NodeReply::Kv(other) => Err(WireError::Decode(format!(
-                "a KV reply to a status request: {other:?}"
+            other => Err(WireError::Decode(format!(
+                "{other:?} in reply to a status request"
             ))),
         }
     };
@@ -58,18 +63,73 @@ pub async fn status(addr: SocketAddr, timeout: Duration) -> Result<NodeReport, W
         .unwrap_or(Err(WireError::Timeout(timeout)))
 }
 
-/// Runs one node of the replicated store until `shutdown` resolves or its storage fails.
+/// Where a node serves etcd's v3 API (gRPC), and where the others do.
+#[derive(Clone, Debug)]
+pub struct GrpcConfig {
+    pub addr: SocketAddr,
+    pub etcd: EtcdConfig,
+}
+
+/// Runs one node of the replicated store until `shutdown` resolves or its storage fails;
+/// with `grpc`, it serves etcd's v3 API there too. Every node, serving gRPC or not, answers
+/// the etcd requests other nodes forward to it as leader, and as leader expires leases.
 pub async fn serve(
     config: NodeConfig,
+    grpc: Option<GrpcConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    flotilla_runtime::run(
+    let id = config.id;
+    let grpc_listener = match &grpc {
+        None => None,
+        Some(g) => Some(
+            tokio::net::TcpListener::bind(g.addr)
+                .await
+                .map_err(|source| RunError::Listen {
+                    id,
+                    addr: g.addr,
+                    source,
+                })?,
+        ),
+    };
+    let etcd_config = grpc.map(|g| g.etcd).unwrap_or_default();
+    let name = config.cluster.name.clone();
+    let members = config.cluster.members.clone();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    let stop_on_shutdown = stop_tx.clone();
+    let tasks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spawned = tasks.clone();
+    let result = flotilla_runtime::run(
         config,
         KvStore::new(),
         PROTOCOL,
-        |view: NodeView<KvStore>| {
+        move |view: NodeView<KvStore>| {
+            let backend = Arc::new(ReplicaBackend::new(
+                view.clone(),
+                &name,
+                id,
+                members,
+                etcd_config,
+            ));
+            let mut spawned = spawned.lock().expect("not poisoned");
+            spawned.push(tokio::spawn(backend.clone().expire_leases(stopped())));
+            if let Some(listener) = grpc_listener {
+                let serving = flotilla_etcd::serve(listener, backend.clone(), stopped());
+                spawned.push(tokio::spawn(async move {
+                    if let Err(e) = serving.await {
+                        tracing::error!(error = %e, "the etcd API stopped");
+                    }
+                }));
+            }
             move |request: NodeRequest| {
                 let view = view.clone();
+                let backend = backend.clone();
                 async move {
                     match request {
                         NodeRequest::Kv(request) => {
@@ -81,13 +141,32 @@ pub async fn serve(
                             NodeReply::Kv(reply)
                         }
                         NodeRequest::Status => NodeReply::Status(Box::new(view.report())),
+                        NodeRequest::Etcd(request) => {
+                            NodeReply::Etcd(backend.serve_local(request).await)
+                        }
                     }
                 }
             }
         },
-        shutdown,
+        async move {
+            shutdown.await;
+            let _ = stop_on_shutdown.send(true);
+        },
     )
-    .await
+    .await;
+    let _ = stop_tx.send(true);
+    let tasks: Vec<_> = std::mem::take(&mut *tasks.lock().expect("not poisoned"));
+    for task in tasks {
+        // The gRPC server finishes the calls in progress; bounded, then cut.
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+    result
 }
 
 /// How patient a [`ClusterClerk`] is.
@@ -162,8 +241,8 @@ impl ClusterClerk {
         let request = NodeRequest::Kv(call.request().clone());
         match connection.call(&request, timeout).await {
             Ok(NodeReply::Kv(reply)) => Ok(reply),
-            Ok(NodeReply::Status(_)) => Err(format!(
-                "{}: a status reply to a KV request",
+            Ok(other) => Err(format!(
+                "{}: {other:?} in reply to a KV request",
                 self.members[to]
             )),
             Err(e) => Err(format!("{}: {e}", self.members[to])),

@@ -40,7 +40,7 @@ fn free_addrs(n: usize) -> Vec<SocketAddr> {
 fn start(cluster: &ClusterId, id: usize, dir: &Path) -> Running {
     let mut config = NodeConfig::new(cluster.clone(), id as u64, dir.to_path_buf());
     config.rsm.max_raft_state = Some(MAX_RAFT_STATE);
-    NodeTask::spawn(|shutdown| tcp::serve(config, shutdown))
+    NodeTask::spawn(|shutdown| tcp::serve(config, None, shutdown))
 }
 
 async fn stop(node: Running) {

@@ -31,7 +31,7 @@ fn start(cluster: &ClusterId, id: u64, dir: &Path) -> Running {
 }
 
 fn start_with(config: NodeConfig) -> Running {
-    NodeTask::spawn(|shutdown| tcp::serve(config, shutdown))
+    NodeTask::spawn(|shutdown| tcp::serve(config, None, shutdown))
 }
 
 async fn stop(node: Running) {

@@ -145,9 +145,17 @@ mod tests {
             let revisions: Vec<Revision> = kept.iter().map(|(r, _)| *r).collect();
             assert_eq!(revisions, (after + 1..=7).collect::<Vec<_>>());
         }
-        assert_eq!(recent.since(&s, 6).unwrap()[0].1.len(), 4, "one delete per key");
+        assert_eq!(
+            recent.since(&s, 6).unwrap()[0].1.len(),
+            4,
+            "one delete per key"
+        );
         s.compact(6).unwrap();
         assert!(rebuilt.since(&s, 3).is_err(), "compacted away");
-        assert_eq!(recent.since(&s, 5).unwrap().len(), 2, "kept ones still served");
+        assert_eq!(
+            recent.since(&s, 5).unwrap().len(),
+            2,
+            "kept ones still served"
+        );
     }
 }

@@ -32,6 +32,11 @@ impl Lessor {
         now_ms.saturating_add((ttl.max(0) as u64).saturating_mul(1000))
     }
 
+    /// The leases with a deadline.
+    pub fn tracked(&self) -> impl Iterator<Item = LeaseId> + '_ {
+        self.leases.keys().copied()
+    }
+
     /// This node became leader at `now_ms`; `leases` are the store's (id, granted TTL).
     pub fn promote(&mut self, leases: impl IntoIterator<Item = (LeaseId, i64)>, now_ms: u64) {
         self.leading = true;

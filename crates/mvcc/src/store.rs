@@ -675,7 +675,10 @@ impl MvccStore {
             while self.leases.contains_key(&self.next_lease) {
                 self.next_lease += 1;
             }
-            self.next_lease
+            // Never handed out again, even once revoked: a client still holding the old
+            // id must not keep another's lease alive.
+            self.next_lease += 1;
+            self.next_lease - 1
         } else {
             id
         };

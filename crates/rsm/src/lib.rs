@@ -141,6 +141,15 @@ impl<T> Replied<T> {
             Err(ReadError::Unknown) => Replied::NotApplied { hint: None },
         }
     }
+
+    /// The same reply with its result mapped by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Replied<U> {
+        match self {
+            Replied::Done(done) => Replied::Done(f(done)),
+            Replied::NotApplied { hint } => Replied::NotApplied { hint },
+            Replied::Unknown => Replied::Unknown,
+        }
+    }
 }
 
 #[cfg(feature = "sim")]

@@ -208,11 +208,13 @@ where
     });
     let replica = RsmHandle::new(node.clone(), rsm.clone(), wake);
     let counters = Arc::new(metrics::Counters::new(n));
+    let (applied_tx, applied) = watch::channel(0);
     let view = NodeView {
         replica,
         node: node.clone(),
         counters: counters.clone(),
         addr,
+        applied,
     };
     let metrics_task = match config.metrics {
         None => None,
@@ -251,7 +253,11 @@ where
     });
     let peers = peer::PeerLinks::start(&config.cluster, id, incarnation, counters.clone());
     let mut host = host::TokioHost::new(id, counters, inbox, config.tick, wal, peers, stop);
-    let mut app = RsmApp::new(rsm);
+    let mut app = SignalApplied {
+        app: RsmApp::new(rsm),
+        applies: 0,
+        signal: applied_tx,
+    };
     info!(id, %addr, cluster = %config.cluster, "serving");
     let result = flotilla_node::run(node, &mut host, &mut app).await;
     serving.abort();
@@ -259,6 +265,46 @@ where
         task.abort();
     }
     result.map_err(storage)
+}
+
+/// The node loop's app, which after every `Ready` that applied something (entries or a
+/// snapshot) bumps the counter [`NodeView::applied`] watches.
+struct SignalApplied<A> {
+    app: A,
+    applies: u64,
+    signal: watch::Sender<u64>,
+}
+
+impl<A: flotilla_node::App> flotilla_node::App for SignalApplied<A> {
+    fn on_soft_state(&mut self, soft: &flotilla_raft::SoftState) {
+        self.app.on_soft_state(soft)
+    }
+    fn on_persisted(&mut self, node: &RawNode, batch: &flotilla_raft::Persist) {
+        self.app.on_persisted(node, batch)
+    }
+    fn on_tick(&mut self) {
+        self.app.on_tick()
+    }
+    fn apply_snapshot(&mut self, snapshot: &flotilla_raft::Snapshot) {
+        self.applies += 1;
+        self.app.apply_snapshot(snapshot)
+    }
+    fn apply(&mut self, entry: flotilla_raft::Entry, raft_state_size: u64) -> Option<Vec<u8>> {
+        self.applies += 1;
+        self.app.apply(entry, raft_state_size)
+    }
+    fn on_read_state(&mut self, read: flotilla_raft::ReadState) {
+        self.app.on_read_state(read)
+    }
+    fn after_ready(&mut self) {
+        self.app.after_ready();
+        let applies = self.applies;
+        self.signal.send_if_modified(|seen| {
+            let changed = *seen != applies;
+            *seen = applies;
+            changed
+        });
+    }
 }
 
 /// A seed for the node's election timeouts: different per node and per start.

@@ -61,6 +61,7 @@ pub struct NodeView<S: StateMachine> {
     pub(crate) node: Arc<Mutex<RawNode>>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) addr: SocketAddr,
+    pub(crate) applied: tokio::sync::watch::Receiver<u64>,
 }
 
 impl<S: StateMachine> Clone for NodeView<S> {
@@ -70,6 +71,7 @@ impl<S: StateMachine> Clone for NodeView<S> {
             node: self.node.clone(),
             counters: self.counters.clone(),
             addr: self.addr,
+            applied: self.applied.clone(),
         }
     }
 }
@@ -78,6 +80,22 @@ impl<S: StateMachine> NodeView<S> {
     /// Counts a client write proposed on this node (for the metrics).
     pub fn count_proposal(&self) {
         self.counters.proposals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A counter that changes after every batch of applied entries (or a snapshot): what
+    /// follows the applied state (a watch stream) waits on it.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// The node's address (its port for peers and clients).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Runs `f` on the node's Raft state.
+    pub fn with_raft<R>(&self, f: impl FnOnce(&RawNode) -> R) -> R {
+        self.node.with(|n| f(n))
     }
 
     pub fn report(&self) -> NodeReport {

@@ -19,7 +19,7 @@ pub struct NodeTask {
 }
 
 impl NodeTask {
-    /// Spawns `serve` (such as `flotilla_kvraft::tcp::serve(config, shutdown)`), handing it
+    /// Spawns `serve` (such as `flotilla_kvraft::tcp::serve(config, None, shutdown)`), handing it
     /// the shutdown future that [`NodeTask::stop`] resolves.
     pub fn spawn<F, Fut>(serve: F) -> Self
     where

@@ -423,6 +423,25 @@ fn leases_own_their_keys_and_a_revoke_deletes_them_at_one_revision() {
 }
 
 #[test]
+fn a_lease_id_the_store_picked_is_never_picked_again() {
+    let mut s = MvccStore::new();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = s.lease_grant(0, 10).unwrap();
+        s.lease_revoke(id).unwrap();
+        ids.push(id);
+    }
+    assert_eq!(
+        ids,
+        [1, 2, 3],
+        "a revoked lease's id is not handed out again"
+    );
+    assert_eq!(s.lease_grant(5, 10).unwrap(), 5);
+    assert_eq!(s.lease_grant(0, 10).unwrap(), 4);
+    assert_eq!(s.lease_grant(0, 10).unwrap(), 6, "an id in use is skipped");
+}
+
+#[test]
 fn compaction_refuses_older_reads_and_keeps_newer_ones() {
     let mut s = MvccStore::new();
     put(&mut s, "a", "1"); // 2
