@@ -222,6 +222,10 @@ pub async fn serve_with<B: Backend>(
             &backend,
         ))))
         .add_service(MaintenanceServer::new(MaintenanceService::new(backend)))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        // Small HTTP/2 frames go out at once, as Go servers (etcd) send them.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }
