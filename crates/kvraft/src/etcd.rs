@@ -32,7 +32,7 @@ use flotilla_mvcc::{
 use flotilla_raft::NodeId;
 use flotilla_rsm::Replied;
 use flotilla_runtime::NodeView;
-use flotilla_wire::{Client, DEFAULT_MAX_FRAME};
+use flotilla_wire::{SharedPool, DEFAULT_MAX_FRAME};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
@@ -46,13 +46,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 /// How often the leader looks for expired leases.
 pub const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// One attempt at the leader through the node port.
+/// One attempt at the leader through the node port (connect, request and reply).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Pause before trying again after no leader was known or it turned the request away.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
-/// Kept connections to each other node, for forwarding.
+/// Idle connections kept to each other node, for forwarding.
 const KEPT_CONNECTIONS: usize = 64;
 
 /// What a node asks the leader on another node's behalf.
@@ -110,8 +110,8 @@ pub struct ReplicaBackend {
     member_ids: Vec<u64>,
     lessor: Mutex<Lessor>,
     clock: Instant,
-    /// Idle connections to each node, for forwarding.
-    connections: Vec<Mutex<Vec<Client<NodeRequest, NodeReply>>>>,
+    /// Kept connections to the other nodes, for forwarding.
+    connections: SharedPool<NodeRequest, NodeReply>,
 }
 
 impl ReplicaBackend {
@@ -133,7 +133,7 @@ impl ReplicaBackend {
         ReplicaBackend {
             view,
             me,
-            connections: members.iter().map(|_| Mutex::new(Vec::new())).collect(),
+            connections: SharedPool::new(PROTOCOL, DEFAULT_MAX_FRAME, KEPT_CONNECTIONS),
             members,
             config,
             cluster_id,
@@ -260,34 +260,9 @@ impl ReplicaBackend {
         request: &EtcdRequest,
     ) -> Result<Replied<EtcdAnswer>, String> {
         let addr = self.members[to as usize];
-        let kept = self.connections[to as usize]
-            .lock()
-            .expect("the connection list's lock is not poisoned")
-            .pop();
-        let mut client = match kept {
-            Some(client) if client.is_usable() => client,
-            _ => {
-                let connect = Client::connect(addr, PROTOCOL, DEFAULT_MAX_FRAME);
-                match tokio::time::timeout(FORWARD_TIMEOUT, connect).await {
-                    Ok(Ok(client)) => client,
-                    Ok(Err(e)) => return Err(format!("{addr}: {e}")),
-                    Err(_) => return Err(format!("{addr}: connect timed out")),
-                }
-            }
-        };
-        let answer = client
-            .call(&NodeRequest::Etcd(request.clone()), FORWARD_TIMEOUT)
-            .await;
-        match answer {
-            Ok(NodeReply::Etcd(replied)) => {
-                let mut kept = self.connections[to as usize]
-                    .lock()
-                    .expect("the connection list's lock is not poisoned");
-                if kept.len() < KEPT_CONNECTIONS {
-                    kept.push(client);
-                }
-                Ok(replied)
-            }
+        let call = NodeRequest::Etcd(request.clone());
+        match self.connections.call(addr, &call, FORWARD_TIMEOUT).await {
+            Ok(NodeReply::Etcd(replied)) => Ok(replied),
             Ok(other) => Err(format!("{addr}: answered {other:?} to an etcd request")),
             Err(e) => Err(format!("{addr}: {e}")),
         }
