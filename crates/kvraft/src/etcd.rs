@@ -197,6 +197,23 @@ impl ReplicaBackend {
         }
     }
 
+    /// [`Self::sync_lessor`] only when lease `id` needs it: the lessor does not lead yet, or
+    /// it and the store disagree on whether `id` exists. A keep-alive or time-to-live of a
+    /// lease both know (the usual case) then costs one lookup, not a walk over every lease.
+    fn sync_lessor_for(&self, id: LeaseId) {
+        let stored = self
+            .view
+            .replica
+            .with_state(|s| s.etcd().lease(id).is_some());
+        let in_step = {
+            let lessor = self.lessor();
+            lessor.is_leading() && lessor.remaining(id, self.now_ms()).is_some() == stored
+        };
+        if !in_step {
+            self.sync_lessor();
+        }
+    }
+
     /// Serves `request` on this node if it leads; otherwise turns it away with the leader
     /// it knows of (the asker forwards it there). What the node port answers.
     pub async fn serve_local(&self, request: EtcdRequest) -> Replied<EtcdAnswer> {
@@ -230,7 +247,7 @@ impl ReplicaBackend {
                 if !leading {
                     return Replied::NotApplied { hint };
                 }
-                self.sync_lessor();
+                self.sync_lessor_for(id);
                 let now = self.now_ms();
                 Replied::Done(EtcdAnswer::KeepAlive(
                     self.lessor().keep_alive(id, now).unwrap_or(0),
@@ -241,7 +258,7 @@ impl ReplicaBackend {
                 if !leading {
                     return Replied::NotApplied { hint };
                 }
-                self.sync_lessor();
+                self.sync_lessor_for(id);
                 let Some(info) = replica.with_state(|s| s.etcd().lease(id)) else {
                     return Replied::Done(EtcdAnswer::TimeToLive(None));
                 };
