@@ -1,5 +1,6 @@
 //! `flotilla kv bench --etcd A1,A2,A3`: the bench's load through etcd's gRPC API
-//! ([`flotilla_etcd::bench`]), against etcd itself or Flotilla's etcd-compatible nodes.
+//! ([`flotilla_etcd::bench`]), against etcd itself or Flotilla's etcd-compatible nodes;
+//! appends are `Txn` compare-and-set loops, and `--retry-for` makes the clients fail over.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -26,6 +27,11 @@ pub struct EtcdArgs {
     /// A request not answered within this many seconds counts as failed.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0, requires = "etcd")]
     request_timeout: f64,
+    /// Fail over: a request that fails or is not answered is sent again to the next
+    /// endpoint until this many seconds have passed since its operation began (0: nothing
+    /// is retried, as etcd's benchmark). The connections are then made lazily.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0, requires = "etcd")]
+    retry_for: f64,
 }
 
 impl EtcdArgs {
@@ -40,6 +46,7 @@ impl EtcdArgs {
 pub async fn bench(args: &EtcdArgs, load: &BenchLoad) -> anyhow::Result<ExitCode> {
     let timeout = parse_seconds(args.request_timeout)?;
     anyhow::ensure!(!timeout.is_zero(), "--request-timeout must be more than 0");
+    let retry_for = parse_seconds(args.retry_for)?;
     let unused = SocketAddr::from(([127, 0, 0, 1], 0));
     let config = load.config(unused, ClerkOptions::default())?;
     let etcd = EtcdLoad {
@@ -48,6 +55,7 @@ pub async fn bench(args: &EtcdArgs, load: &BenchLoad) -> anyhow::Result<ExitCode
         serializable: args.serializable,
         request_timeout: timeout,
         connect_timeout: timeout,
+        retry_for,
     };
     let result = etcd_bench::run(&etcd, &config).await?;
     load.print(&result.report);
@@ -57,9 +65,14 @@ pub async fn bench(args: &EtcdArgs, load: &BenchLoad) -> anyhow::Result<ExitCode
         "linearizable"
     };
     println!(
-        "etcd API: {reads} gets, {} connections over {}",
+        "etcd API: {reads} gets, {} connections over {}{}",
         result.conns,
-        args.etcd.join(",")
+        args.etcd.join(","),
+        if retry_for.is_zero() {
+            String::new()
+        } else {
+            format!(", failover for {retry_for:?}")
+        }
     );
     if let Some(error) = result.first_error {
         println!("first failure: {error}");

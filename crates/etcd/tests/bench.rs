@@ -222,3 +222,129 @@ async fn an_endpoint_that_never_answers_gives_errors_not_a_hang() {
         start.elapsed()
     );
 }
+
+/// The history file of one run, read back, and removed.
+fn read_back(path: &std::path::Path) -> Vec<history::HistoryRecord> {
+    let file = std::fs::File::open(path).expect("the history");
+    let records = history::read_history(std::io::BufReader::new(file)).expect("parse");
+    let _ = std::fs::remove_file(path);
+    records
+}
+
+/// Every key's value, by key.
+async fn all_values(endpoint: &str) -> std::collections::HashMap<String, String> {
+    let mut kv = KvClient::connect(format!("http://{endpoint}"))
+        .await
+        .expect("connect");
+    let all = kv
+        .range(RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    all.kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8(kv.key).expect("UTF-8 key"),
+                String::from_utf8(kv.value).expect("UTF-8 value"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_compare_and_set_appends_apply_each_acknowledged_token_once() {
+    let (endpoint, _stop) = server().await;
+    let path = std::env::temp_dir().join(format!(
+        "flotilla-etcd-bench-cas-{}.jsonl",
+        std::process::id()
+    ));
+    // 6 clerks on 2 keys: the compares collide all the time.
+    let mut appends = config(6, 400, 0.2);
+    appends.keys = 2;
+    appends.value_size = 8;
+    appends.append_share = 1.0;
+    appends.history = Some(path.clone());
+    let result = within(
+        "the appends",
+        bench::run(&load(vec![endpoint.clone()], 3), &appends),
+    )
+    .await
+    .expect("the run");
+    no_failures(&result);
+    let records = read_back(&path);
+    let acked: Vec<_> = records
+        .iter()
+        .filter(|r| r.op == history::HistoryOp::Append && r.ret.is_some())
+        .collect();
+    assert!(acked.len() >= 50, "{} appends acknowledged", acked.len());
+    let values = all_values(&endpoint).await;
+    for r in &acked {
+        let value = values.get(&r.key).expect("an appended key exists");
+        assert_eq!(
+            value.matches(r.value.as_str()).count(),
+            1,
+            "{} once in {}'s value",
+            r.value,
+            r.key
+        );
+        let old = r
+            .output
+            .as_deref()
+            .expect("an acknowledged append's old value");
+        assert!(
+            value.starts_with(&format!("{old}{}", r.value)),
+            "the old value returned is what the append extended"
+        );
+    }
+    let tokens: usize = values.values().map(|v| v.matches('.').count() / 2).sum();
+    assert_eq!(tokens, acked.len(), "no token but the acknowledged ones");
+    match history::check_records(&records, Duration::from_secs(20)).expect("check") {
+        CheckResult::Ok => {}
+        other => panic!("the history is not linearizable: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn with_retry_for_a_dead_first_endpoint_fails_over_to_the_second() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = listener.local_addr().expect("address").to_string();
+    drop(listener);
+    let (good, _stop) = server().await;
+    // Without retries the dead endpoint fails the run (an_endpoint_that_refuses_...); with
+    // them every clerk that starts on it moves on.
+    let failover = EtcdLoad {
+        retry_for: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(1),
+        ..load(vec![dead, good.clone()], 1)
+    };
+    let path = std::env::temp_dir().join(format!(
+        "flotilla-etcd-bench-failover-{}.jsonl",
+        std::process::id()
+    ));
+    let mut mixed = config(4, 300, 0.5);
+    mixed.keys = 2;
+    mixed.append_share = 1.0;
+    mixed.history = Some(path.clone());
+    let result = within("the failover run", bench::run(&failover, &mixed))
+        .await
+        .expect("the run");
+    no_failures(&result);
+    assert_eq!(result.conns, 2, "one connection per endpoint");
+    assert!(result.report.ops >= 20, "{}", result.report);
+    assert!(
+        result.report.resends >= 1,
+        "the clerks on the dead endpoint resent: {}",
+        result.report
+    );
+    let records = read_back(&path);
+    match history::check_records(&records, Duration::from_secs(20)).expect("check") {
+        CheckResult::Ok => {}
+        other => panic!("the history is not linearizable: {other:?}"),
+    }
+}
