@@ -14,8 +14,15 @@ partitioned or get lossy or slow links. Afterwards: every process restarted, bot
 configuration, the store settled (every node answers, at the latest configuration, serving its
 shards), then the same checks, with the final reads through `flotilla shard get`.
 
+--store etcd runs the kv mode's cluster with each node also serving etcd's v3 gRPC API
+(`--grpc`, `--grpc-members`); the clients are `flotilla kv bench --etcd` (appends are Txn
+compare-and-set loops on the key's mod_revision, requests fail over with --retry-for), the mixed
+group does gets and appends only (a resent etcd put may apply twice), and the final reads are
+etcd's own `etcdctl get`. Same faults, same checks.
+
 Run as root:  sudo python3 bench/chaos.py --seconds 120 --seed 1
               sudo python3 bench/chaos.py --store shard --seconds 60 --seed 1
+              sudo python3 bench/chaos.py --store etcd --seconds 60 --seed 1
 Python 3 standard library only.
 """
 
@@ -39,6 +46,7 @@ LINK_RE = re.compile(r"^flot[vb](\d+)(-\d+|-p)?$")   # root-side veths flotv<pid
 CHAIN = "FLOTCHAOS"   # partitions
 LOSS = "FLOTLOSS"     # random packet loss
 PORT = 7400
+GRPC_PORT = 7500      # --store etcd: each node's etcd gRPC API
 STATUS_RE = re.compile(r"^node (\d+) (\S+): (\w+) term (\d+)(?: leader (\S+))? commit (\d+) applied (\d+)")
 TOKEN_RE = re.compile(r"(\d+)\.(\d+)\.x*")        # one bench value: <client>.<n>.xxx
 
@@ -402,12 +410,14 @@ class Cluster(ProcessSet):
     """The replicated store (--store kv): `flotilla kvraft serve` node i in namespace i, all on
     PORT, keyed by i; and what `flotilla kvraft status` says of them (the leader)."""
 
-    def __init__(self, exe, net, dirpath, extra):
+    def __init__(self, exe, net, dirpath, extra, grpc=False):
         super().__init__(dirpath, range(3))
         self.exe = exe
         self.net = net
         self.extra = extra
         self.peers = ",".join(f"{ip}:{PORT}" for ip in net.ip)
+        # With grpc, node i also serves etcd's API at grpc[i] (--store etcd).
+        self.grpc = [f"{ip}:{GRPC_PORT}" for ip in net.ip] if grpc else []
 
     def fname(self, i):
         return f"node-{i}"
@@ -417,7 +427,8 @@ class Cluster(ProcessSet):
 
     def command(self, i):
         return self.net.ex(i) + [self.exe, "kvraft", "serve", "--id", str(i), "--peers", self.peers,
-                                 "--data", self.data(i), "--name", f"chaos{self.net.tag}"] + self.extra
+                                 "--data", self.data(i), "--name", f"chaos{self.net.tag}"] + self.extra + \
+            (["--grpc", self.grpc[i], "--grpc-members", ",".join(self.grpc)] if self.grpc else [])
 
     def status(self):
         """[(id, role, term, commit, applied)] of the answering nodes."""
@@ -538,6 +549,28 @@ def final_get(exe, peers, key):
     if "no key" in p.stderr:
         return None, None
     return None, (p.stderr.strip() or f"exit {p.returncode}")[-300:]
+
+
+def etcdctl_get(endpoints, key, attempts=5):
+    """(value or None if no key, error or None) by etcd's own client: a linearizable get,
+    tried again a few times if it fails (at most attempts x (5 s + 1 s))."""
+    env = dict(os.environ, ETCDCTL_API="3")
+    err = None
+    for attempt in range(attempts):
+        try:
+            p = run(["etcdctl", "--endpoints", endpoints, "--command-timeout=5s", "get", key,
+                     "--print-value-only"], check=False, timeout=30, env=env)
+        except subprocess.TimeoutExpired:
+            err = "etcdctl get: no exit within 30 s"
+            continue
+        if p.returncode == 0:
+            out = p.stdout
+            if out == "":
+                return None, None          # no such key: etcdctl prints nothing
+            return out[:-1] if out.endswith("\n") else out, None
+        err = (p.stderr.strip() or f"exit {p.returncode}")[-300:]
+        time.sleep(1)
+    return None, f"after {attempts} attempts: {err}"
 
 
 def check_appends(recs, finals):
@@ -936,6 +969,8 @@ class Store:
     title_note = ""
     evidence_prefix = ""
     heal_from_tick = False    # see KvStore
+    bench_extra = []          # more bench flags, for both groups
+    mixed_append_share = "0.5"   # the mixed group's writes: this share appends, the rest puts
 
     def __init__(self, args):
         self.args = args
@@ -1104,6 +1139,31 @@ class KvStore(Store):
 
     def settled_note(self):
         return f"replicas converged: {self.converged}"
+
+
+class EtcdStore(KvStore):
+    """--store etcd: KvStore's cluster, each node also serving etcd's v3 gRPC API, driven
+    through it: `kv bench --etcd` clients (appends are Txn compare-and-set loops, a failed or
+    unanswered request fails over to the next node for up to 60 s), the mixed group gets and
+    appends only (a resent put could apply twice: etcd does not deduplicate), and the final
+    reads by etcdctl. Faults, bring-up, healing and settling are KvStore's."""
+
+    title_note = " (etcd API: Txn compare-and-set appends, etcdctl final reads)"
+    evidence_prefix = "etcd-"
+    bench = ("kv", "bench", "--etcd")
+    bench_extra = ["--retry-for", "60"]
+    mixed_append_share = "1"
+
+    def intro(self):
+        return "etcd API, " + super().intro()
+
+    def create(self, net, rundir, extra):
+        self.procs = Cluster(self.args.exe, net, rundir, extra, grpc=True)
+        self.address = ",".join(self.procs.grpc)
+        return f", etcd gRPC on :{GRPC_PORT}"
+
+    def final_reads(self, wanted):
+        return {item: etcdctl_get(self.address, item[1]) for item in wanted}
 
 
 class ShardedStore(Store):
@@ -1570,14 +1630,16 @@ def run_chaos(args, features, tag, store):
         total = args.seconds + args.settle
         groups.append(ClientGroup("mixed", args.exe, store.address, rundir, total, args.round_seconds,
                                   ["--clients", str(args.clients), "--keys", str(args.mixed_keys),
-                                   "--append-share", "0.5", "--get-share", "0.5"], children,
+                                   "--append-share", store.mixed_append_share, "--get-share", "0.5"]
+                                  + store.bench_extra, children,
                                   bench=store.bench))
         if args.append_clients > 0:
             groups.append(ClientGroup("append", args.exe, store.address, rundir, total,
                                       args.round_seconds,
                                       ["--clients", str(args.append_clients), "--keys",
                                        str(args.append_keys), "--append-share", "1",
-                                       "--get-share", "0.2", "--value-size", "8"], children,
+                                       "--get-share", "0.2", "--value-size", "8"] + store.bench_extra,
+                                      children,
                                       bench=store.bench))
         for g in groups:
             g.start()
@@ -1735,10 +1797,10 @@ def main():
     ap.add_argument("--max-down", type=int, default=1,
                     help="at most this many nodes killed or stopped at once (with --store shard: "
                          "in each Raft cluster, controller and groups)")
-    ap.add_argument("--store", choices=["kv", "shard"], default="kv",
+    ap.add_argument("--store", choices=["kv", "shard", "etcd"], default="kv",
                     help="kv: the replicated store (kvraft serve); shard: the sharded store "
                          "(a controller and groups 100, 101 on the three machines, shards moved "
-                         "under load)")
+                         "under load); etcd: kv's cluster driven through etcd's gRPC API")
     ap.add_argument("--mixed-keys", type=int, default=None,
                     help="keys of the mixed group's rounds (default 20; 36 with --store shard)")
     ap.add_argument("--segment-bytes", type=int, default=1 << 20)
@@ -1776,7 +1838,10 @@ def main():
     for r in removed:
         log(f"removed leftover of an earlier run: {r}")
 
-    store = ShardedStore(args) if args.store == "shard" else KvStore(args)
+    store = {"shard": ShardedStore, "etcd": EtcdStore, "kv": KvStore}[args.store](args)
+    if args.store == "etcd" and not shutil.which("etcdctl"):
+        print("--store etcd needs etcd's etcdctl (the final reads) on PATH")
+        return 2
     return run_chaos(args, features, tag, store)
 
 
