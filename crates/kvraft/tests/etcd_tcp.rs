@@ -16,6 +16,7 @@ use flotilla_kvraft::tcp::{self, GrpcConfig};
 use flotilla_runtime::{free_loopback_addrs, ClusterId, NodeConfig, NodeTask};
 use pb::kv_client::KvClient;
 use pb::lease_client::LeaseClient;
+use pb::maintenance_client::MaintenanceClient;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
@@ -404,6 +405,75 @@ async fn a_kept_alive_lease_survives_a_leader_change_and_an_idle_one_expires() {
         let _ = stop_tx.send(());
         let renewals = keeper.await.unwrap();
         assert!(renewals >= 8, "only {renewals} keep-alives answered");
+        cluster.stop_all().await;
+    })
+    .await
+    .expect("the test took too long");
+}
+
+/// Maintenance.Status on every node: `raft_index` is the node's commit index (what etcd.rs
+/// reports, as the node port's own report tells it), never below `raft_applied_index`, the
+/// same on every node once the cluster is idle, and up by at least one per put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_reports_the_raft_index() {
+    tokio::time::timeout(WHOLE_TEST, async {
+        let cluster = Cluster::start();
+        cluster.leader().await;
+        let mut maintenance = Vec::new();
+        for i in 0..3 {
+            maintenance.push(MaintenanceClient::new(cluster.channel(i).await));
+        }
+        // Once idle, each node's raft_index is its commit index and all agree.
+        let settled = |maintenance: Vec<MaintenanceClient<Channel>>| {
+            let members = cluster.cluster.members.clone();
+            async move {
+                poll_until(
+                    Duration::from_secs(5),
+                    "Status to match the commit index",
+                    || {
+                        let mut maintenance = maintenance.clone();
+                        let members = members.clone();
+                        async move {
+                            let mut indexes = Vec::new();
+                            for (i, m) in maintenance.iter_mut().enumerate() {
+                                let s = within(m.status(pb::StatusRequest {}))
+                                    .await
+                                    .ok()?
+                                    .into_inner();
+                                assert!(
+                                    s.raft_applied_index <= s.raft_index,
+                                    "applied {} past the commit index {}",
+                                    s.raft_applied_index,
+                                    s.raft_index
+                                );
+                                let report =
+                                    tcp::status(members[i], Duration::from_secs(1)).await.ok()?;
+                                if report.commit != s.raft_index
+                                    || s.raft_applied_index != s.raft_index
+                                {
+                                    return None;
+                                }
+                                indexes.push(s.raft_index);
+                            }
+                            indexes.iter().all(|&x| x == indexes[0]).then(|| indexes[0])
+                        }
+                    },
+                )
+                .await
+            }
+        };
+        let before = settled(maintenance.clone()).await;
+        assert!(before >= 1, "the leader's no-op is committed: {before}");
+        let mut kv = KvClient::new(cluster.channel(0).await);
+        const PUTS: u64 = 10;
+        for k in 0..PUTS {
+            put(&mut kv, &format!("s{k}"), "v", 0).await;
+        }
+        let after = settled(maintenance).await;
+        assert!(
+            after >= before + PUTS,
+            "raft_index went from {before} to {after} over {PUTS} puts"
+        );
         cluster.stop_all().await;
     })
     .await
