@@ -32,9 +32,10 @@ use flotilla_mvcc::{
 use flotilla_raft::NodeId;
 use flotilla_rsm::Replied;
 use flotilla_runtime::NodeView;
-use flotilla_wire::{SharedPool, DEFAULT_MAX_FRAME};
+use flotilla_wire::{CallFailure, SharedPool, DEFAULT_MAX_FRAME};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
+use tracing::debug;
 
 use crate::service::{Answer, Command, KvStore, Output, Query};
 use crate::tcp::{NodeReply, NodeRequest, PROTOCOL};
@@ -278,10 +279,20 @@ impl ReplicaBackend {
     ) -> Result<Replied<EtcdAnswer>, String> {
         let addr = self.members[to as usize];
         let call = NodeRequest::Etcd(request.clone());
-        match self.connections.call(addr, &call, FORWARD_TIMEOUT).await {
+        match self
+            .connections
+            .try_call(addr, &call, FORWARD_TIMEOUT)
+            .await
+        {
             Ok(NodeReply::Etcd(replied)) => Ok(replied),
             Ok(other) => Err(format!("{addr}: answered {other:?} to an etcd request")),
-            Err(e) => Err(format!("{addr}: {e}")),
+            // Never reached `to` (it is down, or closed the kept connection before this
+            // request was written): turned away in effect, so as safe to retry as a refusal.
+            Err(CallFailure::NotSent(e)) => {
+                debug!(%addr, error = %e, "etcd request not sent to the leader; retrying");
+                Ok(Replied::NotApplied { hint: None })
+            }
+            Err(CallFailure::MaybeSent(e)) => Err(format!("{addr}: {e}")),
         }
     }
 

@@ -265,10 +265,10 @@ async fn writes_during_a_leader_change_are_retried() {
 }
 
 /// Puts sent to the survivors at once after the leader stopped, while they may still take
-/// it for the leader: forwarded on a kept connection the stopped leader closed, they are
-/// answered UNAVAILABLE at once instead of retried.
+/// it for the leader: a put forwarded to it finds the kept connection closed or the
+/// connection refused, never reaches a live node, and must be retried (until a new leader
+/// takes it), not answered UNAVAILABLE at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "etcd.rs bug: a write forwarded to a just-stopped leader (kept connection closed by the peer, or connection refused) is answered UNAVAILABLE at once, not retried, though it had no effect"]
 async fn puts_right_after_the_leader_stops_are_retried() {
     tokio::time::timeout(WHOLE_TEST, async {
         let mut cluster = Cluster::start();

@@ -245,6 +245,25 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
         self.usable
     }
 
+    /// Whether the server has closed (or reset) this connection, seen without waiting: the
+    /// socket reads end-of-file or an error. Bytes waiting to be read (a late reply) are
+    /// left where they are. A kept connection that answers `true` would fail the next call
+    /// after its request was written, which leaves the caller not knowing whether the
+    /// server got it; checking first lets a pool connect afresh instead.
+    pub fn peer_closed(&self) -> bool {
+        // A non-blocking peek (tokio's socket is non-blocking) straight at the socket, so an
+        // end-of-file the reactor has not reported yet is seen too.
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+        match socket2::SockRef::from(&self.stream).peek(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ),
+        }
+    }
+
     /// The server's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer

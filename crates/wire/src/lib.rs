@@ -70,5 +70,5 @@ pub use frame::{
     encode_frame, read_frame, write_frame, FrameReader, FrameWriter, DEFAULT_MAX_FRAME,
 };
 pub use handshake::{Hello, HelloReply, Protocol, Reply, Request, HANDSHAKE_MAX_FRAME, MAGIC};
-pub use pool::{Pool, SharedPool};
+pub use pool::{CallFailure, Pool, SharedPool};
 pub use server::{serve, ServerConfig};

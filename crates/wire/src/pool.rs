@@ -25,9 +25,31 @@ pub struct Pool<Req, Resp> {
     connections: HashMap<SocketAddr, Client<Req, Resp>>,
 }
 
-/// One attempt on `client` (or a new connection to `addr` if there is none), all of it
-/// within `timeout` except, with `per_mib`, the time [`Client::call_sized`] adds for a large
-/// reply. Gives back the connection if it can be used again.
+/// Why a call failed, and whether the server may have received the request.
+#[derive(Debug)]
+pub enum CallFailure {
+    /// The request was never written to a connection: no connection could be made (refused,
+    /// timed out, handshake failed). The server cannot have acted on it; sending it again
+    /// is safe even if it is not idempotent.
+    NotSent(WireError),
+    /// The request was (or may have been) sent and no reply came: the server may have acted
+    /// on it.
+    MaybeSent(WireError),
+}
+
+impl CallFailure {
+    /// The error, whichever case.
+    pub fn into_error(self) -> WireError {
+        match self {
+            CallFailure::NotSent(e) | CallFailure::MaybeSent(e) => e,
+        }
+    }
+}
+
+/// One attempt on `client` (or a new connection to `addr` if there is none, or if the server
+/// has closed the kept one), all of it within `timeout` except, with `per_mib`, the time
+/// [`Client::call_sized`] adds for a large reply. Gives back the connection if it can be
+/// used again.
 async fn attempt<Req: Serialize, Resp: DeserializeOwned>(
     client: Option<Client<Req, Resp>>,
     addr: SocketAddr,
@@ -36,16 +58,16 @@ async fn attempt<Req: Serialize, Resp: DeserializeOwned>(
     request: &Req,
     timeout: Duration,
     per_mib: Option<Duration>,
-) -> (Option<Client<Req, Resp>>, Result<Resp, WireError>) {
+) -> (Option<Client<Req, Resp>>, Result<Resp, CallFailure>) {
     let started = Instant::now();
-    let mut client = match client.filter(|c| c.is_usable()) {
+    let mut client = match client.filter(|c| c.is_usable() && !c.peer_closed()) {
         Some(client) => client,
         None => match tokio::time::timeout(timeout, Client::connect(addr, protocol, max_frame))
             .await
             .unwrap_or(Err(WireError::Timeout(timeout)))
         {
             Ok(client) => client,
-            Err(e) => return (None, Err(e)),
+            Err(e) => return (None, Err(CallFailure::NotSent(e))),
         },
     };
     let left = timeout.saturating_sub(started.elapsed());
@@ -57,11 +79,11 @@ async fn attempt<Req: Serialize, Resp: DeserializeOwned>(
         Err(WireError::Timeout(_)) if per_mib.is_none() => Err(WireError::Timeout(timeout)),
         other => other,
     };
-    if outcome.is_err() {
+    match outcome {
         // Its state is unknown (or the server is gone): the next call connects afresh.
-        return (None, outcome);
+        Err(e) => (None, Err(CallFailure::MaybeSent(e))),
+        Ok(reply) => (Some(client), Ok(reply)),
     }
-    (Some(client), outcome)
 }
 
 impl<Req: Serialize, Resp: DeserializeOwned> Pool<Req, Resp> {
@@ -118,7 +140,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> Pool<Req, Resp> {
         if let Some(client) = client {
             self.connections.insert(addr, client);
         }
-        outcome
+        outcome.map_err(CallFailure::into_error)
     }
 
     /// Closes every kept connection.
@@ -156,6 +178,20 @@ impl<Req: Serialize, Resp: DeserializeOwned> SharedPool<Req, Resp> {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, WireError> {
+        self.try_call(addr, request, timeout)
+            .await
+            .map_err(CallFailure::into_error)
+    }
+
+    /// [`SharedPool::call`], saying on failure whether the request may have reached the
+    /// server ([`CallFailure`]): what a caller needs to resend a request that is not
+    /// idempotent only when that is safe.
+    pub async fn try_call(
+        &self,
+        addr: SocketAddr,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallFailure> {
         self.call_with(addr, request, timeout, None).await
     }
 
@@ -167,7 +203,9 @@ impl<Req: Serialize, Resp: DeserializeOwned> SharedPool<Req, Resp> {
         timeout: Duration,
         per_mib: Duration,
     ) -> Result<Resp, WireError> {
-        self.call_with(addr, request, timeout, Some(per_mib)).await
+        self.call_with(addr, request, timeout, Some(per_mib))
+            .await
+            .map_err(CallFailure::into_error)
     }
 
     async fn call_with(
@@ -176,7 +214,7 @@ impl<Req: Serialize, Resp: DeserializeOwned> SharedPool<Req, Resp> {
         request: &Req,
         timeout: Duration,
         per_mib: Option<Duration>,
-    ) -> Result<Resp, WireError> {
+    ) -> Result<Resp, CallFailure> {
         let kept = self
             .idle
             .lock()
@@ -252,6 +290,43 @@ mod tests {
             pool.connections.is_empty(),
             "a failed connection is forgotten"
         );
+    }
+
+    /// A kept connection the server has closed is not written to: the pool connects again,
+    /// and when that is refused the call fails as [`CallFailure::NotSent`], so a caller may
+    /// resend a request that is not idempotent. One sent and not answered is `MaybeSent`.
+    #[tokio::test]
+    async fn a_request_that_never_left_is_told_apart_from_one_unanswered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            ECHO,
+            ServerConfig::default(),
+            |n: u64| Some(n + 1),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let pool: SharedPool<u64, u64> = SharedPool::new(ECHO, 1 << 16, 4);
+        let timeout = Duration::from_secs(5);
+        assert_eq!(pool.try_call(addr, &1, timeout).await.unwrap(), 2);
+        assert_eq!(pool.idle(addr), 1, "the connection is kept");
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+        match pool.try_call(addr, &2, timeout).await {
+            Err(CallFailure::NotSent(_)) => {}
+            other => panic!("the server closed the kept connection and is gone: {other:?}"),
+        }
+
+        // A server that takes the request and never answers: the outcome is unknown.
+        let (silent, _stop) = blob_server().await;
+        let pool: SharedPool<u32, Vec<u8>> = SharedPool::new(BLOB, 1 << 16, 4);
+        match pool.try_call(silent, &0, Duration::from_millis(200)).await {
+            Err(CallFailure::MaybeSent(WireError::Timeout(_))) => {}
+            other => panic!("an unanswered request: {other:?}"),
+        }
     }
 
     const BLOB: Protocol = Protocol {
