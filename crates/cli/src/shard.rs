@@ -115,12 +115,12 @@ pub enum ShardCommand {
 
 pub fn ctrler(command: ShardctrlerCommand) -> anyhow::Result<ExitCode> {
     let ShardctrlerCommand::Serve { node } = command;
+    let runtime = node.runtime()?;
     let config = node.config()?;
-    serve_node(flotilla_shardctrler::tcp::serve(
-        config,
-        SHARDING.shards(),
-        shutdown_signal(),
-    ))
+    serve_node(
+        runtime,
+        flotilla_shardctrler::tcp::serve(config, SHARDING.shards(), shutdown_signal()),
+    )
 }
 
 pub fn group(command: ShardkvCommand) -> anyhow::Result<ExitCode> {
@@ -128,8 +128,12 @@ pub fn group(command: ShardkvCommand) -> anyhow::Result<ExitCode> {
     if gid == flotilla_shardctrler::NO_GROUP {
         bail!("--gid 0 is no group: pick another");
     }
+    let runtime = node.runtime()?;
     let config = node.config()?;
-    serve_node(shard_tcp::serve(config, gid, ctrl, shutdown_signal()))
+    serve_node(
+        runtime,
+        shard_tcp::serve(config, gid, ctrl, shutdown_signal()),
+    )
 }
 
 fn clerk(ctrl: &CtrlArg) -> anyhow::Result<TcpShardClerk> {

@@ -4,10 +4,11 @@
 //! - clock: a tick every [`crate::NodeConfig::tick`] (missed ticks are skipped, not bunched);
 //! - inbox: messages the port received from peers and pokes from client handlers, through one
 //!   bounded channel (a full inbox drops the message, as a lossy network would);
-//! - storage: `WalStorage::persist` on the loop's own thread inside `block_in_place` (the
-//!   runtime must be multi-threaded), so one `fdatasync` covers every entry proposed while
-//!   the previous one ran: they all arrive in the next `Ready` (group commit by the loop's
-//!   own batching). The loop sends a `Ready`'s messages only after this returns;
+//! - storage: `WalStorage::persist` on tokio's blocking pool (`spawn_blocking`), so the
+//!   thread that runs the loop goes on serving clients and peers while the batch syncs, on
+//!   a current-thread runtime too; one `fdatasync` covers every entry proposed while the
+//!   previous one ran: they all arrive in the next `Ready` (group commit by the loop's own
+//!   batching). The loop sends a `Ready`'s messages only after this returns;
 //! - transport: [`PeerLinks`], which never blocks.
 
 use std::sync::atomic::Ordering;
@@ -30,7 +31,8 @@ pub struct TokioHost {
     counters: Arc<Counters>,
     inbox: mpsc::Receiver<Input>,
     ticks: Interval,
-    wal: WalStorage,
+    /// `None` only while a persist runs on the blocking pool.
+    wal: Option<WalStorage>,
     peers: PeerLinks,
     stop: watch::Receiver<bool>,
 }
@@ -52,7 +54,7 @@ impl TokioHost {
             counters,
             inbox,
             ticks,
-            wal,
+            wal: Some(wal),
             peers,
             stop,
         };
@@ -60,17 +62,23 @@ impl TokioHost {
         host
     }
 
+    fn wal(&self) -> &WalStorage {
+        self.wal
+            .as_ref()
+            .expect("the WAL is back after every persist")
+    }
+
     fn update_stats(&self) {
         let stats = &self.counters.storage;
         stats
             .log_bytes
-            .store(self.wal.log_bytes(), Ordering::Relaxed);
+            .store(self.wal().log_bytes(), Ordering::Relaxed);
         stats
             .segments
-            .store(self.wal.segment_count() as u64, Ordering::Relaxed);
+            .store(self.wal().segment_count() as u64, Ordering::Relaxed);
         stats
             .snapshot_bytes
-            .store(self.wal.snapshot_bytes(), Ordering::Relaxed);
+            .store(self.wal().snapshot_bytes(), Ordering::Relaxed);
     }
 }
 
@@ -97,7 +105,19 @@ impl Host for TokioHost {
 
     async fn persist(&mut self, batch: &Persist) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
-        tokio::task::block_in_place(|| self.wal.persist(batch))?;
+        let mut wal = self
+            .wal
+            .take()
+            .expect("the WAL is back after every persist");
+        let batch = batch.clone();
+        let (wal, result) = tokio::task::spawn_blocking(move || {
+            let result = wal.persist(&batch);
+            (wal, result)
+        })
+        .await
+        .expect("the persist task does not panic");
+        self.wal = Some(wal);
+        result?;
         self.counters.sync_latency.observe(started.elapsed());
         self.counters.storage.syncs.fetch_add(1, Ordering::Relaxed);
         self.update_stats();
@@ -105,7 +125,7 @@ impl Host for TokioHost {
     }
 
     fn raft_state_size(&self) -> u64 {
-        self.wal.raft_state_size()
+        self.wal().raft_state_size()
     }
 
     fn send(&mut self, _node: &RawNode, message: Message) {

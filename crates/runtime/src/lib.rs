@@ -146,7 +146,8 @@ pub type Replica<S> = RsmHandle<Arc<Mutex<RawNode>>, Arc<Mutex<Rsm<S>>>, Wake, S
 
 /// Runs node `config.id` until `shutdown` resolves (then `Ok`) or its storage fails.
 /// `make_handler` gets the node's view (its replica and its report) and returns the handler of client requests, spoken in
-/// `client_protocol` on the node's port. The runtime must be multi-threaded.
+/// `client_protocol` on the node's port. Any tokio runtime will do (current-thread or
+/// multi-thread; its time and I/O drivers enabled).
 pub async fn run<S, Req, Resp, H, F>(
     config: NodeConfig,
     state_machine: S,
