@@ -32,13 +32,11 @@ use flotilla_mvcc::{
 use flotilla_raft::NodeId;
 use flotilla_rsm::Replied;
 use flotilla_runtime::NodeView;
-use flotilla_wire::{CallFailure, SharedPool, DEFAULT_MAX_FRAME};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
-use tracing::debug;
 
+use crate::forward::Forwarder;
 use crate::service::{Answer, Command, KvStore, Output, Query};
-use crate::tcp::{NodeReply, NodeRequest, PROTOCOL};
 
 /// How long a request may wait for a leader (and its forwarding) before it is answered
 /// `UNAVAILABLE`: longer than an election, as etcd's request timeout.
@@ -47,14 +45,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 /// How often the leader looks for expired leases.
 pub const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// One attempt at the leader through the node port (connect, request and reply).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(6);
-
 /// Pause before trying again after no leader was known or it turned the request away.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
-
-/// Idle connections kept to each other node, for forwarding.
-const KEPT_CONNECTIONS: usize = 64;
 
 /// What a node asks the leader on another node's behalf.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,8 +103,8 @@ pub struct ReplicaBackend {
     member_ids: Vec<u64>,
     lessor: Mutex<Lessor>,
     clock: Instant,
-    /// Kept connections to the other nodes, for forwarding.
-    connections: SharedPool<NodeRequest, NodeReply>,
+    /// Batched forwarding to the other nodes.
+    forwarder: Forwarder,
 }
 
 impl ReplicaBackend {
@@ -134,7 +126,7 @@ impl ReplicaBackend {
         ReplicaBackend {
             view,
             me,
-            connections: SharedPool::new(PROTOCOL, DEFAULT_MAX_FRAME, KEPT_CONNECTIONS),
+            forwarder: Forwarder::new(members.clone()),
             members,
             config,
             cluster_id,
@@ -271,29 +263,26 @@ impl ReplicaBackend {
         }
     }
 
-    /// Sends `request` to node `to`'s port, on a kept connection or a new one.
-    async fn forward(
-        &self,
-        to: NodeId,
-        request: &EtcdRequest,
-    ) -> Result<Replied<EtcdAnswer>, String> {
-        let addr = self.members[to as usize];
-        let call = NodeRequest::Etcd(request.clone());
-        match self
-            .connections
-            .try_call(addr, &call, FORWARD_TIMEOUT)
-            .await
-        {
-            Ok(NodeReply::Etcd(replied)) => Ok(replied),
-            Ok(other) => Err(format!("{addr}: answered {other:?} to an etcd request")),
-            // Never reached `to` (it is down, or closed the kept connection before this
-            // request was written): turned away in effect, so as safe to retry as a refusal.
-            Err(CallFailure::NotSent(e)) => {
-                debug!(%addr, error = %e, "etcd request not sent to the leader; retrying");
-                Ok(Replied::NotApplied { hint: None })
-            }
-            Err(CallFailure::MaybeSent(e)) => Err(format!("{addr}: {e}")),
+    /// Serves a batch another node forwarded ([`crate::forward`]), its requests all at
+    /// once (its writes are proposed together), answering each in order.
+    pub async fn serve_batch(
+        self: &Arc<Self>,
+        requests: Vec<EtcdRequest>,
+    ) -> Vec<Replied<EtcdAnswer>> {
+        let mut serving = tokio::task::JoinSet::new();
+        let count = requests.len();
+        for (k, request) in requests.into_iter().enumerate() {
+            let backend = self.clone();
+            serving.spawn(async move { (k, backend.serve_local(request).await) });
         }
+        let mut replies: Vec<Replied<EtcdAnswer>> = vec![Replied::Unknown; count];
+        while let Some(done) = serving.join_next().await {
+            // A request whose task panicked stays Unknown: it may have been proposed.
+            if let Ok((k, replied)) = done {
+                replies[k] = replied;
+            }
+        }
+        replies
     }
 
     /// Carries out `request` at the leader, wherever it is, within [`REQUEST_TIMEOUT`].
@@ -306,7 +295,7 @@ impl ReplicaBackend {
             let replied = if leading {
                 Ok(self.serve_local(request.clone()).await)
             } else if let Some(leader) = leader.filter(|&l| l != self.me) {
-                self.forward(leader, &request).await
+                self.forwarder.forward(leader, request.clone()).await
             } else {
                 Ok(Replied::NotApplied { hint: None })
             };

@@ -17,6 +17,7 @@
 //! - [`etcd`]: etcd's v3 API on a node (`kvraft serve --grpc`): writes and linearizable
 //!   reads at the leader (forwarded from any node), leases expired by the leader through
 //!   the log.
+//! - [`forward`]: how a follower hands etcd requests to the leader, many to a frame.
 //! - [`lab4`]: the Lab 4 scenarios of `../shared/spec/kvraft.md` (2025 4B/4C, 2024 4A/4B).
 //!
 //! Duplicate writes: a 2024 clerk's retried `Put`/`Append` carries its (client, seq), and
@@ -27,6 +28,7 @@
 
 pub mod demo;
 pub mod etcd;
+pub mod forward;
 pub mod lab4;
 pub mod local;
 pub mod service;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 /// The client protocol of a KV-on-Raft node.
 pub const PROTOCOL: Protocol = Protocol {
     service: "kvraft",
-    version: 3,
+    version: 4,
 };
 
 /// What a client asks a node.
@@ -34,8 +34,9 @@ pub enum NodeRequest {
     Kv(Request),
     /// The node's state ([`NodeReport`]), answered by any node, leader or not.
     Status,
-    /// A request of the etcd API, handed to the leader by another node.
-    Etcd(EtcdRequest),
+    /// Requests of the etcd API, handed to the leader by another node in one batch
+    /// ([`crate::forward`]); answered in one [`NodeReply::Etcd`], in the same order.
+    Etcd(Vec<EtcdRequest>),
 }
 
 /// A node's answer.
@@ -43,7 +44,7 @@ pub enum NodeRequest {
 pub enum NodeReply {
     Kv(ServerReply),
     Status(Box<NodeReport>),
-    Etcd(Replied<EtcdAnswer>),
+    Etcd(Vec<Replied<EtcdAnswer>>),
 }
 
 /// Asks the node at `addr` for its report.
@@ -141,8 +142,8 @@ pub async fn serve(
                             NodeReply::Kv(reply)
                         }
                         NodeRequest::Status => NodeReply::Status(Box::new(view.report())),
-                        NodeRequest::Etcd(request) => {
-                            NodeReply::Etcd(backend.serve_local(request).await)
+                        NodeRequest::Etcd(requests) => {
+                            NodeReply::Etcd(backend.serve_batch(requests).await)
                         }
                     }
                 }

@@ -14,6 +14,8 @@
 //!   `puts_right_after_the_leader_stops_are_retried` (followers still taking the stopped node
 //!   for the leader): a write turned away for want of a leader, or never delivered to one, is
 //!   retried until a leader applies it, within etcd's request timeout, not answered at once.
+//! - `requests_forwarded_together_each_get_their_own_answer`: 64 clients at a follower at once,
+//!   whose requests reach the leader in batches, each get the answer to their own request.
 //! - `status_reports_the_raft_index`: Maintenance.Status's `raft_index` is the commit index
 //!   and `raft_applied_index` the applied one (under load the first is seen ahead of the
 //!   second; at rest both are the node's own report's, on every node, past every put).
@@ -368,10 +370,13 @@ async fn a_cut_off_follower_does_not_answer_stale_linearizable_reads() {
             range: KeyRange::key("k"),
             ..Default::default()
         });
-        let forwarded = held[0].call(&NodeRequest::Etcd(range), CALL).await;
-        match &forwarded {
-            Ok(NodeReply::Etcd(Replied::NotApplied { .. } | Replied::Unknown)) => {}
-            Ok(NodeReply::Etcd(Replied::Done(EtcdAnswer::Range(_, Ok(found)))))
+        let forwarded = held[0].call(&NodeRequest::Etcd(vec![range]), CALL).await;
+        match forwarded.as_ref().map(|reply| match reply {
+            NodeReply::Etcd(replies) => replies.as_slice(),
+            _ => &[],
+        }) {
+            Ok([Replied::NotApplied { .. } | Replied::Unknown]) => {}
+            Ok([Replied::Done(EtcdAnswer::Range(_, Ok(found)))])
                 if found.kvs.len() == 1 && found.kvs[0].value == b"new" => {}
             other => panic!(
                 "the cut-off node's port answered a linearizable read with {other:?}, not a \
@@ -448,6 +453,66 @@ async fn writes_sent_before_the_first_election_wait_for_a_leader() {
                     get(kv, &key, false, CALL).await.unwrap(),
                     Some(b"v".to_vec())
                 );
+            }
+        }
+        cluster.stop_all().await;
+    })
+    .await
+}
+
+/// Requests forwarded at once travel to the leader many to a frame (`flotilla_kvraft::forward`)
+/// and come back in one: 64 clients on 8 connections to a follower each put their own key,
+/// read it linearizably and overwrite it asking for the previous value, at the same time.
+/// Every answer must be the asker's own (its key, its value), so a reply handed to the wrong
+/// request of a batch shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_forwarded_together_each_get_their_own_answer() {
+    bounded_test(async {
+        let cluster = Cluster::start();
+        let leader = cluster.leader().await;
+        let follower = (leader + 1) % 3;
+        let mut connections = Vec::new();
+        for _ in 0..8 {
+            connections.push(cluster.kv(follower).await);
+        }
+        let clients: Vec<_> = (0..64)
+            .map(|c| {
+                let mut kv = connections[c % 8].clone();
+                tokio::spawn(async move {
+                    for round in 0..5 {
+                        let key = format!("own-{c}");
+                        let first = format!("v{c}.{round}");
+                        put(&mut kv, &key, &first, 0)
+                            .await
+                            .map_err(|e| format!("put {key}: {e}"))?;
+                        let read = get(&mut kv, &key, false, CALL).await;
+                        if read.as_ref().ok() != Some(&Some(first.clone().into_bytes())) {
+                            return Err(format!("{key} read {read:?} after putting {first}"));
+                        }
+                        let request = pb::PutRequest {
+                            key: key.clone().into(),
+                            value: format!("w{c}.{round}").into(),
+                            prev_kv: true,
+                            ..Default::default()
+                        };
+                        let replaced = answer(CALL, kv.put(request))
+                            .await
+                            .map_err(|e| format!("put {key} with prev_kv: {e}"))?;
+                        let previous = replaced.prev_kv.map(|kv| (kv.key, kv.value));
+                        if previous != Some((key.clone().into_bytes(), first.clone().into_bytes()))
+                        {
+                            return Err(format!(
+                                "overwriting {key} (holding {first}) gave previous {previous:?}"
+                            ));
+                        }
+                    }
+                    Ok::<(), String>(())
+                })
+            })
+            .collect();
+        for (c, client) in clients.into_iter().enumerate() {
+            if let Err(e) = client.await.unwrap() {
+                panic!("client {c}: {e}");
             }
         }
         cluster.stop_all().await;
