@@ -33,6 +33,22 @@ fn the_demo_kills_the_leader_and_loses_no_write() {
 }
 
 #[test]
+fn serve_refuses_zero_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(FLOTILLA)
+        .args(["kvraft", "serve", "--id", "0", "--peers", "127.0.0.1:1"])
+        .arg("--data")
+        .arg(dir.path())
+        .args(["--threads", "0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("--threads"), "{text}");
+    assert!(text.contains("0 is not in 1..=1024"), "{text}");
+}
+
+#[test]
 fn serve_refuses_an_id_outside_the_peer_list() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(FLOTILLA)
