@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_etcd::bench::{self, EtcdBenchReport, EtcdLoad};
-use flotilla_etcd::pb::etcdserverpb::{kv_client::KvClient, RangeRequest};
+use flotilla_etcd::pb::etcdserverpb::{kv_client::KvClient, RangeRequest, RangeResponse};
 use flotilla_etcd::{serve, MemoryBackend};
 use flotilla_kv::bench::BenchConfig;
 use flotilla_kv::tcp::ClerkOptions;
@@ -60,19 +60,23 @@ fn load(endpoints: Vec<String>, conns: usize) -> EtcdLoad {
 }
 
 /// The store's revision and how many keys it holds, values of `len` bytes.
-async fn store(endpoint: &str, len: usize) -> (i64, usize) {
+/// Every key of the store at `endpoint` (a Range from `\0` to the end of the key space).
+async fn range_all(endpoint: &str) -> RangeResponse {
     let mut kv = KvClient::connect(format!("http://{endpoint}"))
         .await
         .expect("connect");
-    let all = kv
-        .range(RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            ..Default::default()
-        })
-        .await
-        .expect("range")
-        .into_inner();
+    kv.range(RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    })
+    .await
+    .expect("range")
+    .into_inner()
+}
+
+async fn store(endpoint: &str, len: usize) -> (i64, usize) {
+    let all = range_all(endpoint).await;
     for found in &all.kvs {
         assert_eq!(found.value.len(), len, "a value of the configured size");
     }
@@ -233,19 +237,9 @@ fn read_back(path: &std::path::Path) -> Vec<history::HistoryRecord> {
 
 /// Every key's value, by key.
 async fn all_values(endpoint: &str) -> std::collections::HashMap<String, String> {
-    let mut kv = KvClient::connect(format!("http://{endpoint}"))
+    range_all(endpoint)
         .await
-        .expect("connect");
-    let all = kv
-        .range(RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            ..Default::default()
-        })
-        .await
-        .expect("range")
-        .into_inner();
-    all.kvs
+        .kvs
         .into_iter()
         .map(|kv| {
             (

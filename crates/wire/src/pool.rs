@@ -261,8 +261,12 @@ mod tests {
         version: 1,
     };
 
-    #[tokio::test]
-    async fn calls_reuse_a_connection_and_reconnect_after_a_failure() {
+    /// A server answering `n` with `n + 1`: its address, what stops it, and its task.
+    async fn echo_server() -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -275,6 +279,12 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
+        (addr, stop, server)
+    }
+
+    #[tokio::test]
+    async fn calls_reuse_a_connection_and_reconnect_after_a_failure() {
+        let (addr, stop, server) = echo_server().await;
         let mut pool: Pool<u64, u64> = Pool::new(ECHO, 1 << 16);
         let timeout = Duration::from_secs(5);
         assert_eq!(pool.call(addr, &1, timeout).await.unwrap(), 2);
@@ -297,18 +307,7 @@ mod tests {
     /// resend a request that is not idempotent. One sent and not answered is `MaybeSent`.
     #[tokio::test]
     async fn a_request_that_never_left_is_told_apart_from_one_unanswered() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            ECHO,
-            ServerConfig::default(),
-            |n: u64| Some(n + 1),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let (addr, stop, server) = echo_server().await;
         let pool: SharedPool<u64, u64> = SharedPool::new(ECHO, 1 << 16, 4);
         let timeout = Duration::from_secs(5);
         assert_eq!(pool.try_call(addr, &1, timeout).await.unwrap(), 2);
