@@ -802,3 +802,39 @@ async fn metrics_report_role_term_indexes_proposals_syncs_and_bytes_per_peer() {
     .await
     .expect("the test took too long");
 }
+
+/// Once `stop` has returned, the node's port is closed, every connection with it: a kept
+/// connection reads the close at once (before any request is written on it), and a new one
+/// is refused. A pool that checks a kept connection before reuse then never writes a
+/// request to a node that is gone, so a forwarded request is known not to have been sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_nodes_port_and_connections_are_closed_when_stop_returns() {
+    let task = async {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let (addr, node) = one_node(dir.path(), PortConfig::default());
+            assert!(serving(addr).await, "the node never answered");
+            let mut kept = Vec::new();
+            for _ in 0..8 {
+                let mut client = connect_when_free(addr).await;
+                assert!(answers(&mut client).await);
+                kept.push(client);
+            }
+            stop(node).await;
+            for (i, client) in kept.iter().enumerate() {
+                assert!(
+                    client.peer_closed(),
+                    "round {round}: kept connection {i} still open after stop returned"
+                );
+            }
+            let connect = tokio::net::TcpStream::connect(addr).await;
+            assert!(
+                connect.is_err(),
+                "round {round}: a new connection was accepted after stop returned"
+            );
+        }
+    };
+    tokio::time::timeout(WHOLE_TEST, task)
+        .await
+        .expect("the test took too long");
+}

@@ -235,6 +235,7 @@ where
         }
     };
     let (stop_tx, stop) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     let port = Arc::new(port::Port {
         cluster: config.cluster.clone(),
         me: id,
@@ -248,9 +249,10 @@ where
     let serving = tokio::spawn(port::serve(listener, port, async move {
         let _ = port_stop.wait_for(|stopped| *stopped).await;
     }));
+    let stop_on_shutdown = stop_tx.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        let _ = stop_on_shutdown.send(true);
     });
     let peers = peer::PeerLinks::start(&config.cluster, id, incarnation, counters.clone());
     let mut host = host::TokioHost::new(id, counters, inbox, config.tick, wal, peers, stop);
@@ -261,9 +263,18 @@ where
     };
     info!(id, %addr, cluster = %config.cluster, "serving");
     let result = flotilla_node::run(node, &mut host, &mut app).await;
-    serving.abort();
+    // The port closes its listener and every connection (also when the loop ended on a
+    // storage error rather than a shutdown) before `run` returns: whoever awaited the node
+    // finds it gone, not half gone.
+    let _ = stop_tx.send(true);
+    if let Err(e) = serving.await {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
     if let Some(task) = metrics_task {
         task.abort();
+        let _ = task.await;
     }
     result.map_err(storage)
 }

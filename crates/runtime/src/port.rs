@@ -92,13 +92,18 @@ pub(crate) async fn serve<Req, Resp, H, F>(
     F: Future<Output = Resp> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(port.config.max_connections));
-    // Dropped on return: every connection of a stopped node ends with it.
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => return,
+            () = &mut shutdown => {
+                // Every connection of a stopped node ends before this returns (and the
+                // listener with it): a caller that sees the node stopped finds its port
+                // closed, never a socket that takes a request and then resets.
+                connections.shutdown().await;
+                return;
+            }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
