@@ -33,6 +33,7 @@ struct Record {
 struct Put {
     create_revision: Revision,
     version: i64,
+    #[serde(with = "serde_bytes")]
     value: Vec<u8>,
     lease: LeaseId,
 }

@@ -13,6 +13,7 @@ pub type LeaseId = i64;
 /// A key as a read or an event shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The revision of the put that created the key (since its last delete).
     pub create_revision: Revision,
@@ -20,6 +21,7 @@ pub struct KeyValue {
     pub mod_revision: Revision,
     /// Puts since the key was created: 1 after its first.
     pub version: i64,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub lease: LeaseId,
 }
@@ -29,7 +31,9 @@ pub struct KeyValue {
 /// that is not 0xff incremented)`: [`KeyRange::prefix`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRange {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
 }
 
@@ -147,7 +151,9 @@ pub struct RangeResponse {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutRequest {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub lease: LeaseId,
     pub prev_kv: bool,
@@ -180,7 +186,7 @@ pub enum CompareTarget {
     Version(i64),
     Create(Revision),
     Mod(Revision),
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     Lease(LeaseId),
 }
 
