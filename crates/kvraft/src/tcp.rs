@@ -102,7 +102,6 @@ pub async fn serve(
             let _ = stop.wait_for(|s| *s).await;
         }
     };
-    let stop_tx = std::sync::Arc::new(stop_tx);
     let stop_on_shutdown = stop_tx.clone();
     let tasks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let spawned = tasks.clone();

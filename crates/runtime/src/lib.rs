@@ -235,7 +235,6 @@ where
         }
     };
     let (stop_tx, stop) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
     let port = Arc::new(port::Port {
         cluster: config.cluster.clone(),
         me: id,
