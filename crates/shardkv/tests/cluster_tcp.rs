@@ -101,9 +101,15 @@ async fn appends_survive_shards_moving_between_groups_and_a_leader_restarting() 
 
 async fn scenario() {
     let dir = tempfile::tempdir().unwrap();
-    let ctrl = free_addrs(3);
-    let g100 = free_addrs(3);
-    let g101 = free_addrs(3);
+    // One call for all nine: ports taken by separate calls are free again in between, so
+    // two of them could hand out the same one (CI once gave a group member the port of a
+    // controller node).
+    let addrs = free_addrs(9);
+    let (ctrl, g100, g101) = (
+        addrs[0..3].to_vec(),
+        addrs[3..6].to_vec(),
+        addrs[6..9].to_vec(),
+    );
     let mut controller: Vec<Running> = (0..3)
         .map(|i| start_controller(&ctrl, i, dir.path()))
         .collect();
