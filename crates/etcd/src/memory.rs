@@ -98,8 +98,8 @@ impl MemoryBackend {
             MvccCommand::LeaseGrant { ttl, .. } => Some(*ttl),
             _ => None,
         };
-        let applied = state.store.apply_command(command);
-        state.recent.record(applied.revision, &applied.events);
+        let (applied, events) = state.store.apply_command(command);
+        state.recent.record(applied.revision, events);
         if let (Ok(MvccOutput::LeaseGranted(id)), Some(ttl)) = (&applied.result, granted) {
             state.lessor.granted(*id, ttl, now);
         }

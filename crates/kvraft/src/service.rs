@@ -95,8 +95,8 @@ impl StateMachine for KvStore {
         match command {
             Command::Kv(request) => Output::Kv(self.kv.handle(request)),
             Command::Etcd(command) => {
-                let applied = self.etcd.apply_command(command);
-                self.recent.record(applied.revision, &applied.events);
+                let (applied, events) = self.etcd.apply_command(command);
+                self.recent.record(applied.revision, events);
                 Output::Etcd(applied)
             }
         }

@@ -47,7 +47,7 @@ impl RecentChanges {
 
     /// An applied command made `events`, and the store is now at `revision` (a command
     /// that changed nothing records nothing).
-    pub fn record(&mut self, revision: Revision, events: &[Event]) {
+    pub fn record(&mut self, revision: Revision, events: Vec<Event>) {
         if events.is_empty() {
             return;
         }
@@ -57,7 +57,7 @@ impl RecentChanges {
         if self.revisions.len() == self.capacity {
             self.revisions.pop_front();
         }
-        self.revisions.push_back((revision, events.to_vec()));
+        self.revisions.push_back((revision, events));
     }
 
     /// Forgets everything (the store was replaced by a snapshot).
@@ -121,7 +121,7 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-        recent.record(s.revision(), &events);
+        recent.record(s.revision(), events);
     }
 
     #[test]
@@ -135,7 +135,7 @@ mod tests {
             range: KeyRange::prefix(""),
             prev_kv: false,
         });
-        recent.record(s.revision(), &events);
+        recent.record(s.revision(), events);
         assert_eq!(s.revision(), 7);
         let rebuilt = RecentChanges::with_capacity(3);
         for after in 1..=7 {

@@ -61,18 +61,20 @@ pub enum MvccOutput {
     LeaseRevoked,
 }
 
-/// A command's result: the store's revision after it (the response header's revision), the
-/// output or why it changed nothing, and the events it made (for watchers).
+/// A command's result: the store's revision after it (the response header's revision) and
+/// the output or why it changed nothing. What its client is answered; the events it made go
+/// to the replica's watchers instead ([`MvccStore::apply_command`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub revision: Revision,
     pub result: Result<MvccOutput, MvccError>,
-    pub events: Vec<Event>,
 }
 
 impl MvccStore {
-    /// Executes one command.
-    pub fn apply_command(&mut self, command: MvccCommand) -> Applied {
+    /// Executes one command: its result, and the events it made (for watchers; none if it
+    /// changed nothing). The two are apart so that the events, which carry every changed
+    /// key's value and previous value, stay with the replica and are not sent to clients.
+    pub fn apply_command(&mut self, command: MvccCommand) -> (Applied, Vec<Event>) {
         let (result, events) = match command {
             MvccCommand::Put(p) => match self.put(&p) {
                 Ok((r, e)) => (Ok(MvccOutput::Put(r)), e),
@@ -99,11 +101,11 @@ impl MvccStore {
                 Err(e) => (Err(e), Vec::new()),
             },
         };
-        Applied {
+        let applied = Applied {
             revision: self.revision(),
             result,
-            events,
-        }
+        };
+        (applied, events)
     }
 }
 
@@ -116,7 +118,7 @@ impl flotilla_rsm::StateMachine for MvccStore {
     type Answer = (Revision, Result<RangeResponse, MvccError>);
 
     fn apply(&mut self, command: MvccCommand) -> Applied {
-        self.apply_command(command)
+        self.apply_command(command).0
     }
 
     fn query(&self, query: &RangeRequest) -> Self::Answer {

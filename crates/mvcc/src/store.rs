@@ -226,34 +226,59 @@ impl MvccStore {
         RangeResponse { kvs, more, count }
     }
 
-    fn record(&mut self, writing: &mut Writing, key: &[u8], put: Option<Put>) {
-        let history = self.keys.entry(key.to_vec()).or_default();
-        let prev = Self::at(key, history, writing.revision);
-        if let Some(last) = history.last() {
-            assert!(
-                (last.revision, last.sub) < (writing.revision, writing.sub),
-                "a key's history goes forward"
-            );
-        }
-        history.push(Record {
-            revision: writing.revision,
-            sub: writing.sub,
-            put: put.clone(),
-        });
-        writing.sub += 1;
-        let kv = Self::at(key, history, writing.revision).unwrap_or(KeyValue {
-            key: key.to_vec(),
-            create_revision: 0,
-            mod_revision: writing.revision,
-            version: 0,
-            value: Vec::new(),
-            lease: 0,
-        });
+    /// Appends a change of `key` to its history at the write's revision, and its event.
+    /// `prev` is the key's value before the change (as [`Self::at`] reads it at the write's
+    /// revision), which the caller has already looked up.
+    fn record(
+        &mut self,
+        writing: &mut Writing,
+        key: &[u8],
+        prev: Option<KeyValue>,
+        put: Option<Put>,
+    ) {
+        let kv = match &put {
+            Some(put) => KeyValue {
+                key: key.to_vec(),
+                create_revision: put.create_revision,
+                mod_revision: writing.revision,
+                version: put.version,
+                value: put.value.clone(),
+                lease: put.lease,
+            },
+            None => KeyValue {
+                key: key.to_vec(),
+                create_revision: 0,
+                mod_revision: writing.revision,
+                version: 0,
+                value: Vec::new(),
+                lease: 0,
+            },
+        };
         let kind = if put.is_some() {
             EventKind::Put
         } else {
             EventKind::Delete
         };
+        let record = Record {
+            revision: writing.revision,
+            sub: writing.sub,
+            put,
+        };
+        match self.keys.get_mut(key) {
+            Some(history) => {
+                if let Some(last) = history.last() {
+                    assert!(
+                        (last.revision, last.sub) < (writing.revision, writing.sub),
+                        "a key's history goes forward"
+                    );
+                }
+                history.push(record);
+            }
+            None => {
+                self.keys.insert(key.to_vec(), vec![record]);
+            }
+        }
+        writing.sub += 1;
         writing.events.push(Event {
             kind,
             kv,
@@ -317,10 +342,9 @@ impl MvccStore {
             value,
             lease,
         };
-        self.record(writing, &request.key, Some(put));
-        Ok(PutResponse {
-            prev_kv: prev.filter(|_| request.prev_kv),
-        })
+        let prev_kv = if request.prev_kv { prev.clone() } else { None };
+        self.record(writing, &request.key, prev, Some(put));
+        Ok(PutResponse { prev_kv })
     }
 
     fn delete_in(
@@ -334,7 +358,7 @@ impl MvccStore {
             .collect();
         for kv in &existing {
             self.detach(&kv.key, kv.lease);
-            self.record(writing, &kv.key, None);
+            self.record(writing, &kv.key, Some(kv.clone()), None);
         }
         DeleteRangeResponse {
             deleted: existing.len() as i64,
@@ -704,13 +728,15 @@ impl MvccStore {
             .ok_or(MvccError::LeaseNotFound(id))?;
         let mut writing = self.begin();
         for key in &lease.keys {
-            let exists = self
+            let prev = self
                 .keys
                 .get(key)
-                .and_then(|h| Self::at(key, h, writing.revision))
-                .is_some_and(|kv| kv.lease == id);
-            assert!(exists, "a lease's key exists and is attached to it");
-            self.record(&mut writing, key, None);
+                .and_then(|h| Self::at(key, h, writing.revision));
+            assert!(
+                prev.as_ref().is_some_and(|kv| kv.lease == id),
+                "a lease's key exists and is attached to it"
+            );
+            self.record(&mut writing, key, prev, None);
         }
         Ok(self.commit(writing))
     }
