@@ -96,6 +96,10 @@ struct AppArgs {
     /// For `--app exec`: the reduce program.
     #[arg(long)]
     reduce_cmd: Option<String>,
+    /// For `--app exec`: kill a map or reduce program (with everything it started) after
+    /// this many seconds, failing its task. Default: no limit.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+    task_cmd_timeout: Option<f64>,
 }
 
 impl AppArgs {
@@ -104,6 +108,8 @@ impl AppArgs {
             name: self.app.clone(),
             map_cmd: self.map_cmd.clone(),
             reduce_cmd: self.reduce_cmd.clone(),
+            // parse_timeout accepted only what a Duration holds.
+            cmd_timeout: self.task_cmd_timeout.map(Duration::from_secs_f64),
         };
         Ok(flotilla_mr::worker::WorkerApp::load(&spec)?)
     }

@@ -642,3 +642,48 @@ fn binary_input_and_a_100_mb_line_are_handled() {
     );
     assert!(lines.contains(&format!("ipsum {words}")));
 }
+
+/// Whether process `pid` is running (a zombie is not).
+fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: "pid (comm) S ...".
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn the_programs_of_a_worker_killed_with_sigkill_die_with_it() {
+    // The map program writes its pid and becomes `sleep 60` (same pid): only the worker's
+    // death can end it early, through PR_SET_PDEATHSIG.
+    let s = Scratch::new();
+    let inputs = vec![s.inputs[0].clone()];
+    let (_coordinator, addr) = s.coordinator_over(&inputs, &["--task-timeout", "60"]);
+    let pid_file = s.root.join("program.pid");
+    let app = line_count_app(&format!(
+        "echo $$ > {pid}.tmp && mv {pid}.tmp {pid}; exec sleep 60;",
+        pid = pid_file.display()
+    ));
+    let app: Vec<&str> = app.iter().map(String::as_str).collect();
+    let mut worker = s.worker_with(&addr, &app, None, LIMIT);
+    wait_for_file(&pid_file, LIMIT);
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(running(pid), "the map program runs");
+    worker.child.kill().unwrap(); // SIGKILL: the worker runs no cleanup of its own
+    worker.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the map program (pid {pid}) still runs 5 s after its worker was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

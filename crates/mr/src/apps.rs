@@ -50,12 +50,15 @@ pub const BUILTIN: &[&str] = &[
     exec::NAME,
 ];
 
-/// Which application to run: a built-in name, and for `exec` its two commands.
+/// Which application to run: a built-in name, and for `exec` its two commands and the
+/// time limit of one run of either.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AppSpec {
     pub name: String,
     pub map_cmd: Option<String>,
     pub reduce_cmd: Option<String>,
+    /// For `exec`: [`ExecApp::with_cmd_timeout`].
+    pub cmd_timeout: Option<std::time::Duration>,
 }
 
 impl AppSpec {
@@ -63,8 +66,7 @@ impl AppSpec {
     pub fn builtin(name: impl Into<String>) -> Self {
         AppSpec {
             name: name.into(),
-            map_cmd: None,
-            reduce_cmd: None,
+            ..AppSpec::default()
         }
     }
 
@@ -74,6 +76,7 @@ impl AppSpec {
             name: exec::NAME.to_owned(),
             map_cmd: Some(map_cmd.into()),
             reduce_cmd: Some(reduce_cmd.into()),
+            cmd_timeout: None,
         }
     }
 }
@@ -87,6 +90,10 @@ pub enum AppSpecError {
     MissingCommand { which: &'static str },
     #[error("app {name:?} takes no map or reduce command (only exec does)")]
     UnexpectedCommand { name: String },
+    #[error(
+        "app {name:?} runs no external program, so it takes no command time limit (only exec does)"
+    )]
+    UnexpectedTimeout { name: String },
 }
 
 /// The error of [`by_name`] (the name the rest of the crate uses).
@@ -97,10 +104,15 @@ pub fn by_name(spec: &AppSpec) -> Result<Box<dyn App>, UnknownApp> {
     if spec.name == exec::NAME {
         return Ok(Box::new(exec_app(spec)?));
     }
-    if spec.map_cmd.is_some() || spec.reduce_cmd.is_some() {
-        // Reported only for known names; an unknown name is the bigger problem.
-        if BUILTIN.contains(&spec.name.as_str()) {
+    // Reported only for known names; an unknown name is the bigger problem.
+    if BUILTIN.contains(&spec.name.as_str()) {
+        if spec.map_cmd.is_some() || spec.reduce_cmd.is_some() {
             return Err(AppSpecError::UnexpectedCommand {
+                name: spec.name.clone(),
+            });
+        }
+        if spec.cmd_timeout.is_some() {
+            return Err(AppSpecError::UnexpectedTimeout {
                 name: spec.name.clone(),
             });
         }
@@ -139,7 +151,7 @@ pub fn exec_app(spec: &AppSpec) -> Result<ExecApp, UnknownApp> {
         .reduce_cmd
         .as_deref()
         .ok_or(AppSpecError::MissingCommand { which: "reduce" })?;
-    Ok(ExecApp::new(map_cmd, reduce_cmd))
+    Ok(ExecApp::new(map_cmd, reduce_cmd).with_cmd_timeout(spec.cmd_timeout))
 }
 
 fn invalid_data(message: String) -> io::Error {
@@ -521,7 +533,7 @@ mod tests {
             by_name(&AppSpec {
                 name: "exec".into(),
                 map_cmd: Some("cat".into()),
-                reduce_cmd: None
+                ..AppSpec::default()
             })
             .err()
             .unwrap(),
@@ -531,9 +543,16 @@ mod tests {
             by_name(&AppSpec {
                 name: "wc".into(),
                 map_cmd: Some("cat".into()),
-                reduce_cmd: None
+                ..AppSpec::default()
             }),
             Err(AppSpecError::UnexpectedCommand { .. })
+        ));
+        assert!(matches!(
+            by_name(&AppSpec {
+                cmd_timeout: Some(std::time::Duration::from_secs(1)),
+                ..AppSpec::builtin("wc")
+            }),
+            Err(AppSpecError::UnexpectedTimeout { .. })
         ));
         for name in BUILTIN.iter().filter(|n| **n != exec::NAME) {
             assert_eq!(by_name(&AppSpec::builtin(*name)).unwrap().name(), *name);

@@ -41,16 +41,27 @@
 //!
 //! A non-zero exit status of either program fails the task. Examples are in `examples/`
 //! (`exec_wc.sh`).
+//!
+//! # Processes
+//!
+//! Each program runs in a process group of its own, and dies with the worker (see
+//! `program.rs`). When a task stops early (an error, a malformed line), the whole
+//! group is killed. At the end of every run, whatever the program left running in its group
+//! is killed too. With [`ExecApp::with_cmd_timeout`] (`--task-cmd-timeout`), a program that
+//! runs longer than the limit is killed with its group, and the task fails with
+//! [`ExecError::TimedOut`].
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
+use std::time::Duration;
 
 use crate::app::{App, Emit};
+use crate::program::Program;
 use crate::task::{shorten, TaskError};
 
 /// The app's name.
@@ -79,6 +90,8 @@ pub enum ExecError {
     },
     #[error("command `{cmd}` failed: {status}")]
     Status { cmd: String, status: ExitStatus },
+    #[error("command `{cmd}` ran longer than its limit of {limit:?} and was killed, with everything it started")]
+    TimedOut { cmd: String, limit: Duration },
     #[error("command `{cmd}`, output line {line}: {problem}")]
     Output {
         cmd: String,
@@ -106,6 +119,7 @@ pub enum ExecError {
 pub struct ExecApp {
     map_cmd: String,
     reduce_cmd: String,
+    cmd_timeout: Option<Duration>,
 }
 
 impl ExecApp {
@@ -113,7 +127,20 @@ impl ExecApp {
         ExecApp {
             map_cmd: map_cmd.into(),
             reduce_cmd: reduce_cmd.into(),
+            cmd_timeout: None,
         }
+    }
+
+    /// Each run of either program is killed, with its process group, after `limit`; the
+    /// task then fails with [`ExecError::TimedOut`]. `None`: no limit (the default).
+    pub fn with_cmd_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.cmd_timeout = limit;
+        self
+    }
+
+    /// The time limit of one run of a program, if any.
+    pub fn cmd_timeout(&self) -> Option<Duration> {
+        self.cmd_timeout
     }
 
     pub fn map_cmd(&self) -> &str {
@@ -131,7 +158,7 @@ impl App for ExecApp {
     }
 
     fn map(&self, name: &str, contents: &mut dyn BufRead, emit: &mut Emit<'_>) -> io::Result<()> {
-        run_map_program(&self.map_cmd, name, contents, emit)
+        run_map_program(&self.map_cmd, self.cmd_timeout, name, contents, emit)
     }
 
     /// Runs the reduce program for this one key.
@@ -142,7 +169,7 @@ impl App for ExecApp {
             current: String::new(),
         };
         let mut result = None;
-        run_reduce_program(&self.reduce_cmd, &mut source, &mut |_key, value| {
+        run_reduce_program(self, &mut source, &mut |_key, value| {
             result = Some(value.to_owned());
             Ok(())
         })
@@ -244,7 +271,14 @@ fn read_line(
     Ok(n > 0)
 }
 
-fn spawn(cmd: &str, phase: &str, input_name: Option<&str>) -> Result<Child, ExecError> {
+/// Starts `sh -c CMD` for `phase`, as a [`Program`] (own process group, dies with the
+/// worker, killed after `limit`).
+fn spawn(
+    cmd: &str,
+    phase: &str,
+    input_name: Option<&str>,
+    limit: Option<Duration>,
+) -> Result<Program, ExecError> {
     let mut command = Command::new("sh");
     command.arg("-c").arg(cmd).arg(format!("flotilla-{phase}"));
     if let Some(name) = input_name {
@@ -255,26 +289,7 @@ fn spawn(cmd: &str, phase: &str, input_name: Option<&str>) -> Result<Child, Exec
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    command.spawn().map_err(|source| ExecError::Spawn {
-        cmd: cmd.to_owned(),
-        source,
-    })
-}
-
-/// Waits for `child`; an unsuccessful status is an error.
-fn wait_success(child: &mut Child, cmd: &str) -> Result<(), ExecError> {
-    let status = child.wait().map_err(|source| ExecError::Io {
-        cmd: cmd.to_owned(),
-        source,
-    })?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(ExecError::Status {
-            cmd: cmd.to_owned(),
-            status,
-        })
-    }
+    Program::start(command, cmd, limit)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -303,13 +318,14 @@ enum MapStop {
 /// the task's thread only waits for messages, so the program is never stuck on a full pipe.
 fn run_map_program(
     cmd: &str,
+    limit: Option<Duration>,
     name: &str,
     contents: &mut dyn BufRead,
     emit: &mut Emit<'_>,
 ) -> io::Result<()> {
-    let mut child = spawn(cmd, "map", Some(name)).map_err(io::Error::other)?;
-    let stdin = child.stdin.take().expect("stdin is piped");
-    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut program = spawn(cmd, "map", Some(name), limit).map_err(io::Error::other)?;
+    let stdin = program.child.stdin.take().expect("stdin is piped");
+    let stdout = program.child.stdout.take().expect("stdout is piped");
     let (event_tx, event_rx) = mpsc::sync_channel::<MapEvent>(16);
     let (chunk_tx, chunk_rx) = mpsc::channel::<Vec<u8>>();
     let stopped = thread::scope(|scope| {
@@ -319,8 +335,8 @@ fn run_map_program(
         let stopped = drive_map(contents, emit, &event_rx, chunk_tx);
         drop(event_rx);
         if stopped.is_err() {
-            // Unblocks the helper threads: its pipes close when it dies.
-            let _ = child.kill();
+            // Unblocks the helper threads: its pipes close when its group dies.
+            program.kill();
         }
         let written = writer.join().expect("the stdin writer does not panic");
         stopped.and(written.map_err(|source| {
@@ -330,7 +346,10 @@ fn run_map_program(
             })
         }))
     });
-    let waited = wait_success(&mut child, cmd);
+    let waited = program.finish();
+    if let Err(e @ ExecError::TimedOut { .. }) = waited {
+        return Err(io::Error::other(e));
+    }
     match stopped {
         Err(MapStop::Io(e)) => Err(e),
         Err(MapStop::Exec(e)) => Err(io::Error::other(e)),
@@ -633,7 +652,7 @@ fn feed_reduce_input(
 /// prints exactly one line per key in key order, and hands each `(key, result)` to
 /// `write_line`.
 pub fn run_reduce_program(
-    cmd: &str,
+    exec: &ExecApp,
     source: &mut dyn PairSource,
     write_line: &mut dyn FnMut(&str, &str) -> Result<(), TaskError>,
 ) -> Result<(), TaskError> {
@@ -642,9 +661,10 @@ pub fn run_reduce_program(
         published: AtomicU64::new(0),
         finished: AtomicBool::new(false),
     };
-    let mut child = spawn(cmd, "reduce", None)?;
-    let stdin = child.stdin.take().expect("stdin is piped");
-    let stdout = child.stdout.take().expect("stdout is piped");
+    let cmd = exec.reduce_cmd();
+    let mut program = spawn(cmd, "reduce", None, exec.cmd_timeout)?;
+    let stdin = program.child.stdin.take().expect("stdin is piped");
+    let stdout = program.child.stdout.take().expect("stdout is piped");
     let mut lines = 0u64;
     let mut keys = KeyLogReader {
         log: &log,
@@ -655,14 +675,17 @@ pub fn run_reduce_program(
         let feeder = scope.spawn(move || feed_reduce_input(source, stdin, log_ref));
         let checked = check_reduce_output(cmd, stdout, &mut keys, &mut lines, write_line);
         if checked.is_err() {
-            let _ = child.kill();
+            program.kill();
         }
         (
             checked,
             feeder.join().expect("the stdin feeder does not panic"),
         )
     });
-    let waited = wait_success(&mut child, cmd);
+    let waited = program.finish();
+    if let Err(e @ ExecError::TimedOut { .. }) = waited {
+        return Err(e.into());
+    }
     let fed = fed?;
     checked?;
     waited?;

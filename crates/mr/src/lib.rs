@@ -6,7 +6,8 @@
 //! their memory stays bounded whatever the input size.
 //!
 //! - [`app`]: the `App` trait (map and reduce); [`apps`]: the built-in applications and the
-//!   lab's test applications; [`exec`]: map and reduce as external programs.
+//!   lab's test applications; [`exec`]: map and reduce as external programs (each run in
+//!   its own process group, on a leash: `program.rs`).
 //! - [`coordinator`]: the sans-IO coordinator (task assignment, timeouts, the first report
 //!   of a task wins, failures per task and per worker, re-running lost map outputs).
 //! - [`protocol`]: worker ⇄ coordinator messages; [`server`]: the coordinator over TCP;
@@ -22,6 +23,7 @@ pub mod apps;
 pub mod coordinator;
 pub mod exec;
 pub mod partition;
+mod program;
 pub mod protocol;
 mod run;
 pub mod sequential;

@@ -245,6 +245,10 @@ pub enum TaskError {
         #[source]
         source: io::Error,
     },
+    /// A reduce output whose key or result holds a newline: written raw, it would be two
+    /// lines of the output, so it is refused.
+    #[error("reduce output for key {key:?}: its {part} contains a newline, which an output line `key result` cannot hold")]
+    NewlineInOutput { key: String, part: &'static str },
     #[error("intermediate file {} is missing (map task {map} has not written it)", path.display())]
     MissingIntermediate { path: PathBuf, map: usize },
     /// Map task `map`'s intermediate file cannot be used: `source` says why (corrupt,

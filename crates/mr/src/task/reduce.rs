@@ -46,6 +46,15 @@ pub fn run_reduce_with(
     let bytes_written = write_atomically(task.dir, &prefix, path, |out, temp| {
         let mut written = 0u64;
         let mut write_line = |key: &str, result: &str| -> Result<(), TaskError> {
+            // An output line is `key result`: a newline in either would make two lines.
+            for (part, text) in [("key", key), ("result", result)] {
+                if text.contains('\n') {
+                    return Err(TaskError::NewlineInOutput {
+                        key: shorten(key),
+                        part,
+                    });
+                }
+            }
             let mut write = || -> io::Result<()> {
                 out.write_all(key.as_bytes())?;
                 out.write_all(b" ")?;
@@ -60,7 +69,7 @@ pub fn run_reduce_with(
         match reducer {
             Reducer::PerKey(app) => reduce_per_key(app, &mut merger, &mut write_line)?,
             Reducer::Exec(exec) => {
-                crate::exec::run_reduce_program(exec.reduce_cmd(), &mut merger, &mut write_line)?
+                crate::exec::run_reduce_program(exec, &mut merger, &mut write_line)?
             }
         }
         Ok(written)
