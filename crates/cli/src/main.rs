@@ -135,6 +135,11 @@ enum MrCommand {
         /// fails this many tasks is dismissed.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         max_failures: u32,
+        /// Near the end of each phase, hand idle workers backup attempts of the tasks still
+        /// running; the first attempt to finish counts (the MapReduce paper's §3.6). Off by
+        /// default: the lab's job-count test counts every attempt.
+        #[arg(long)]
+        backup_tasks: bool,
         /// Keep the intermediate files mr-X-Y after the job.
         #[arg(long)]
         keep_intermediate: bool,
@@ -857,6 +862,7 @@ fn mr(command: MrCommand) -> anyhow::Result<ExitCode> {
             out,
             task_timeout,
             max_failures,
+            backup_tasks,
             keep_intermediate,
             linger,
             progress,
@@ -873,6 +879,7 @@ fn mr(command: MrCommand) -> anyhow::Result<ExitCode> {
                 out_dir: out,
                 task_timeout,
                 max_failures,
+                backup_tasks,
                 linger: parse_seconds(linger)?,
                 keep_intermediate,
                 progress: match progress.as_str() {

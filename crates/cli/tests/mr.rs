@@ -424,6 +424,31 @@ fn a_task_longer_than_the_task_timeout_finishes_with_two_workers() {
     wait_all(&mut workers);
 }
 
+#[test]
+fn with_backup_tasks_a_straggler_does_not_hold_up_the_job() {
+    // The first map task holds for up to 45 s (a straggler); the task timeout is a minute.
+    // With --backup-tasks the other worker, finding nothing idle, runs a backup of it, and
+    // the job ends with the backup's output, the straggler still stuck.
+    let s = Scratch::new();
+    let inputs = vec![s.inputs[0].clone(), s.inputs[1].clone()];
+    let started_at = Instant::now();
+    let (mut coordinator, addr) =
+        s.coordinator_over(&inputs, &["--task-timeout", "60", "--backup-tasks"]);
+    let (app, started, go) = gated_line_count_app(&s);
+    let app: Vec<&str> = app.iter().map(String::as_str).collect();
+    let _straggler = s.worker_with(&addr, &app, None, LIMIT);
+    wait_for_file(&started, LIMIT);
+    let _other = s.worker_with(&addr, &app, None, LIMIT);
+    assert!(coordinator.wait().success(), "{}", s.coordinator_stderr());
+    let took = started_at.elapsed();
+    assert!(!go.exists());
+    assert!(
+        took < Duration::from_secs(25),
+        "the job took {took:?}: it waited for the straggler"
+    );
+    assert_eq!(sorted_outputs(&s.work), line_counts(&s, &inputs));
+}
+
 /// A worker whose map and reduce program does not exist: every task fails at once.
 const BROKEN_WORKER: [&str; 6] = [
     "--app",

@@ -40,7 +40,14 @@
 //!   the timeout finishes. (It used to be that only the latest holder's report counted: with
 //!   two workers, each report came from a worker that no longer held the task, and the two
 //!   took a long task from each other forever.)
-//! - without failures or timeouts each task runs exactly once (no speculative copies).
+//! - without failures or timeouts each task runs exactly once — unless the job asks for
+//!   **backup tasks** (`JobSpec::backup_tasks`, the paper's §3.6): then, near the end of a
+//!   phase (no task of it idle any more), a worker that finds nothing to do gets a *backup*
+//!   attempt of a running task: the one running longest of those that another worker runs
+//!   alone. Whichever attempt reports first is accepted, as always, so one slow machine
+//!   cannot hold the phase up. Each task gets at most one backup while its first attempt
+//!   runs (a timeout still re-issues it as before), and a worker never backs up its own
+//!   attempt. Off by default: the lab's job-count test counts every attempt.
 //!
 //! Failures (per task and per worker, as Hadoop blacklists a node):
 //! - a failed attempt counts against its task and against its worker;
@@ -177,6 +184,9 @@ pub struct JobSpec {
     /// Distinct workers a task may fail on, and failed attempts a worker may have, before
     /// the job fails or the worker is dismissed.
     pub max_failures: u32,
+    /// Hand out backup attempts of running tasks near the end of each phase (see the module
+    /// docs).
+    pub backup_tasks: bool,
 }
 
 /// Where the job stands, for progress displays.
@@ -194,6 +204,8 @@ pub struct Progress {
     pub workers_dismissed: usize,
     /// Tasks handed out again after a timeout.
     pub reissued: u64,
+    /// Backup attempts handed out near the end of a phase.
+    pub backups: u64,
     /// Map tasks run again because a reduce could not read their output.
     pub maps_rerun: u64,
 }
@@ -212,6 +224,7 @@ pub struct Coordinator {
     workers: HashMap<WorkerId, Worker>,
     bytes_mapped: u64,
     reissued: u64,
+    backups: u64,
     maps_rerun: u64,
     outcome: Option<Outcome>,
 }
@@ -267,6 +280,7 @@ impl Coordinator {
             workers: HashMap::new(),
             bytes_mapped: 0,
             reissued: 0,
+            backups: 0,
             maps_rerun: 0,
             // A job with no input has nothing to map; it still reduces (to empty outputs).
             outcome: None,
@@ -565,13 +579,39 @@ impl Coordinator {
             .position(|t| idle(t) && !failed_here(t))
             .or_else(|| tasks.iter().position(|t| timed_out(t) && !failed_here(t)))
             .or_else(|| tasks.iter().position(idle));
-        let Some(index) = pick else {
+        let backup = match pick {
+            None if self.spec.backup_tasks && !tasks.iter().any(idle) => {
+                // The phase is near its end: back up the longest-running task that another
+                // worker runs alone.
+                let running_alone_elsewhere = |t: &Task| {
+                    let running: Vec<&AttemptRecord> =
+                        t.attempts.iter().filter(|a| !a.reported).collect();
+                    matches!(t.state, TaskState::Running { .. })
+                        && running.len() == 1
+                        && running[0].worker != worker
+                        && !failed_here(t)
+                };
+                tasks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| running_alone_elsewhere(t))
+                    .min_by_key(|(_, t)| match t.state {
+                        TaskState::Running { since, .. } => since,
+                        _ => unreachable!("only running tasks are backed up"),
+                    })
+                    .map(|(index, _)| index)
+            }
+            _ => None,
+        };
+        let Some(index) = pick.or(backup) else {
             return FromCoordinator::Wait {
                 millis: WAIT.as_millis() as u64,
             };
         };
         let task = &mut tasks[index];
-        if matches!(task.state, TaskState::Running { .. }) {
+        if backup.is_some() {
+            self.backups += 1;
+        } else if matches!(task.state, TaskState::Running { .. }) {
             self.reissued += 1;
         }
         let attempt = Attempt::try_from(task.attempts.len()).expect("fewer than 2^32 attempts");
@@ -637,6 +677,7 @@ impl Coordinator {
                 .filter(|w| w.dismissed.is_some())
                 .count(),
             reissued: self.reissued,
+            backups: self.backups,
             maps_rerun: self.maps_rerun,
         }
     }
@@ -724,6 +765,7 @@ mod tests {
             dir: PathBuf::from("/out"),
             task_timeout: Duration::from_secs(10),
             max_failures: 3,
+            backup_tasks: false,
         }
     }
 
@@ -908,6 +950,57 @@ mod tests {
         assert!(at < 10.0, "done at {at}s");
         // And more tasks than workers, each longer than the timeout.
         assert!(simulate(5, 3, 2.5, 1.0, 120.0).is_some());
+    }
+
+    #[test]
+    fn near_the_end_of_a_phase_an_idle_worker_backs_up_a_running_task() {
+        let mut c = Job::new(JobSpec {
+            backup_tasks: true,
+            ..spec(3, 1)
+        });
+        take(&mut c, 1, TaskId::Map(0), 0.0);
+        take(&mut c, 2, TaskId::Map(1), 1.0);
+        // Map 2 is idle: worker 3 gets it, not a backup.
+        take(&mut c, 3, TaskId::Map(2), 2.0);
+        done(&mut c, 3, TaskId::Map(2), 0, 3.0);
+        // No map is idle now: worker 3 backs up the one running longest (map 0, since 0.0),
+        // long before the 10 s timeout.
+        assert_eq!(take(&mut c, 3, TaskId::Map(0), 3.0), 1, "a backup attempt");
+        assert_eq!(c.progress(secs(3.0)).backups, 1);
+        assert_eq!(c.progress(secs(3.0)).reissued, 0);
+        // Map 0 has a backup; map 1's only attempt is worker 2's own: nothing for worker 2.
+        assert!(
+            is_wait(&request(&mut c, 2, 3.1)),
+            "no second backup, none of its own"
+        );
+        // The backup finishes first and is accepted; the straggler's report changes nothing.
+        done(&mut c, 3, TaskId::Map(0), 1, 4.0);
+        done(&mut c, 1, TaskId::Map(0), 0, 9.0);
+        done(&mut c, 2, TaskId::Map(1), 0, 4.5);
+        assert_eq!(c.progress(secs(9.0)).maps_done, 3);
+        let FromCoordinator::Reduce { map_attempts, .. } = request(&mut c, 1, 9.0) else {
+            panic!("the reduce comes next");
+        };
+        assert_eq!(
+            map_attempts,
+            vec![1, 0, 0],
+            "map 0's accepted attempt is the backup"
+        );
+    }
+
+    #[test]
+    fn without_backup_tasks_an_idle_worker_waits_for_the_timeout() {
+        let mut c = Job::new(spec(2, 1));
+        take(&mut c, 1, TaskId::Map(0), 0.0);
+        take(&mut c, 2, TaskId::Map(1), 0.0);
+        done(&mut c, 2, TaskId::Map(1), 0, 1.0);
+        assert!(
+            is_wait(&request(&mut c, 2, 9.9)),
+            "no copy before the timeout"
+        );
+        assert_eq!(take(&mut c, 2, TaskId::Map(0), 10.0), 1);
+        assert_eq!(c.progress(secs(10.0)).backups, 0);
+        assert_eq!(c.progress(secs(10.0)).reissued, 1);
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub fn run(app: Arc<dyn App>, job: Job) -> Result<JobReport, CoordinatorError> {
             out_dir: job.out_dir.clone(),
             task_timeout: Duration::from_secs(10),
             max_failures: 3,
+            backup_tasks: false,
             linger: Duration::from_millis(200),
             keep_intermediate: false,
             progress: ProgressStyle::None,

@@ -37,6 +37,9 @@ pub struct CoordinatorConfig {
     pub out_dir: PathBuf,
     pub task_timeout: Duration,
     pub max_failures: u32,
+    /// Backup attempts of running tasks near the end of each phase
+    /// ([`crate::coordinator::JobSpec::backup_tasks`]).
+    pub backup_tasks: bool,
     /// How long to keep answering "exit" after the job is done.
     pub linger: Duration,
     /// Keep the intermediate files `mr-X-Y` after the job.
@@ -149,6 +152,7 @@ pub async fn run_coordinator(
         dir: dir.clone(),
         task_timeout: config.task_timeout,
         max_failures: config.max_failures,
+        backup_tasks: config.backup_tasks,
     })));
     let started = Instant::now();
     let finished = Arc::new(Notify::new());
@@ -282,6 +286,9 @@ fn describe(p: &Progress, elapsed: Duration) -> String {
     }
     if p.maps_rerun > 0 {
         line += &format!(", {} maps rerun (lost outputs)", p.maps_rerun);
+    }
+    if p.backups > 0 {
+        line += &format!(", {} backup attempts", p.backups);
     }
     line + &format!(", {secs:.1}s")
 }
