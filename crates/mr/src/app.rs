@@ -12,7 +12,12 @@
 //!   text that follows the key on its output line (`key value\n`).
 //! - Either may fail with an error: the task is then reported failed and given to another
 //!   worker (a crash or a stall is handled the same way, by the coordinator's timeout).
-//! - Both must be deterministic in what they output for the job's output to be well defined
+//! - `combine(key, values)` (optional, the paper's §4.3 combiner; [`App::has_combiner`]):
+//!   run by a map task on its own output before it is written, on some of the values it
+//!   emitted for `key`, returning one value that stands for them. It may run zero, one or
+//!   several times on any part of a key's values, on values it returned itself included, so
+//!   `reduce` must give the same result either way (word count: a sum).
+//! - All of them must be deterministic in what they output for the job's output to be well defined
 //!   (the test applications that probe timing and parallelism are the exception by design).
 
 use std::io::{self, BufRead};
@@ -27,4 +32,19 @@ pub trait App: Send + Sync {
     fn map(&self, name: &str, contents: &mut dyn BufRead, emit: &mut Emit<'_>) -> io::Result<()>;
 
     fn reduce(&self, key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String>;
+
+    /// Whether map tasks run [`App::combine`] on their output. Default: no combiner.
+    fn has_combiner(&self) -> bool {
+        false
+    }
+
+    /// Combines some of the values one map task emitted for `key` into one (see the module
+    /// docs). Called only if [`App::has_combiner`].
+    fn combine(&self, key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
+        let _ = values;
+        Err(io::Error::other(format!(
+            "app {} has no combiner (asked to combine key {key:?})",
+            self.name()
+        )))
+    }
 }

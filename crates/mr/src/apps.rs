@@ -232,6 +232,17 @@ impl App for Wc {
         flush(&mut counts)
     }
 
+    /// Its partial counts (one per word per flush of the in-mapper counts) are summed again
+    /// whenever a map task writes a run or its output.
+    fn has_combiner(&self) -> bool {
+        true
+    }
+
+    /// A partial sum: the same as the reduce.
+    fn combine(&self, key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
+        self.reduce(key, values)
+    }
+
     fn reduce(&self, key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
         let mut total: u64 = 0;
         for value in values {

@@ -80,6 +80,10 @@ fn wc_combines_in_the_mapper() {
         ]
     );
     assert_eq!(reduce(app("wc").as_ref(), "a", &["3", "1", "1"]), "5");
+    // Its combiner sums the partial counts of each flush of those counts.
+    assert!(app("wc").has_combiner());
+    let mut partial = ["3".to_string(), "2".to_string()].into_iter();
+    assert_eq!(app("wc").combine("a", &mut partial).unwrap(), "5");
     let mut bad = ["x".to_string()].into_iter();
     let err = app("wc").reduce("a", &mut bad).unwrap_err();
     assert!(err.to_string().contains("not a count"), "{err}");

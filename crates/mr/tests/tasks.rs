@@ -193,6 +193,147 @@ impl App for EveryWord {
     }
 }
 
+/// `(word, "1")` per occurrence with a combiner that sums (`fail_on` makes it fail).
+struct CombinedWords {
+    fail_on: Option<&'static str>,
+}
+
+fn sum_counts(values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
+    let mut total = 0u64;
+    for value in values {
+        total += value
+            .parse::<u64>()
+            .map_err(|_| io::Error::other(format!("{value:?} is not a count")))?;
+    }
+    Ok(total.to_string())
+}
+
+impl App for CombinedWords {
+    fn name(&self) -> &str {
+        "combined-words"
+    }
+
+    fn map(&self, name: &str, contents: &mut dyn BufRead, emit: &mut Emit<'_>) -> io::Result<()> {
+        EveryWord.map(name, contents, emit)
+    }
+
+    fn reduce(&self, _key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
+        sum_counts(values)
+    }
+
+    fn has_combiner(&self) -> bool {
+        true
+    }
+
+    fn combine(&self, key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
+        if self.fail_on == Some(key) {
+            return Err(io::Error::other("this combiner refuses this key"));
+        }
+        sum_counts(values)
+    }
+}
+
+#[test]
+fn the_combiner_leaves_one_record_per_key_in_every_run_and_output() {
+    let inputs = gutenberg_inputs();
+    let wc = by_name(&AppSpec::builtin("wc")).unwrap();
+    // One input, a 64 KiB limit: dozens of spills, merged in levels, all combined.
+    let (name, path) = &inputs[4];
+    let counts: std::collections::HashMap<String, String> =
+        sequential_lines(wc.as_ref(), &inputs[4..5])
+            .into_iter()
+            .map(|line| {
+                let (word, count) = line.split_once(' ').unwrap();
+                (word.to_owned(), count.to_owned())
+            })
+            .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let task = MapTask {
+        id: 0,
+        attempt: 0,
+        input_name: name,
+        input_path: path,
+        n_reduce: 3,
+        dir: dir.path(),
+        memory_limit: 64 * 1024,
+    };
+    let stats = run_map(&CombinedWords { fail_on: None }, &task).unwrap();
+    assert!(stats.spills as usize > 2 * SPILL_FAN_IN, "{stats:?}");
+    let mut records = 0;
+    for r in 0..3 {
+        let pairs = read_intermediate(dir.path(), 0, 0, r).unwrap();
+        assert!(
+            pairs.windows(2).all(|w| w[0].0 < w[1].0),
+            "bucket {r}: one record per key, in order"
+        );
+        for (word, count) in &pairs {
+            assert_eq!(Some(count), counts.get(word), "{word}'s combined count");
+        }
+        records += pairs.len();
+    }
+    assert_eq!(records, counts.len(), "every word once");
+    assert!(records < stats.pairs as usize / 5, "{records} of {stats:?}");
+
+    // No spill at all: frequent words have thousands of values in the one in-memory run,
+    // which the combiner takes a batch at a time.
+    let dir = tempfile::tempdir().unwrap();
+    let whole = MapTask {
+        dir: dir.path(),
+        memory_limit: 64 << 20,
+        ..task
+    };
+    let stats = run_map(&CombinedWords { fail_on: None }, &whole).unwrap();
+    assert_eq!(stats.spills, 0, "{stats:?}");
+    let mut records = 0;
+    for r in 0..3 {
+        for (word, count) in read_intermediate(dir.path(), 0, 0, r).unwrap() {
+            assert_eq!(Some(&count), counts.get(&word), "{word}'s combined count");
+            records += 1;
+        }
+    }
+    assert_eq!(records, counts.len(), "every word once");
+    assert!(
+        counts
+            .values()
+            .any(|c| c.parse::<u64>().unwrap() > 3 * 1024),
+        "a word with several batches of values"
+    );
+
+    // A whole job with the combiner everywhere gives wc's output.
+    let dir = tempfile::tempdir().unwrap();
+    run_job(
+        &CombinedWords { fail_on: None },
+        &inputs,
+        10,
+        dir.path(),
+        256 * 1024,
+    );
+    assert_eq!(
+        sorted_outputs(dir.path()),
+        sequential_lines(wc.as_ref(), &inputs)
+    );
+
+    // A combiner's error fails the map task, naming the key; nothing is published.
+    let dir = tempfile::tempdir().unwrap();
+    let task = MapTask {
+        dir: dir.path(),
+        ..task
+    };
+    let err = run_map(
+        &CombinedWords {
+            fail_on: Some("the"),
+        },
+        &task,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, TaskError::Combine { key, .. } if key == "the"),
+        "{err}"
+    );
+    assert!(!intermediate_path(dir.path(), 0, 0, 0).exists());
+    assert!(temp_files(dir.path()).is_empty());
+}
+
 #[test]
 fn spills_under_a_small_memory_limit_keep_the_output_exact() {
     let inputs = gutenberg_inputs();

@@ -12,7 +12,7 @@ use super::format::{
     segment_records, RecordReader, RecordSource, RecordWriter, SegmentReader, FOOTER_LEN,
     INDEX_ENTRY_LEN,
 };
-use super::merge::{merge_error, merge_into, MergeError};
+use super::merge::{merge_error, merge_into, MergeError, Merger};
 use super::*;
 
 /// How many spill runs of one level are merged into one run of the next level.
@@ -194,6 +194,8 @@ impl RecordSource for MapSource<'_> {
 /// A map task in progress.
 pub(super) struct MapState<'t> {
     task: &'t MapTask<'t>,
+    /// The application, if it has a combiner: run on every run and output written.
+    combiner: Option<&'t dyn App>,
     buffer: PairBuffer,
     spills: Vec<SpillRun>,
     spills_made: u64,
@@ -301,8 +303,8 @@ impl MapState<'_> {
         for r in 0..self.task.n_reduce {
             let sources = sources(r)?;
             let writer = RecordWriter::new(&mut out).map_err(self.temp_error())?;
-            let (_, len) = write_sources(sources, writer).map_err(|e| match e {
-                MergeError::Read(e) => e,
+            let (_, len) = write_sources(sources, writer, self.combiner).map_err(|e| match e {
+                MergeError::Task(e) => e,
                 MergeError::Write(e) => self.temp_error()(e),
             })?;
             segments.push((offset, len));
@@ -353,7 +355,7 @@ impl MapState<'_> {
                 sources.push(MapSource::Spill(run.segment(r, &self.readers)?));
             }
             let write = || -> Result<u64, MergeError> {
-                Ok(write_sources(sources, RecordWriter::new(&mut out)?)?.1)
+                Ok(write_sources(sources, RecordWriter::new(&mut out)?, self.combiner)?.1)
             };
             let len = write().map_err(merge_error(temp.path()))?;
             index.extend_from_slice(&offset.to_le_bytes());
@@ -453,7 +455,27 @@ pub(super) fn publish(
 pub(super) fn write_sources<W: Write>(
     sources: Vec<MapSource<'_>>,
     mut writer: RecordWriter<W>,
+    combiner: Option<&dyn App>,
 ) -> Result<(W, u64), MergeError> {
+    if let Some(app) = combiner {
+        let mut combining = Combining {
+            app,
+            writer,
+            key: String::new(),
+            values: Vec::new(),
+        };
+        if let [MapSource::Memory(run)] = sources.as_slice() {
+            for entry in run.entries {
+                combining.push(utf8(run.buffer.key(entry)), utf8(run.buffer.value(entry)))?;
+            }
+        } else {
+            let mut merger = Merger::new(sources);
+            while merger.advance().map_err(MergeError::Task)? {
+                combining.push(merger.key(), merger.value())?;
+            }
+        }
+        return combining.finish();
+    }
     if let [MapSource::Memory(run)] = sources.as_slice() {
         for entry in run.entries {
             writer.write(run.buffer.key(entry), run.buffer.value(entry))?;
@@ -541,6 +563,7 @@ pub fn run_map(app: &dyn App, task: &MapTask<'_>) -> Result<MapStats, TaskError>
     };
     let mut state = MapState {
         task,
+        combiner: app.has_combiner().then_some(app),
         buffer: PairBuffer::default(),
         spills: Vec::new(),
         spills_made: 0,
@@ -583,4 +606,68 @@ pub fn run_map(app: &dyn App, task: &MapTask<'_>) -> Result<MapStats, TaskError>
     let mut stats = state.finish()?;
     stats.bytes_read = input.consumed;
     Ok(stats)
+}
+
+/// The buffer's bytes as text: they were pushed as `&str`.
+fn utf8(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("the pair buffer holds only what was pushed as &str")
+}
+
+/// Values of one key gathered before the combiner runs on them: it runs on at most this
+/// many at a time (and again on what it returned), so a frequent key needs no more memory.
+const COMBINE_BATCH: usize = 1024;
+
+/// Writes records given in key order, each key's values first combined into one by the
+/// application's combiner (a key with a single value is written as it is).
+struct Combining<'a, W: Write> {
+    app: &'a dyn App,
+    writer: RecordWriter<W>,
+    key: String,
+    values: Vec<String>,
+}
+
+impl<W: Write> Combining<'_, W> {
+    fn push(&mut self, key: &str, value: &str) -> Result<(), MergeError> {
+        if key != self.key || self.values.is_empty() {
+            self.flush()?;
+            self.key.clear();
+            self.key.push_str(key);
+        }
+        self.values.push(value.to_owned());
+        if self.values.len() >= COMBINE_BATCH {
+            let combined = self.combine()?;
+            self.values.push(combined);
+        }
+        Ok(())
+    }
+
+    /// Combines the gathered values into one (emptying `values`).
+    fn combine(&mut self) -> Result<String, MergeError> {
+        let mut values = self.values.drain(..);
+        self.app.combine(&self.key, &mut values).map_err(|source| {
+            MergeError::Task(TaskError::Combine {
+                app: self.app.name().to_owned(),
+                key: shorten(&self.key),
+                source,
+            })
+        })
+    }
+
+    /// Writes the current key's one (combined) value, if it has values.
+    fn flush(&mut self) -> Result<(), MergeError> {
+        let value = match self.values.len() {
+            0 => return Ok(()),
+            1 => self.values.pop().expect("one value"),
+            _ => self.combine()?,
+        };
+        self.values.clear();
+        self.writer
+            .write(self.key.as_bytes(), value.as_bytes())
+            .map_err(MergeError::Write)
+    }
+
+    fn finish(mut self) -> Result<(W, u64), MergeError> {
+        self.flush()?;
+        Ok(self.writer.finish()?)
+    }
 }

@@ -96,7 +96,7 @@ impl<S: RecordSource> Merger<S> {
         &self.top().key
     }
 
-    fn value(&self) -> &str {
+    pub(super) fn value(&self) -> &str {
         &self.values[self.top().source]
     }
 
@@ -169,9 +169,10 @@ impl<S: RecordSource> Iterator for GroupValues<'_, S> {
     }
 }
 
-/// A merge failed reading (already a [`TaskError`]) or writing.
+/// A merge failed reading or in the application's combiner (already a [`TaskError`]), or
+/// writing.
 pub(super) enum MergeError {
-    Read(TaskError),
+    Task(TaskError),
     Write(io::Error),
 }
 
@@ -187,7 +188,7 @@ pub(super) fn merge_into<S: RecordSource, W: Write>(
     mut writer: RecordWriter<W>,
 ) -> Result<(W, u64), MergeError> {
     let mut merger = Merger::new(sources);
-    while merger.advance().map_err(MergeError::Read)? {
+    while merger.advance().map_err(MergeError::Task)? {
         writer
             .write(merger.key().as_bytes(), merger.value().as_bytes())
             .map_err(MergeError::Write)?;
@@ -198,7 +199,7 @@ pub(super) fn merge_into<S: RecordSource, W: Write>(
 /// Converts a [`MergeError`], naming `path` for write errors.
 pub(super) fn merge_error(path: &Path) -> impl FnOnce(MergeError) -> TaskError + '_ {
     move |e| match e {
-        MergeError::Read(e) => e,
+        MergeError::Task(e) => e,
         MergeError::Write(e) => TaskError::io("write", path)(e),
     }
 }

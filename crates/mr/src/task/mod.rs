@@ -9,7 +9,10 @@
 //! `r` finds that bucket's pairs sorted by key (byte order). Pairs are buffered in memory up to
 //! [`MapTask::memory_limit`] bytes; past that the buffer is sorted and spilled to an unnamed
 //! temporary run file, and the final output is a k-way merge of the runs and what is left
-//! in memory. Runs are merged in levels of [`SPILL_FAN_IN`] as they pile up, and before the
+//! in memory. If the application has a combiner ([`App::combine`](crate::App::combine)),
+//! every run and the output are written combined: each key's values, gathered in key order,
+//! become one value (a batch of at most 1,024 values at a time, so a frequent key needs no
+//! more memory). Runs are merged in levels of [`SPILL_FAN_IN`] as they pile up, and before the
 //! final merge, so no merge reads more than [`SPILL_FAN_IN`] sources. A merge goes bucket by
 //! bucket and opens a bucket's segments only when it gets to it, so at most [`SPILL_FAN_IN`]
 //! run readers (64 KiB of buffer each) are open at once, whatever `n_reduce` is
@@ -234,6 +237,14 @@ pub enum TaskError {
     Map {
         app: String,
         input: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("app {app}: combine of key {key:?} failed: {source}")]
+    Combine {
+        app: String,
+        /// The key (shortened if very long).
+        key: String,
         #[source]
         source: io::Error,
     },

@@ -181,7 +181,7 @@ pub(super) fn merge_to_run(
     };
     let len = match len {
         Ok(len) => len,
-        Err(MergeError::Read(e)) => return Err(e),
+        Err(MergeError::Task(e)) => return Err(e),
         Err(MergeError::Write(e)) => return Err(write_error(e)),
     };
     out.flush()
