@@ -584,11 +584,10 @@ impl Coordinator {
                 // The phase is near its end: back up the longest-running task that another
                 // worker runs alone.
                 let running_alone_elsewhere = |t: &Task| {
-                    let running: Vec<&AttemptRecord> =
-                        t.attempts.iter().filter(|a| !a.reported).collect();
+                    let mut running = t.attempts.iter().filter(|a| !a.reported);
                     matches!(t.state, TaskState::Running { .. })
-                        && running.len() == 1
-                        && running[0].worker != worker
+                        && running.next().is_some_and(|a| a.worker != worker)
+                        && running.next().is_none()
                         && !failed_here(t)
                 };
                 tasks

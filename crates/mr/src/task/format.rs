@@ -42,7 +42,7 @@ pub(super) const FOOTER_LEN: u64 = 4 + 8 + INDEX_MAGIC.len() as u64;
 pub(super) const INDEX_ENTRY_LEN: u64 = 16;
 
 /// A `key_len` of this value marks the trailer, so keys are at most one byte shorter.
-pub(super) const END_MARK: u32 = u32::MAX;
+const END_MARK: u32 = u32::MAX;
 
 /// Longest key a pair may have, in bytes.
 pub const MAX_KEY_LEN: usize = END_MARK as usize - 1;
@@ -51,7 +51,7 @@ pub const MAX_VALUE_LEN: usize = u32::MAX as usize;
 
 /// Checksummed bytes are gathered into blocks of this size first (CRC-32 is much faster
 /// over long slices than over a record's few bytes).
-pub(super) const CRC_BLOCK: usize = 32 * 1024;
+const CRC_BLOCK: usize = 32 * 1024;
 
 /// Writes the intermediate format to `out`.
 pub(super) struct RecordWriter<W: Write> {
@@ -315,7 +315,7 @@ pub(super) fn open_intermediate(
     open_intermediate_unmarked(dir, map, attempt, reduce, buffer).map_err(|e| e.reading_map(map))
 }
 
-pub(super) fn open_intermediate_unmarked(
+fn open_intermediate_unmarked(
     dir: &Path,
     map: usize,
     attempt: u32,
@@ -367,7 +367,7 @@ pub(super) fn segment_records<F: Borrow<File>>(
 
 /// Checks the footer and the index of an intermediate file of `file_len` bytes; returns
 /// `(offset, len)` of segment `reduce`, which lies inside the file.
-pub(super) fn find_segment(
+fn find_segment(
     file: &File,
     file_len: u64,
     reduce: usize,

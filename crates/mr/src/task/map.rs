@@ -12,7 +12,7 @@ use super::format::{
     segment_records, RecordReader, RecordSource, RecordWriter, SegmentReader, FOOTER_LEN,
     INDEX_ENTRY_LEN,
 };
-use super::merge::{merge_error, merge_into, MergeError, Merger};
+use super::merge::{merge_error, MergeError, Merger};
 use super::*;
 
 /// How many spill runs of one level are merged into one run of the next level.
@@ -20,7 +20,7 @@ pub const SPILL_FAN_IN: usize = 16;
 
 /// One buffered pair: `data[offset..]` holds the key, then the value.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Entry {
+struct Entry {
     offset: usize,
     bucket: u32,
     key_len: u32,
@@ -28,11 +28,11 @@ pub(super) struct Entry {
 }
 
 /// Memory counted per buffered pair on top of its key and value bytes.
-pub(super) const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>();
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>();
 
 /// The in-memory pairs of a map task, all buckets in one arena.
 #[derive(Default)]
-pub(super) struct PairBuffer {
+struct PairBuffer {
     data: Vec<u8>,
     entries: Vec<Entry>,
 }
@@ -116,7 +116,7 @@ impl RecordSource for MemRun<'_> {
 }
 
 /// A sorted run on disk: one unnamed file, one segment (in the record format) per bucket.
-pub(super) struct SpillRun {
+struct SpillRun {
     file: File,
     /// `(offset, len)` of each bucket's segment.
     segments: Vec<(u64, u64)>,
@@ -147,7 +147,7 @@ impl SpillRun {
 /// How many spill-run readers (each with its own [`MERGE_BUFFER`]) a map task has open at
 /// once, and the most it ever had: the bound on its merge memory.
 #[derive(Default)]
-pub(super) struct ReaderGauge {
+struct ReaderGauge {
     open: std::cell::Cell<usize>,
     peak: std::cell::Cell<usize>,
 }
@@ -162,7 +162,7 @@ impl ReaderGauge {
 }
 
 /// One reader counted by a [`ReaderGauge`], until dropped.
-pub(super) struct OpenReader<'a>(&'a ReaderGauge);
+struct OpenReader<'a>(&'a ReaderGauge);
 
 impl Drop for OpenReader<'_> {
     fn drop(&mut self) {
@@ -192,7 +192,7 @@ impl RecordSource for MapSource<'_> {
 }
 
 /// A map task in progress.
-pub(super) struct MapState<'t> {
+struct MapState<'t> {
     task: &'t MapTask<'t>,
     /// The application, if it has a combiner: run on every run and output written.
     combiner: Option<&'t dyn App>,
@@ -450,44 +450,36 @@ pub(super) fn publish(
     Ok(())
 }
 
-/// Writes sorted `sources` into `writer` — straight from memory for a lone in-memory run,
-/// else through a merge; returns the writer's output and byte count.
-pub(super) fn write_sources<W: Write>(
+/// Writes sorted `sources` into `writer`, through the application's combiner if it has one:
+/// straight from memory for a lone in-memory run, else through a merge; returns the writer's
+/// output and byte count.
+fn write_sources<W: Write>(
     sources: Vec<MapSource<'_>>,
-    mut writer: RecordWriter<W>,
+    writer: RecordWriter<W>,
     combiner: Option<&dyn App>,
 ) -> Result<(W, u64), MergeError> {
-    if let Some(app) = combiner {
-        let mut combining = Combining {
-            app,
-            writer,
-            key: String::new(),
-            values: Vec::new(),
-        };
-        if let [MapSource::Memory(run)] = sources.as_slice() {
-            for entry in run.entries {
-                combining.push(utf8(run.buffer.key(entry)), utf8(run.buffer.value(entry)))?;
-            }
-        } else {
-            let mut merger = Merger::new(sources);
-            while merger.advance().map_err(MergeError::Task)? {
-                combining.push(merger.key(), merger.value())?;
-            }
-        }
-        return combining.finish();
-    }
+    let mut out = SortedWriter {
+        combiner,
+        writer,
+        key: String::new(),
+        values: Vec::new(),
+    };
     if let [MapSource::Memory(run)] = sources.as_slice() {
         for entry in run.entries {
-            writer.write(run.buffer.key(entry), run.buffer.value(entry))?;
+            out.push(run.buffer.key(entry), run.buffer.value(entry))?;
         }
-        return Ok(writer.finish()?);
+    } else {
+        let mut merger = Merger::new(sources);
+        while merger.advance().map_err(MergeError::Task)? {
+            out.push(merger.key().as_bytes(), merger.value().as_bytes())?;
+        }
     }
-    merge_into(sources, writer)
+    out.finish()
 }
 
 /// The input of a map task: counts the bytes the application consumes and remembers the
 /// first read error, so that a failing map can be told apart from a failing input.
-pub(super) struct InputReader {
+struct InputReader {
     inner: BufReader<File>,
     consumed: u64,
     error: Option<io::Error>,
@@ -608,57 +600,63 @@ pub fn run_map(app: &dyn App, task: &MapTask<'_>) -> Result<MapStats, TaskError>
     Ok(stats)
 }
 
-/// The buffer's bytes as text: they were pushed as `&str`.
+/// A record's bytes as text: records come from `&str` pairs (the buffer) or from runs read
+/// back as checked UTF-8 (a merge).
 fn utf8(bytes: &[u8]) -> &str {
-    std::str::from_utf8(bytes).expect("the pair buffer holds only what was pushed as &str")
+    std::str::from_utf8(bytes).expect("a map task's records are text")
 }
 
 /// Values of one key gathered before the combiner runs on them: it runs on at most this
 /// many at a time (and again on what it returned), so a frequent key needs no more memory.
 const COMBINE_BATCH: usize = 1024;
 
-/// Writes records given in key order, each key's values first combined into one by the
-/// application's combiner (a key with a single value is written as it is).
-struct Combining<'a, W: Write> {
-    app: &'a dyn App,
+/// Writes records given in key order: as they are without a combiner; with one, each key's
+/// values combined into one (a key with a single value is written as it is).
+struct SortedWriter<'a, W: Write> {
+    combiner: Option<&'a dyn App>,
     writer: RecordWriter<W>,
+    /// With a combiner: the key being gathered and its values.
     key: String,
     values: Vec<String>,
 }
 
-impl<W: Write> Combining<'_, W> {
-    fn push(&mut self, key: &str, value: &str) -> Result<(), MergeError> {
+impl<W: Write> SortedWriter<'_, W> {
+    fn push(&mut self, key: &[u8], value: &[u8]) -> Result<(), MergeError> {
+        let Some(app) = self.combiner else {
+            return self.writer.write(key, value).map_err(MergeError::Write);
+        };
+        let key = utf8(key);
         if key != self.key || self.values.is_empty() {
             self.flush()?;
             self.key.clear();
             self.key.push_str(key);
         }
-        self.values.push(value.to_owned());
+        self.values.push(utf8(value).to_owned());
         if self.values.len() >= COMBINE_BATCH {
-            let combined = self.combine()?;
+            let combined = self.combine(app)?;
             self.values.push(combined);
         }
         Ok(())
     }
 
     /// Combines the gathered values into one (emptying `values`).
-    fn combine(&mut self) -> Result<String, MergeError> {
+    fn combine(&mut self, app: &dyn App) -> Result<String, MergeError> {
         let mut values = self.values.drain(..);
-        self.app.combine(&self.key, &mut values).map_err(|source| {
+        app.combine(&self.key, &mut values).map_err(|source| {
             MergeError::Task(TaskError::Combine {
-                app: self.app.name().to_owned(),
+                app: app.name().to_owned(),
                 key: shorten(&self.key),
                 source,
             })
         })
     }
 
-    /// Writes the current key's one (combined) value, if it has values.
+    /// Writes the gathered key's one (combined) value, if it has values.
     fn flush(&mut self) -> Result<(), MergeError> {
-        let value = match self.values.len() {
-            0 => return Ok(()),
-            1 => self.values.pop().expect("one value"),
-            _ => self.combine()?,
+        let value = match (self.values.len(), self.combiner) {
+            (0, _) | (_, None) => return Ok(()),
+            (1, _) => self.values.pop().expect("one value"),
+            (_, Some(app)) => self.combine(app)?,
         };
         self.values.clear();
         self.writer

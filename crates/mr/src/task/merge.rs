@@ -14,7 +14,7 @@ use super::*;
 
 /// The smallest key of one source, waiting in the merge heap (its value waits in
 /// [`Merger::values`], so that taking a value never disturbs the heap).
-pub(super) struct Head {
+struct Head {
     key: String,
     source: usize,
 }

@@ -88,10 +88,10 @@ pub fn run_reduce_with(
 pub const REDUCE_FAN_IN: usize = 256;
 
 /// Bytes of read buffers a merge spreads over its sources.
-pub(super) const MERGE_MEMORY: usize = 4 << 20;
+const MERGE_MEMORY: usize = 4 << 20;
 
 /// Read buffer per source of a merge of `ways` sources.
-pub(super) fn merge_buffer(ways: usize) -> usize {
+fn merge_buffer(ways: usize) -> usize {
     (MERGE_MEMORY / ways.max(1)).clamp(4 * 1024, MERGE_BUFFER)
 }
 
@@ -114,9 +114,7 @@ impl RecordSource for ReduceSource {
 
 /// Opens a reduce task's inputs as at most [`REDUCE_FAN_IN`] merge sources; returns them
 /// and the intermediate bytes they hold.
-pub(super) fn open_reduce_sources(
-    task: &ReduceTask<'_>,
-) -> Result<(Vec<ReduceSource>, u64), TaskError> {
+fn open_reduce_sources(task: &ReduceTask<'_>) -> Result<(Vec<ReduceSource>, u64), TaskError> {
     // A missing job directory is this worker's problem (say, an unmounted share), not a
     // lost output of map task 0.
     match std::fs::metadata(task.dir) {
@@ -168,10 +166,7 @@ pub(super) fn open_reduce_sources(
 }
 
 /// Merges `sources` into an unnamed temporary file in `dir`, opened again for reading.
-pub(super) fn merge_to_run(
-    sources: Vec<ReduceSource>,
-    dir: &Path,
-) -> Result<ReduceSource, TaskError> {
+fn merge_to_run(sources: Vec<ReduceSource>, dir: &Path) -> Result<ReduceSource, TaskError> {
     let write_error = TaskError::io("write a merged run in", dir);
     let file = tempfile::tempfile_in(dir).map_err(TaskError::io("create a merged run in", dir))?;
     let mut out = BufWriter::with_capacity(IO_BUFFER, &file);
@@ -193,7 +188,7 @@ pub(super) fn merge_to_run(
 }
 
 /// Calls `app.reduce` once per key of `merger`, in key order, and writes each result.
-pub(super) fn reduce_per_key<S: RecordSource>(
+fn reduce_per_key<S: RecordSource>(
     app: &dyn App,
     merger: &mut Merger<S>,
     write_line: &mut dyn FnMut(&str, &str) -> Result<(), TaskError>,
