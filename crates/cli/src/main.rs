@@ -87,9 +87,10 @@ enum Command {
 #[derive(clap::Args, Clone)]
 struct AppArgs {
     /// Application: wc, indexer, exec, or a lab test app (mtiming, rtiming, jobcount,
-    /// early_exit, crash, nocrash).
+    /// early_exit, crash, nocrash). A worker without it runs the one its coordinator names
+    /// (`flotilla mr coordinator --app`).
     #[arg(long)]
-    app: String,
+    app: Option<String>,
     /// For `--app exec`: the map program (run with `sh -c`; see the exec protocol).
     #[arg(long)]
     map_cmd: Option<String>,
@@ -103,9 +104,25 @@ struct AppArgs {
 }
 
 impl AppArgs {
+    /// The application `--app` names, if it is given.
+    fn load_if_named(&self) -> anyhow::Result<Option<flotilla_mr::worker::WorkerApp>> {
+        match &self.app {
+            Some(_) => self.load().map(Some),
+            None => {
+                if self.map_cmd.is_some() || self.reduce_cmd.is_some() {
+                    anyhow::bail!("--map-cmd and --reduce-cmd need --app exec");
+                }
+                Ok(None)
+            }
+        }
+    }
+
     fn load(&self) -> anyhow::Result<flotilla_mr::worker::WorkerApp> {
+        let Some(name) = &self.app else {
+            anyhow::bail!("--app is required");
+        };
         let spec = flotilla_mr::apps::AppSpec {
-            name: self.app.clone(),
+            name: name.clone(),
             map_cmd: self.map_cmd.clone(),
             reduce_cmd: self.reduce_cmd.clone(),
             // parse_timeout accepted only what a Duration holds.
@@ -143,6 +160,30 @@ enum MrCommand {
         /// Keep the intermediate files mr-X-Y after the job.
         #[arg(long)]
         keep_intermediate: bool,
+        /// Cut input files larger than this many MiB into map tasks of about this size, at
+        /// line boundaries (each split is mapped under its file's name).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
+        split_mb: u64,
+        /// How map outputs reach the reduces: through the shared --out directory, or served
+        /// over TCP by the worker that wrote them, from its own disk (a worker that is gone
+        /// has its map tasks run again).
+        #[arg(long, default_value = "shared-dir", value_parser = ["shared-dir", "tcp"])]
+        shuffle: String,
+        /// Send each map task's input split to its worker, instead of workers reading the
+        /// input's path.
+        #[arg(long)]
+        ship_inputs: bool,
+        /// Reduce workers send their finished outputs here (written atomically into --out),
+        /// instead of writing them into a shared --out directory.
+        #[arg(long)]
+        collect_outputs: bool,
+        /// Hosts share nothing: the same as --shuffle tcp --ship-inputs --collect-outputs.
+        #[arg(long)]
+        no_shared_dir: bool,
+        /// The built-in application (wc, indexer, ...) that workers started without --app
+        /// run.
+        #[arg(long)]
+        app: Option<String>,
         /// Seconds to keep answering "exit" after the job is done. Workers also exit when the
         /// coordinator is gone, so this only spares them a failed connection.
         #[arg(long, default_value_t = 0.02)]
@@ -167,6 +208,14 @@ enum MrCommand {
         /// path for it (the share is mounted elsewhere here).
         #[arg(long, value_name = "DIR")]
         job_dir: Option<PathBuf>,
+        /// Where to make the worker's own directory (map outputs it serves, fetched data),
+        /// removed when it exits.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        work_dir: PathBuf,
+        /// Where to serve the map outputs kept here (--shuffle tcp). Default: the address
+        /// through which this host reaches the coordinator, on a free port.
+        #[arg(long, value_name = "ADDR")]
+        shuffle_listen: Option<SocketAddr>,
     },
     /// The one-process reference: writes mr-out-0 with every key in order.
     Sequential {
@@ -864,10 +913,27 @@ fn mr(command: MrCommand) -> anyhow::Result<ExitCode> {
             max_failures,
             backup_tasks,
             keep_intermediate,
+            split_mb,
+            shuffle,
+            ship_inputs,
+            collect_outputs,
+            no_shared_dir,
+            app,
             linger,
             progress,
             inputs,
         } => {
+            if let Some(name) = &app {
+                // Only a built-in app can be named by the coordinator: a worker never runs a
+                // command it was sent over the network.
+                if name == flotilla_mr::exec::NAME {
+                    anyhow::bail!(
+                        "--app exec cannot be given to the coordinator: give workers \
+                         --app exec with their commands"
+                    );
+                }
+                flotilla_mr::apps::by_name(&flotilla_mr::apps::AppSpec::builtin(name.clone()))?;
+            }
             let task_timeout = parse_seconds(task_timeout)?;
             if task_timeout.is_zero() {
                 anyhow::bail!("--task-timeout must be more than 0 seconds");
@@ -880,6 +946,11 @@ fn mr(command: MrCommand) -> anyhow::Result<ExitCode> {
                 task_timeout,
                 max_failures,
                 backup_tasks,
+                split_bytes: split_mb << 20,
+                intermediates_on_workers: no_shared_dir || shuffle == "tcp",
+                ship_inputs: no_shared_dir || ship_inputs,
+                collect_outputs: no_shared_dir || collect_outputs,
+                app,
                 linger: parse_seconds(linger)?,
                 keep_intermediate,
                 progress: match progress.as_str() {
@@ -905,13 +976,17 @@ fn mr(command: MrCommand) -> anyhow::Result<ExitCode> {
             app,
             memory_limit_mb,
             job_dir,
+            work_dir,
+            shuffle_listen,
         } => {
             let config = flotilla_mr::worker::WorkerConfig {
                 coordinator,
-                app: app.load()?,
+                app: app.load_if_named()?,
                 memory_limit: memory_limit_mb.max(1) << 20,
                 call_timeout: Duration::from_secs(5),
                 job_dir,
+                work_dir: Some(work_dir),
+                shuffle_listen,
             };
             let summary = tokio_runtime()?.block_on(flotilla_mr::worker::run_worker(config))?;
             tracing::info!(

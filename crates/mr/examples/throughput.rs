@@ -78,6 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 attempt: 0,
                 input_name: "input.txt",
                 input_path: &input,
+                input_span: None,
                 n_reduce: 10,
                 dir: dir.path(),
                 memory_limit: 32 << 20,

@@ -82,10 +82,14 @@
 //! It is done when every reduce output is in place.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::protocol::{Attempt, FromCoordinator, TaskId, ToCoordinator, WorkerId};
+use crate::protocol::{
+    Attempt, FromCoordinator, Intermediates, MapInput, OutputEnd, OutputPlace, TaskId,
+    ToCoordinator, WorkerId, MAX_CHUNK,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TaskState {
@@ -119,6 +123,8 @@ struct Task {
     failed_on: Vec<WorkerId>,
     /// Input bytes of the accepted map attempt.
     bytes: u64,
+    /// Where the accepted map attempt's outputs are served, if they stay on its worker.
+    served_at: Option<SocketAddr>,
 }
 
 impl Task {
@@ -128,6 +134,7 @@ impl Task {
             attempts: Vec::new(),
             failed_on: Vec::new(),
             bytes: 0,
+            served_at: None,
         }
     }
 
@@ -147,6 +154,16 @@ impl Task {
         matches!(self.state, TaskState::Done { .. })
     }
 
+    /// Whether `worker` holds attempt `attempt` and has not reported it: it may read the
+    /// attempt's input or send its output.
+    fn is_running_on(&self, worker: WorkerId, attempt: Attempt) -> bool {
+        !self.is_done()
+            && self
+                .attempts
+                .get(attempt as usize)
+                .is_some_and(|a| a.worker == worker && !a.reported)
+    }
+
     /// Attempt `attempt` ended without a result: if it is the latest, the task is idle again
     /// (an earlier attempt may still finish and would be accepted).
     fn stop(&mut self, attempt: Attempt) {
@@ -164,13 +181,16 @@ struct Worker {
     dismissed: Option<String>,
 }
 
-/// One input of the job.
+/// One map task's input: a whole input file, or a split of it (bytes `start..start +
+/// bytes`, whole lines: [`crate::server::split_inputs`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Input {
-    /// As given on the command line: what `App::map` receives.
+    /// The input's name as given on the command line: what `App::map` receives (the same for
+    /// every split of a file).
     pub name: String,
     /// Where workers read it (absolute, so workers in other directories find it).
     pub path: PathBuf,
+    pub start: u64,
     pub bytes: u64,
 }
 
@@ -187,6 +207,17 @@ pub struct JobSpec {
     /// Hand out backup attempts of running tasks near the end of each phase (see the module
     /// docs).
     pub backup_tasks: bool,
+    /// Map outputs stay on the disk of the worker that wrote them, which serves them to the
+    /// reduces ([`crate::shuffle`]), instead of going to `dir`. A map task whose worker is
+    /// gone (not heard from within `task_timeout`, or dismissed) before every reduce is done
+    /// is then run again (the paper's §3.3).
+    pub intermediates_on_workers: bool,
+    /// Workers read their input splits from the coordinator ([`MapInput::Shipped`]).
+    pub ship_inputs: bool,
+    /// Reduce workers send their outputs to the coordinator ([`OutputPlace::Coordinator`]).
+    pub collect_outputs: bool,
+    /// The built-in application workers started without `--app` run.
+    pub app: Option<String>,
 }
 
 /// Where the job stands, for progress displays.
@@ -206,7 +237,8 @@ pub struct Progress {
     pub reissued: u64,
     /// Backup attempts handed out near the end of a phase.
     pub backups: u64,
-    /// Map tasks run again because a reduce could not read their output.
+    /// Map tasks run again because a reduce could not read their output, or because the
+    /// worker holding it is gone.
     pub maps_rerun: u64,
 }
 
@@ -229,17 +261,34 @@ pub struct Coordinator {
     outcome: Option<Outcome>,
 }
 
-/// The file work the coordinator's decisions need on the job's shared directory, done by
-/// its driver: the coordinator process sees that directory (it creates it). Kept behind a
+/// The file work the coordinator's decisions need on the job's directory, done by its
+/// driver: the coordinator process sees that directory (it creates it). Kept behind a
 /// trait so that the state machine itself does no I/O and tests can play any disk.
 pub trait JobDir {
     /// Whether segment `reduce` of attempt `attempt` of map task `map`'s output can be read
-    /// whole and intact; if not, why.
+    /// whole and intact — in the shared directory, or from the worker serving it at
+    /// `served_at`; if not, why.
     fn check_map_output(
         &mut self,
         map: usize,
         attempt: Attempt,
         reduce: usize,
+        served_at: Option<SocketAddr>,
+    ) -> Result<(), String>;
+    /// Bytes `offset..offset + len` of `input` (fewer at its end), for a worker that has no
+    /// access to it.
+    fn read_input(&mut self, input: &Input, offset: u64, len: u32) -> Result<Vec<u8>, String>;
+    /// Stores a chunk of attempt `attempt` of reduce task `reduce`'s output sent by its
+    /// worker; with `end`, checks the whole and makes it the attempt's output (as
+    /// [`crate::task::reduce_attempt_path`], ready for
+    /// [`JobDir::publish_reduce_output`]).
+    fn receive_output(
+        &mut self,
+        reduce: usize,
+        attempt: Attempt,
+        offset: u64,
+        data: &[u8],
+        end: Option<OutputEnd>,
     ) -> Result<(), String>;
     /// Makes attempt `attempt` of reduce task `reduce`'s output the task's output (renames
     /// [`crate::task::reduce_attempt_path`] to [`crate::task::output_path`]); if it cannot,
@@ -319,15 +368,35 @@ impl Coordinator {
                         reason: reason.clone(),
                     };
                 }
+                self.rerun_maps_of_gone_workers(now);
                 self.assign(worker, now)
             }
+            ToCoordinator::WhichApp { .. } => FromCoordinator::App {
+                name: self.spec.app.clone(),
+            },
             ToCoordinator::Heartbeat { .. } => FromCoordinator::Noted,
             ToCoordinator::TaskDone {
                 task,
                 attempt,
                 bytes,
+                served_at,
                 ..
-            } => self.done(worker, task, attempt, bytes, now, dir),
+            } => self.done(worker, task, attempt, bytes, served_at, now, dir),
+            ToCoordinator::ReadInput {
+                task,
+                attempt,
+                offset,
+                len,
+                ..
+            } => self.read_input(worker, task, attempt, offset, len, dir),
+            ToCoordinator::OutputChunk {
+                task,
+                attempt,
+                offset,
+                data,
+                end,
+                ..
+            } => self.receive_output(worker, task, attempt, offset, &data, end, dir),
             ToCoordinator::TaskFailed {
                 task,
                 attempt,
@@ -376,13 +445,16 @@ impl Coordinator {
     }
 
     /// Accepts the first complete report of a task not yet done, from any of its attempts.
-    /// A reduce's output is put in place first; if that fails, the attempt failed.
+    /// A reduce's output is put in place first; if that fails, the attempt failed. A map
+    /// attempt told to keep its outputs must say where it serves them.
+    #[allow(clippy::too_many_arguments)]
     fn done(
         &mut self,
         worker: WorkerId,
         task: TaskId,
         attempt: Attempt,
         bytes: u64,
+        served_at: Option<SocketAddr>,
         now: Duration,
         dir: &mut dyn JobDir,
     ) -> FromCoordinator {
@@ -397,10 +469,19 @@ impl Coordinator {
                 return self.attempt_failed(worker, task, attempt, &error, now);
             }
         }
+        if matches!(task, TaskId::Map(_))
+            && self.spec.intermediates_on_workers
+            && served_at.is_none()
+        {
+            let error = "it reported done without saying where its outputs are served";
+            return self.attempt_failed(worker, task, attempt, error, now);
+        }
+        let on_workers = self.spec.intermediates_on_workers;
         let t = self.task_mut(task).expect("take_report found it");
         t.state = TaskState::Done { attempt };
         if let TaskId::Map(_) = task {
             t.bytes = bytes;
+            t.served_at = if on_workers { served_at } else { None };
             self.bytes_mapped += bytes;
         }
         if self.outcome.is_none()
@@ -410,6 +491,77 @@ impl Coordinator {
             self.outcome = Some(Outcome::Done);
         }
         FromCoordinator::Noted
+    }
+
+    /// A chunk of a shipped input, for the worker running that attempt of the map task.
+    fn read_input(
+        &mut self,
+        worker: WorkerId,
+        task: usize,
+        attempt: Attempt,
+        offset: u64,
+        len: u32,
+        dir: &mut dyn JobDir,
+    ) -> FromCoordinator {
+        let refuse = |why: String| FromCoordinator::Refused { why };
+        if !self.spec.ship_inputs {
+            return refuse("this job does not ship inputs: read the input's path".into());
+        }
+        if !self
+            .maps
+            .get(task)
+            .is_some_and(|t| t.is_running_on(worker, attempt))
+        {
+            return refuse(format!(
+                "attempt {attempt} of map task {task} is not running on this worker"
+            ));
+        }
+        let input = &self.spec.inputs[task];
+        if offset > input.bytes {
+            return refuse(format!(
+                "offset {offset} is past the end of the {}-byte split",
+                input.bytes
+            ));
+        }
+        let len = (len.min(MAX_CHUNK) as u64).min(input.bytes - offset) as u32;
+        match dir.read_input(input, offset, len) {
+            Ok(data) => FromCoordinator::InputChunk { data },
+            Err(why) => refuse(format!("input {:?}: {why}", input.name)),
+        }
+    }
+
+    /// A chunk of a reduce output sent to the coordinator by the worker running that attempt.
+    #[allow(clippy::too_many_arguments)]
+    fn receive_output(
+        &mut self,
+        worker: WorkerId,
+        task: usize,
+        attempt: Attempt,
+        offset: u64,
+        data: &[u8],
+        end: Option<OutputEnd>,
+        dir: &mut dyn JobDir,
+    ) -> FromCoordinator {
+        let refuse = |why: String| FromCoordinator::Refused { why };
+        if !self.spec.collect_outputs {
+            return refuse("this job does not collect outputs".into());
+        }
+        if data.len() > MAX_CHUNK as usize {
+            return refuse(format!("a chunk of {} bytes is over the limit", data.len()));
+        }
+        if !self
+            .reduces
+            .get(task)
+            .is_some_and(|t| t.is_running_on(worker, attempt))
+        {
+            return refuse(format!(
+                "attempt {attempt} of reduce task {task} is not running on this worker"
+            ));
+        }
+        match dir.receive_output(task, attempt, offset, data, end) {
+            Ok(()) => FromCoordinator::Noted,
+            Err(why) => refuse(why),
+        }
     }
 
     fn failed(
@@ -476,7 +628,8 @@ impl Coordinator {
             map_attempt,
             error,
         } = lost;
-        match dir.check_map_output(map, map_attempt, reduce) {
+        let served_at = self.maps[map].served_at;
+        match dir.check_map_output(map, map_attempt, reduce, served_at) {
             Ok(()) => {
                 // The coordinator reads what the reader could not: the reader cannot see the
                 // job's directory (an unmounted share, say), or its disk failed it.
@@ -490,11 +643,8 @@ impl Coordinator {
                 // The output is lost: run the map task again, and count it against the
                 // worker that wrote it, not against the reader that found it missing.
                 self.reduces[reduce].stop(attempt);
-                let m = &mut self.maps[map];
-                m.state = TaskState::Idle;
-                self.bytes_mapped -= m.bytes;
-                self.maps_rerun += 1;
-                let writer = m.attempts[map_attempt as usize].worker;
+                let writer = self.maps[map].attempts[map_attempt as usize].worker;
+                self.rerun_map(map);
                 let what = format!(
                     "map task {map}: its output for {reduce_task} is lost ({why}; the reader \
                      said: {error})"
@@ -505,6 +655,43 @@ impl Coordinator {
                     reply_to_failure(dismissed)
                 } else {
                     FromCoordinator::Noted
+                }
+            }
+        }
+    }
+
+    /// Map task `map`, done, runs again: its accepted output is lost.
+    fn rerun_map(&mut self, map: usize) {
+        let m = &mut self.maps[map];
+        debug_assert!(m.is_done());
+        m.state = TaskState::Idle;
+        m.served_at = None;
+        self.bytes_mapped -= m.bytes;
+        self.maps_rerun += 1;
+    }
+
+    /// With map outputs kept on the workers, a done map task whose worker is gone (not heard
+    /// from within the task timeout, or dismissed) runs again while any reduce still needs
+    /// it: the paper's rule that the completed map tasks of a failed worker are re-executed.
+    /// Counted against nobody, like a timeout.
+    fn rerun_maps_of_gone_workers(&mut self, now: Duration) {
+        if !self.spec.intermediates_on_workers || self.reduces.iter().all(Task::is_done) {
+            return;
+        }
+        let timeout = self.spec.task_timeout;
+        let gone = |w: Option<&Worker>| {
+            w.is_none_or(|w| w.dismissed.is_some() || now.saturating_sub(w.last_seen) >= timeout)
+        };
+        for map in 0..self.maps.len() {
+            if let TaskState::Done { attempt } = self.maps[map].state {
+                let writer = self.maps[map].attempts[attempt as usize].worker;
+                if gone(self.workers.get(&writer)) {
+                    tracing::info!(
+                        map,
+                        worker = format_args!("{writer:016x}"),
+                        "the worker holding this map task's output is gone: running it again"
+                    );
+                    self.rerun_map(map);
                 }
             }
         }
@@ -633,11 +820,26 @@ impl Coordinator {
                     _ => unreachable!("every map task is done"),
                 })
                 .collect();
+            let intermediates = if self.spec.intermediates_on_workers {
+                let servers = self.maps.iter().map(|m| m.served_at);
+                Intermediates::OnWorkers {
+                    servers: servers
+                        .collect::<Option<_>>()
+                        .expect("a map output kept on its worker is accepted with its address"),
+                }
+            } else {
+                Intermediates::SharedDir(dir.clone())
+            };
             FromCoordinator::Reduce {
                 task: index,
                 attempt,
                 map_attempts,
-                dir,
+                intermediates,
+                output: if self.spec.collect_outputs {
+                    OutputPlace::Coordinator
+                } else {
+                    OutputPlace::SharedDir(dir)
+                },
                 heartbeat_millis,
             }
         } else {
@@ -646,12 +848,35 @@ impl Coordinator {
                 task: index,
                 attempt,
                 input_name: input.name.clone(),
-                input_path: input.path.clone(),
+                input: if self.spec.ship_inputs {
+                    MapInput::Shipped { len: input.bytes }
+                } else {
+                    MapInput::Path {
+                        path: input.path.clone(),
+                        start: input.start,
+                        len: input.bytes,
+                    }
+                },
                 n_reduce: self.spec.n_reduce,
-                dir,
+                intermediates: if self.spec.intermediates_on_workers {
+                    Intermediates::OnWorkers {
+                        servers: Vec::new(),
+                    }
+                } else {
+                    Intermediates::SharedDir(dir)
+                },
                 heartbeat_millis,
             }
         }
+    }
+
+    /// Where attempt `attempt` of map task `map`'s output is served, if it is the accepted
+    /// one and stays on its worker.
+    pub fn map_output_server(&self, map: usize, attempt: Attempt) -> Option<SocketAddr> {
+        let m = self.maps.get(map)?;
+        (m.state == TaskState::Done { attempt })
+            .then_some(m.served_at)
+            .flatten()
     }
 
     /// How many attempts of `task` were handed out (map attempt `a` < this may have written
@@ -699,6 +924,8 @@ mod tests {
         unpublishable: HashSet<(usize, Attempt)>,
         checked: Vec<(usize, Attempt, usize)>,
         published: Vec<(usize, Attempt)>,
+        read: Vec<(String, u64, u32)>,
+        received: Vec<(usize, Attempt, u64, usize, bool)>,
     }
 
     impl JobDir for FakeDir {
@@ -707,6 +934,7 @@ mod tests {
             map: usize,
             attempt: Attempt,
             reduce: usize,
+            _served_at: Option<SocketAddr>,
         ) -> Result<(), String> {
             self.checked.push((map, attempt, reduce));
             if self.lost.contains(&(map, attempt)) {
@@ -721,6 +949,24 @@ mod tests {
                 return Err("no such file".into());
             }
             self.published.push((reduce, attempt));
+            Ok(())
+        }
+
+        fn read_input(&mut self, input: &Input, offset: u64, len: u32) -> Result<Vec<u8>, String> {
+            self.read.push((input.name.clone(), offset, len));
+            Ok(vec![b'x'; len as usize])
+        }
+
+        fn receive_output(
+            &mut self,
+            reduce: usize,
+            attempt: Attempt,
+            offset: u64,
+            data: &[u8],
+            end: Option<OutputEnd>,
+        ) -> Result<(), String> {
+            self.received
+                .push((reduce, attempt, offset, data.len(), end.is_some()));
             Ok(())
         }
     }
@@ -757,6 +1003,7 @@ mod tests {
                 .map(|i| Input {
                     name: format!("in{i}"),
                     path: PathBuf::from(format!("/in{i}")),
+                    start: 0,
                     bytes: 10,
                 })
                 .collect(),
@@ -765,6 +1012,10 @@ mod tests {
             task_timeout: Duration::from_secs(10),
             max_failures: 3,
             backup_tasks: false,
+            intermediates_on_workers: false,
+            ship_inputs: false,
+            collect_outputs: false,
+            app: None,
         }
     }
 
@@ -801,6 +1052,7 @@ mod tests {
                 task,
                 attempt,
                 bytes: 10,
+                served_at: None,
             },
             secs(at),
         );

@@ -11,7 +11,8 @@
 //! - [`coordinator`]: the sans-IO coordinator (task assignment, timeouts, the first report
 //!   of a task wins, failures per task and per worker, re-running lost map outputs).
 //! - [`protocol`]: worker ⇄ coordinator messages; [`server`]: the coordinator over TCP;
-//!   [`worker`]: the worker loop.
+//!   [`worker`]: the worker loop; [`shuffle`]: map outputs served by the workers that hold
+//!   them, for jobs without a shared file system.
 //! - [`task`]: running one map or reduce task on the shared directory; [`partition`]: `ihash`;
 //!   [`words`]: the word splitter; [`sequential`]: the one-process reference.
 //! - [`texts`]: where the lab's input texts are (tests, examples, benchmarks).
@@ -28,6 +29,7 @@ pub mod protocol;
 mod run;
 pub mod sequential;
 pub mod server;
+pub mod shuffle;
 pub mod task;
 pub mod texts;
 pub mod words;

@@ -24,6 +24,12 @@ pub struct Job {
     pub out_dir: PathBuf,
     /// Bytes a map task buffers before spilling.
     pub memory_limit: usize,
+    /// Run as hosts that share no directory would: inputs shipped by the coordinator, map
+    /// outputs served by the workers that hold them, outputs collected by the coordinator,
+    /// every worker with a directory of its own.
+    pub without_shared_dir: bool,
+    /// Inputs larger than this are split ([`crate::server::split_inputs`]).
+    pub split_bytes: u64,
 }
 
 impl Job {
@@ -34,6 +40,8 @@ impl Job {
             workers: 2,
             out_dir: out_dir.into(),
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            without_shared_dir: false,
+            split_bytes: crate::server::DEFAULT_SPLIT_BYTES,
         }
     }
 }
@@ -56,6 +64,11 @@ pub fn run(app: Arc<dyn App>, job: Job) -> Result<JobReport, CoordinatorError> {
             task_timeout: Duration::from_secs(10),
             max_failures: 3,
             backup_tasks: false,
+            split_bytes: job.split_bytes,
+            intermediates_on_workers: job.without_shared_dir,
+            ship_inputs: job.without_shared_dir,
+            collect_outputs: job.without_shared_dir,
+            app: None,
             linger: Duration::from_millis(200),
             keep_intermediate: false,
             progress: ProgressStyle::None,
@@ -67,14 +80,26 @@ pub fn run(app: Arc<dyn App>, job: Job) -> Result<JobReport, CoordinatorError> {
             // The coordinator failed before listening; its error says why.
             return coordinator.await.expect("coordinator task");
         };
-        let workers: Vec<_> = (0..job.workers.max(1))
-            .map(|_| {
+        // Without a shared directory, each worker's own files go in a directory of its own
+        // (removed when the job is over).
+        let own_dirs: Vec<Option<tempfile::TempDir>> = if job.without_shared_dir {
+            (0..job.workers.max(1))
+                .map(|_| tempfile::tempdir().map(Some))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            (0..job.workers.max(1)).map(|_| None).collect()
+        };
+        let workers: Vec<_> = own_dirs
+            .iter()
+            .map(|own| {
                 tokio::spawn(run_worker(WorkerConfig {
                     coordinator: addr,
-                    app: WorkerApp::Rust(app.clone()),
+                    app: Some(WorkerApp::Rust(app.clone())),
                     memory_limit: job.memory_limit,
                     call_timeout: Duration::from_secs(5),
                     job_dir: None,
+                    work_dir: own.as_ref().map(|d| d.path().to_path_buf()),
+                    shuffle_listen: None,
                 }))
             })
             .collect();

@@ -84,6 +84,7 @@ pub fn sequential_with(
                 attempt: 0,
                 input_name: name,
                 input_path: path,
+                input_span: None,
                 n_reduce: 1,
                 dir: scratch.path(),
                 memory_limit,
@@ -96,6 +97,7 @@ pub fn sequential_with(
             id: 0,
             map_attempts: &vec![0; inputs.len()],
             dir: scratch.path(),
+            fetched: None,
             output: &output_path(scratch.path(), 0),
         },
     )?;

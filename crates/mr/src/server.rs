@@ -12,10 +12,34 @@
 //! a reduce reported lost, to judge whether the writer or the reader is at fault, and it
 //! puts each accepted reduce attempt's output in place (`mr-reduce-R.A` → `mr-out-R`) before
 //! answering that attempt's report (see [`crate::coordinator`]).
+//!
+//! # Without a shared file system
+//!
+//! Three options, each on its own, take the job's data off the shared directory:
+//! - [`CoordinatorConfig::intermediates_on_workers`]: map outputs stay on the worker that
+//!   wrote them and reach the reduces over [`crate::shuffle`]; an output a reduce reports
+//!   lost is checked by asking the worker that serves it (unreachable counts as lost), and
+//!   the map tasks of a worker that is gone run again;
+//! - [`CoordinatorConfig::ship_inputs`]: workers read their input splits from the
+//!   coordinator;
+//! - [`CoordinatorConfig::collect_outputs`]: reduce workers send their outputs to the
+//!   coordinator, which checks each one's length and CRC-32, syncs it and renames it to
+//!   `mr-reduce-R.A` in its directory, and from there into place as before.
+//!
+//! With all three, a worker needs nothing but the coordinator's address (and, with
+//! [`CoordinatorConfig::app`], not even `--app`).
+//!
+//! # Input splits
+//!
+//! A file larger than [`CoordinatorConfig::split_bytes`] (by more than a tenth, so that no
+//! tiny last split is left) is cut into map tasks of about that size, each ending at a line
+//! boundary ([`split_inputs`]); every split is mapped under the file's name.
 
+use std::fs::File;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,8 +48,18 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::coordinator::{Coordinator, Input, JobDir, JobSpec, Outcome, Progress};
-use crate::protocol::{Attempt, FromCoordinator, TaskId, ToCoordinator, PROTOCOL};
-use crate::task::{check_intermediate, intermediate_path, output_path, reduce_attempt_path};
+use crate::protocol::{Attempt, FromCoordinator, OutputEnd, TaskId, ToCoordinator, PROTOCOL};
+use crate::shuffle::{blocking, check_segment};
+use crate::task::{
+    check_intermediate, intermediate_path, output_path, reduce_attempt_path, TEMP_PREFIX,
+};
+
+/// How long the coordinator waits for a worker to say whether a map output it serves is
+/// intact (to connect, and then for the answer); no answer counts as lost.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default size of an input split: 64 MiB, the paper's.
+pub const DEFAULT_SPLIT_BYTES: u64 = 64 << 20;
 
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
@@ -40,6 +74,17 @@ pub struct CoordinatorConfig {
     /// Backup attempts of running tasks near the end of each phase
     /// ([`crate::coordinator::JobSpec::backup_tasks`]).
     pub backup_tasks: bool,
+    /// Inputs larger than this are cut into map tasks of about this size at line
+    /// boundaries ([`split_inputs`]); `u64::MAX`: never.
+    pub split_bytes: u64,
+    /// Map outputs stay on the workers, which serve them ([`crate::shuffle`]).
+    pub intermediates_on_workers: bool,
+    /// Workers read their input splits from the coordinator.
+    pub ship_inputs: bool,
+    /// Reduce workers send their outputs to the coordinator.
+    pub collect_outputs: bool,
+    /// The built-in application that workers started without `--app` run.
+    pub app: Option<String>,
     /// How long to keep answering "exit" after the job is done.
     pub linger: Duration,
     /// Keep the intermediate files `mr-X-Y` after the job.
@@ -115,10 +160,66 @@ pub fn resolve_inputs(names: &[String]) -> Result<Vec<Input>, CoordinatorError> 
             Ok(Input {
                 name: name.clone(),
                 path,
+                start: 0,
                 bytes: meta.len(),
             })
         })
         .collect()
+}
+
+/// Cuts every input larger than `split_bytes` (by more than a tenth) into splits of about
+/// `split_bytes`, each ending just after a newline (or at the end of the file: a line
+/// longer than a split stays in one). Smaller inputs stay whole; every split keeps its
+/// file's name.
+pub fn split_inputs(inputs: Vec<Input>, split_bytes: u64) -> Result<Vec<Input>, CoordinatorError> {
+    let split_bytes = split_bytes.max(1);
+    let mut splits = Vec::new();
+    for input in inputs {
+        let whole = input.bytes;
+        if whole <= split_bytes.saturating_add(split_bytes / 10) {
+            splits.push(input);
+            continue;
+        }
+        let bad = |e: std::io::Error| CoordinatorError::BadInput {
+            name: input.name.clone(),
+            reason: format!("cannot be read: {e}"),
+        };
+        let file = File::open(&input.path).map_err(bad)?;
+        let mut start = 0;
+        while start < whole {
+            let end = if whole - start <= split_bytes.saturating_add(split_bytes / 10) {
+                whole
+            } else {
+                line_end_from(&file, start + split_bytes - 1, whole).map_err(bad)?
+            };
+            splits.push(Input {
+                start,
+                bytes: end - start,
+                ..input.clone()
+            });
+            start = end;
+        }
+    }
+    Ok(splits)
+}
+
+/// The offset just past the first newline at or after `from` in the first `len` bytes of
+/// `file`, or `len` if there is none.
+fn line_end_from(file: &File, from: u64, len: u64) -> std::io::Result<u64> {
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut at = from;
+    while at < len {
+        let want = (len - at).min(buffer.len() as u64) as usize;
+        let n = file.read_at(&mut buffer[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = buffer[..n].iter().position(|&b| b == b'\n') {
+            return Ok(at + i as u64 + 1);
+        }
+        at += n as u64;
+    }
+    Ok(len)
 }
 
 /// Runs the whole job. `on_listening` is called with the bound address as soon as workers can
@@ -130,7 +231,7 @@ pub async fn run_coordinator(
     if config.n_reduce == 0 {
         return Err(CoordinatorError::NoReduces);
     }
-    let inputs = resolve_inputs(&config.inputs)?;
+    let inputs = split_inputs(resolve_inputs(&config.inputs)?, config.split_bytes)?;
     let out_err = |source| CoordinatorError::OutDir {
         path: config.out_dir.clone(),
         source,
@@ -153,6 +254,10 @@ pub async fn run_coordinator(
         task_timeout: config.task_timeout,
         max_failures: config.max_failures,
         backup_tasks: config.backup_tasks,
+        intermediates_on_workers: config.intermediates_on_workers,
+        ship_inputs: config.ship_inputs,
+        collect_outputs: config.collect_outputs,
+        app: config.app.clone(),
     })));
     let started = Instant::now();
     let finished = Arc::new(Notify::new());
@@ -163,8 +268,27 @@ pub async fn run_coordinator(
         let finished = finished.clone();
         let dir = handler_dir;
         move |message: ToCoordinator| -> Option<FromCoordinator> {
+            // An output a reduce could not fetch from the worker serving it is checked with
+            // that worker before the coordinator decides (not under its lock: it waits).
+            let remote_check = match message {
+                ToCoordinator::MapOutputLost {
+                    map,
+                    map_attempt,
+                    reduce,
+                    ..
+                } => {
+                    let c = coordinator.lock().unwrap_or_else(|e| e.into_inner());
+                    c.map_output_server(map, map_attempt)
+                        .map(|at| check_served_output(at, map, map_attempt, reduce))
+                }
+                _ => None,
+            };
+            let mut job_dir = ServerDir {
+                dir: &dir,
+                remote_check,
+            };
             let mut c = coordinator.lock().unwrap_or_else(|e| e.into_inner());
-            let reply = c.handle(message, started.elapsed(), &mut SharedDir(&dir));
+            let reply = blocking(|| c.handle(message, started.elapsed(), &mut job_dir));
             if c.outcome().is_some() {
                 finished.notify_one();
             }
@@ -217,24 +341,138 @@ pub async fn run_coordinator(
     }
 }
 
-/// The job's directory as the coordinator process sees it.
-struct SharedDir<'a>(&'a std::path::Path);
+/// Asks the worker at `at` whether it still serves that map output intact.
+fn check_served_output(
+    at: SocketAddr,
+    map: usize,
+    attempt: Attempt,
+    reduce: usize,
+) -> Result<(), String> {
+    let check = check_segment(at, map, attempt, reduce, CHECK_TIMEOUT);
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| handle.block_on(check))
+        }
+        _ => Err(
+            "the coordinator cannot ask the worker serving it (it runs on a \
+                  single-thread runtime): taken as lost"
+                .into(),
+        ),
+    }
+}
 
-impl JobDir for SharedDir<'_> {
+/// The job's directory as the coordinator process sees it, and the check of a map output
+/// served by a worker, made before the coordinator was asked.
+struct ServerDir<'a> {
+    dir: &'a Path,
+    remote_check: Option<Result<(), String>>,
+}
+
+/// Where a reduce output sent to the coordinator is gathered until its end arrives.
+fn collect_path(dir: &Path, reduce: usize, attempt: Attempt) -> PathBuf {
+    dir.join(format!("{TEMP_PREFIX}collect-{reduce}.{attempt}"))
+}
+
+impl JobDir for ServerDir<'_> {
     fn check_map_output(
         &mut self,
         map: usize,
         attempt: Attempt,
         reduce: usize,
+        served_at: Option<SocketAddr>,
     ) -> Result<(), String> {
-        check_intermediate(self.0, map, attempt, reduce)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        match served_at {
+            None => check_intermediate(self.dir, map, attempt, reduce)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Some(at) => self.remote_check.take().unwrap_or_else(|| {
+                Err(format!(
+                    "the worker at {at} serving it was not asked: taken as lost"
+                ))
+            }),
+        }
+    }
+
+    fn read_input(&mut self, input: &Input, offset: u64, len: u32) -> Result<Vec<u8>, String> {
+        let file = File::open(&input.path).map_err(|e| format!("cannot open it: {e}"))?;
+        let mut data = vec![0; len as usize];
+        let mut filled = 0;
+        while filled < data.len() {
+            let at = input.start + offset + filled as u64;
+            match file.read_at(&mut data[filled..], at) {
+                Ok(0) => {
+                    return Err(format!(
+                        "it ends before byte {at}: it changed since the job started"
+                    ))
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("cannot read it: {e}")),
+            }
+        }
+        Ok(data)
+    }
+
+    fn receive_output(
+        &mut self,
+        reduce: usize,
+        attempt: Attempt,
+        offset: u64,
+        data: &[u8],
+        end: Option<OutputEnd>,
+    ) -> Result<(), String> {
+        let path = collect_path(self.dir, reduce, attempt);
+        let io = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", path.display());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create(true)
+            .truncate(offset == 0)
+            .open(&path)
+            .map_err(|e| io("open", e))?;
+        let have = file.metadata().map_err(|e| io("stat", e))?.len();
+        if offset > have {
+            return Err(format!(
+                "a chunk of reduce task {reduce}'s output at offset {offset}, but only {have} \
+                 bytes of it came before"
+            ));
+        }
+        file.write_all_at(data, offset)
+            .map_err(|e| io("write", e))?;
+        file.set_len(offset + data.len() as u64)
+            .map_err(|e| io("write", e))?;
+        let Some(end) = end else {
+            return Ok(());
+        };
+        let len = offset + data.len() as u64;
+        let mut crc = crc32fast::Hasher::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut read = 0u64;
+        loop {
+            let n = file.read_at(&mut buffer, read).map_err(|e| io("read", e))?;
+            if n == 0 {
+                break;
+            }
+            crc.update(&buffer[..n]);
+            read += n as u64;
+        }
+        let crc = crc.finalize();
+        if read != end.len || len != end.len || crc != end.crc32 {
+            let _ = std::fs::remove_file(&path);
+            return Err(format!(
+                "reduce task {reduce}'s output arrived damaged: {read} bytes with CRC-32 \
+                 {crc:08x}, sent as {} bytes with CRC-32 {:08x}",
+                end.len, end.crc32
+            ));
+        }
+        file.sync_all().map_err(|e| io("sync", e))?;
+        let to = reduce_attempt_path(self.dir, reduce, attempt);
+        std::fs::rename(&path, &to).map_err(|e| io("rename", e))
     }
 
     fn publish_reduce_output(&mut self, reduce: usize, attempt: Attempt) -> Result<(), String> {
-        let from = reduce_attempt_path(self.0, reduce, attempt);
-        let to = output_path(self.0, reduce);
+        let from = reduce_attempt_path(self.dir, reduce, attempt);
+        let to = output_path(self.dir, reduce);
         match std::fs::symlink_metadata(&from) {
             Ok(meta) if meta.is_file() => {}
             Ok(_) => return Err(format!("{} is not a regular file", from.display())),
@@ -264,6 +502,7 @@ fn remove_unaccepted_reduce_outputs(c: &Coordinator, n_reduce: usize) {
     for r in 0..n_reduce {
         for attempt in 0..c.attempts(TaskId::Reduce(r)) {
             let _ = std::fs::remove_file(reduce_attempt_path(dir, r, attempt));
+            let _ = std::fs::remove_file(collect_path(dir, r, attempt));
         }
     }
 }

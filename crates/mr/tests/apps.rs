@@ -215,6 +215,7 @@ fn exec_word_count_matches_wc() {
                 attempt: 0,
                 input_name: name,
                 input_path: path,
+                input_span: None,
                 n_reduce: 3,
                 dir: job.path(),
                 memory_limit: 1 << 20,
@@ -227,6 +228,7 @@ fn exec_word_count_matches_wc() {
                 id,
                 map_attempts: &vec![0; inputs.len()],
                 dir: job.path(),
+                fetched: None,
                 output: &output_path(job.path(), id),
             };
             let stats = if per_task {

@@ -48,6 +48,7 @@ fn run_job(
                 attempt: 0,
                 input_name: name,
                 input_path: path,
+                input_span: None,
                 n_reduce,
                 dir,
                 memory_limit,
@@ -64,6 +65,7 @@ fn run_job(
                 id,
                 map_attempts: &vec![0; inputs.len()],
                 dir,
+                fetched: None,
                 output: &output_path(dir, id),
             },
         )
@@ -253,6 +255,7 @@ fn the_combiner_leaves_one_record_per_key_in_every_run_and_output() {
         attempt: 0,
         input_name: name,
         input_path: path,
+        input_span: None,
         n_reduce: 3,
         dir: dir.path(),
         memory_limit: 64 * 1024,
@@ -350,6 +353,7 @@ fn spills_under_a_small_memory_limit_keep_the_output_exact() {
             attempt: 0,
             input_name: name,
             input_path: path,
+            input_span: None,
             n_reduce: 3,
             dir: dir.path(),
             memory_limit: 64 * 1024,
@@ -425,6 +429,7 @@ fn a_spilling_map_holds_at_most_spill_fan_in_run_readers_whatever_n_reduce() {
             attempt: 0,
             input_name: "in",
             input_path: &input,
+            input_span: None,
             n_reduce,
             dir: dir.path(),
             memory_limit: 0,
@@ -460,6 +465,7 @@ fn a_zero_memory_limit_still_works() {
             attempt: 0,
             input_name: "in",
             input_path: &input,
+            input_span: None,
             n_reduce: 2,
             dir: dir.path(),
             memory_limit: 0,
@@ -473,6 +479,7 @@ fn a_zero_memory_limit_still_works() {
             id: 0,
             map_attempts: &[0],
             dir: dir.path(),
+            fetched: None,
             output: &output_path(dir.path(), 0),
         },
     )
@@ -483,6 +490,7 @@ fn a_zero_memory_limit_still_works() {
             id: 1,
             map_attempts: &[0],
             dir: dir.path(),
+            fetched: None,
             output: &output_path(dir.path(), 1),
         },
     )
@@ -510,6 +518,7 @@ fn small_job() -> tempfile::TempDir {
                 attempt: 0,
                 input_name: "x",
                 input_path: &input,
+                input_span: None,
                 n_reduce: 2,
                 dir: dir.path(),
                 memory_limit: 1 << 20,
@@ -528,6 +537,7 @@ fn reduce_small_job(dir: &Path, id: usize) -> Result<(), TaskError> {
             id,
             map_attempts: &[0, 0],
             dir,
+            fetched: None,
             output: &output_path(dir, id),
         },
     )
@@ -550,6 +560,7 @@ fn assert_reduce_fails_with(app: &dyn App, dir: &Path, id: usize, expect: &[&str
             id,
             map_attempts: &[0, 0],
             dir,
+            fetched: None,
             output: &output_path(dir, id),
         },
     )
@@ -836,6 +847,7 @@ fn map_one(
             attempt: 0,
             input_name: "input",
             input_path: input,
+            input_span: None,
             n_reduce: 4,
             dir,
             memory_limit: 1 << 20,
@@ -893,6 +905,7 @@ fn binary_input_does_not_panic() {
                     id: r,
                     map_attempts: &[0],
                     dir: dir.path(),
+                    fetched: None,
                     output: &output_path(dir.path(), r),
                 },
             )
@@ -923,6 +936,7 @@ fn an_empty_input_writes_every_bucket() {
                 id: r,
                 map_attempts: &[0],
                 dir: dir.path(),
+                fetched: None,
                 output: &output_path(dir.path(), r),
             },
         )
@@ -965,6 +979,7 @@ fn reduce_all(dir: &Path) -> Vec<String> {
                 id,
                 map_attempts: &[0],
                 dir,
+                fetched: None,
                 output: &output_path(dir, id),
             },
         )
@@ -1070,6 +1085,7 @@ fn zero_reduce_tasks_is_invalid() {
             attempt: 0,
             input_name: "in",
             input_path: &input,
+            input_span: None,
             n_reduce: 0,
             dir: dir.path(),
             memory_limit: 1024,
@@ -1123,6 +1139,7 @@ fn application_errors_fail_the_task_and_name_it() {
             id: r,
             map_attempts: &[0],
             dir: dir.path(),
+            fetched: None,
             output: &output_path(dir.path(), r),
         },
     )
@@ -1172,6 +1189,7 @@ fn a_reduce_over_more_map_tasks_than_its_fan_in() {
                 attempt: 0,
                 input_name: "in",
                 input_path: &input,
+                input_span: None,
                 n_reduce: 2,
                 dir: dir.path(),
                 memory_limit: 1 << 20,
@@ -1187,6 +1205,7 @@ fn a_reduce_over_more_map_tasks_than_its_fan_in() {
                 id,
                 map_attempts: &vec![0; n_map],
                 dir: dir.path(),
+                fetched: None,
                 output: &output_path(dir.path(), id),
             },
         )
@@ -1211,6 +1230,7 @@ fn a_reduce_over_more_map_tasks_than_its_fan_in() {
             id: 1,
             map_attempts: &vec![0; n_map],
             dir: dir.path(),
+            fetched: None,
             output: &output_path(dir.path(), 1),
         },
     )
@@ -1238,6 +1258,7 @@ fn a_reduce_reads_the_attempt_of_each_map_task_it_is_told_to() {
                 attempt,
                 input_name: "in",
                 input_path: &input,
+                input_span: None,
                 n_reduce: 1,
                 dir: dir.path(),
                 memory_limit: 1 << 20,
@@ -1258,6 +1279,7 @@ fn a_reduce_reads_the_attempt_of_each_map_task_it_is_told_to() {
                 id: 0,
                 map_attempts: &[attempt],
                 dir: dir.path(),
+                fetched: None,
                 output: &output_path(dir.path(), 0),
             },
         )
@@ -1271,6 +1293,7 @@ fn a_reduce_reads_the_attempt_of_each_map_task_it_is_told_to() {
             id: 0,
             map_attempts: &[3],
             dir: dir.path(),
+            fetched: None,
             output: &output_path(dir.path(), 0),
         },
     )
@@ -1288,6 +1311,7 @@ fn a_missing_job_directory_is_the_workers_problem_not_a_lost_output() {
             id: 0,
             map_attempts: &[0, 0],
             dir: &gone,
+            fetched: None,
             output: &output_path(&gone, 0),
         },
     )

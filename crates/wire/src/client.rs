@@ -269,6 +269,12 @@ impl<Req: Serialize, Resp: DeserializeOwned> Client<Req, Resp> {
         self.peer
     }
 
+    /// This end's address: the local IP through which the server is reached (which, say, a
+    /// worker can give others to reach it on the same network).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.stream.local_addr()
+    }
+
     /// The protocol this client speaks.
     pub fn protocol(&self) -> Protocol {
         self.protocol

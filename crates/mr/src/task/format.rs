@@ -322,6 +322,32 @@ fn open_intermediate_unmarked(
     reduce: usize,
     buffer: usize,
 ) -> Result<(SegmentRecords, u64), TaskError> {
+    let (file, offset, len, label) = find_intermediate(dir, map, attempt, reduce)?;
+    let reader = segment_records(file, offset, len, buffer, label)?;
+    Ok((reader, len))
+}
+
+/// Finds segment `reduce` of attempt `attempt`'s file of map task `map` after checking the
+/// file's footer and index: the open file, the segment's offset and length in it (to serve
+/// it: [`crate::shuffle`]). An error is one of reading map task `map`'s output.
+pub fn locate_segment(
+    dir: &Path,
+    map: usize,
+    attempt: u32,
+    reduce: usize,
+) -> Result<(File, u64, u64), TaskError> {
+    find_intermediate(dir, map, attempt, reduce)
+        .map(|(file, offset, len, _)| (file, offset, len))
+        .map_err(|e| e.reading_map(map))
+}
+
+/// The file, offset, length and label of a segment (see [`locate_segment`]).
+fn find_intermediate(
+    dir: &Path,
+    map: usize,
+    attempt: u32,
+    reduce: usize,
+) -> Result<(File, u64, u64, String), TaskError> {
     let path = intermediate_path(dir, map, attempt, reduce);
     let file = match File::open(&path) {
         Ok(file) => file,
@@ -341,8 +367,7 @@ fn open_intermediate_unmarked(
         });
     }
     let (offset, len) = find_segment(&file, meta.len(), reduce, &path, &label)?;
-    let reader = segment_records(file, offset, len, buffer, label)?;
-    Ok((reader, len))
+    Ok((file, offset, len, label))
 }
 
 /// A reader of the records in bytes `offset..offset + len` of `file`, checking the magic,

@@ -480,7 +480,7 @@ fn write_sources<W: Write>(
 /// The input of a map task: counts the bytes the application consumes and remembers the
 /// first read error, so that a failing map can be told apart from a failing input.
 struct InputReader {
-    inner: BufReader<File>,
+    inner: BufReader<SegmentReader<File>>,
     consumed: u64,
     error: Option<io::Error>,
 }
@@ -548,8 +548,14 @@ pub fn run_map(app: &dyn App, task: &MapTask<'_>) -> Result<MapStats, TaskError>
             path: path.to_path_buf(),
         });
     }
+    let (start, len) = task.input_span.unwrap_or((0, meta.len()));
+    let span = SegmentReader {
+        file,
+        pos: start,
+        end: start.saturating_add(len),
+    };
     let mut input = InputReader {
-        inner: BufReader::with_capacity(IO_BUFFER, file),
+        inner: BufReader::with_capacity(IO_BUFFER, span),
         consumed: 0,
         error: None,
     };

@@ -90,8 +90,8 @@ use std::path::{Path, PathBuf};
 use crate::exec::ExecError;
 
 pub use format::{
-    check_intermediate, read_intermediate, INDEX_MAGIC, INTERMEDIATE_MAGIC, MAX_KEY_LEN,
-    MAX_VALUE_LEN,
+    check_intermediate, locate_segment, read_intermediate, INDEX_MAGIC, INTERMEDIATE_MAGIC,
+    MAX_KEY_LEN, MAX_VALUE_LEN,
 };
 pub use map::{run_map, SPILL_FAN_IN};
 pub use reduce::{run_reduce, run_reduce_exec, run_reduce_with, Reducer, REDUCE_FAN_IN};
@@ -159,6 +159,8 @@ pub struct MapTask<'a> {
     pub input_name: &'a str,
     /// Where to read the input.
     pub input_path: &'a Path,
+    /// The split of the input this task maps, `(start, len)` in bytes; `None`: all of it.
+    pub input_span: Option<(u64, u64)>,
     /// Number of reduce tasks (≥ 1).
     pub n_reduce: usize,
     /// The job's shared directory.
@@ -176,12 +178,27 @@ pub struct ReduceTask<'a> {
     /// For each map task of the job, in order, the attempt whose outputs to read (the one the
     /// coordinator accepted); its length is the number of map tasks.
     pub map_attempts: &'a [u32],
-    /// The job's shared directory.
+    /// Where the map outputs are (`mr-M-R` files), unless `fetched`; temporary runs go here.
     pub dir: &'a Path,
-    /// Where the output goes, complete or not at all: in a job, this attempt's own
+    /// The map outputs, fetched already from the workers that hold them; `None`: read them
+    /// in `dir`.
+    pub fetched: Option<&'a FetchedSegments>,
+    /// Where the output goes, complete or not at all (through a temporary file beside it):
+    /// in a job, this attempt's own
     /// [`reduce_attempt_path`], which the coordinator renames to [`output_path`] when it
     /// accepts the attempt.
     pub output: &'a Path,
+}
+
+/// A reduce task's segment of every map task's output, fetched into one local file
+/// ([`crate::shuffle::fetch_segments`]).
+#[derive(Debug)]
+pub struct FetchedSegments {
+    pub file: File,
+    /// Of map task `m`'s segment: `(offset, len)` in `file`.
+    pub segments: Vec<(u64, u64)>,
+    /// Of map task `m`'s segment: where it came from, for errors.
+    pub origins: Vec<String>,
 }
 
 /// What a map task did.

@@ -43,7 +43,11 @@ pub fn run_reduce_with(
     let path = task.output;
     let prefix = format!("{TEMP_PREFIX}reduce-{}-", task.id);
     let mut keys = 0u64;
-    let bytes_written = write_atomically(task.dir, &prefix, path, |out, temp| {
+    let out_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let bytes_written = write_atomically(out_dir, &prefix, path, |out, temp| {
         let mut written = 0u64;
         let mut write_line = |key: &str, result: &str| -> Result<(), TaskError> {
             // An output line is `key result`: a newline in either would make two lines.
@@ -131,9 +135,30 @@ fn open_reduce_sources(task: &ReduceTask<'_>) -> Result<(Vec<ReduceSource>, u64)
     let n_map = task.map_attempts.len();
     let mut bytes_read = 0;
     let buffer = merge_buffer(n_map.min(REDUCE_FAN_IN));
+    if let Some(fetched) = task.fetched {
+        if fetched.segments.len() != n_map || fetched.origins.len() != n_map {
+            return Err(TaskError::Invalid(format!(
+                "reduce task {}: {} fetched segments for {n_map} map tasks",
+                task.id,
+                fetched.segments.len()
+            )));
+        }
+    }
     let mut open = |map: usize| -> Result<ReduceSource, TaskError> {
-        let attempt = task.map_attempts[map];
-        let (records, len) = open_intermediate(task.dir, map, attempt, task.id, buffer)?;
+        let (records, len) = match task.fetched {
+            None => open_intermediate(task.dir, map, task.map_attempts[map], task.id, buffer)?,
+            Some(fetched) => {
+                let (offset, len) = fetched.segments[map];
+                let file = fetched
+                    .file
+                    .try_clone()
+                    .map_err(TaskError::io("reopen the fetched segments in", task.dir))?;
+                let label = fetched.origins[map].clone();
+                let records = segment_records(file, offset, len, buffer, label)
+                    .map_err(|e| e.reading_map(map))?;
+                (records, len)
+            }
+        };
         bytes_read += len;
         Ok(ReduceSource {
             records,
