@@ -81,14 +81,12 @@ impl Scratch {
     fn coordinator_over(&self, inputs: &[String], extra: &[&str]) -> (Proc, String) {
         let mut child = Command::new(FLOTILLA)
             .current_dir(&self.work)
-            .args([
-                "mr",
-                "coordinator",
-                "--listen",
-                "127.0.0.1:0",
-                "--progress",
-                "none",
-            ])
+            .args(["mr", "coordinator", "--listen", "127.0.0.1:0"])
+            .args(if extra.contains(&"--progress") {
+                &[][..]
+            } else {
+                &["--progress", "none"][..]
+            })
             .args(extra)
             .args(inputs)
             .stdout(Stdio::piped())
@@ -447,6 +445,80 @@ fn with_backup_tasks_a_straggler_does_not_hold_up_the_job() {
         "the job took {took:?}: it waited for the straggler"
     );
     assert_eq!(sorted_outputs(&s.work), line_counts(&s, &inputs));
+}
+
+#[test]
+fn without_a_shared_dir_the_map_outputs_of_a_killed_worker_are_made_again() {
+    // Worker A, alone, maps every input (shipped to it) and keeps the outputs; its first
+    // reduce then holds until killed with SIGKILL. Worker B, started after, finds A's
+    // outputs gone with it: the coordinator runs A's map tasks again on B, and B does the
+    // reduces. Every worker has a directory of its own; no intermediate file is ever in the
+    // coordinator's.
+    let s = Scratch::new();
+    let (mut coordinator, addr) = s.coordinator(&[
+        "--no-shared-dir",
+        "--reduce",
+        "3",
+        "--task-timeout",
+        "2",
+        "--progress",
+        "lines",
+    ]);
+    let started = s.root.join("reduce-started");
+    let hold = format!(
+        r#": > {started}; i=0; while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; cat"#,
+        started = started.display()
+    );
+    let dir_a = s.root.join("host-a");
+    let dir_b = s.root.join("host-b");
+    for dir in [&dir_a, &dir_b] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let app_a = line_count_app("");
+    let mut app_a: Vec<&str> = app_a.iter().map(String::as_str).collect();
+    *app_a.last_mut().unwrap() = &hold;
+    let work_a = ["--work-dir", dir_a.to_str().unwrap()];
+    let mut a = s.worker_with(&addr, &[&app_a[..], &work_a].concat(), None, LIMIT);
+    wait_for_file(&started, LIMIT);
+    // Every map task is done (the progress line comes within half a second).
+    let deadline = Instant::now() + LIMIT;
+    while !s.coordinator_stderr().contains("maps 8/8") {
+        assert!(Instant::now() < deadline, "{}", s.coordinator_stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let a_files = std::fs::read_dir(&dir_a).unwrap().count();
+    assert_eq!(a_files, 1, "worker A keeps its files in its own directory");
+    a.child.kill().unwrap();
+    a.wait();
+    let app_b = line_count_app("");
+    let app_b: Vec<&str> = app_b.iter().map(String::as_str).collect();
+    let work_b = ["--work-dir", dir_b.to_str().unwrap()];
+    let mut b = s.worker_with(&addr, &[&app_b[..], &work_b].concat(), None, LIMIT);
+    assert!(coordinator.wait().success(), "{}", s.coordinator_stderr());
+    b.wait();
+    let last = s
+        .coordinator_stderr()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_owned();
+    assert!(last.contains("maps 8/8, reduces 3/3"), "{last}");
+    assert!(
+        last.contains("8 maps rerun"),
+        "A's map tasks ran again: {last}"
+    );
+    assert_eq!(sorted_outputs(&s.work), line_counts(&s, &s.inputs));
+    let mut left: Vec<String> = std::fs::read_dir(&s.work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["mr-out-0", "mr-out-1", "mr-out-2"]);
+    assert_eq!(
+        std::fs::read_dir(&dir_b).unwrap().count(),
+        0,
+        "worker B removed its directory when it exited"
+    );
 }
 
 /// A worker whose map and reduce program does not exist: every task fails at once.

@@ -3,7 +3,7 @@
 //! | name | map | reduce |
 //! |---|---|---|
 //! | `wc` | `(word, count)` once per distinct word of the input | sum of the counts |
-//! | `indexer` | `(word, input name)` once per distinct word | `"<n> <names sorted, comma-joined>"` |
+//! | `indexer` | `(word, input name)` once per distinct word | `"<n> <distinct names sorted, comma-joined>"` |
 //! | `mtiming` | `(times-<pid>, start time)`, `(parallel-<pid>, n)` | values sorted, space-joined |
 //! | `rtiming` | `(a,"1")` … `(j,"1")` | `n` (concurrent reducers) |
 //! | `jobcount` | marker file, sleep 2–5 s, `("a","x")` | number of marker files |
@@ -282,8 +282,10 @@ impl App for Indexer {
     }
 
     fn reduce(&self, _key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
+        // Several map tasks may map one input (its splits): each name counts once.
         let mut names: Vec<String> = values.collect();
         names.sort_unstable();
+        names.dedup();
         Ok(format!("{} {}", names.len(), names.join(",")))
     }
 }

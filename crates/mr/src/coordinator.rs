@@ -675,7 +675,8 @@ impl Coordinator {
     /// it: the paper's rule that the completed map tasks of a failed worker are re-executed.
     /// Counted against nobody, like a timeout.
     fn rerun_maps_of_gone_workers(&mut self, now: Duration) {
-        if !self.spec.intermediates_on_workers || self.reduces.iter().all(Task::is_done) {
+        // (Once every reduce is done the job is, and no one asks for a task any more.)
+        if !self.spec.intermediates_on_workers {
             return;
         }
         let timeout = self.spec.task_timeout;
@@ -1604,5 +1605,165 @@ mod tests {
         }
         assert_eq!(handed_out.len(), 18);
         assert!(handed_out.values().all(|&n| n == 1));
+    }
+
+    /// A job whose data travels over the network: map outputs on the workers, inputs
+    /// shipped, outputs collected.
+    fn spec_without_shared_dir(maps: usize, reduces: usize) -> JobSpec {
+        JobSpec {
+            intermediates_on_workers: true,
+            ship_inputs: true,
+            collect_outputs: true,
+            task_timeout: secs(2.0),
+            ..spec(maps, reduces)
+        }
+    }
+
+    fn addr(worker: WorkerId) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, worker as u8], 7000))
+    }
+
+    fn done_serving(c: &mut Job, worker: WorkerId, task: TaskId, attempt: Attempt, at: f64) {
+        let reply = c.handle(
+            ToCoordinator::TaskDone {
+                worker,
+                task,
+                attempt,
+                bytes: 10,
+                served_at: Some(addr(worker)),
+            },
+            secs(at),
+        );
+        assert_eq!(reply, FromCoordinator::Noted);
+    }
+
+    #[test]
+    fn with_outputs_on_workers_a_reduce_is_told_who_serves_each_map_output() {
+        let mut c = Job::new(spec_without_shared_dir(2, 1));
+        let m0 = take(&mut c, 1, TaskId::Map(0), 0.0);
+        let m1 = take(&mut c, 2, TaskId::Map(1), 0.0);
+        done_serving(&mut c, 1, TaskId::Map(0), m0, 0.5);
+        done_serving(&mut c, 2, TaskId::Map(1), m1, 0.5);
+        match request(&mut c, 3, 0.6) {
+            FromCoordinator::Reduce {
+                intermediates: Intermediates::OnWorkers { servers },
+                output: OutputPlace::Coordinator,
+                ..
+            } => assert_eq!(servers, [addr(1), addr(2)]),
+            other => panic!("a reduce over served outputs, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn with_outputs_on_workers_a_map_reported_without_its_address_failed() {
+        let mut c = Job::new(spec_without_shared_dir(1, 1));
+        let attempt = take(&mut c, 1, TaskId::Map(0), 0.0);
+        done(&mut c, 1, TaskId::Map(0), attempt, 0.5);
+        assert_eq!(c.progress(secs(0.5)).maps_done, 0, "not accepted");
+        assert_eq!(take(&mut c, 2, TaskId::Map(0), 0.6), 1, "handed out again");
+    }
+
+    #[test]
+    fn with_outputs_on_workers_the_maps_of_a_gone_worker_run_again() {
+        for on_workers in [true, false] {
+            let mut c = Job::new(JobSpec {
+                intermediates_on_workers: on_workers,
+                ..spec_without_shared_dir(2, 2)
+            });
+            let m0 = take(&mut c, 1, TaskId::Map(0), 0.0);
+            let m1 = take(&mut c, 2, TaskId::Map(1), 0.0);
+            done_serving(&mut c, 1, TaskId::Map(0), m0, 0.5);
+            done_serving(&mut c, 2, TaskId::Map(1), m1, 0.5);
+            let r0 = take(&mut c, 2, TaskId::Reduce(0), 0.6);
+            done(&mut c, 2, TaskId::Reduce(0), r0, 1.0);
+            // Worker 1 was last heard from at 0.5 s: at 2.6 s it is gone (2 s timeout).
+            let at = 2.6;
+            let reply = request(&mut c, 2, at);
+            if on_workers {
+                // Map task 0's output went with worker 1: it runs again (map task 1's, on
+                // worker 2, which is here, does not), and reduce 1 waits for it.
+                assert_eq!(handed(&reply), Some((TaskId::Map(0), 1)), "{reply:?}");
+                assert_eq!(c.progress(secs(at)).maps_rerun, 1);
+                assert_eq!(c.progress(secs(at)).maps_done, 1);
+                done_serving(&mut c, 2, TaskId::Map(0), 1, 3.0);
+                match request(&mut c, 3, 3.0) {
+                    FromCoordinator::Reduce {
+                        task: 1,
+                        map_attempts,
+                        intermediates: Intermediates::OnWorkers { servers },
+                        ..
+                    } => {
+                        assert_eq!(map_attempts, [1, 0]);
+                        assert_eq!(servers, [addr(2), addr(2)]);
+                    }
+                    other => panic!("reduce 1 over the new output, not {other:?}"),
+                }
+            } else {
+                // In a shared directory the output outlives its worker.
+                assert_eq!(handed(&reply), Some((TaskId::Reduce(1), 0)), "{reply:?}");
+                assert_eq!(c.progress(secs(at)).maps_rerun, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn input_and_output_chunks_only_for_the_worker_running_that_attempt() {
+        let mut c = Job::new(spec_without_shared_dir(1, 1));
+        let read = |worker, attempt, offset, len| ToCoordinator::ReadInput {
+            worker,
+            task: 0,
+            attempt,
+            offset,
+            len,
+        };
+        let refused = |reply: &FromCoordinator| matches!(reply, FromCoordinator::Refused { .. });
+        assert!(
+            refused(&c.handle(read(1, 0, 0, 4), secs(0.0))),
+            "not handed out yet"
+        );
+        let attempt = take(&mut c, 1, TaskId::Map(0), 0.0);
+        assert!(
+            refused(&c.handle(read(2, attempt, 0, 4), secs(0.1))),
+            "not worker 2's"
+        );
+        assert!(refused(&c.handle(read(1, attempt + 1, 0, 4), secs(0.1))));
+        assert!(
+            refused(&c.handle(read(1, attempt, 11, 4), secs(0.1))),
+            "past the end"
+        );
+        // The split has 10 bytes: a read is cut at its end.
+        assert_eq!(
+            c.handle(read(1, attempt, 8, 4), secs(0.1)),
+            FromCoordinator::InputChunk {
+                data: b"xx".to_vec()
+            }
+        );
+        assert_eq!(c.dir.read, [("in0".to_string(), 8, 2)]);
+        done_serving(&mut c, 1, TaskId::Map(0), attempt, 0.2);
+        assert!(
+            refused(&c.handle(read(1, attempt, 0, 4), secs(0.3))),
+            "reported"
+        );
+
+        let chunk = |worker, attempt| ToCoordinator::OutputChunk {
+            worker,
+            task: 0,
+            attempt,
+            offset: 0,
+            data: b"a 1\n".to_vec(),
+            end: None,
+        };
+        let r = take(&mut c, 2, TaskId::Reduce(0), 0.4);
+        assert!(refused(&c.handle(chunk(1, r), secs(0.5))), "not worker 1's");
+        assert_eq!(c.handle(chunk(2, r), secs(0.5)), FromCoordinator::Noted);
+        assert_eq!(c.dir.received, [(0, r, 0, 4, false)]);
+
+        // A job that reads paths and writes a shared directory takes neither.
+        let mut shared = Job::new(spec(1, 1));
+        let attempt = take(&mut shared, 1, TaskId::Map(0), 0.0);
+        assert!(refused(&shared.handle(read(1, attempt, 0, 4), secs(0.1))));
+        done(&mut shared, 1, TaskId::Map(0), attempt, 0.2);
+        let r = take(&mut shared, 2, TaskId::Reduce(0), 0.3);
+        assert!(refused(&shared.handle(chunk(2, r), secs(0.4))));
     }
 }

@@ -575,3 +575,81 @@ async fn show_progress(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(
+        dir: &mut ServerDir<'_>,
+        offset: u64,
+        data: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let end = end.map(|whole| OutputEnd {
+            len: whole.len() as u64,
+            crc32: crc32fast::hash(whole),
+        });
+        dir.receive_output(3, 1, offset, data, end)
+    }
+
+    #[test]
+    fn a_collected_output_is_kept_only_whole_and_intact() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut dir = ServerDir {
+            dir: tmp.path(),
+            remote_check: None,
+        };
+        let kept = reduce_attempt_path(tmp.path(), 3, 1);
+        let whole = b"a 1\nb 2\nc 3\n";
+        // In order, with a chunk sent twice (a lost answer): kept.
+        chunk(&mut dir, 0, &whole[..4], None).unwrap();
+        chunk(&mut dir, 0, &whole[..4], None).unwrap();
+        assert!(!kept.exists(), "not before its end");
+        chunk(&mut dir, 4, &whole[4..], Some(whole)).unwrap();
+        assert_eq!(std::fs::read(&kept).unwrap(), whole);
+        std::fs::remove_file(&kept).unwrap();
+
+        // A gap: refused.
+        chunk(&mut dir, 0, &whole[..4], None).unwrap();
+        let why = chunk(&mut dir, 8, &whole[8..], Some(whole)).unwrap_err();
+        assert!(why.contains("only 4 bytes"), "{why}");
+        // A damaged byte, or a missing chunk, fails the check at the end; nothing is kept.
+        let mut damaged = whole.to_vec();
+        damaged[5] ^= 1;
+        chunk(&mut dir, 0, &damaged, None).unwrap();
+        let why = chunk(&mut dir, damaged.len() as u64, b"", Some(whole)).unwrap_err();
+        assert!(why.contains("damaged"), "{why}");
+        assert!(!kept.exists());
+        assert!(
+            !collect_path(tmp.path(), 3, 1).exists(),
+            "the damaged copy is removed"
+        );
+        chunk(&mut dir, 0, &whole[..8], None).unwrap();
+        let why = chunk(&mut dir, 8, b"", Some(whole)).unwrap_err();
+        assert!(why.contains("damaged"), "{why}");
+        assert!(!kept.exists());
+    }
+
+    #[test]
+    fn a_shipped_split_is_read_from_its_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("in.txt");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let mut dir = ServerDir {
+            dir: tmp.path(),
+            remote_check: None,
+        };
+        let split = Input {
+            name: "in.txt".into(),
+            path: path.clone(),
+            start: 4,
+            bytes: 6,
+        };
+        assert_eq!(dir.read_input(&split, 1, 3).unwrap(), b"567");
+        // The file shrank since the job started.
+        std::fs::write(&path, b"01234").unwrap();
+        let why = dir.read_input(&split, 0, 6).unwrap_err();
+        assert!(why.contains("changed"), "{why}");
+    }
+}
