@@ -13,8 +13,9 @@
 //! - Either may fail with an error: the task is then reported failed and given to another
 //!   worker (a crash or a stall is handled the same way, by the coordinator's timeout).
 //! - `combine(key, values)` (optional, the paper's §4.3 combiner; [`App::has_combiner`]):
-//!   run by a map task on its own output before it is written, on some of the values it
-//!   emitted for `key`, returning one value that stands for them. It may run zero, one or
+//!   run by a map task on its own output before it is written — as the pairs are emitted
+//!   (gathered by key in memory) and again as sorted runs are written and merged — on some
+//!   of the values it emitted for `key`, returning one value that stands for them. It may run zero, one or
 //!   several times on any part of a key's values, on values it returned itself included, so
 //!   `reduce` must give the same result either way (word count: a sum).
 //! - All of them must be deterministic in what they output for the job's output to be well defined
@@ -40,7 +41,7 @@ pub trait App: Send + Sync {
 
     /// Combines some of the values one map task emitted for `key` into one (see the module
     /// docs). Called only if [`App::has_combiner`].
-    fn combine(&self, key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
+    fn combine(&self, key: &str, values: &mut dyn Iterator<Item = &str>) -> io::Result<String> {
         let _ = values;
         Err(io::Error::other(format!(
             "app {} has no combiner (asked to combine key {key:?})",

@@ -2,7 +2,7 @@
 //!
 //! | name | map | reduce |
 //! |---|---|---|
-//! | `wc` | `(word, count)` once per distinct word of the input | sum of the counts |
+//! | `wc` | `(word, "1")` per word (combined: one count per word) | sum of the counts |
 //! | `indexer` | `(word, input name)` once per distinct word | `"<n> <distinct names sorted, comma-joined>"` |
 //! | `mtiming` | `(times-<pid>, start time)`, `(parallel-<pid>, n)` | values sorted, space-joined |
 //! | `rtiming` | `(a,"1")` … `(j,"1")` | `n` (concurrent reducers) |
@@ -14,10 +14,10 @@
 //!
 //! Each produces exactly the output lines of its Go counterpart (see the behaviour catalogue,
 //! `shared/spec/mapreduce.md` §3). Words are split by [`crate::words`] (Go's
-//! `unicode.IsLetter`). `wc` combines in the mapper — it emits each distinct word once with
-//! its count instead of once per occurrence with `"1"` — which changes the intermediate data
-//! but not the output, and makes a map task's memory the input's vocabulary rather than its
-//! size (bounded further: the counts are flushed whenever they pass [`WC_COMBINER_LIMIT`]).
+//! `unicode.IsLetter`). `wc` maps as the lab's does, `(word, "1")` per word, and has a
+//! combiner (a sum): a map task gathers each word's values as they come and writes one
+//! count per word ([`crate::App::combine`]), so its memory and output are the input's
+//! vocabulary rather than its size.
 //!
 //! The probing apps (`mtiming`, `rtiming`, `jobcount`) create marker files named
 //! `mr-worker-…` in the **current working directory** and probe other workers' liveness by
@@ -26,8 +26,7 @@
 //! An application's I/O failure (a marker file that cannot be created, …) is an error of the
 //! task, never a panic.
 
-use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
+use std::collections::HashSet;
 use std::io::{self, BufRead};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -185,16 +184,9 @@ fn sorted_joined(values: &mut dyn Iterator<Item = String>, separator: &str) -> S
 // ---------------------------------------------------------------------------------------
 // wc
 
-/// Maps and sets keyed by words: foldhash (fast, and seeded per process so that crafted
-/// input cannot force collisions the way it could with a fixed hash).
-type WordMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+/// Sets of words: foldhash (fast, and seeded per process so that crafted input cannot
+/// force collisions the way it could with a fixed hash).
 type WordSet = HashSet<Box<str>, foldhash::fast::RandomState>;
-
-/// Estimated bytes of `wc`'s in-mapper counts above which they are emitted and cleared.
-pub const WC_COMBINER_LIMIT: usize = 16 << 20;
-
-/// Estimated memory per distinct word in the counts, beyond the word's bytes.
-const WC_ENTRY_OVERHEAD: usize = 48;
 
 /// Word count.
 pub struct Wc;
@@ -204,57 +196,47 @@ impl App for Wc {
         "wc"
     }
 
+    /// `(word, "1")` per word, as the lab's; the combiner makes the counts.
     fn map(&self, _name: &str, contents: &mut dyn BufRead, emit: &mut Emit<'_>) -> io::Result<()> {
-        let mut counts: WordMap<u64> = WordMap::default();
-        let mut estimated = 0usize;
-        let mut number = String::new();
-        let mut flush = |counts: &mut WordMap<u64>| -> io::Result<()> {
-            for (word, count) in counts.drain() {
-                number.clear();
-                write!(number, "{count}").expect("writing to a String cannot fail");
-                emit(&word, &number)?;
-            }
-            Ok(())
-        };
-        words::try_for_each_word(contents, |word| {
-            if let Some(count) = counts.get_mut(word) {
-                *count += 1;
-                return Ok(());
-            }
-            counts.insert(word.into(), 1);
-            estimated += word.len() + WC_ENTRY_OVERHEAD;
-            if estimated > WC_COMBINER_LIMIT {
-                estimated = 0;
-                flush(&mut counts)?;
-            }
-            Ok(())
-        })?;
-        flush(&mut counts)
+        words::try_for_each_word(contents, |word| emit(word, "1"))?;
+        Ok(())
     }
 
-    /// Its partial counts (one per word per flush of the in-mapper counts) are summed again
-    /// whenever a map task writes a run or its output.
+    /// A map task sums the counts of each word as it emits them, and again as it writes.
     fn has_combiner(&self) -> bool {
         true
     }
 
     /// A partial sum: the same as the reduce.
-    fn combine(&self, key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
-        self.reduce(key, values)
+    fn combine(&self, key: &str, values: &mut dyn Iterator<Item = &str>) -> io::Result<String> {
+        sum_counts(key, values)
     }
 
     fn reduce(&self, key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
-        let mut total: u64 = 0;
-        for value in values {
-            let count: u64 = value.parse().map_err(|_| {
-                invalid_data(format!("wc: value {value:?} of key {key:?} is not a count"))
-            })?;
-            total = total
-                .checked_add(count)
-                .ok_or_else(|| invalid_data(format!("wc: the count of {key:?} overflows")))?;
-        }
-        Ok(total.to_string())
+        sum_counts(key, values)
     }
+}
+
+/// `wc`'s sum of counts of `key` (for reduce and combine).
+fn sum_counts<S: AsRef<str>>(key: &str, values: &mut dyn Iterator<Item = S>) -> io::Result<String> {
+    let mut total: u64 = 0;
+    for value in values {
+        let value = value.as_ref();
+        if value == "1" {
+            // What map emits: most values are this.
+            total = total
+                .checked_add(1)
+                .ok_or_else(|| invalid_data(format!("wc: the count of {key:?} overflows")))?;
+            continue;
+        }
+        let count: u64 = value.parse().map_err(|_| {
+            invalid_data(format!("wc: value {value:?} of key {key:?} is not a count"))
+        })?;
+        total = total
+            .checked_add(count)
+            .ok_or_else(|| invalid_data(format!("wc: the count of {key:?} overflows")))?;
+    }
+    Ok(total.to_string())
 }
 
 // ---------------------------------------------------------------------------------------

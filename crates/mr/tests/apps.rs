@@ -69,23 +69,23 @@ fn wc_counts_words_like_the_lab() {
 }
 
 #[test]
-fn wc_combines_in_the_mapper() {
+fn wc_maps_a_one_per_word_and_combines_them_into_counts() {
     let pairs = map_pairs(app("wc").as_ref(), "x", b"a b a c a b");
-    assert_eq!(
-        pairs,
-        [
-            ("a".into(), "3".into()),
-            ("b".into(), "2".into()),
-            ("c".into(), "1".into())
-        ]
-    );
+    let ones: Vec<(String, String)> = ["a", "a", "a", "b", "b", "c"]
+        .iter()
+        .map(|w| (w.to_string(), "1".to_string()))
+        .collect();
+    assert_eq!(pairs, ones, "the lab's map (pairs sorted)");
     assert_eq!(reduce(app("wc").as_ref(), "a", &["3", "1", "1"]), "5");
-    // Its combiner sums the partial counts of each flush of those counts.
+    // Its combiner sums counts, its own partial sums among them.
     assert!(app("wc").has_combiner());
-    let mut partial = ["3".to_string(), "2".to_string()].into_iter();
-    assert_eq!(app("wc").combine("a", &mut partial).unwrap(), "5");
+    let mut partial = ["3", "1", "2"].into_iter();
+    assert_eq!(app("wc").combine("a", &mut partial).unwrap(), "6");
     let mut bad = ["x".to_string()].into_iter();
     let err = app("wc").reduce("a", &mut bad).unwrap_err();
+    assert!(err.to_string().contains("not a count"), "{err}");
+    let mut bad = ["1", "-1"].into_iter();
+    let err = app("wc").combine("a", &mut bad).unwrap_err();
     assert!(err.to_string().contains("not a count"), "{err}");
 }
 

@@ -227,12 +227,53 @@ impl App for CombinedWords {
         true
     }
 
-    fn combine(&self, key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
+    fn combine(&self, key: &str, values: &mut dyn Iterator<Item = &str>) -> io::Result<String> {
         if self.fail_on == Some(key) {
             return Err(io::Error::other("this combiner refuses this key"));
         }
-        sum_counts(values)
+        sum_counts(&mut values.map(str::to_owned))
     }
+}
+
+#[test]
+fn with_a_combiner_a_map_task_holds_its_vocabulary_not_a_pair_per_word() {
+    // A text whose pairs ("1" per word) take several times a memory limit that its distinct
+    // words fit in: gathered by key and combined as they come, the task never spills; every
+    // pair goes through the sort buffer without (the combiner running only as runs are
+    // written), and it spills.
+    let inputs = gutenberg_inputs();
+    let (name, path) = inputs
+        .iter()
+        .max_by_key(|(_, path)| std::fs::metadata(path).unwrap().len())
+        .unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    let words = words::words(text.as_bytes());
+    let distinct: std::collections::HashSet<&String> = words.iter().collect();
+    // What the task counts: per distinct word its bytes and some 100 more, and 5 bytes per
+    // value not combined yet.
+    let vocabulary: usize = distinct.iter().map(|w| w.len() + 110).sum();
+    let limit = vocabulary + 5 * words.len();
+    let pairs: usize = words.iter().map(|w| w.len() + 1 + 16).sum();
+    assert!(
+        pairs > limit + limit / 2,
+        "{pairs} bytes of pairs, limit {limit}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let task = MapTask {
+        id: 0,
+        attempt: 0,
+        input_name: name,
+        input_path: path,
+        input_span: None,
+        n_reduce: 3,
+        dir: dir.path(),
+        memory_limit: limit,
+    };
+    let stats = run_map(&CombinedWords { fail_on: None }, &task).unwrap();
+    assert_eq!(stats.spills, 0, "{stats:?}");
+    assert_eq!(stats.pairs as usize, words.len());
+    let without = run_map(&EveryWord, &task).unwrap();
+    assert!(without.spills > 0, "{without:?}");
 }
 
 #[test]
