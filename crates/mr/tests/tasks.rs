@@ -235,6 +235,69 @@ impl App for CombinedWords {
     }
 }
 
+/// Per word a weight of 1 to 3 (from its length and where it is), summed; with or without a
+/// combiner (the map's first value, the combiner's "common value", is whatever comes first).
+struct WeightedWords {
+    combiner: bool,
+}
+
+impl App for WeightedWords {
+    fn name(&self) -> &str {
+        "weighted-words"
+    }
+
+    fn map(&self, _name: &str, contents: &mut dyn BufRead, emit: &mut Emit<'_>) -> io::Result<()> {
+        let mut n = 0usize;
+        words::try_for_each_word(contents, |word| {
+            n += 1;
+            let weight = ["1", "2", "3", "12", "1"][(word.len() + n / 7) % 5];
+            emit(word, weight)
+        })
+        .map(|_| ())
+    }
+
+    fn reduce(&self, _key: &str, values: &mut dyn Iterator<Item = String>) -> io::Result<String> {
+        sum_counts(values)
+    }
+
+    fn has_combiner(&self) -> bool {
+        self.combiner
+    }
+
+    fn combine(&self, _key: &str, values: &mut dyn Iterator<Item = &str>) -> io::Result<String> {
+        sum_counts(&mut values.map(str::to_owned))
+    }
+}
+
+#[test]
+fn a_combiner_over_values_of_every_kind_gives_the_output_without_it() {
+    // All eight texts, twice, in one map task: megabytes of values other than the first, so
+    // the pending ones are combined several times, with the common ones counted apart; a
+    // small memory limit moves the table to the sort buffer and spills too.
+    let texts = tempfile::tempdir().unwrap();
+    let all = texts.path().join("all.txt");
+    let mut bytes = Vec::new();
+    for _ in 0..2 {
+        for (_, path) in gutenberg_inputs() {
+            bytes.extend(std::fs::read(path).unwrap());
+        }
+    }
+    std::fs::write(&all, &bytes).unwrap();
+    let inputs = vec![("all.txt".to_string(), all)];
+    let expected = sequential_lines(&WeightedWords { combiner: false }, &inputs);
+    for limit in [64 << 20, 256 << 10] {
+        let dir = tempfile::tempdir().unwrap();
+        run_job(
+            &WeightedWords { combiner: true },
+            &inputs,
+            4,
+            dir.path(),
+            limit,
+        );
+        assert_eq!(sorted_outputs(dir.path()), expected, "memory limit {limit}");
+    }
+}
+
 #[test]
 fn with_a_combiner_a_map_task_holds_its_vocabulary_not_a_pair_per_word() {
     // A text whose pairs ("1" per word) take several times a memory limit that its distinct
@@ -280,7 +343,7 @@ fn with_a_combiner_a_map_task_holds_its_vocabulary_not_a_pair_per_word() {
 fn the_combiner_leaves_one_record_per_key_in_every_run_and_output() {
     let inputs = gutenberg_inputs();
     let wc = by_name(&AppSpec::builtin("wc")).unwrap();
-    // One input, a 64 KiB limit: dozens of spills, merged in levels, all combined.
+    // One input, a 16 KiB limit: dozens of spills, merged in levels, all combined.
     let (name, path) = &inputs[4];
     let counts: std::collections::HashMap<String, String> =
         sequential_lines(wc.as_ref(), &inputs[4..5])
@@ -299,7 +362,7 @@ fn the_combiner_leaves_one_record_per_key_in_every_run_and_output() {
         input_span: None,
         n_reduce: 3,
         dir: dir.path(),
-        memory_limit: 64 * 1024,
+        memory_limit: 16 * 1024,
     };
     let stats = run_map(&CombinedWords { fail_on: None }, &task).unwrap();
     assert!(stats.spills as usize > 2 * SPILL_FAN_IN, "{stats:?}");

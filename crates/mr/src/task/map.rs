@@ -1,7 +1,6 @@
 //! Running a map task: buffering pairs by bucket, spilling sorted runs, merging them and
 //! publishing the one intermediate file under every name (see the parent module).
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,6 +12,7 @@ use super::format::{
     segment_records, RecordReader, RecordSource, RecordWriter, SegmentReader, FOOTER_LEN,
     INDEX_ENTRY_LEN,
 };
+use super::gather::{combine_values, Gatherer};
 use super::merge::{merge_error, MergeError, Merger};
 use super::*;
 
@@ -192,48 +192,17 @@ impl RecordSource for MapSource<'_> {
     }
 }
 
-/// The values emitted for one key since the last spill (a map task with a combiner), one
-/// after another in `data`; value `i` ends at `ends[i]`.
-#[derive(Default)]
-struct Gathered {
-    data: String,
-    ends: Vec<u32>,
-}
-
-impl Gathered {
-    fn values(&self) -> impl Iterator<Item = &str> {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let value = &self.data[start..end as usize];
-            start = end as usize;
-            value
-        })
-    }
-
-    /// Bytes counted against the memory limit for these values.
-    fn bytes(&self) -> usize {
-        self.data.len() + 4 * self.ends.len()
-    }
-}
-
-/// Memory counted per distinct key gathered for the combiner, beyond its bytes (the map's
-/// entry, the key's box, the values' string and vector, the table's slack).
-const GATHERED_OVERHEAD: usize = 96;
-
 /// A map task in progress.
 ///
-/// With a combiner, emitted pairs are first gathered by key in a hash table, and each key's
-/// values combined into one every [`COMBINE_BATCH`] values — the paper's combiner run as the
-/// pairs come, before any sorting, so that a word count's map holds its input's vocabulary,
-/// not a pair per word — and moved into the sort buffer when the table passes the memory
-/// limit and at the end.
+/// With a combiner, emitted pairs are first gathered by key and combined (`gather.rs`), so
+/// that a word count's map holds its input's vocabulary, not a pair per word; the table
+/// moves into the sort buffer when it passes the memory limit and at the end.
 struct MapState<'t> {
     task: &'t MapTask<'t>,
     /// The application, if it has a combiner: run on every run and output written.
     combiner: Option<&'t dyn App>,
-    /// With a combiner: the pairs gathered by key, and the bytes they count.
-    gathered: HashMap<Box<str>, Gathered, foldhash::fast::RandomState>,
-    gathered_bytes: usize,
+    /// With a combiner: the pairs gathered by key.
+    gathered: Gatherer,
     buffer: PairBuffer,
     spills: Vec<SpillRun>,
     spills_made: u64,
@@ -269,78 +238,33 @@ impl MapState<'_> {
         Ok(())
     }
 
-    /// Adds a pair to the combiner's table, combining the key's values once it has a batch.
+    /// Adds a pair to the combiner's table.
     fn gather(&mut self, app: &dyn App, key: &str, value: &str) -> Result<(), TaskError> {
-        let gathered = match self.gathered.get_mut(key) {
-            Some(gathered) => gathered,
-            None => {
-                self.gathered_bytes += key.len() + GATHERED_OVERHEAD;
-                self.gathered.entry(key.into()).or_default()
-            }
-        };
-        let before = gathered.bytes();
-        let data_len = gathered.data.len() + value.len();
-        if data_len > MAX_VALUE_LEN {
-            return Err(TaskError::Map {
-                app: String::new(),
-                input: self.task.input_name.to_owned(),
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "the values of key {:?} pass 4 GiB before they are combined",
-                        shorten(key)
-                    ),
-                ),
-            });
-        }
-        if value.len() <= 8 {
-            // Short values (a count, say) are the common case: a call to copy a byte or
-            // two costs more than the loop.
-            for c in value.chars() {
-                gathered.data.push(c);
-            }
-        } else {
-            gathered.data.push_str(value);
-        }
-        gathered.ends.push(data_len as u32);
-        if gathered.ends.len() >= COMBINE_BATCH {
-            let combined = combine_values(app, key, &mut gathered.values())?;
-            // Keep the buffers' capacity: a frequent key fills them again.
-            gathered.data.clear();
-            gathered.data.push_str(&combined);
-            gathered.ends.clear();
-            gathered.ends.push(gathered.data.len() as u32);
-        }
-        self.gathered_bytes = self.gathered_bytes - before + gathered.bytes();
-        if self.gathered_bytes > self.task.memory_limit {
+        self.gathered.add(app, key, value)?;
+        if self.gathered.bytes() > self.task.memory_limit {
             self.move_gathered()?;
         }
         Ok(())
     }
 
-    /// Moves the combiner's table into the sort buffer, each key's values combined into one,
-    /// spilling as the buffer fills.
+    /// Moves the combiner's table into the sort buffer, each key with its one combined
+    /// value, spilling as the buffer fills.
     fn move_gathered(&mut self) -> Result<(), TaskError> {
         let Some(app) = self.combiner else {
             return Ok(());
         };
         let mut gathered = std::mem::take(&mut self.gathered);
-        self.gathered_bytes = 0;
-        for (key, values) in gathered.drain() {
-            let r = bucket(&key, self.task.n_reduce) as u32;
-            if values.ends.len() == 1 {
-                self.buffer.push(r, &key, &values.data);
-            } else {
-                let combined = combine_values(app, &key, &mut values.values())?;
-                self.buffer.push(r, &key, &combined);
-            }
+        let moved = gathered.drain(app, |key, value| {
+            let r = bucket(key, self.task.n_reduce) as u32;
+            self.buffer.push(r, key, value);
             if self.buffer.bytes() > self.task.memory_limit {
                 self.spill()?;
             }
-        }
-        // Keep the table's allocation for the next round.
+            Ok(())
+        });
+        // Keep the table's allocations for the next round.
         self.gathered = gathered;
-        Ok(())
+        moved
     }
 
     fn temp_error(&self) -> impl FnOnce(io::Error) -> TaskError + '_ {
@@ -678,8 +602,7 @@ pub fn run_map(app: &dyn App, task: &MapTask<'_>) -> Result<MapStats, TaskError>
     let mut state = MapState {
         task,
         combiner: app.has_combiner().then_some(app),
-        gathered: HashMap::default(),
-        gathered_bytes: 0,
+        gathered: Gatherer::default(),
         buffer: PairBuffer::default(),
         spills: Vec::new(),
         spills_made: 0,
@@ -733,20 +656,6 @@ fn utf8(bytes: &[u8]) -> &str {
 /// Values of one key gathered before the combiner runs on them: it runs on at most this
 /// many at a time (and again on what it returned), so a frequent key needs no more memory.
 const COMBINE_BATCH: usize = 1024;
-
-/// `app`'s combiner on `values` of `key`; its error is the task's.
-fn combine_values(
-    app: &dyn App,
-    key: &str,
-    values: &mut dyn Iterator<Item = &str>,
-) -> Result<String, TaskError> {
-    app.combine(key, values)
-        .map_err(|source| TaskError::Combine {
-            app: app.name().to_owned(),
-            key: shorten(key),
-            source,
-        })
-}
 
 /// Writes records given in key order: as they are without a combiner; with one, each key's
 /// values combined into one (a key with a single value is written as it is).

@@ -72,11 +72,14 @@
 //!
 //! - `format.rs`: the record format of intermediate files and spill runs (described there),
 //!   written, read and checked;
+//! - `gather.rs`: a map task's pairs gathered by key and combined as they are emitted (with
+//!   a combiner);
 //! - `merge.rs`: the one k-way merge, used by both sides, and the grouping of its records
 //!   by key;
 //! - `map.rs` and `reduce.rs`: running the tasks.
 
 mod format;
+mod gather;
 mod map;
 mod merge;
 mod reduce;
