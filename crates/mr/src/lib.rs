@@ -13,7 +13,8 @@
 //! - [`protocol`]: worker ⇄ coordinator messages; [`server`]: the coordinator over TCP;
 //!   [`worker`]: the worker loop; [`shuffle`]: map outputs served by the workers that hold
 //!   them, for jobs without a shared file system.
-//! - [`task`]: running one map or reduce task on the shared directory; [`partition`]: `ihash`;
+//! - [`task`]: running one map or reduce task (on a shared directory or a worker's own);
+//!   [`partition`]: `ihash`;
 //!   [`words`]: the word splitter; [`sequential`]: the one-process reference.
 //! - [`texts`]: where the lab's input texts are (tests, examples, benchmarks).
 //! - [`run`]: a whole job in one call (coordinator and workers in this process), for Rust
