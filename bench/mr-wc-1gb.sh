@@ -21,6 +21,7 @@
 #                      the checkout, i.e. on disk, not in a tmpfs /tmp)
 #   KEEP_CORPUS=1      keep (and on the next run with the same MR_BENCH_DIR, reuse) the corpus
 #   SORT_MEM=1G        sort's -S buffer for (a)
+#   PIPELINE=0         skip (a) (it takes some 2 minutes; for repeating b and c in a quiet spell)
 #   FLOTILLA_BIN, WC_BIN  prebuilt binaries; otherwise built with cargo (CARGO_TARGET_DIR
 #                      respected) and taken from target/release
 #   MR_PORT=0          coordinator port (0: a free one, read from its "listening" line)
@@ -112,7 +113,7 @@ busy() {
   a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
   sleep 1
   b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
-  builds=$(pgrep -c -x 'cargo|rustc|cc1|cc1plus|ld|cc|c\+\+' || true)
+  builds=$(ps -e -o comm= | grep -c -x -E 'cargo|rustc|cc1|cc1plus|as|ld|cc|c\+\+' || true)
   echo "$a $b" | awk -v n="$builds" '{u=$3-$1; i=$4-$2; printf "CPU %.0f%% busy over 1 s before it, %d cargo/rustc/cc processes", (u+i ? 100*u/(u+i) : 0), n}'
 }
 # CPU seconds the whole machine has spent busy since boot, and the part of an interval's that
@@ -126,13 +127,19 @@ for run in $(seq 1 "$REPEATS"); do
   echo "--- run $run ($(busy))"
 
   # (a) the Unix pipeline
-  t0=$(now)
-  cat "${inputs[@]}" | LC_ALL=C tr -cs 'A-Za-z' '\n' \
-    | gtime "$work/sort.time" env LC_ALL=C sort -S "$SORT_MEM" --parallel=2 -T "$work" \
-    | LC_ALL=C uniq -c > "$work/pipeline.out"
-  t1=$(now)
-  tp=$(elapsed "$t0" "$t1")
-  echo "a. pipeline tr|sort|uniq -c:        $tp s, $(rate "$tp") MB/s; sort: peak $(rss_mb "$work/sort.time") MB, cpu $(cpu_s "$work/sort.time") s"
+  tp=-
+  if [ "${PIPELINE:-1}" != 0 ]; then
+    t0=$(now)
+    if [ "${#inputs[@]}" = 1 ]; then
+      LC_ALL=C tr -cs 'A-Za-z' '\n' < "${inputs[0]}"
+    else
+      cat "${inputs[@]}" | LC_ALL=C tr -cs 'A-Za-z' '\n'
+    fi | gtime "$work/sort.time" env LC_ALL=C sort -S "$SORT_MEM" --parallel=2 -T "$work" \
+      | LC_ALL=C uniq -c > "$work/pipeline.out"
+    t1=$(now)
+    tp=$(elapsed "$t0" "$t1")
+    echo "a. pipeline tr|sort|uniq -c:        $tp s, $(rate "$tp") MB/s; sort: peak $(rss_mb "$work/sort.time") MB, cpu $(cpu_s "$work/sort.time") s"
+  fi
 
   # (b) one thread, one hash map
   c0=$(sys_cpu) t0=$(now)
@@ -190,7 +197,7 @@ for run in $(seq 1 "$REPEATS"); do
     printf "%s %s %s", (r >= 250 ? "MB/s ok" : "MB/s MISSED"), (q <= 1.5 ? "ratio ok" : "ratio MISSED"),
       (p <= 128 ? "memory ok" : "memory MISSED") }')
   echo "c/b = $ratio; outputs identical: $same; targets: $verdict"
-  rows+=("| $run | ${#inputs[@]} | ${MR_COORD_FLAGS:--} | $tp | $th ($(rate "$th") MB/s) | $td ($(rate "$td") MB/s) | $ratio | $(rss_mb "$work/sort.time") | $(rss_mb "$work/hm.time") | $rc | $r1, $r2 | $ob, $oc |")
+  rows+=("| $run | ${#inputs[@]} | ${MR_COORD_FLAGS:--} | $tp | $th ($(rate "$th") MB/s) | $td ($(rate "$td") MB/s) | $ratio | $( [ "$tp" = - ] && echo - || rss_mb "$work/sort.time") | $(rss_mb "$work/hm.time") | $rc | $r1, $r2 | $ob, $oc |")
 done
 
 echo
