@@ -277,9 +277,15 @@ pub async fn run_coordinator(
                     reduce,
                     ..
                 } => {
-                    let c = coordinator.lock().unwrap_or_else(|e| e.into_inner());
-                    c.map_output_server(map, map_attempt)
-                        .map(|at| check_served_output(at, map, map_attempt, reduce))
+                    // The guard must be gone before the check waits: a second report (or any
+                    // message) would otherwise block a runtime thread on the lock while the
+                    // check waits for the network, and with few threads nothing is left to
+                    // drive the check (a deadlock `bench/mr-hosts.py` found).
+                    let at = coordinator
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .map_output_server(map, map_attempt);
+                    at.map(|at| check_served_output(at, map, map_attempt, reduce))
                 }
                 _ => None,
             };

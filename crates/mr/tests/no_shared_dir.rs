@@ -302,3 +302,149 @@ async fn a_fetch_from_a_peer_that_is_gone_or_speaks_garbage_fails_in_time() {
     }
     drop(silent);
 }
+
+#[test]
+fn the_coordinator_answers_others_while_it_checks_a_served_output() {
+    // The coordinator runs on a runtime of its own (two threads, as on a 2-core machine), so
+    // that if it hangs the test's own calls still time out and fail.
+    let coordinator_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clients = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = coordinator_runtime.handle().clone();
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        clients.block_on(coordinator_answers_during_a_check(&handle))
+    }));
+    // A hung coordinator's runtime is left behind, not waited for (dropping it would wait
+    // for its stuck threads).
+    coordinator_runtime.shutdown_background();
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn coordinator_answers_during_a_check(coordinator_runtime: &tokio::runtime::Handle) {
+    // A map output served at an address that accepts connections and never answers: the
+    // coordinator's check of it waits its full timeout (5 s). Two reduces report it lost at
+    // once; meanwhile another worker's messages must be answered at once — the check must
+    // not hold the coordinator (it did: the second report then blocked a runtime thread on
+    // the lock and, with two threads, nothing drove the check any more: the job hung).
+    use flotilla_mr::protocol::{FromCoordinator, TaskId, ToCoordinator, PROTOCOL};
+    use flotilla_mr::server::{run_coordinator, CoordinatorConfig, ProgressStyle};
+    use flotilla_wire::Client;
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "a b c\n").unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_at = silent.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let config = CoordinatorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        inputs: vec![input.to_str().unwrap().to_owned()],
+        n_reduce: 2,
+        out_dir: dir.path().join("out"),
+        task_timeout: Duration::from_secs(60),
+        max_failures: 3,
+        backup_tasks: false,
+        split_bytes: u64::MAX,
+        intermediates_on_workers: true,
+        ship_inputs: false,
+        collect_outputs: false,
+        app: None,
+        linger: Duration::from_millis(10),
+        keep_intermediate: false,
+        progress: ProgressStyle::None,
+    };
+    let coordinator = coordinator_runtime.spawn(run_coordinator(config, move |addr| {
+        let _ = tx.send(addr);
+    }));
+    let addr = rx.await.unwrap();
+    let connect = || async move {
+        let connect = Client::<ToCoordinator, FromCoordinator>::connect(addr, PROTOCOL, 1 << 20);
+        tokio::time::timeout(Duration::from_secs(5), connect)
+            .await
+            .expect("the coordinator answers a connection within 5 s")
+    };
+    let call_timeout = Duration::from_secs(15);
+    let mut w1 = connect().await.unwrap();
+    let reply = w1
+        .call(&ToCoordinator::RequestTask { worker: 1 }, call_timeout)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            reply,
+            FromCoordinator::Map {
+                task: 0,
+                attempt: 0,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    let done = ToCoordinator::TaskDone {
+        worker: 1,
+        task: TaskId::Map(0),
+        attempt: 0,
+        bytes: 6,
+        served_at: Some(silent_at),
+    };
+    assert_eq!(
+        w1.call(&done, call_timeout).await.unwrap(),
+        FromCoordinator::Noted
+    );
+    let mut reporters = Vec::new();
+    for (worker, reduce) in [(2u64, 0usize), (3, 1)] {
+        let mut client = connect().await.unwrap();
+        let reply = client
+            .call(&ToCoordinator::RequestTask { worker }, call_timeout)
+            .await
+            .unwrap();
+        assert!(
+            matches!(reply, FromCoordinator::Reduce { task, .. } if task == reduce),
+            "{reply:?}"
+        );
+        reporters.push(tokio::spawn(async move {
+            let lost = ToCoordinator::MapOutputLost {
+                worker,
+                reduce,
+                attempt: 0,
+                map: 0,
+                map_attempt: 0,
+                error: "cannot fetch".into(),
+            };
+            client.call(&lost, call_timeout).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both checks are waiting now: a heartbeat and a request of another worker are answered.
+    let mut w4 = connect().await.unwrap();
+    for message in [
+        ToCoordinator::Heartbeat { worker: 4 },
+        ToCoordinator::RequestTask { worker: 4 },
+    ] {
+        let started = Instant::now();
+        w4.call(&message, call_timeout).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{message:?} waited {:?} for the check",
+            started.elapsed()
+        );
+    }
+    // The checks time out: the output is lost, and both reports are answered.
+    for reporter in reporters {
+        let reply = reporter
+            .await
+            .unwrap()
+            .expect("a lost-output report answered");
+        assert_eq!(reply, FromCoordinator::Noted);
+    }
+    coordinator.abort();
+    drop(silent);
+}
